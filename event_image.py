@@ -1,0 +1,196 @@
+"""What every script needs to know about one drift-chamber event image.
+
+One event of one CLAS12 sector is an RGB PNG 112 wires wide and 36 layers high
+(numpy shape (36, 112, 3)): row = layer 0..35, column = wire 0..111, rows 0-11 are
+region 1, 12-23 region 2, 24-35 region 3. A lit pixel is a hit.
+
+The network works on 128x128x3 images. Nothing is rescaled: borders are added around
+the image and between the three regions (the layout below); `crop_event` is the exact
+inverse of `pad_event`.
+
+This module also holds the hit mask of an image, PNG reading with the project's input
+checks, and the hit-level scores physicists judge a denoiser by.
+"""
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from script_utils import InputError
+
+# --- The event image -------------------------------------------------------------------
+WIRES = 112  # columns
+LAYERS = 36  # rows
+CHANNELS = 3
+REGIONS = 3
+LAYERS_PER_REGION = 12
+SUPERLAYERS = 6
+LAYERS_PER_SUPERLAYER = 6
+PNG_HIT_THRESHOLD = 127  # a PNG pixel is a hit where any channel is above this
+HIT_VALUE = 255  # the value written for a hit (all channels)
+
+# --- The 128x128 layout ----------------------------------------------------------------
+PADDED_SIZE = 128
+PAD_LEFT = 8  # empty columns left of wire 0
+PAD_RIGHT = 8  # empty columns right of wire 111
+PAD_TOP = 44  # empty rows above region 1
+REGION_GAP = 2  # empty rows between two regions
+PAD_BOTTOM = 44  # empty rows below region 3
+assert PAD_LEFT + WIRES + PAD_RIGHT == PADDED_SIZE
+assert PAD_TOP + REGIONS * LAYERS_PER_REGION + (REGIONS - 1) * REGION_GAP + PAD_BOTTOM == PADDED_SIZE
+
+# First padded row of each region: (44, 58, 72).
+REGION_ROWS = tuple(PAD_TOP + r * (LAYERS_PER_REGION + REGION_GAP) for r in range(REGIONS))
+# Padded row of each of the 36 layers, and the padded columns of the wires.
+LAYER_ROWS = np.concatenate([np.arange(start, start + LAYERS_PER_REGION) for start in REGION_ROWS])
+WIRE_COLUMNS = slice(PAD_LEFT, PAD_LEFT + WIRES)
+
+LAYOUT = {  # recorded in every HDF5 file the project writes
+    "event_shape": (LAYERS, WIRES, CHANNELS),
+    "padded_shape": (PADDED_SIZE, PADDED_SIZE, CHANNELS),
+    "pad_left": PAD_LEFT,
+    "pad_right": PAD_RIGHT,
+    "pad_top": PAD_TOP,
+    "region_gap": REGION_GAP,
+    "pad_bottom": PAD_BOTTOM,
+    "region_rows": REGION_ROWS,
+}
+
+
+def pad_event(event):
+    """Place event image(s) of shape (..., 36, 112, C) into the 128x128 layout.
+
+    Works on one image or a batch; the dtype is kept and the borders are zero.
+    """
+    event = np.asarray(event)
+    if event.shape[-3:-1] != (LAYERS, WIRES):
+        raise ValueError(f"expected (..., {LAYERS}, {WIRES}, C), got {event.shape}")
+    out = np.zeros(event.shape[:-3] + (PADDED_SIZE, PADDED_SIZE, event.shape[-1]), event.dtype)
+    out[..., LAYER_ROWS, WIRE_COLUMNS, :] = event
+    return out
+
+
+def crop_event(padded):
+    """Give back the (..., 36, 112, C) event image(s) from padded (..., 128, 128, C) ones."""
+    padded = np.asarray(padded)
+    if padded.shape[-3:-1] != (PADDED_SIZE, PADDED_SIZE):
+        raise ValueError(f"expected (..., {PADDED_SIZE}, {PADDED_SIZE}, C), got {padded.shape}")
+    return padded[..., LAYER_ROWS, WIRE_COLUMNS, :]
+
+
+def event_region_mask():
+    """Boolean (128, 128) map of the padded pixels that hold a detector cell."""
+    mask = np.zeros((PADDED_SIZE, PADDED_SIZE), bool)
+    mask[LAYER_ROWS, WIRE_COLUMNS] = True
+    return mask
+
+
+def hit_mask(image, threshold=PNG_HIT_THRESHOLD):
+    """Boolean (...) mask, True where any channel of image(s) (..., C) exceeds threshold."""
+    return np.any(np.asarray(image) > threshold, axis=-1)
+
+
+def mask_to_image(mask):
+    """uint8 RGB image(s) (..., 3): HIT_VALUE where the mask is set, 0 elsewhere."""
+    return np.repeat(np.asarray(mask, bool)[..., None], CHANNELS, axis=-1).astype(np.uint8) * HIT_VALUE
+
+
+# --- PNG input and output ----------------------------------------------------------------
+def read_event_png(path):
+    """Read one event PNG as uint8 (36, 112, 3), checking what the project accepts.
+
+    Grayscale, palette and fully opaque RGBA images are converted to RGB. Anything else
+    (not a readable PNG, 16-bit, transparent, wrong size) raises InputError naming the file.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            if im.format != "PNG":
+                raise InputError(f"{path}: not a PNG image (it is {im.format})")
+            im.load()
+            mode, size = im.mode, im.size
+            if size != (WIRES, LAYERS):
+                raise InputError(f"{path}: image is {size[0]}x{size[1]}, expected {WIRES}x{LAYERS} (wires x layers)")
+            if mode in ("I", "I;16", "I;16B", "I;16L", "F") or im.info.get("bits", 8) > 8:
+                raise InputError(f"{path}: {mode} image with more than 8 bits per channel is not supported")
+            if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info):
+                rgba = np.asarray(im.convert("RGBA"))
+                if (rgba[..., 3] != 255).any():
+                    raise InputError(f"{path}: image has transparent pixels")
+                return np.ascontiguousarray(rgba[..., :3])
+            if mode not in ("RGB", "L", "P", "1"):
+                raise InputError(f"{path}: unsupported image mode {mode}")
+            return np.asarray(im.convert("RGB"))
+    except InputError:
+        raise
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found") from None
+    except Exception as exc:  # PIL raises many kinds for broken files
+        raise InputError(f"{path}: not a readable PNG ({type(exc).__name__}: {exc})") from None
+
+
+def write_event_png(path, image):
+    """Write a uint8 (36, 112, 3) event image as an RGB PNG."""
+    image = np.asarray(image, np.uint8)
+    if image.shape != (LAYERS, WIRES, CHANNELS):
+        raise ValueError(f"expected ({LAYERS}, {WIRES}, {CHANNELS}), got {image.shape}")
+    Image.fromarray(image, "RGB").save(path, format="PNG")
+
+
+# --- Hit-level scores ----------------------------------------------------------------------
+COUNT_KEYS = ("track_hits", "track_kept", "noise_hits", "noise_removed", "kept", "invented", "events")
+
+
+def hit_counts(raw, truth, kept):
+    """Count what a denoiser did, summed over a batch of events.
+
+    raw, truth, kept: boolean hit masks of the same shape (..., rows, cols), one event per
+    leading index. Only raw hits are judged: a kept pixel where the raw image had no hit is
+    counted as invented, not as kept.
+    """
+    raw, truth, kept = (np.asarray(a, bool) for a in (raw, truth, kept))
+    track = raw & truth
+    noise = raw & ~truth
+    kept_raw = kept & raw
+    events = int(np.prod(raw.shape[:-2])) if raw.ndim > 2 else 1
+    return {
+        "track_hits": int(track.sum()),
+        "track_kept": int((kept_raw & track).sum()),
+        "noise_hits": int(noise.sum()),
+        "noise_removed": int((noise & ~kept_raw).sum()),
+        "kept": int(kept_raw.sum()),
+        "invented": int((kept & ~raw).sum()),
+        "events": events,
+    }
+
+
+def add_counts(a, b):
+    """Sum two count dictionaries from hit_counts."""
+    return {k: a.get(k, 0) + b.get(k, 0) for k in COUNT_KEYS}
+
+
+def scores_from_counts(c):
+    """Efficiency, rejection, purity, F1 and invented hits per event from summed counts.
+
+    A ratio with nothing to count (no track hits, say) is NaN rather than a made-up number.
+    """
+    def ratio(num, den):
+        return num / den if den else float("nan")
+
+    eff = ratio(c["track_kept"], c["track_hits"])
+    pur = ratio(c["track_kept"], c["kept"])
+    # F1 = 2TP / (2TP + FP + FN): defined (0) even when nothing was kept.
+    f1 = ratio(2 * c["track_kept"], c["track_hits"] + c["kept"])
+    return {
+        "efficiency": eff,
+        "rejection": ratio(c["noise_removed"], c["noise_hits"]),
+        "purity": pur,
+        "f1": f1,
+        "invented_per_event": ratio(c["invented"], c["events"]),
+    }
+
+
+def hit_scores(raw, truth, kept):
+    """Scores of hit_counts(raw, truth, kept) in one call."""
+    return scores_from_counts(hit_counts(raw, truth, kept))

@@ -1,0 +1,75 @@
+"""Small pieces every command-line script of the project shares.
+
+- InputError: a bad input the user can fix. Scripts raise it with a one-line message
+  naming the file and the reason; `run_main` turns it into that line on stderr and exit
+  code 2, with no traceback. Imported as a library, it is an ordinary exception.
+- atomic_output: write a file under a temporary name beside the target and rename it
+  only when everything went well, so no half-written file ever carries the final name.
+- progress: a tqdm bar that shows on a terminal and stays quiet in logs and tests.
+"""
+
+import contextlib
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from tqdm import tqdm
+
+EXIT_BAD_INPUT = 2
+
+
+class InputError(Exception):
+    """A problem with the user's input or settings, reported as one line (exit code 2)."""
+
+
+def run_main(main, argv=None):
+    """Run main(argv) as a script: InputError -> one line on stderr and exit 2, Ctrl-C -> 130."""
+    try:
+        code = main(argv)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code or 0)
+
+
+def check_output_path(target, overwrite):
+    """Refuse an output that exists (unless overwrite) or whose folder is missing or read-only."""
+    target = Path(target)
+    if target.exists() and not overwrite:
+        raise InputError(f"{target}: already exists (use --overwrite to replace it)")
+    folder = target.parent if str(target.parent) else Path(".")
+    if not folder.is_dir():
+        raise InputError(f"{target}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise InputError(f"{target}: folder {folder} is not writable")
+
+
+@contextlib.contextmanager
+def atomic_output(target, overwrite=False, suffix=""):
+    """Yield a temporary path beside target; on success rename it to target, else delete it.
+
+    The existing target (if any, and only with overwrite) is replaced in one rename, so an
+    interrupted run leaves either the old file or the new one, never half of one.
+    """
+    target = Path(target)
+    check_output_path(target, overwrite)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix + ".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def progress(iterable=None, **kwargs):
+    """A tqdm progress bar, shown only when stderr is a terminal."""
+    kwargs.setdefault("disable", not sys.stderr.isatty())
+    kwargs.setdefault("dynamic_ncols", True)
+    return tqdm(iterable, **kwargs)

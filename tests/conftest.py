@@ -1,0 +1,39 @@
+"""Shared test setup: the project root on sys.path, TensorFlow kept quiet and small."""
+
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("PYTHONHASHSEED", "0")
+
+import subprocess  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+def run_script(script, *args, timeout=600, env=None):
+    """Run one of the project's scripts as a user would; return the CompletedProcess."""
+    full_env = dict(os.environ, **(env or {}))
+    return subprocess.run(
+        [sys.executable, str(ROOT / script), *map(str, args)],
+        capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=full_env,
+    )
+
+
+def assert_one_line_error(proc, *words):
+    """A bad input: exit code 2, one line on stderr naming the problem, no traceback."""
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert len(lines) == 1, proc.stderr
+    for word in words:
+        assert word.lower() in lines[0].lower(), (word, lines[0])
+
+
+@pytest.fixture
+def script():
+    """The run_script helper, as a fixture."""
+    return run_script

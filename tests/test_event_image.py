@@ -1,0 +1,109 @@
+"""The 128x128 layout, hit masks, PNG checks and hit-level scores of event_image."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import event_image as ei
+from script_utils import InputError
+
+
+def test_layout_constants_add_up():
+    assert ei.REGION_ROWS == (44, 58, 72)
+    assert len(ei.LAYER_ROWS) == 36 and ei.LAYER_ROWS[0] == 44 and ei.LAYER_ROWS[-1] == 83
+    assert ei.event_region_mask().sum() == 36 * 112
+
+
+def test_round_trip_many_images_edge_pixels_included():
+    rng = np.random.default_rng(1)
+    events = rng.integers(0, 256, size=(200, 36, 112, 3), dtype=np.uint8)
+    events[0] = 255  # every pixel lit, edges included
+    padded = ei.pad_event(events)
+    assert padded.shape == (200, 128, 128, 3) and padded.dtype == np.uint8
+    np.testing.assert_array_equal(ei.crop_event(padded), events)
+    # Nothing outside the detector cells, and the regions land where the layout says.
+    assert not padded[:, ~ei.event_region_mask()].any()
+    np.testing.assert_array_equal(padded[:, 44, 8:120], events[:, 0])
+    np.testing.assert_array_equal(padded[:, 55, 8:120], events[:, 11])
+    np.testing.assert_array_equal(padded[:, 58, 8:120], events[:, 12])
+    np.testing.assert_array_equal(padded[:, 83, 119], events[:, 35, 111])
+    assert not padded[:, 56:58].any() and not padded[:, 70:72].any()  # gaps between regions
+
+
+def test_single_image_and_float_round_trip():
+    img = np.random.default_rng(2).random((36, 112, 3)).astype(np.float32)
+    np.testing.assert_array_equal(ei.crop_event(ei.pad_event(img)), img)
+    with pytest.raises(ValueError):
+        ei.pad_event(np.zeros((112, 36, 3)))
+
+
+def test_hit_mask_any_channel_above_threshold():
+    img = np.zeros((36, 112, 3), np.uint8)
+    img[0, 0] = (128, 0, 0)
+    img[1, 1] = (0, 0, 200)
+    img[2, 2] = (127, 127, 127)  # not above the threshold
+    mask = ei.hit_mask(img)
+    assert mask[0, 0] and mask[1, 1] and not mask[2, 2] and mask.sum() == 2
+    assert ei.hit_mask(img, threshold=150).sum() == 1
+
+
+def test_png_round_trip_and_conversions(tmp_path):
+    img = np.zeros((36, 112, 3), np.uint8)
+    img[5, 7] = 255
+    ei.write_event_png(tmp_path / "a.png", img)
+    np.testing.assert_array_equal(ei.read_event_png(tmp_path / "a.png"), img)
+    Image.fromarray(img[..., 0], "L").save(tmp_path / "gray.png")
+    np.testing.assert_array_equal(ei.read_event_png(tmp_path / "gray.png"), img)
+    rgba = np.dstack([img, np.full((36, 112), 255, np.uint8)])
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "opaque.png")
+    np.testing.assert_array_equal(ei.read_event_png(tmp_path / "opaque.png"), img)
+    Image.fromarray(img).convert("P").save(tmp_path / "palette.png")
+    np.testing.assert_array_equal(ei.read_event_png(tmp_path / "palette.png"), img)
+
+
+@pytest.mark.parametrize("kind, word", [
+    ("transparent", "transparent"), ("size", "expected 112x36"), ("truncated", "not a readable"),
+    ("empty", "not a readable"), ("jpeg", "not a PNG"), ("16bit", "bits"), ("missing", "not found"),
+])
+def test_bad_pngs_raise_input_error(tmp_path, kind, word):
+    path = tmp_path / "bad.png"
+    img = np.zeros((36, 112, 3), np.uint8)
+    if kind == "transparent":
+        Image.fromarray(np.zeros((36, 112, 4), np.uint8), "RGBA").save(path)
+    elif kind == "size":
+        Image.fromarray(np.zeros((112, 36, 3), np.uint8)).save(path)
+    elif kind == "truncated":
+        ei.write_event_png(path, np.random.default_rng(0).integers(0, 255, (36, 112, 3), dtype=np.uint8))
+        path.write_bytes(path.read_bytes()[:100])
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "jpeg":
+        Image.fromarray(img).save(path, format="JPEG")
+    elif kind == "16bit":
+        Image.fromarray(np.zeros((36, 112), np.uint16)).save(path)
+    with pytest.raises(InputError, match=word) as info:
+        ei.read_event_png(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_scores_on_known_events():
+    raw = np.zeros((2, 36, 112), bool)
+    truth = np.zeros_like(raw)
+    raw[:, 3, 10:20] = True  # 10 hits per event
+    truth[:, 3, 10:16] = True  # 6 track hits, 4 noise hits per event
+    perfect = ei.hit_scores(raw, truth, truth)
+    assert perfect["efficiency"] == 1 and perfect["rejection"] == 1 and perfect["purity"] == 1
+    assert perfect["f1"] == 1 and perfect["invented_per_event"] == 0
+    empty = ei.hit_scores(raw, truth, np.zeros_like(raw))
+    assert empty["efficiency"] == 0 and empty["rejection"] == 1 and empty["f1"] == 0
+    keep_all = ei.hit_scores(raw, truth, raw)
+    assert keep_all["efficiency"] == 1 and keep_all["rejection"] == 0 and keep_all["purity"] == 0.6
+    kept = truth.copy()
+    kept[:, 3, 10] = False  # lose one track hit per event
+    kept[:, 30, 50] = True  # invent one hit per event (not counted as kept)
+    c = ei.hit_counts(raw, truth, kept)
+    assert c["events"] == 2 and c["invented"] == 2 and c["kept"] == 10
+    s = ei.scores_from_counts(c)
+    assert s["efficiency"] == pytest.approx(10 / 12) and s["invented_per_event"] == 1
+    total = ei.add_counts(c, c)
+    assert total["track_hits"] == 24 and total["events"] == 4
