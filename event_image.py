@@ -28,6 +28,7 @@ LAYERS_PER_REGION = 12
 SUPERLAYERS = 6
 LAYERS_PER_SUPERLAYER = 6
 PNG_HIT_THRESHOLD = 127  # a PNG pixel is a hit where any channel is above this
+SCALED_HIT_THRESHOLD = 0.5  # the same on images scaled to 0..1 (127/255 < 0.5 < 128/255)
 HIT_VALUE = 255  # the value written for a hit (all channels)
 
 # --- The 128x128 layout ----------------------------------------------------------------
@@ -191,6 +192,54 @@ def scores_from_counts(c):
     }
 
 
+def counts_from_padded(raw, truth, output, threshold):
+    """hit_counts of padded (N, 128, 128, 3) images scaled to 0..1 and a network output.
+
+    The output is a hit where any channel exceeds threshold; only the detector cells are
+    judged (the borders are cropped away first).
+    """
+    raw, truth, output = (crop_event(np.asarray(a)) for a in (raw, truth, output))
+    return hit_counts(hit_mask(raw, SCALED_HIT_THRESHOLD), hit_mask(truth, SCALED_HIT_THRESHOLD),
+                      hit_mask(output, threshold))
+
+
 def hit_scores(raw, truth, kept):
     """Scores of hit_counts(raw, truth, kept) in one call."""
     return scores_from_counts(hit_counts(raw, truth, kept))
+
+
+# --- Pictures a person can look at --------------------------------------------------------
+def save_event_grid(path, columns, row_labels=None, title=None):
+    """Write a PNG grid of event images, one event per row, enlarged for the eye.
+
+    columns: {column title: list of (36, 112, 3) images or (36, 112) masks}, all lists of
+    the same length. Regions are separated by thin lines so that superlayers are easy to find.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(columns)
+    rows = len(columns[names[0]])
+    fig, axes = plt.subplots(rows, len(names), figsize=(3.4 * len(names), 1.35 * rows + 0.6), squeeze=False)
+    for c, name in enumerate(names):
+        for r, img in enumerate(columns[name]):
+            img = np.asarray(img)
+            if img.ndim == 2:
+                img = mask_to_image(img)
+            ax = axes[r, c]
+            ax.imshow(img, interpolation="nearest", aspect="auto")
+            for boundary in (LAYERS_PER_REGION - 0.5, 2 * LAYERS_PER_REGION - 0.5):
+                ax.axhline(boundary, color="tab:blue", lw=0.5)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(name, fontsize=9)
+            if c == 0 and row_labels is not None:
+                ax.set_ylabel(row_labels[r], fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

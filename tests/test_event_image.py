@@ -107,3 +107,24 @@ def test_scores_on_known_events():
     assert s["efficiency"] == pytest.approx(10 / 12) and s["invented_per_event"] == 1
     total = ei.add_counts(c, c)
     assert total["track_hits"] == 24 and total["events"] == 4
+
+
+def test_counts_from_padded_crops_and_thresholds():
+    raw = np.zeros((1, 36, 112, 3), np.float32)
+    raw[0, 0, 0] = 1.0
+    raw[0, 35, 111] = 128 / 255
+    truth = raw.copy()
+    truth[0, 35, 111] = 0
+    out = ei.pad_event(truth * 0.7)
+    out[0, 0, 0] = 0.9  # a lit border pixel is not judged
+    c = ei.counts_from_padded(ei.pad_event(raw), ei.pad_event(truth), out, threshold=0.6)
+    assert c["track_hits"] == 1 and c["track_kept"] == 1 and c["noise_removed"] == 1 and c["invented"] == 0
+    assert ei.counts_from_padded(ei.pad_event(raw), ei.pad_event(truth), out, threshold=0.8)["track_kept"] == 0
+
+
+def test_event_grid_is_written(tmp_path):
+    img = np.zeros((36, 112, 3), np.uint8)
+    img[10, 20] = 255
+    ei.save_event_grid(tmp_path / "g.png", {"raw": [img, img], "mask": [img[..., 0] > 0] * 2}, row_labels=["a", "b"])
+    with Image.open(tmp_path / "g.png") as im:
+        assert im.size[0] > 300 and im.size[1] > 150
