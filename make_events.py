@@ -1,0 +1,401 @@
+"""Make synthetic CLAS12 drift-chamber events: raw and truth PNG pairs, seeded and deterministic.
+
+One event is one sector: 36 layers (rows) x 112 wires (columns), a hit is a lit pixel. The raw
+image holds every hit, the truth image only the hits of the tracks (exactly those in raw).
+
+What an event holds (the knobs are the constants below):
+- 1-3 tracks crossing all 36 layers. A track is straight in region 1, bends in the torus field
+  in region 2 (a quadratic piece) and leaves straight in region 3, so wire-vs-layer is a gentle
+  smooth curve. Neighbouring layers are staggered by half a cell, so the wire number steps by
+  0 or 1 in a zig-zag; the two superlayers of a region (stereo +-6 degrees) see the track a
+  little apart. Each layer misses the hit with a few percent probability and sometimes fires
+  the adjacent wire too.
+- Background, all of it proportional to the luminosity: uncorrelated hits (occupancy highest
+  in region 1), short segments of low-energy particles confined to one superlayer, and
+  cross-talk runs of 2-4 adjacent wires in one layer.
+
+Event i of a set uses its own generator np.random.default_rng([seed, start + i]) and a fixed
+number of uniform draws, so any slice of a big set can be made on its own and equals the same
+events of the whole set, and the same seed at a higher luminosity gives the same tracks with
+a background that contains the lower luminosity's background.
+
+    python make_events.py --out data/synth -n 20000 --seed 1 --preview
+"""
+
+import argparse
+import math
+import multiprocessing
+import os
+import shutil
+import signal
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+import event_image as ei
+from script_utils import InputError, check_output_path, progress, run_main
+
+# --- Command-line defaults ------------------------------------------------------------------
+N_EVENTS = 1000
+SEED = 0
+LUMINOSITY = 1.0  # background scale: 2 = about twice the background hits
+WORKERS = min(4, os.cpu_count() or 1)  # processes writing PNGs
+LAYOUT = "folders"  # folders: DIR/raw/NAME.png + DIR/truth/NAME.png; tagged: DIR/dc_all_N.png + DIR/dc_truth_N.png
+PREVIEW_EVENTS = 6  # raw|truth pairs shown by --preview
+PREVIEW_NAME = "preview.png"
+CHUNK_EVENTS = 1024  # events generated at once (bounds the memory of generate_events)
+
+# --- Tracks ---------------------------------------------------------------------------------
+TRACK_COUNT_PROBS = (0.50, 0.35, 0.15)  # probability of 1, 2, 3 tracks in an event
+MAX_TRACKS = len(TRACK_COUNT_PROBS)
+ENTRY_SLOPE_MAX = 0.30  # |wires per layer| of the straight part in region 1
+BEND_MAX = 0.35  # |change of slope| across region 2 (torus field)
+SLOPE_LIMIT = 0.45  # |slope| never above this, so the staggered wire steps by 0 or 1
+STEREO_MAX = 2.0  # the two superlayers of a region see a track up to +-this many wires apart
+INEFFICIENCY = 0.03  # chance that a layer misses a track's hit
+DOUBLE_HIT = 0.06  # chance that the adjacent wire fires too
+
+# --- Background (at luminosity 1; every kind scales with the luminosity) ---------------------
+NOISE_OCCUPANCY = (0.025, 0.012, 0.008)  # uncorrelated hits: fraction of cells lit in R1, R2, R3
+SEGMENTS_PER_EVENT = 1.5  # low-energy background segments, each inside one superlayer
+SEGMENT_REGION_WEIGHTS = (0.60, 0.25, 0.15)  # where the segments are
+SEGMENT_LAYERS = (3, 6)  # a segment spans this many layers (min, max)
+SEGMENT_SLOPE_MAX = 1.2  # |wires per layer|: low-energy particles cross at steeper angles
+CROSSTALK_PER_EVENT = 2.0  # cross-talk runs (same regional weights as the uncorrelated hits)
+CROSSTALK_WIRES = (2, 4)  # a run lights this many adjacent wires in one layer (min, max)
+SLOTS = 32  # candidate segments and cross-talk runs drawn per event (bounds the luminosity)
+MAX_LUMINOSITY = 10.0
+assert max(SEGMENTS_PER_EVENT, CROSSTALK_PER_EVENT) * MAX_LUMINOSITY <= SLOTS
+assert max(NOISE_OCCUPANCY) * MAX_LUMINOSITY <= 1
+
+# --- The uniform draws of one event: name -> shape (one block of float32 per event) ----------
+TRACK_FIELDS = 4 + 2 * ei.LAYERS  # position, entry slope, bend, stereo, per-layer miss and double
+DRAWS = {
+    "noise": (ei.LAYERS, ei.WIRES),
+    "track_count": (1,),
+    "track": (MAX_TRACKS, TRACK_FIELDS),
+    "segment": (SLOTS, 7),  # on, region, superlayer, length, first layer, wire, slope
+    "crosstalk": (SLOTS, 5),  # on, region, layer, length, first wire
+}
+DRAW_SIZES = {name: math.prod(shape) for name, shape in DRAWS.items()}
+N_DRAWS = sum(DRAW_SIZES.values())
+
+LAYER = np.arange(ei.LAYERS)
+STAGGER = 0.5 * (LAYER % 2)  # odd layers sit half a cell over
+SUPERLAYER = LAYER // ei.LAYERS_PER_SUPERLAYER
+REGION = LAYER // ei.LAYERS_PER_REGION
+STEREO_SIGN = np.where(SUPERLAYER % 2 == 0, 1.0, -1.0)  # +6 / -6 degree superlayers
+
+
+def check_luminosity(luminosity):
+    """Refuse a luminosity the generator cannot make (InputError)."""
+    if not 0 <= luminosity <= MAX_LUMINOSITY:
+        raise InputError(f"luminosity {luminosity} is outside 0..{MAX_LUMINOSITY:g}")
+
+
+def split_draws(u):
+    """Cut blocks of uniforms (E, N_DRAWS) into named arrays (E, *shape) as listed in DRAWS."""
+    out, at = {}, 0
+    for name, shape in DRAWS.items():
+        out[name] = u[:, at:at + DRAW_SIZES[name]].reshape((len(u),) + shape)
+        at += DRAW_SIZES[name]
+    return out
+
+
+def uniform(u, low, high):
+    """Map uniforms in [0, 1) onto [low, high)."""
+    return low + u * (high - low)
+
+
+def region_two_curve():
+    """Shape of the bend, per layer: 0 in region 1, quadratic in region 2, straight in region 3.
+
+    Its slope goes from 0 to 1 across region 2, so bend * curve changes a track's slope by bend.
+    """
+    n = ei.LAYERS_PER_REGION
+    inside = np.clip(LAYER - n, 0, n)
+    return inside**2 / (2 * n) + np.clip(LAYER - 2 * n, 0, None)
+
+
+def track_paths(d):
+    """Tracks of a batch: wire (E, T, 36) hit per layer, whether it fired, and the adjacent wire.
+
+    Returns (wire, fired, second, second_fired); all int/bool arrays (E, MAX_TRACKS, 36).
+    """
+    t = d["track"].astype(np.float64)
+    n_tracks = 1 + (d["track_count"] >= TRACK_COUNT_PROBS[0]) + (d["track_count"] >= sum(TRACK_COUNT_PROBS[:2]))
+    active = np.arange(MAX_TRACKS) < n_tracks  # (E, T)
+    entry = uniform(t[..., 1], -ENTRY_SLOPE_MAX, ENTRY_SLOPE_MAX)
+    exit_slope = uniform(t[..., 2], np.maximum(entry - BEND_MAX, -SLOPE_LIMIT),
+                         np.minimum(entry + BEND_MAX, SLOPE_LIMIT))
+    stereo = uniform(t[..., 3], -STEREO_MAX, STEREO_MAX)
+    # Position (in wire units, even-layer cells) with the first layer at 0, then shifted inside.
+    shape = (entry[..., None] * LAYER + (exit_slope - entry)[..., None] * region_two_curve()
+             + stereo[..., None] * STEREO_SIGN / 2 - STAGGER)
+    low = -shape.min(axis=-1)
+    high = ei.WIRES - 1 - shape.max(axis=-1)
+    position = shape + uniform(t[..., 0], low, high)[..., None]
+    wire = np.clip(np.rint(position), 0, ei.WIRES - 1).astype(np.int64)
+    fired = active[..., None] & (t[..., 4:4 + ei.LAYERS] >= INEFFICIENCY)
+    second = np.clip(wire + np.where(position > wire, 1, -1), 0, ei.WIRES - 1)
+    second_fired = fired & (t[..., 4 + ei.LAYERS:] < DOUBLE_HIT)
+    return wire, fired, second, second_fired
+
+
+def background_segments(d, luminosity):
+    """Low-energy segments: (layer, wire, lit) arrays (E, SLOTS, 6), each segment in one superlayer."""
+    s = d["segment"].astype(np.float64)
+    on = s[..., 0] < SEGMENTS_PER_EVENT * luminosity / SLOTS
+    region = np.searchsorted(np.cumsum(SEGMENT_REGION_WEIGHTS), s[..., 1] * sum(SEGMENT_REGION_WEIGHTS), side="right")
+    region = np.minimum(region, ei.REGIONS - 1)
+    superlayer = 2 * region + (s[..., 2] >= 0.5)
+    lo, hi = SEGMENT_LAYERS
+    length = lo + np.minimum((s[..., 3] * (hi - lo + 1)).astype(np.int64), hi - lo)
+    first = (s[..., 4] * (ei.LAYERS_PER_SUPERLAYER - length + 1)).astype(np.int64)
+    step = np.arange(hi)
+    layer = superlayer[..., None] * ei.LAYERS_PER_SUPERLAYER + np.minimum(first[..., None] + step, 5)
+    slope = uniform(s[..., 6], -SEGMENT_SLOPE_MAX, SEGMENT_SLOPE_MAX)
+    wire = np.rint(uniform(s[..., 5], 0, ei.WIRES - 1)[..., None] + slope[..., None] * step - STAGGER[layer])
+    lit = on[..., None] & (step < length[..., None]) & (wire >= 0) & (wire < ei.WIRES)
+    return layer, np.clip(wire, 0, ei.WIRES - 1).astype(np.int64), lit
+
+
+def crosstalk_runs(d, luminosity):
+    """Cross-talk: (layer, wire, lit) arrays (E, SLOTS, 4), runs of adjacent wires in one layer."""
+    c = d["crosstalk"].astype(np.float64)
+    on = c[..., 0] < CROSSTALK_PER_EVENT * luminosity / SLOTS
+    region = np.searchsorted(np.cumsum(NOISE_OCCUPANCY), c[..., 1] * sum(NOISE_OCCUPANCY), side="right")
+    region = np.minimum(region, ei.REGIONS - 1)
+    layer = region * ei.LAYERS_PER_REGION + (c[..., 2] * ei.LAYERS_PER_REGION).astype(np.int64)
+    lo, hi = CROSSTALK_WIRES
+    length = lo + np.minimum((c[..., 3] * (hi - lo + 1)).astype(np.int64), hi - lo)
+    first = (c[..., 4] * (ei.WIRES - length + 1)).astype(np.int64)
+    step = np.arange(hi)
+    wire = np.minimum(first[..., None] + step, ei.WIRES - 1)
+    lit = on[..., None] & (step < length[..., None])
+    return np.broadcast_to(layer[..., None], wire.shape), wire, lit
+
+
+def light(masks, layer, wire, lit):
+    """Set masks[e, layer, wire] for every lit entry of (E, ...) index arrays."""
+    event = np.broadcast_to(np.arange(len(masks)).reshape((-1,) + (1,) * (lit.ndim - 1)), lit.shape)
+    masks[event[lit], layer[lit], wire[lit]] = True
+
+
+def render_events(u, luminosity=LUMINOSITY):
+    """Raw and truth hit masks (E, 36, 112) of events from their uniform blocks (E, N_DRAWS)."""
+    check_luminosity(luminosity)
+    d = split_draws(u)
+    n = len(u)
+    truth = np.zeros((n, ei.LAYERS, ei.WIRES), bool)
+    wire, fired, second, second_fired = track_paths(d)
+    layers = np.broadcast_to(LAYER, wire.shape)
+    light(truth, layers, wire, fired)
+    light(truth, layers, second, second_fired)
+
+    occupancy = np.repeat(np.asarray(NOISE_OCCUPANCY), ei.LAYERS_PER_REGION)[:, None] * luminosity
+    raw = truth | (d["noise"] < occupancy.astype(np.float32))
+    light(raw, *background_segments(d, luminosity))
+    light(raw, *crosstalk_runs(d, luminosity))
+    return raw, truth
+
+
+def generate_event(rng, luminosity=LUMINOSITY):
+    """One event from a numpy Generator: (raw, truth) uint8 (36, 112, 3), hits = 255."""
+    raw, truth = render_events(rng.random(N_DRAWS, dtype=np.float32)[None], luminosity)
+    return ei.mask_to_image(raw[0]), ei.mask_to_image(truth[0])
+
+
+def fill_events(outputs, seed, luminosity, start, convert):
+    """Fill (raw, truth) output arrays with events start..start+len-1, chunk by chunk."""
+    check_luminosity(luminosity)
+    n = len(outputs[0])
+    u = np.empty((min(n, CHUNK_EVENTS), N_DRAWS), np.float32)
+    for at in range(0, n, CHUNK_EVENTS):
+        size = min(CHUNK_EVENTS, n - at)
+        for k in range(size):
+            np.random.default_rng([seed, start + at + k]).random(dtype=np.float32, out=u[k])
+        for out, mask in zip(outputs, render_events(u[:size], luminosity), strict=True):
+            out[at:at + size] = convert(mask)
+    return outputs
+
+
+def generate_masks(n, seed=SEED, luminosity=LUMINOSITY, start=0):
+    """Raw and truth hit masks (n, 36, 112) of events start..start+n-1 of the set `seed`."""
+    shape = (n, ei.LAYERS, ei.WIRES)
+    return fill_events((np.empty(shape, bool), np.empty(shape, bool)), seed, luminosity, start, lambda m: m)
+
+
+def generate_events(n, seed=SEED, luminosity=LUMINOSITY, start=0):
+    """Events start..start+n-1 of the set `seed`: (raw, truth) uint8 (n, 36, 112, 3), hits = 255.
+
+    Event i uses np.random.default_rng([seed, start + i]), exactly as generate_event does.
+    """
+    shape = (n, ei.LAYERS, ei.WIRES, ei.CHANNELS)
+    return fill_events((np.empty(shape, np.uint8), np.empty(shape, np.uint8)), seed, luminosity, start,
+                       ei.mask_to_image)
+
+
+def event_name(i):
+    """File name of event i in the folders layout: event_000123.png."""
+    return f"event_{i:06d}.png"
+
+
+def tagged_names(i):
+    """(raw, truth) file names of event i in the tagged layout: dc_all_000123.png, dc_truth_000123.png."""
+    return f"dc_all_{i:06d}.png", f"dc_truth_{i:06d}.png"
+
+
+def pair_paths(folder, layout, i):
+    """Where the raw and truth PNGs of event i go inside the output folder."""
+    if layout == "tagged":
+        raw_name, truth_name = tagged_names(i)
+        return folder / raw_name, folder / truth_name
+    return folder / "raw" / event_name(i), folder / "truth" / event_name(i)
+
+
+def write_chunk(job):
+    """Worker: generate events start..start+count-1 and write their PNGs; return hit counts.
+
+    Returns (count, raw hits, truth hits, background hits per region (3,)).
+    """
+    folder, layout, seed, luminosity, start, count = job
+    raw, truth = generate_masks(count, seed, luminosity, start)
+    raw_img, truth_img = ei.mask_to_image(raw), ei.mask_to_image(truth)
+    for k in range(count):
+        raw_path, truth_path = pair_paths(Path(folder), layout, start + k)
+        ei.write_event_png(raw_path, raw_img[k])
+        ei.write_event_png(truth_path, truth_img[k])
+    background = (raw & ~truth).sum(axis=(0, 2)).reshape(ei.REGIONS, -1).sum(axis=1)
+    return count, int(raw.sum()), int(truth.sum()), background
+
+
+def write_preview(path, seed, luminosity, n):
+    """Write a PNG grid of the first few raw|truth pairs, enlarged for the eye."""
+    count = min(PREVIEW_EVENTS, n)
+    raw, truth = generate_events(count, seed, luminosity)
+    with open(path, "wb") as f:  # an open file: the grid is written as PNG whatever the name
+        ei.save_event_grid(f, {"raw": list(raw), "truth (track hits)": list(truth)},
+                           row_labels=[f"event {i}" for i in range(count)],
+                           title=f"make_events: seed {seed}, luminosity {luminosity:g}")
+
+
+def check_output_folder(out, overwrite):
+    """Refuse an output folder we must not (or cannot) replace."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise InputError(f"{out}: folder is not empty (use --overwrite to replace it)")
+    if out.is_dir() and Path.cwd().resolve().is_relative_to(out.resolve()):
+        raise InputError(f"{out}: refusing to replace a folder that holds the current directory")
+    parent = out.parent
+    if not parent.is_dir():
+        raise InputError(f"{out}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise InputError(f"{out}: folder {parent} is not writable")
+
+
+def replace_folder(tmp, out):
+    """Move the finished folder tmp to out, replacing an existing out only at the very end."""
+    if not out.exists():
+        os.replace(tmp, out)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+    os.replace(out, old / out.name)
+    os.replace(tmp, out)
+    shutil.rmtree(old)
+
+
+def parse_args(argv):
+    """The command line; every constant above that a user may want to change."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--out", required=True, type=Path, help="output folder (made; must not exist or be empty)")
+    p.add_argument("-n", "--events", type=int, default=N_EVENTS, help="number of raw/truth pairs")
+    p.add_argument("--seed", type=int, default=SEED, help="event i uses np.random.default_rng([seed, i])")
+    p.add_argument("--luminosity", type=float, default=LUMINOSITY,
+                   help=f"background scale (0 = tracks only, 2 = twice the background; at most {MAX_LUMINOSITY:g})")
+    p.add_argument("--workers", type=int, default=WORKERS, help="processes writing PNGs")
+    p.add_argument("--preview", nargs="?", const="", default=None, metavar="PNG",
+                   help=f"also write a grid of {PREVIEW_EVENTS} raw|truth pairs (default path OUT/{PREVIEW_NAME})")
+    p.add_argument("--layout", choices=("folders", "tagged"), default=LAYOUT,
+                   help="folders: OUT/raw/event_000123.png + OUT/truth/event_000123.png; "
+                        "tagged: OUT/dc_all_000123.png + OUT/dc_truth_000123.png")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder / preview file")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    out = args.out
+    if args.events < 1:
+        raise InputError(f"-n {args.events}: need at least one event")
+    if args.seed < 0:
+        raise InputError(f"--seed {args.seed}: must not be negative")
+    if args.workers < 1:
+        raise InputError(f"--workers {args.workers}: need at least one")
+    check_luminosity(args.luminosity)
+    check_output_folder(out, args.overwrite)
+    preview = None if args.preview is None else Path(args.preview or out / PREVIEW_NAME)
+    preview_inside = preview is not None and preview.resolve().parent == out.resolve()
+    if preview is not None:
+        if preview.suffix.lower() != ".png":
+            raise InputError(f"{preview}: the preview must be a .png file")
+        if not preview_inside:
+            check_output_path(preview, args.overwrite)
+
+    t0 = time.perf_counter()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        if args.layout == "folders":
+            (tmp / "raw").mkdir()
+            (tmp / "truth").mkdir()
+        n, workers = args.events, min(args.workers, args.events)
+        size = max(1, min(1000, math.ceil(n / (4 * workers))))
+        jobs = [(str(tmp), args.layout, args.seed, args.luminosity, s, min(size, n - s)) for s in range(0, n, size)]
+        totals = [0, 0, 0, np.zeros(ei.REGIONS, np.int64)]
+        with progress(total=n, unit="event", desc="events") as bar:
+            pool = None
+            if workers > 1:  # workers ignore Ctrl-C: the main process stops them and cleans up
+                context = multiprocessing.get_context("spawn")
+                pool = context.Pool(workers, signal.signal, (signal.SIGINT, signal.SIG_IGN))
+            try:
+                results = pool.imap_unordered(write_chunk, jobs) if pool else map(write_chunk, jobs)
+                for result in results:
+                    totals = [a + b for a, b in zip(totals, result, strict=True)]
+                    bar.update(result[0])
+            finally:
+                if pool:
+                    pool.terminate()
+                    pool.join()
+        if preview_inside:
+            write_preview(tmp / preview.name, args.seed, args.luminosity, n)
+        replace_folder(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    if preview is not None and not preview_inside:
+        fd, part = tempfile.mkstemp(prefix=f".{preview.name}.", suffix=".png", dir=preview.parent)
+        os.close(fd)
+        try:
+            write_preview(part, args.seed, args.luminosity, n)
+            os.replace(part, preview)
+        finally:
+            if os.path.exists(part):
+                os.unlink(part)
+
+    count, raw_hits, truth_hits, background = totals
+    cells = count * ei.LAYERS * ei.WIRES
+    per_region = background / (cells / ei.REGIONS)
+    print(f"wrote {count} pairs to {out} ({args.layout}) in {time.perf_counter() - t0:.1f} s: "
+          f"mean {raw_hits / count:.1f} raw / {truth_hits / count:.1f} truth hits per event, "
+          f"occupancy {100 * raw_hits / cells:.2f} %, background {100 * background.sum() / cells:.2f} % "
+          f"(R1 {100 * per_region[0]:.2f}, R2 {100 * per_region[1]:.2f}, R3 {100 * per_region[2]:.2f} %)"
+          + (f", preview {preview}" if preview is not None else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
