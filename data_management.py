@@ -1,0 +1,460 @@
+"""The train / validation / test split of an HDF5 file of event pairs, and its tf.data pipelines.
+
+Input: the HDF5 file written by Pix2Pix_data.py, with datasets `raw` and `truth`, uint8
+(N, 128, 128, 3), chunked along the first axis, and (optionally) `names`.
+
+The split. The pair *indices* 0..N-1 are shuffled with sklearn.utils.shuffle and cut with
+sklearn.model_selection.train_test_split: TEST_FRACTION of them go to test, then
+VALIDATION_FRACTION of the rest to validation (56.25 / 18.75 / 25 % of N by default). The
+same seed gives the same split on any machine. The split is saved beside the HDF5 file
+(`pairs.h5` -> `pairs.split.npz`: indices, seed, fractions and a fingerprint of the file) and
+reused while it matches, so training, validation and the final evaluation agree on which
+events are the test set. A changed file (other N, other names, other sampled events) or other
+settings give a new split with a SplitChangedWarning, never a silent mix.
+
+The pipelines. Each split is a tf.data.Dataset of (raw, truth) float32 batches (B, 128, 128, 3)
+in 0..1, fed by a Python generator that reads whole batches from the HDF5 file: the indices
+are grouped by HDF5 chunk, and each chunk that holds pairs of the split is read with one slice
+read (h5py is slow at scattered reads; a compressed chunk is decompressed once per pass).
+The scaling is done in TensorFlow (uint8 is yielded, then cast / 255), and the dataset is
+prefetched. When raw + truth of the whole file fit in MEMORY_BUDGET_MB, each dataset loads
+its pairs on its first pass and serves later passes from memory; above the budget it streams.
+
+Shuffling (training): on the k-th pass over a dataset made with epoch=E the order comes from
+np.random.default_rng([seed, E + k]): the chunks holding the split's pairs are put in random
+order, consecutive chunks are gathered into windows of about SHUFFLE_WINDOW pairs, and the
+pairs inside each window are permuted; batches are cut from that sequence. So a batch mixes
+pairs from dozens of chunks all over the file, every pair comes exactly once per pass, reads
+stay contiguous, and a resumed run made with epoch=E sees the order an uninterrupted run saw
+in epoch E. The order is the same whether the pairs stream or sit in memory.
+
+Used by the training and evaluation scripts:
+
+    train, validation, test = load_datasets("data/pairs.h5")    # len(ds) = batches
+    split = load_split("data/pairs.h5")                         # {"train": indices, ...}
+
+Run on its own it prints a summary of the split (pairs, batches, hits per event) and times
+one epoch of the training pipeline:
+
+    python data_management.py data/pairs.h5
+"""
+
+import argparse
+import hashlib
+import itertools
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import h5py
+import numpy as np
+from sklearn.model_selection import train_test_split
+from sklearn.utils import shuffle as sklearn_shuffle
+
+from event_image import CHANNELS, PADDED_SIZE, PNG_HIT_THRESHOLD, crop_event, hit_mask
+from script_utils import InputError, atomic_output, progress, run_main
+
+# -------------------------------------------------------------------------------------------
+H5_PATH = "data/pairs.h5"  # the file written by Pix2Pix_data.py
+BATCH_SIZE = 32
+TEST_FRACTION = 0.25  # of all pairs
+VALIDATION_FRACTION = 0.25  # of the pairs left after the test split
+SEED = 1234  # the split and the per-epoch shuffles
+SHUFFLE_WINDOW = 1024  # pairs permuted together when shuffling (whole HDF5 chunks are gathered)
+MEMORY_BUDGET_MB = 1024  # load pairs into memory only when raw + truth of the file fit in this
+FINGERPRINT_SAMPLES = 8  # events hashed (with N and the names) to notice a changed file
+# -------------------------------------------------------------------------------------------
+
+SPLITS = ("train", "validation", "test")
+PAIR_SHAPE = (PADDED_SIZE, PADDED_SIZE, CHANNELS)
+PAIR_BYTES = 2 * int(np.prod(PAIR_SHAPE))  # raw + truth of one pair, uint8
+SPLIT_FORMAT = 1  # version of the saved split file
+
+
+class SplitChangedWarning(UserWarning):
+    """The saved split did not match the HDF5 file or the settings; a new one was made."""
+
+
+# --- Checking the input ---------------------------------------------------------------------
+def check_fractions(test_fraction, validation_fraction):
+    """Refuse fractions outside (0, 1)."""
+    for name, value in (("test fraction", test_fraction), ("validation fraction", validation_fraction)):
+        if not 0.0 < value < 1.0:
+            raise InputError(f"{name} must be between 0 and 1 (exclusive), got {value}")
+
+
+def split_sizes(n, test_fraction=TEST_FRACTION, validation_fraction=VALIDATION_FRACTION):
+    """(train, validation, test) pair counts for N pairs, as train_test_split rounds them.
+
+    train_test_split gives the test part ceil(fraction * n) and the rest to the other part.
+    """
+    n_test = int(np.ceil(test_fraction * n))
+    n_rest = n - n_test
+    n_validation = int(np.ceil(validation_fraction * n_rest))
+    return n_rest - n_validation, n_validation, n_test
+
+
+def min_pairs(test_fraction=TEST_FRACTION, validation_fraction=VALIDATION_FRACTION):
+    """The fewest pairs that leave all three splits non-empty."""
+    n = 3
+    while min(split_sizes(n, test_fraction, validation_fraction)) < 1:
+        n += 1
+    return n
+
+
+def check_h5(h5_path, test_fraction=TEST_FRACTION, validation_fraction=VALIDATION_FRACTION):
+    """Check the HDF5 file of pairs and return N; raise InputError naming the problem.
+
+    Required: datasets `raw` and `truth`, uint8, shape (N, 128, 128, 3) each, enough pairs to
+    make all three splits non-empty; `names`, if present, must have N entries.
+    """
+    path = Path(h5_path)
+    check_fractions(test_fraction, validation_fraction)
+    if not path.exists():
+        raise InputError(f"{path}: file not found")
+    if not path.is_file():
+        raise InputError(f"{path}: not a file")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise InputError(f"{path}: not a readable HDF5 file ({exc})") from None
+    with f:
+        lengths = {}
+        for key in ("raw", "truth"):
+            if key not in f or not isinstance(f[key], h5py.Dataset):
+                raise InputError(f"{path}: no '{key}' dataset (expected 'raw' and 'truth' as Pix2Pix_data.py writes)")
+            ds = f[key]
+            if ds.dtype != np.uint8:
+                raise InputError(f"{path}: '{key}' has dtype {ds.dtype}, expected uint8")
+            if ds.ndim != 4 or ds.shape[1:] != PAIR_SHAPE:
+                raise InputError(f"{path}: '{key}' has shape {ds.shape}, expected (N, {PADDED_SIZE}, {PADDED_SIZE}, "
+                                 f"{CHANNELS})")
+            lengths[key] = ds.shape[0]
+        if lengths["raw"] != lengths["truth"]:
+            raise InputError(f"{path}: 'raw' has {lengths['raw']} pairs but 'truth' has {lengths['truth']}")
+        n = lengths["raw"]
+        if "names" in f and len(f["names"]) != n:
+            raise InputError(f"{path}: 'names' has {len(f['names'])} entries but 'raw' and 'truth' have {n}")
+    need = min_pairs(test_fraction, validation_fraction)
+    if n < need:
+        raise InputError(f"{path}: only {n} pairs; at least {need} are needed to make train, validation and "
+                         f"test non-empty")
+    return n
+
+
+def fingerprint(h5_path):
+    """A cheap fingerprint of the file's contents: N, the names and a few evenly spaced events.
+
+    Not a hash of the whole file (that would read all of it): a change that touches neither
+    the names nor a sampled event goes unnoticed.
+    """
+    h = hashlib.sha256()
+    with h5py.File(h5_path, "r") as f:
+        n = f["raw"].shape[0]
+        h.update(f"n={n}".encode())
+        if "names" in f:
+            names = np.asarray(f["names"][()]).ravel()
+            h.update(b"\0".join(x if isinstance(x, bytes) else str(x).encode() for x in names))
+        sample = np.unique(np.linspace(0, n - 1, min(n, FINGERPRINT_SAMPLES)).astype(np.int64))
+        for key in ("raw", "truth"):
+            h.update(np.ascontiguousarray(f[key][sample]).tobytes())
+    return h.hexdigest()
+
+
+# --- The split --------------------------------------------------------------------------------
+def split_path(h5_path):
+    """Where the split of an HDF5 file is saved: pairs.h5 -> pairs.split.npz."""
+    return Path(h5_path).with_suffix(".split.npz")
+
+
+def make_split(n, seed=SEED, test_fraction=TEST_FRACTION, validation_fraction=VALIDATION_FRACTION):
+    """Shuffle the indices 0..n-1 and cut them into train/validation/test (sorted int64 arrays)."""
+    order = sklearn_shuffle(np.arange(n, dtype=np.int64), random_state=seed)
+    rest, test = train_test_split(order, test_size=test_fraction, shuffle=False)
+    train, validation = train_test_split(rest, test_size=validation_fraction, shuffle=False)
+    return {name: np.sort(part) for name, part in zip(SPLITS, (train, validation, test), strict=True)}
+
+
+def _read_saved_split(path):
+    """The saved split file as a dict, or None when it is missing or unreadable."""
+    if not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {key: z[key] for key in z.files}
+    except Exception:  # a damaged or foreign file: treated as no split, then replaced
+        return None
+
+
+def load_split(h5_path, seed=SEED, test_fraction=TEST_FRACTION, validation_fraction=VALIDATION_FRACTION):
+    """The split of an HDF5 file: {"train", "validation", "test"} -> sorted int64 indices.
+
+    Validates the file (check_h5), then reuses the split saved beside it when it was made for
+    the same file contents, seed and fractions; otherwise makes the split, saves it atomically
+    and, if an old one was replaced, warns (SplitChangedWarning) saying why.
+    """
+    n = check_h5(h5_path, test_fraction, validation_fraction)
+    if seed < 0:
+        raise InputError(f"seed must be a non-negative integer, got {seed}")
+    path = split_path(h5_path)
+    fp = fingerprint(h5_path)
+    saved = _read_saved_split(path)
+    wanted = {"seed": seed, "test_fraction": test_fraction, "validation_fraction": validation_fraction}
+    reason = None
+    if saved is not None:
+        try:
+            if int(saved["format"]) != SPLIT_FORMAT:
+                reason = "it has another format"
+            elif int(saved["n"]) != n:
+                reason = f"it was made for {int(saved['n'])} pairs, the file now has {n}"
+            elif str(saved["fingerprint"]) != fp:
+                reason = "the file's contents changed since it was made"
+            else:
+                for key, value in wanted.items():
+                    if float(saved[key]) != value:
+                        reason = f"it was made with {key} {saved[key].item()}, now {value}"
+                        break
+        except KeyError:
+            reason = "it is incomplete"
+        if reason is None:
+            return {name: saved[name].astype(np.int64) for name in SPLITS}
+    elif path.exists():
+        reason = "it could not be read"
+    split = make_split(n, seed, test_fraction, validation_fraction)
+    if reason is not None:
+        warnings.warn(f"{h5_path}: replacing the saved split {path} because {reason}; made a new split "
+                      f"(seed {seed}); results made with the old split are not comparable",
+                      SplitChangedWarning, stacklevel=2)
+    try:
+        with atomic_output(path, overwrite=True) as tmp, open(tmp, "wb") as out:
+            np.savez(out, format=SPLIT_FORMAT, n=n, fingerprint=fp, **wanted, **split)
+    except (InputError, OSError) as exc:  # e.g. a read-only data folder: the split is deterministic anyway
+        warnings.warn(f"{h5_path}: could not save the split ({exc}); using it unsaved", SplitChangedWarning,
+                      stacklevel=2)
+    return split
+
+
+# --- Reading batches ----------------------------------------------------------------------
+def _chunk_len(ds):
+    """Pairs per HDF5 chunk along axis 0 (64 for an unchunked dataset, a reasonable read size)."""
+    return ds.chunks[0] if ds.chunks else 64
+
+
+def _chunk_groups(indices, chunk_len):
+    """Split sorted indices into the groups that share an HDF5 chunk (a list of arrays)."""
+    chunk = indices // chunk_len
+    cuts = np.flatnonzero(np.diff(chunk)) + 1
+    return np.split(indices, cuts)
+
+
+def epoch_windows(indices, chunk_len, rng=None, window=SHUFFLE_WINDOW):
+    """The order of one pass, as a list of windows (index arrays) to read and yield in turn.
+
+    Without rng: file order, windows of whole chunks. With rng: the chunk groups in random
+    order, gathered into windows of about `window` pairs, each window permuted.
+    """
+    groups = _chunk_groups(np.asarray(indices, np.int64), chunk_len)
+    if rng is not None:
+        groups = [groups[i] for i in rng.permutation(len(groups))]
+    windows, current, size = [], [], 0
+    for group in groups:
+        current.append(group)
+        size += len(group)
+        if size >= window:
+            windows.append(np.concatenate(current))
+            current, size = [], 0
+    if current:
+        windows.append(np.concatenate(current))
+    if rng is not None:
+        windows = [rng.permutation(w) for w in windows]
+    return windows
+
+
+def _read_pairs(f, sorted_indices, chunk_len):
+    """raw, truth uint8 arrays of the given sorted indices: one slice read per chunk touched."""
+    raw = np.empty((len(sorted_indices),) + PAIR_SHAPE, np.uint8)
+    truth = np.empty_like(raw)
+    start = 0
+    for group in _chunk_groups(sorted_indices, chunk_len):
+        lo, hi = int(group[0]), int(group[-1]) + 1
+        rows = group - lo
+        stop = start + len(group)
+        for ds, out in ((f["raw"], raw), (f["truth"], truth)):
+            block = ds[lo:hi]
+            out[start:stop] = block if len(rows) == hi - lo else block[rows]
+        start = stop
+    return raw, truth
+
+
+def _batches(windows, batch_size, drop_remainder, read_window):
+    """Cut the pairs of consecutive windows into batches; read_window(w) -> raw, truth in w's order."""
+    carry_raw = carry_truth = None
+    for w in windows:
+        raw, truth = read_window(w)
+        if carry_raw is not None:
+            raw, truth = np.concatenate([carry_raw, raw]), np.concatenate([carry_truth, truth])
+        full = len(raw) - len(raw) % batch_size
+        for s in range(0, full, batch_size):
+            yield raw[s:s + batch_size], truth[s:s + batch_size]
+        carry_raw, carry_truth = (raw[full:], truth[full:]) if full < len(raw) else (None, None)
+    if carry_raw is not None and not drop_remainder:
+        yield carry_raw, carry_truth
+
+
+def iterate_uint8(h5_path, indices, batch_size=BATCH_SIZE, shuffle=False, seed=SEED, epoch=0,
+                  drop_remainder=False, window=SHUFFLE_WINDOW, memory=None):
+    """One pass over the given pairs as uint8 (raw, truth) numpy batches, in the order make_dataset uses.
+
+    memory: None to stream from the file, or a dict that is filled with the pairs on the first
+    call and read from on later ones (the in-memory mode of make_dataset).
+    """
+    indices = np.sort(np.asarray(indices, np.int64))
+    rng = np.random.default_rng([seed, epoch]) if shuffle else None
+    with h5py.File(h5_path, "r") as f:
+        if f["raw"].shape[0] <= (indices[-1] if len(indices) else -1):
+            raise RuntimeError(f"{h5_path}: the file changed; it has fewer pairs than the split needs")
+        chunk_len = _chunk_len(f["raw"])
+        windows = epoch_windows(indices, chunk_len, rng, window)
+        if memory is not None and "raw" not in memory:
+            memory["raw"], memory["truth"] = _read_pairs(f, indices, chunk_len)
+
+        def read_window(w):
+            if memory is not None:
+                pos = np.searchsorted(indices, w)
+                return memory["raw"][pos], memory["truth"][pos]
+            order = np.argsort(w, kind="stable")
+            raw, truth = _read_pairs(f, w[order], chunk_len)
+            back = np.empty_like(order)
+            back[order] = np.arange(len(order))
+            return raw[back], truth[back]
+
+        yield from _batches(windows, batch_size, drop_remainder, read_window)
+
+
+def fits_in_memory(n, memory_budget_mb=MEMORY_BUDGET_MB):
+    """Whether raw + truth of a whole file of n pairs fit in the memory budget."""
+    return n * PAIR_BYTES <= memory_budget_mb * 2**20
+
+
+def make_dataset(h5_path, indices, batch_size=BATCH_SIZE, shuffle=False, seed=SEED, epoch=0,
+                 drop_remainder=False, window=SHUFFLE_WINDOW, memory_budget_mb=MEMORY_BUDGET_MB):
+    """A tf.data.Dataset of (raw, truth) float32 batches (B, 128, 128, 3) in 0..1 of the given pairs.
+
+    shuffle=False: file order. shuffle=True: the k-th pass (k = 0, 1, ... from creation) is
+    ordered by np.random.default_rng([seed, epoch + k]) (see the module docstring), so a
+    resumed run made with epoch=E repeats the order of epoch E. The last short batch is kept
+    unless drop_remainder (then the batch size is static). len(dataset) is the number of batches.
+    The pairs are held in memory after the first pass when raw + truth of the whole file fit in
+    memory_budget_mb; otherwise every pass streams from the file.
+    """
+    import tensorflow as tf
+
+    indices = np.sort(np.asarray(indices, np.int64))
+    if batch_size < 1:
+        raise InputError(f"batch size must be at least 1, got {batch_size}")
+    if drop_remainder and len(indices) < batch_size:
+        raise InputError(f"{h5_path}: {len(indices)} pairs are fewer than one batch of {batch_size} "
+                         "(with the last short batch dropped nothing would be left)")
+    with h5py.File(h5_path, "r") as f:
+        n = f["raw"].shape[0]
+    memory = {} if fits_in_memory(n, memory_budget_mb) else None
+    passes = itertools.count(epoch)
+
+    def generator():
+        yield from iterate_uint8(h5_path, indices, batch_size, shuffle, seed, next(passes), drop_remainder,
+                                 window, memory)
+
+    batch_dim = batch_size if drop_remainder else None
+    spec = tf.TensorSpec((batch_dim,) + PAIR_SHAPE, tf.uint8)
+    ds = tf.data.Dataset.from_generator(generator, output_signature=(spec, spec))
+    batches = len(indices) // batch_size if drop_remainder else -(-len(indices) // batch_size)
+    ds = ds.apply(tf.data.experimental.assert_cardinality(batches))
+
+    def scale(raw, truth):
+        return tf.cast(raw, tf.float32) / 255.0, tf.cast(truth, tf.float32) / 255.0
+
+    return ds.map(scale, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def load_datasets(h5_path, batch_size=BATCH_SIZE, seed=SEED, drop_remainder=False, epoch=0,
+                  test_fraction=TEST_FRACTION, validation_fraction=VALIDATION_FRACTION,
+                  memory_budget_mb=MEMORY_BUDGET_MB):
+    """(train, validation, test) tf.data.Datasets of (raw, truth) batches of the file's split.
+
+    train is reshuffled every pass (and drops its last short batch if drop_remainder);
+    validation and test are in file order with every pair. The split is load_split's.
+    """
+    split = load_split(h5_path, seed, test_fraction, validation_fraction)
+    common = dict(batch_size=batch_size, seed=seed, memory_budget_mb=memory_budget_mb)
+    return (
+        make_dataset(h5_path, split["train"], shuffle=True, epoch=epoch, drop_remainder=drop_remainder, **common),
+        make_dataset(h5_path, split["validation"], **common),
+        make_dataset(h5_path, split["test"], **common),
+    )
+
+
+# --- The summary (run as a script) ------------------------------------------------------
+def hits_per_event(h5_path, indices, batch_size=BATCH_SIZE):
+    """Hits per event (numpy arrays) of raw and truth over the given pairs, read in file order."""
+    raw_hits, truth_hits = [], []
+    batches = iterate_uint8(h5_path, indices, batch_size)
+    for raw, truth in progress(batches, total=-(-len(indices) // batch_size), desc="counting hits", leave=False):
+        raw_hits.append(hit_mask(crop_event(raw), PNG_HIT_THRESHOLD).sum(axis=(1, 2)))
+        truth_hits.append(hit_mask(crop_event(truth), PNG_HIT_THRESHOLD).sum(axis=(1, 2)))
+    return np.concatenate(raw_hits), np.concatenate(truth_hits)
+
+
+def time_epoch(dataset):
+    """Iterate a dataset once; return (pairs, seconds)."""
+    pairs, t0 = 0, time.perf_counter()
+    for raw, _ in progress(dataset, total=len(dataset), desc="timing one epoch", leave=False):
+        pairs += int(raw.shape[0])
+    return pairs, time.perf_counter() - t0
+
+
+def main(argv=None):
+    """Parse the settings, make or reuse the split, print its summary and time one training epoch."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("h5_path", nargs="?", default=H5_PATH, help="HDF5 file of pairs (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="pairs per batch (default %(default)s)")
+    p.add_argument("--test-fraction", type=float, default=TEST_FRACTION,
+                   help="fraction of all pairs in the test split (default %(default)s)")
+    p.add_argument("--validation-fraction", type=float, default=VALIDATION_FRACTION,
+                   help="fraction of the non-test pairs in the validation split (default %(default)s)")
+    p.add_argument("--seed", type=int, default=SEED, help="seed of the split and the shuffles (default %(default)s)")
+    p.add_argument("--shuffle-window", type=int, default=SHUFFLE_WINDOW,
+                   help="pairs permuted together when shuffling (default %(default)s)")
+    p.add_argument("--memory-budget-mb", type=float, default=MEMORY_BUDGET_MB,
+                   help="hold the pairs in memory when the whole file fits in this (default %(default)s)")
+    p.add_argument("--no-timing", action="store_true", help="skip timing one epoch of the training pipeline")
+    args = p.parse_args(argv)
+    if args.batch_size < 1 or args.shuffle_window < 1:
+        raise InputError("--batch-size and --shuffle-window must be at least 1")
+
+    saved = split_path(args.h5_path)
+    existed = saved.exists()
+    split = load_split(args.h5_path, args.seed, args.test_fraction, args.validation_fraction)
+    n = sum(len(v) for v in split.values())
+    print(f"{args.h5_path}: {n} pairs, split {'reused from' if existed else 'saved to'} {saved} (seed {args.seed})")
+    print(f"{'split':<11} {'pairs':>8} {'%':>6} {'batches':>8} {'raw hits/event':>16} {'truth hits/event':>17}")
+    for name in SPLITS:
+        idx = split[name]
+        raw_hits, truth_hits = hits_per_event(args.h5_path, idx, args.batch_size)
+        print(f"{name:<11} {len(idx):>8} {100 * len(idx) / n:>6.2f} {-(-len(idx) // args.batch_size):>8} "
+              f"{raw_hits.mean():>9.1f} ± {raw_hits.std():<5.1f} {truth_hits.mean():>9.1f} ± {truth_hits.std():<5.1f}")
+    if not args.no_timing:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        train = make_dataset(args.h5_path, split["train"], args.batch_size, shuffle=True, seed=args.seed,
+                             window=args.shuffle_window, memory_budget_mb=args.memory_budget_mb)
+        mode = "in memory after the first pass" if fits_in_memory(n, args.memory_budget_mb) else "streaming"
+        pairs, seconds = time_epoch(train)
+        print(f"one epoch of the training pipeline ({mode}): {pairs} pairs in {seconds:.2f} s "
+              f"= {pairs / max(seconds, 1e-9):.0f} pairs/s")
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
