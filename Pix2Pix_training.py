@@ -522,7 +522,8 @@ def train(s):
                 n_steps += 1
                 if n_steps % 5 == 0 or n_steps == 1:
                     bar.set_postfix(G=f"{losses[0]:.3f}", L1=f"{losses[2]:.4f}", D=f"{losses[3]:.3f}")
-                if s.checkpoint_every and int(trainer.step.numpy()) % s.checkpoint_every == 0:
+                last_batch = skip + n_steps == steps_per_epoch  # saved below, with the epoch counted
+                if s.checkpoint_every and int(trainer.step.numpy()) % s.checkpoint_every == 0 and not last_batch:
                     save_checkpoint()
             bar.close()
             seconds = time.time() - t0
