@@ -1,0 +1,443 @@
+"""Pix2Pix_denoise.py: PNG folders and HDF5 test splits denoised by a real (tiny) Keras model, hit-level
+evaluation on hand-made events with known answers, the baselines through that evaluation, bad inputs."""
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+from conftest import assert_one_line_error
+from PIL import Image
+
+import event_image as ei
+import Pix2Pix_denoise as pd
+
+SCRIPT = "Pix2Pix_denoise.py"
+TRACK = (255, 255, 255)  # track hits are white ...
+NOISE = (0, 255, 0)  # ... noise hits green: a 1x1 convolution on the red channel tells them apart
+
+
+# --- Hand-made events and models whose answers are known -----------------------------------------
+def make_events(n, seed=0, noise_per_event=None):
+    """(raw uint8 (n,36,112,3), truth uint8): one straight track over all 36 layers, isolated noise hits.
+
+    Track hits are white and noise hits green in the raw image, so a model reading only the red
+    channel is a perfect denoiser. Noise is kept 6 wires or more away from the track.
+    """
+    rng = np.random.default_rng(seed)
+    raw = np.zeros((n, 36, 112, 3), np.uint8)
+    truth = np.zeros_like(raw)
+    for i in range(n):
+        wire = int(rng.integers(10, 100))
+        raw[i, :, wire] = TRACK
+        truth[i, :, wire] = TRACK
+        k = noise_per_event[i] if noise_per_event is not None else int(rng.integers(1, 12))
+        far = np.array([w for w in range(112) if abs(w - wire) > 6])
+        cells = rng.choice(36 * len(far), size=k, replace=False)
+        raw[i, cells // len(far), far[cells % len(far)]] = NOISE
+    return raw, truth
+
+
+def save_model(path, kind="red", threshold=0.5):
+    """A fixed-weight 1x1 Conv2D + sigmoid generator saved as .keras with its sidecar JSON.
+
+    red: output = sigmoid(20*red - 10) on every channel (keeps exactly the track hits);
+    all: lights every pixel (a model that invents hits); none: lights nothing.
+    """
+    import keras
+
+    inp = keras.Input((128, 128, 3))
+    conv = keras.layers.Conv2D(3, 1, activation="sigmoid")
+    model = keras.Model(inp, conv(inp))
+    kernel = np.zeros((1, 1, 3, 3), np.float32)
+    bias = {"red": -10.0, "all": 10.0, "none": -10.0}[kind] * np.ones(3, np.float32)
+    if kind == "red":
+        kernel[0, 0, 0, :] = 20.0
+    conv.set_weights([kernel, bias])
+    model.save(path)
+    path.with_suffix(".json").write_text(json.dumps({"threshold": threshold, "base_filters": 1, "epoch": 1,
+                                                     "validation": {}}))
+    return path
+
+
+def write_pngs(folder, images, names=None):
+    folder.mkdir(parents=True, exist_ok=True)
+    names = names or [f"event_{i:04d}.png" for i in range(len(images))]
+    for name, img in zip(names, images, strict=True):
+        ei.write_event_png(folder / name, img)
+    return names
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    d = tmp_path_factory.mktemp("models")
+    out = {k: save_model(d / f"{k}.keras", k) for k in ("red", "all", "none")}
+    run = d / "training_run"  # a training output directory: its best generator is used
+    run.mkdir()
+    out["run"] = run
+    save_model(run / "generator_best.keras", "red", threshold=0.4)
+    save_model(run / "generator_final.keras", "none")
+    return out
+
+
+@pytest.fixture
+def folders(tmp_path):
+    raw, truth = make_events(12, seed=3)
+    names = write_pngs(tmp_path / "raw", raw)
+    write_pngs(tmp_path / "truth", truth, names)
+    return tmp_path, raw, truth, names
+
+
+# --- The evaluation on hand-made masks --------------------------------------------------------------
+def masks(n=6, seed=1, noise_per_event=None):
+    raw, truth = make_events(n, seed, noise_per_event)
+    return ei.hit_mask(raw), ei.hit_mask(truth)
+
+
+def test_evaluation_perfect_empty_and_keep_all():
+    raw, truth = masks()
+    invent = truth.copy()
+    invent[:, 0, 0] = True  # one invented pixel per event (wire 0 has no raw hit in these events)
+    assert not (raw[:, 0, 0]).any()
+    res = pd.evaluate(raw, truth, {"model": truth, "keep-all": raw, "SNR": np.zeros_like(raw), "CAE": invent})
+    perfect, keep_all, empty, inv = (res["methods"][m]["scores"] for m in ("model", "keep-all", "SNR", "CAE"))
+    assert perfect["efficiency"] == 1 and perfect["rejection"] == 1 and perfect["purity"] == 1 and perfect["f1"] == 1
+    assert perfect["invented_per_event"] == 0
+    assert keep_all["efficiency"] == 1 and keep_all["rejection"] == 0
+    n_track, n_noise = int((raw & truth).sum()), int((raw & ~truth).sum())
+    assert keep_all["purity"] == pytest.approx(n_track / (n_track + n_noise))
+    assert empty["efficiency"] == 0 and empty["rejection"] == 1 and empty["f1"] == 0 and math.isnan(empty["purity"])
+    assert inv["efficiency"] == 1 and inv["invented_per_event"] == 1 and inv["purity"] == 1  # invented not "kept"
+    assert res["events"] == 6 and res["methods"]["model"]["counts"]["track_hits"] == 6 * 36
+    assert "EQUAL to the best CLAS12 baseline (CAE)" in res["verdict"]  # CAE's F1 is 1 too (invented not kept)
+    res = pd.evaluate(raw, truth, {"model": truth, "SNR": np.zeros_like(raw)})
+    assert "BETTER than the best CLAS12 baseline (SNR): F1 1.0000 vs 0.0000 (+1.0000)" in res["verdict"]
+
+
+def test_evaluation_half_the_track_and_half_the_noise():
+    raw, truth = masks(4, seed=2, noise_per_event=[4, 4, 4, 4])
+    kept = truth.copy()
+    kept[:, 18:] = False  # the track in regions 2b-3 lost: superlayers 4-6
+    noise = raw & ~truth
+    for i in range(4):  # keep two of the four noise hits of each event
+        cells = np.argwhere(noise[i])[:2]
+        kept[i, cells[:, 0], cells[:, 1]] = True
+    res = pd.evaluate(raw, truth, {"model": kept})
+    s = res["methods"]["model"]["scores"]
+    assert s["efficiency"] == 0.5 and s["rejection"] == 0.5
+    assert s["purity"] == pytest.approx(18 / 20) and s["f1"] == pytest.approx(2 * 18 / (36 + 20))
+    per_sl = [e["scores"]["efficiency"] for e in res["per_superlayer"]["model"]]
+    assert per_sl == [1, 1, 1, 0, 0, 0]
+    assert sum(e["counts"]["track_hits"] for e in res["per_superlayer"]["model"]) == 4 * 36
+
+
+def test_evaluation_vs_background_hits_bins_events_by_their_noise():
+    raw, truth = masks(5, seed=4, noise_per_event=[0, 3, 7, 25, 200])
+    kept = truth.copy()
+    kept[3] = raw[3]  # in the 20-39 bin the model keeps all noise
+    res = pd.evaluate(raw, truth, {"model": kept}, background_bins=(0, 5, 20, 100))
+    bins = res["vs_background_hits"]["model"]
+    assert [(b["low"], b["high"], b["counts"]["events"]) for b in bins] == [(0, 5, 2), (5, 20, 1), (20, 100, 1),
+                                                                            (100, None, 1)]
+    assert [b["counts"]["noise_hits"] for b in bins] == [3, 7, 25, 200]
+    assert [b["scores"]["rejection"] for b in bins] == [1, 1, 0, 1]
+
+
+def test_threshold_sweep_and_batches_add_up():
+    raw, truth = masks(8, seed=5)
+    prob = np.where(truth, 0.7, np.where(raw, 0.3, 0.0)).astype(np.float32)
+    ev = pd.HitEvaluation(["model"], thresholds=(0.2, 0.5, 0.8), grid_events=2)
+    for sl in (slice(0, 3), slice(3, 8)):  # two batches give the same as one
+        ev.add(raw[sl], truth[sl], {"model": prob[sl] > 0.5}, prob[sl], names=[f"e{i}" for i in range(8)][sl])
+    res = ev.result()
+    one = pd.evaluate(raw, truth, {"model": prob > 0.5}, prob, thresholds=(0.2, 0.5, 0.8))
+    assert res["methods"] == one["methods"] and res["per_superlayer"] == one["per_superlayer"]
+    sweep = [(s["scores"]["efficiency"], s["scores"]["rejection"]) for s in res["threshold_sweep"]]
+    assert sweep == [(1, 0), (1, 1), (0, 1)]
+    assert len(res["worst_events"]) == 2 and len(res["best_events"]) == 2
+
+
+def test_worst_and_best_events_are_found_across_batches():
+    raw, truth = masks(10, seed=6)
+    kept = truth.copy()
+    kept[7, :30] = False  # event 7 worst, event 2 second worst
+    kept[2, :10] = False
+    ev = pd.HitEvaluation(["model"], grid_events=2)
+    names = [f"e{i}" for i in range(10)]
+    for sl in (slice(0, 4), slice(4, 10)):
+        ev.add(raw[sl], truth[sl], {"model": kept[sl]}, names=names[sl])
+    res = ev.result()
+    assert [e["name"] for e in res["worst_events"]] == ["e7", "e2"]
+    assert res["worst_events"][0]["f1"] == pytest.approx(2 * 6 / (36 + 6))
+    assert all(e["f1"] == 1 for e in res["best_events"])
+
+
+def test_snr_baseline_through_the_evaluation():
+    """SNR keeps a clean straight track whole and removes isolated hits far from anything."""
+    baselines = pytest.importorskip("baselines")
+    raw, truth = masks(6, seed=7)
+    res = pd.evaluate(raw, truth, {"model": truth, "keep-all": raw, "SNR": baselines.snr_keep(raw)})
+    snr = res["methods"]["SNR"]["scores"]
+    assert snr["efficiency"] == 1 and snr["rejection"] == 1 and snr["invented_per_event"] == 0
+    assert res["methods"]["keep-all"]["scores"]["rejection"] == 0
+
+
+def test_write_report_files(tmp_path):
+    raw, truth = masks(6, seed=8)
+    prob = np.where(truth, 0.9, 0.1).astype(np.float32)
+    res = pd.evaluate(raw, truth, {"model": prob > 0.5, "keep-all": raw}, prob, names=list("abcdef"))
+    res["threshold"] = 0.5
+    paths = pd.write_report(res, tmp_path / "r", meta={"model": "m.keras"})
+    data = json.loads(paths["json"].read_text())  # strict JSON: NaN written as null
+    assert data["methods"]["model"]["scores"]["f1"] == 1 and data["model"] == "m.keras"
+    assert len(data["threshold_sweep"]) == len(pd.SWEEP_THRESHOLDS) and data["best_events"][0]["name"] in "abcdef"
+    for key in ("png", "events"):
+        with Image.open(paths[key]) as im:
+            assert im.format == "PNG" and im.size[0] > 400
+    with pytest.raises(pd.InputError, match="already exists"):
+        pd.write_report(res, tmp_path / "r")
+    pd.write_report(res, tmp_path / "r", overwrite=True)
+
+
+# --- The script on PNG folders -------------------------------------------------------------------------
+def test_png_folder_denoised_cropped_same_names_only_hit_values(script, models, folders):
+    tmp, raw, truth, names = folders
+    (tmp / "raw" / "notes.txt").write_text("not an event")  # ignored
+    proc = script(SCRIPT, "--model", models["red"], "--input-dir", tmp / "raw", "--output-dir", tmp / "out",
+                  "--batch-size", 5)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in (tmp / "out").iterdir()) == sorted(names)
+    for name, t in zip(names, truth, strict=True):
+        with Image.open(tmp / "out" / name) as im:
+            assert im.size == (112, 36) and im.mode == "RGB"
+            out = np.asarray(im)
+        assert set(np.unique(out)) <= {0, ei.HIT_VALUE}
+        np.testing.assert_array_equal(out, t)  # the perfect model gives back exactly the truth
+    assert not (tmp / "out.report.json").exists()
+
+
+def test_png_evaluate_report_and_table(models, folders, capsys):
+    tmp, raw, truth, names = folders
+    assert pd.main(["--model", str(models["run"]), "--input-dir", str(tmp / "raw"), "--output-dir", str(tmp / "out"),
+                    "--evaluate", "--truth-dir", str(tmp / "truth")]) == 0
+    stdout = capsys.readouterr().out
+    assert "threshold 0.400, from validation" in stdout  # generator_best.keras and its sidecar
+    data = json.loads((tmp / "out.report.json").read_text())
+    assert data["threshold"] == 0.4 and data["events"] == 12
+    assert set(data["methods"]) >= {"model", "keep-all", "SNR"}
+    m = data["methods"]["model"]["scores"]
+    assert m["efficiency"] == 1 and m["rejection"] == 1 and m["invented_per_event"] == 0
+    assert data["methods"]["keep-all"]["scores"]["rejection"] == 0
+    for line in data["table"].splitlines():
+        assert line in stdout
+    assert data["verdict"] in stdout
+    assert (tmp / "out.report.png").is_file() and (tmp / "out.report.events.png").is_file()
+
+
+def run_main(*args):
+    """Pix2Pix_denoise.main in this process (the model loads once per test session, not per run)."""
+    return pd.main([str(a) for a in args])
+
+
+def test_png_threshold_override_and_mask_with_raw(models, folders):
+    tmp, raw, truth, names = folders
+    assert run_main("--model", models["all"], "--input-dir", tmp / "raw", "--output-dir", tmp / "out",
+                    "--threshold", "0.5") == 0
+    assert ei.read_event_png(tmp / "out" / names[0]).min() == 255  # every pixel lit: invented hits are written
+    assert run_main("--model", models["all"], "--input-dir", tmp / "raw", "--output-dir", tmp / "masked",
+                    "--mask-with-raw") == 0
+    np.testing.assert_array_equal(ei.hit_mask(ei.read_event_png(tmp / "masked" / names[0])), ei.hit_mask(raw[0]))
+    assert run_main("--model", models["none"], "--input-dir", tmp / "raw", "--output-dir", tmp / "none",
+                    "--evaluate", "--truth-dir", tmp / "truth") == 0
+    data = json.loads((tmp / "none.report.json").read_text())
+    assert data["methods"]["model"]["scores"]["efficiency"] == 0 and "WORSE" in data["verdict"]
+
+
+def test_overwrite(script, models, folders):
+    tmp, raw, truth, names = folders
+    args = ["--model", models["red"], "--input-dir", tmp / "raw", "--output-dir", tmp / "out"]
+    assert run_main(*args) == 0
+    target = tmp / "out" / names[3]
+    ei.write_event_png(target, np.zeros((36, 112, 3), np.uint8))  # a file of the user's
+    before = {p.name: p.read_bytes() for p in (tmp / "out").iterdir()}
+    proc = script(SCRIPT, *args)
+    assert_one_line_error(proc, names[0], "already exists", "--overwrite")
+    assert {p.name: p.read_bytes() for p in (tmp / "out").iterdir()} == before  # nothing touched
+    assert run_main(*args, "--overwrite") == 0
+    np.testing.assert_array_equal(ei.read_event_png(target), truth[3])
+    assert sorted(p.name for p in (tmp / "out").iterdir()) == sorted(names)  # no temporary files left
+    assert_one_line_error(script(SCRIPT, "--model", models["red"], "--input-dir", tmp / "raw", "--output-dir",
+                                 tmp / "raw", "--overwrite"), "output folder is an input folder")
+
+
+def test_bad_inputs_one_line_error_and_no_output(script, models, folders, tmp_path):
+    tmp, raw, truth, names = folders
+    out = tmp / "out"
+    base = ["--input-dir", tmp / "raw", "--output-dir", out]
+    broken = tmp_path / "broken.keras"
+    broken.write_bytes(b"not a zip file")
+    assert_one_line_error(script(SCRIPT, "--model", broken, *base, "--threshold", "0.5"), "broken.keras", "cannot load")
+    assert_one_line_error(script(SCRIPT, "--model", tmp_path / "missing.keras", *base), "missing.keras", "not found")
+    assert_one_line_error(script(SCRIPT, "--model", tmp / "raw", *base), "generator_best.keras")
+    (tmp / "empty").mkdir()
+    assert_one_line_error(script(SCRIPT, "--model", models["red"], "--input-dir", tmp / "empty", "--output-dir", out),
+                          "empty", "no PNG files")
+    Image.fromarray(np.zeros((112, 36, 3), np.uint8)).save(tmp / "raw" / "zz_rotated.png")  # 36 wide, 112 high
+    assert_one_line_error(script(SCRIPT, "--model", models["red"], *base), "zz_rotated.png", "36x112")
+    (tmp / "raw" / "zz_rotated.png").unlink()
+    (tmp / "truth" / names[5]).unlink()
+    assert_one_line_error(script(SCRIPT, "--model", models["red"], *base, "--evaluate", "--truth-dir", tmp / "truth"),
+                          names[5], "not found")
+    assert_one_line_error(script(SCRIPT, "--model", models["red"], *base, "--evaluate"), "--truth-dir")
+    assert_one_line_error(script(SCRIPT, "--model", models["red"], *base, "--threshold", "1.5"), "--threshold")
+    json_free = tmp_path / "bare.keras"
+    shutil.copy(models["red"], json_free)  # a model without its sidecar JSON has no stored threshold
+    assert_one_line_error(script(SCRIPT, "--model", json_free, *base), "bare.json", "--threshold")
+    assert not out.exists()
+
+
+def test_wrong_model_shape_is_refused(folders, tmp_path):
+    import keras
+
+    tmp, *_ = folders
+    inp = keras.Input((36, 112, 3))
+    keras.Model(inp, keras.layers.Conv2D(3, 1, activation="sigmoid")(inp)).save(tmp_path / "small.keras")
+    with pytest.raises(pd.InputError, match=r"small.keras: model maps .*36, 112.* expected"):
+        run_main("--model", tmp_path / "small.keras", "--input-dir", tmp / "raw", "--output-dir", tmp / "out",
+                 "--threshold", "0.5")
+    assert not (tmp / "out").exists()
+
+
+# --- The script on the HDF5 test split ---------------------------------------------------------------
+@pytest.fixture
+def h5file(tmp_path):
+    """A project HDF5 file of 16 hand-made pairs (padded 128x128, as Pix2Pix_data.py writes them)."""
+    import h5py
+
+    raw, truth = make_events(16, seed=9)
+    path = tmp_path / "events.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("raw", data=ei.pad_event(raw), chunks=(4, 128, 128, 3))
+        f.create_dataset("truth", data=ei.pad_event(truth), chunks=(4, 128, 128, 3))
+        f.create_dataset("names", data=[f"ev{i:02d}.png" for i in range(16)], dtype=h5py.string_dtype())
+    return path, raw, truth
+
+
+def test_h5_test_split_denoised_and_scored(models, h5file, capsys):
+    import h5py
+
+    import data_management
+
+    path, raw, truth = h5file
+    out = path.parent / "test_denoised.h5"
+    assert run_main("--model", models["run"], "--data", path, "--output", out, "--evaluate", "--batch-size", 3) == 0
+    test = data_management.load_split(path)["test"]
+    with h5py.File(out, "r") as f:
+        np.testing.assert_array_equal(f["indices"][:], test)
+        assert [n.decode() for n in f["names"][:]] == [f"ev{i:02d}.png" for i in test]
+        den = f["denoised"][:]
+        assert den.shape == (len(test), 36, 112, 3) and den.dtype == np.uint8 and f.attrs["threshold"] == 0.4
+    np.testing.assert_array_equal(den, truth[test])  # the perfect model: exactly the truth, cropped back
+    data = json.loads((path.parent / "test_denoised.report.json").read_text())
+    assert data["events"] == len(test) and data["methods"]["model"]["scores"]["f1"] == 1
+    assert data["methods"]["model"]["counts"]["track_hits"] == len(test) * 36
+    noise = ei.hit_mask(raw[test]) & ~ei.hit_mask(truth[test])
+    assert data["methods"]["model"]["counts"]["noise_hits"] == int(noise.sum())
+    assert (path.parent / "test_denoised.report.png").is_file()
+    # An existing output is refused; the input is never an output.
+    capsys.readouterr()
+    with pytest.raises(pd.InputError, match="already exists"):
+        run_main("--model", models["run"], "--data", path, "--output", out)
+    with pytest.raises(pd.InputError, match="output is the input file"):
+        run_main("--model", models["run"], "--data", path, "--output", path, "--overwrite")
+
+
+def test_h5_bad_file_one_line_error(script, models, tmp_path):
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(b"not hdf5")
+    assert_one_line_error(script(SCRIPT, "--model", models["red"], "--data", bad), "bad.h5", "HDF5")
+    assert not (tmp_path / "bad_denoised.h5").exists()
+
+
+def test_cae_baseline_through_the_evaluation(models, h5file):
+    """--baseline-cae trains and caches the CAE; its row equals evaluate() of baselines.cae_keep on the same events."""
+    baselines = pytest.importorskip("baselines")
+    path, raw, truth = h5file
+    cache = path.parent / "cae"
+    cache.mkdir()
+    out = path.parent / "den.h5"
+    assert run_main("--model", models["red"], "--data", path, "--output", out, "--evaluate", "--baseline-cae",
+                    "--cae-epochs", 1, "--cae-cache", cache, "--report", path.parent / "rep") == 0
+    assert len(list(cache.glob("*.keras"))) == 1
+    data = json.loads((path.parent / "rep.json").read_text())
+    assert list(data["methods"]) == ["model", "keep-all", "SNR", "CAE"]
+    import data_management
+
+    test = data_management.load_split(path)["test"]
+    raw_m, truth_m = ei.hit_mask(raw[test]), ei.hit_mask(truth[test])
+    cae = baselines.get_cae(path, cache, train_if_missing=False, epochs=1)
+    direct = pd.evaluate(raw_m, truth_m, {"CAE": baselines.cae_keep(cae, raw_m)})
+    assert data["methods"]["CAE"]["counts"] == direct["methods"]["CAE"]["counts"]
+
+
+# --- Killed mid-run: nothing half-written under a final name -------------------------------------------
+def _start(*args):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    return subprocess.Popen([sys.executable, str(ROOT / SCRIPT), *map(str, args)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, cwd=ROOT)
+
+
+def _kill_when(proc, ready, delay, timeout=120):
+    """SIGKILL proc `delay` seconds after ready() first holds; False if it finished before that."""
+    import time
+
+    t0 = time.time()
+    while not ready():
+        if proc.poll() is not None or time.time() - t0 > timeout:
+            return False
+        time.sleep(0.01)
+    time.sleep(delay)
+    if proc.poll() is not None:
+        return False
+    proc.kill()
+    proc.wait()
+    return True
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_killed_mid_run_leaves_only_complete_pngs(models, tmp_path, seed):
+    raw, _ = make_events(1500, seed=seed)
+    write_pngs(tmp_path / "raw", raw)
+    out = tmp_path / "out"
+    proc = _start("--model", models["red"], "--input-dir", tmp_path / "raw", "--output-dir", out, "--batch-size", 4)
+    delay = float(np.random.default_rng(seed).uniform(0.0, 0.6))
+    assert _kill_when(proc, lambda: out.is_dir() and any(out.glob("*.png")), delay), "finished before the kill"
+    finals = sorted(out.glob("*.png"))
+    assert 0 < len(finals) < 1500
+    for p in finals:  # every PNG under a final name is whole and valid
+        with Image.open(p) as im:
+            im.load()
+            assert im.size == (112, 36) and set(np.unique(np.asarray(im))) <= {0, 255}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1])
+def test_killed_mid_run_leaves_no_hdf5_under_the_final_name(models, tmp_path, seed):
+    import h5py
+
+    raw, truth = make_events(2000, seed=seed)
+    path = tmp_path / "events.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("raw", data=ei.pad_event(raw), chunks=(16, 128, 128, 3))
+        f.create_dataset("truth", data=ei.pad_event(truth), chunks=(16, 128, 128, 3))
+    out = tmp_path / "den.h5"
+    proc = _start("--model", models["red"], "--data", path, "--output", out, "--batch-size", 4, "--evaluate")
+    delay = float(np.random.default_rng(seed).uniform(0.0, 0.5))
+    assert _kill_when(proc, lambda: any(tmp_path.glob(".den.h5.*")), delay), "finished before the kill"
+    assert not out.exists() and not (tmp_path / "den.report.json").exists()
