@@ -1,0 +1,451 @@
+"""Pix2Pix_data.py: PNG pairs -> HDF5, checked against the source PNGs pixel for pixel.
+
+Test PNGs are made here with numpy + event_image.write_event_png, with random colours, so
+that any mix-up of pairs, rows or channels shows.
+"""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import psutil
+import pytest
+from conftest import ROOT, assert_one_line_error, run_script
+from PIL import Image
+
+import event_image as ei
+import Pix2Pix_data as p2d
+from script_utils import InputError
+
+
+# --- Making test data -------------------------------------------------------------------
+def random_event(rng, occupancy=0.03):
+    """A sparse (36, 112, 3) uint8 event with random colours (not only 0/255)."""
+    img = np.zeros((ei.LAYERS, ei.WIRES, ei.CHANNELS), np.uint8)
+    lit = rng.random((ei.LAYERS, ei.WIRES)) < occupancy
+    img[lit] = rng.integers(1, 256, size=(lit.sum(), 3), dtype=np.uint8)
+    return img
+
+
+def random_event_pair(rng):
+    """A raw event and its truth: about a third of the raw hits."""
+    raw = random_event(rng)
+    return raw, raw * (rng.random(raw.shape[:2]) < 0.3)[..., None].astype(np.uint8)
+
+
+def write_folders(root, names, seed=0):
+    """root/raw/NAME and root/truth/NAME for each name; returns {name: (raw, truth)}."""
+    rng = np.random.default_rng(seed)
+    (root / "raw").mkdir(parents=True, exist_ok=True)
+    (root / "truth").mkdir(parents=True, exist_ok=True)
+    events = {}
+    for name in names:
+        raw, truth = random_event_pair(rng)
+        ei.write_event_png(root / "raw" / name, raw)
+        ei.write_event_png(root / "truth" / name, truth)
+        events[name] = raw, truth
+    return events
+
+
+def write_tagged(folder, pair_names, seed=0):
+    """One folder holding (raw_name, truth_name) pairs; returns {raw_name: (truth_name, raw, truth)}."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    events = {}
+    for raw_name, truth_name in pair_names:
+        raw, truth = random_event_pair(rng)
+        ei.write_event_png(folder / raw_name, raw)
+        ei.write_event_png(folder / truth_name, truth)
+        events[raw_name] = truth_name, raw, truth
+    return events
+
+
+def event_names(n):
+    return [f"event_{i:04d}.png" for i in range(n)]
+
+
+def convert_cli(raw, truth, output, *args):
+    return run_script("Pix2Pix_data.py", "--raw-dir", raw, "--truth-dir", truth, "--output", output, *args)
+
+
+def leftovers(folder):
+    """Every file in folder whose name starts with '.' (temporary files)."""
+    return sorted(p.name for p in Path(folder).iterdir() if p.name.startswith("."))
+
+
+def assert_matches(h5_path, expected):
+    """The file holds exactly the expected {name: (raw, truth)} pairs, in sorted name order."""
+    with h5py.File(h5_path, "r") as f:
+        names = list(f["names"].asstr()[:])
+        assert names == sorted(expected)
+        raw, truth = f["raw"][:], f["truth"][:]
+    assert raw.dtype == np.uint8 and raw.shape == (len(expected), 128, 128, 3) == truth.shape
+    np.testing.assert_array_equal(raw, ei.pad_event(np.stack([expected[n][0] for n in names])))
+    np.testing.assert_array_equal(truth, ei.pad_event(np.stack([expected[n][1] for n in names])))
+
+
+# --- Good inputs --------------------------------------------------------------------------
+def test_folders_pixel_for_pixel_with_workers(tmp_path):
+    names = event_names(70)  # 2 full chunks of 32 and a partial one
+    rng = np.random.default_rng(5)
+    expected = write_folders(tmp_path / "ev", list(rng.permutation(names)))  # written in shuffled order
+    out = tmp_path / "pairs.h5"
+    proc = convert_cli(tmp_path / "ev/raw", tmp_path / "ev/truth", out, "--workers", "2")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"wrote 70 pairs to {out}") and "pairs/s" in lines[0]
+    raw_hits = np.mean([ei.hit_mask(r).sum() for r, _ in expected.values()])
+    assert f"hits per event raw {raw_hits:.1f}" in lines[0]
+    assert_matches(out, expected)
+    with h5py.File(out, "r") as f:
+        for key in ("raw", "truth"):
+            assert f[key].chunks == (32, 128, 128, 3) and f[key].compression == "gzip"
+        assert json.loads(f.attrs["layout"]) == json.loads(json.dumps(ei.LAYOUT))
+        assert f.attrs["source_raw_dir"] == str((tmp_path / "ev/raw").resolve())
+        assert f.attrs["source_truth_dir"] == str((tmp_path / "ev/truth").resolve())
+        assert f.attrs["pair_layout"] == "folders" and f.attrs["pairs"] == 70
+        assert abs(time.time() - np.datetime64(f.attrs["created"][:19]).astype("datetime64[s]").astype(float)) < 600
+        assert list(f["truth_names"].asstr()[:]) == sorted(names)
+        # Compressed: these images are nearly empty.
+        assert f["raw"].id.get_storage_size() < f["raw"].size / 10
+        np.testing.assert_array_equal(ei.crop_event(f["raw"][3]), expected[sorted(names)[3]][0])
+    assert leftovers(tmp_path) == []
+
+
+def test_tagged_pairs_by_name_not_by_sort_order(tmp_path):
+    # Sorted raw names: m_all_1, m_b_all_2; sorted truth names: m_b_truth_2, m_truth_1.
+    # Pairing by sort order would mix these two up.
+    pair_names = [("m_all_1.png", "m_truth_1.png"), ("m_b_all_2.png", "m_b_truth_2.png")]
+    pair_names += [(f"dc_all_{i}.png", f"dc_truth_{i}.png") for i in range(5)]
+    expected = write_tagged(tmp_path / "orig", pair_names)
+    out = tmp_path / "tagged.h5"
+    proc = run_script("Pix2Pix_data.py", "--layout", "tagged", "--raw-dir", tmp_path / "orig", "--output", out,
+                      "--workers", "2", "--chunk-events", "2")
+    assert proc.returncode == 0, proc.stderr
+    with h5py.File(out, "r") as f:
+        names, truth_names = list(f["names"].asstr()[:]), list(f["truth_names"].asstr()[:])
+        assert names == sorted(expected)
+        assert truth_names == [expected[n][0] for n in names]
+        np.testing.assert_array_equal(f["raw"][:], ei.pad_event(np.stack([expected[n][1] for n in names])))
+        np.testing.assert_array_equal(f["truth"][:], ei.pad_event(np.stack([expected[n][2] for n in names])))
+        assert f.attrs["pair_layout"] == "tagged" and f.attrs["raw_tag"] == "_all_"
+
+
+def test_convert_function_and_accepted_image_kinds(tmp_path):
+    """convert() as the demo imports it; grayscale, palette and opaque RGBA become RGB."""
+    expected = write_folders(tmp_path / "ev", event_names(3))
+    img = np.zeros((36, 112, 3), np.uint8)
+    img[[0, 17, 35], [0, 50, 111]] = 255
+    Image.fromarray(img[..., 0], "L").save(tmp_path / "ev/raw/gray.png")
+    Image.fromarray(img).convert("P").save(tmp_path / "ev/truth/gray.png")
+    Image.fromarray(np.dstack([img, np.full((36, 112), 255, np.uint8)]), "RGBA").save(tmp_path / "ev/raw/rgba.png")
+    Image.fromarray(img[..., 0], "L").save(tmp_path / "ev/truth/rgba.png")
+    expected["gray.png"] = expected["rgba.png"] = (img, img)
+    summary = p2d.convert(tmp_path / "ev/raw", tmp_path / "ev/truth", tmp_path / "out.h5", workers=1)
+    assert summary["pairs"] == 5 and summary["skipped"] == 0
+    assert_matches(tmp_path / "out.h5", expected)
+
+
+def test_names_differing_only_in_case_pair_exactly(tmp_path):
+    expected = write_folders(tmp_path / "ev", ["a.png", "A.png", "Event.PNG", "b.png"])
+    p2d.convert(tmp_path / "ev/raw", tmp_path / "ev/truth", tmp_path / "out.h5", workers=1, chunk_events=2)
+    assert_matches(tmp_path / "out.h5", expected)  # a.png and A.png keep their own truth
+
+
+def test_hit_masks_equal_event_image(tmp_path):
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, size=(5, 36, 112, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(p2d.hit_masks(images), ei.hit_mask(images))
+
+
+# --- Bad inputs -----------------------------------------------------------------------------
+def spoil(kind, ev):
+    """Make one kind of bad input in the folders ev/raw, ev/truth; return (cli args, words)."""
+    raw, truth = ev / "raw", ev / "truth"
+    bad = raw / "event_0001.png"
+    if kind == "wrong size":
+        Image.fromarray(np.zeros((36, 100, 3), np.uint8)).save(bad)
+        return [], [str(bad), "100x36"]
+    if kind == "rotated":
+        Image.fromarray(np.zeros((112, 36, 3), np.uint8)).save(bad)
+        return [], [str(bad), "36x112"]
+    if kind == "not a png":
+        bad.write_text("hello")
+        return [], [str(bad), "not a readable png"]
+    if kind == "jpeg":
+        Image.fromarray(np.zeros((36, 112, 3), np.uint8)).save(bad, format="JPEG")
+        return [], [str(bad), "not a png"]
+    if kind == "truncated":
+        bad.write_bytes(bad.read_bytes()[:60])
+        return [], [str(bad)]
+    if kind == "transparent":
+        rgba = np.zeros((36, 112, 4), np.uint8)
+        rgba[..., 3] = 255
+        rgba[3, 3, 3] = 0
+        Image.fromarray(rgba, "RGBA").save(truth / "event_0002.png")
+        return [], [str(truth / "event_0002.png"), "transparent"]
+    if kind == "16 bit":
+        Image.fromarray(np.zeros((36, 112), np.uint16)).save(bad)
+        return [], [str(bad), "8 bits"]
+    if kind == "unpaired raw":
+        ei.write_event_png(raw / "extra.png", np.zeros((36, 112, 3), np.uint8))
+        return [], [str(raw / "extra.png"), "no truth file"]
+    if kind == "unpaired truth":
+        (raw / "event_0002.png").unlink()
+        return [], [str(truth / "event_0002.png"), "no raw file"]
+    if kind == "case only":
+        (truth / "event_0002.png").rename(truth / "EVENT_0002.png")
+        return [], [str(raw / "event_0002.png"), "EVENT_0002.png differs only in case"]
+    if kind == "empty folder":
+        for p in truth.iterdir():
+            p.unlink()
+        return [], [str(truth), "no .png files"]
+    if kind == "missing folder":
+        return ["--truth-dir", ev / "nowhere"], [str(ev / "nowhere"), "does not exist"]
+    if kind == "same folder":
+        return ["--truth-dir", raw], [str(raw), "same"]
+    if kind == "untagged names":
+        return ["--layout", "tagged", "--truth-dir", raw], [str(raw / "event_0000.png"), "neither tag", "and 37 more"]
+    if kind == "tagged with truth dir":
+        return ["--layout", "tagged"], [str(truth), "do not give --truth-dir"]
+    if kind == "bad shard":
+        return ["--shard", "5/4"], ["--shard 5/4"]
+    if kind == "bad workers":
+        return ["--workers", "0"], ["--workers"]
+    if kind == "unknown option":
+        return ["--frobnicate"], ["--frobnicate"]
+    raise AssertionError(kind)
+
+
+BAD_KINDS = ["wrong size", "rotated", "not a png", "jpeg", "truncated", "transparent", "16 bit", "unpaired raw",
+             "unpaired truth", "case only", "empty folder", "missing folder", "same folder", "untagged names",
+             "tagged with truth dir",
+             "bad shard", "bad workers", "unknown option"]
+
+
+@pytest.mark.parametrize("kind", BAD_KINDS)
+def test_bad_input_is_one_line_error_and_no_output(tmp_path, kind):
+    write_folders(tmp_path / "ev", event_names(40))  # the bad pair sits in the first of 2 chunks
+    args, words = spoil(kind, tmp_path / "ev")
+    out = tmp_path / "out" / "pairs.h5"
+    out.parent.mkdir()
+    base = ["--raw-dir", tmp_path / "ev/raw", "--truth-dir", tmp_path / "ev/truth", "--output", out, "--workers", "2"]
+    if "--truth-dir" in args:  # replaces the default one
+        i = base.index("--truth-dir")
+        del base[i:i + 2]
+    proc = run_script("Pix2Pix_data.py", *base, *args)
+    assert_one_line_error(proc, *words)
+    assert list(out.parent.iterdir()) == [], "no output file, no temporary file"
+
+
+def test_unpaired_tagged_file_and_case_hint(tmp_path):
+    write_tagged(tmp_path / "orig", [("x_all_1.png", "x_truth_1.png"), ("x_all_2.png", "X_truth_2.png")])
+    ei.write_event_png(tmp_path / "orig/notes_1.png", np.zeros((36, 112, 3), np.uint8))
+    proc = run_script("Pix2Pix_data.py", "--layout", "tagged", "--raw-dir", tmp_path / "orig",
+                      "--output", tmp_path / "o.h5")
+    assert_one_line_error(proc, "notes_1.png: name carries neither tag", "x_all_2.png", "X_truth_2.png differs only "
+                          "in case")
+    assert not (tmp_path / "o.h5").exists()
+
+
+def test_existing_output_is_kept_without_overwrite_and_replaced_with_it(tmp_path):
+    expected = write_folders(tmp_path / "ev", event_names(5))
+    out = tmp_path / "pairs.h5"
+    out.write_bytes(b"precious")
+    proc = convert_cli(tmp_path / "ev/raw", tmp_path / "ev/truth", out)
+    assert_one_line_error(proc, str(out), "already exists", "--overwrite")
+    assert out.read_bytes() == b"precious"
+    proc = convert_cli(tmp_path / "ev/raw", tmp_path / "ev/truth", out, "--overwrite")
+    assert proc.returncode == 0, proc.stderr
+    assert_matches(out, expected)
+    assert leftovers(tmp_path) == []
+
+
+def test_a_bad_image_with_overwrite_keeps_the_old_output(tmp_path):
+    write_folders(tmp_path / "ev", event_names(5))
+    out = tmp_path / "pairs.h5"
+    out.write_bytes(b"precious")
+    (tmp_path / "ev/raw/event_0003.png").write_bytes(b"\x89PNG broken")
+    with pytest.raises(InputError, match="event_0003.png"):
+        p2d.convert(tmp_path / "ev/raw", tmp_path / "ev/truth", out, overwrite=True, workers=1)
+    assert out.read_bytes() == b"precious" and leftovers(tmp_path) == []
+
+
+def test_skip_bad_leaves_bad_pairs_out_and_lists_them(tmp_path):
+    names = event_names(13)
+    expected = write_folders(tmp_path / "ev", names)
+    (tmp_path / "ev/raw/event_0005.png").write_text("not an image")  # mid-chunk: later chunks shift
+    Image.fromarray(np.zeros((36, 100, 3), np.uint8)).save(tmp_path / "ev/truth/event_0011.png")
+    ei.write_event_png(tmp_path / "ev/truth/lonely.png", np.zeros((36, 112, 3), np.uint8))
+    for name in ("event_0005.png", "event_0011.png"):
+        del expected[name]
+    out = tmp_path / "pairs.h5"
+    proc = convert_cli(tmp_path / "ev/raw", tmp_path / "ev/truth", out, "--skip-bad", "--chunk-events", "4",
+                       "--workers", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert "warning: left out 3" in proc.stderr and "wrote 11 pairs" in proc.stdout and "3 skipped" in proc.stdout
+    assert_matches(out, expected)
+    listed = (tmp_path / "pairs.h5.skipped.txt").read_text().splitlines()
+    assert listed[0].startswith("# 3 ")
+    assert [line.split("\t")[0] for line in listed[1:]] == [str(tmp_path / "ev/truth/lonely.png"), "event_0005.png",
+                                                            "event_0011.png"]
+    assert "not a readable PNG" in listed[2] and "100x36" in listed[3]
+    with h5py.File(out, "r") as f:
+        assert f.attrs["skipped"] == 3 and f["raw"].chunks == (4, 128, 128, 3)
+    # A second run refuses to replace the list as well as the file without --overwrite.
+    proc = convert_cli(tmp_path / "ev/raw", tmp_path / "ev/truth", tmp_path / "other.h5", "--skip-bad")
+    assert proc.returncode == 0
+    (tmp_path / "other.h5").unlink()
+    proc = convert_cli(tmp_path / "ev/raw", tmp_path / "ev/truth", tmp_path / "other.h5", "--skip-bad")
+    assert_one_line_error(proc, "other.h5.skipped.txt", "already exists")
+
+
+def test_skip_bad_with_nothing_good_is_an_error(tmp_path):
+    write_folders(tmp_path / "ev", event_names(2))
+    for p in (tmp_path / "ev/raw").iterdir():
+        p.write_text("x")
+    proc = convert_cli(tmp_path / "ev/raw", tmp_path / "ev/truth", tmp_path / "o.h5", "--skip-bad")
+    assert_one_line_error(proc, "no good pairs")
+    assert leftovers(tmp_path) == [] and not (tmp_path / "o.h5").exists()
+    assert not (tmp_path / "o.h5.skipped.txt").exists()
+
+
+def test_swapped_folders_are_warned_about(tmp_path):
+    rng = np.random.default_rng(0)
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "truth").mkdir()
+    raw = random_event(rng)
+    truth = raw.copy()
+    truth[:, 50:] = 0  # truth is a subset of raw
+    ei.write_event_png(tmp_path / "raw/a.png", truth)  # ... but the folders are swapped
+    ei.write_event_png(tmp_path / "truth/a.png", raw)
+    proc = convert_cli(tmp_path / "raw", tmp_path / "truth", tmp_path / "o.h5")
+    assert proc.returncode == 0 and "swapped" in proc.stderr
+
+
+# --- Shards and merging ---------------------------------------------------------------------------
+def test_shards_merge_into_the_unsharded_file(tmp_path):
+    names = event_names(45)
+    write_folders(tmp_path / "ev", names)
+    raw, truth = tmp_path / "ev/raw", tmp_path / "ev/truth"
+    p2d.convert(raw, truth, tmp_path / "whole.h5", workers=1, chunk_events=8)
+    parts = []
+    for k in (3, 1, 2):  # farm jobs finish in any order
+        part = tmp_path / "parts" / f"part{k}.h5"
+        part.parent.mkdir(exist_ok=True)
+        p2d.convert(raw, truth, part, workers=1, chunk_events=8, shard=f"{k}/3")
+        parts.append(part)
+    with h5py.File(parts[1], "r") as f:  # shard 1/3 of 45 pairs: pairs 0..14
+        assert (f.attrs["shard_index"], f.attrs["shard_count"], f.attrs["total_pairs"]) == (1, 3, 45)
+        assert list(f["names"].asstr()[:]) == names[:15]
+    merged_virtual, merged_copy = tmp_path / "virtual.h5", tmp_path / "copy.h5"
+    proc = run_script("Pix2Pix_data.py", "--merge", *parts, "--output", merged_virtual)
+    assert proc.returncode == 0 and "merged 3 parts, 45 pairs" in proc.stdout, proc.stderr
+    proc = run_script("Pix2Pix_data.py", "--merge", *parts, "--output", merged_copy, "--copy")
+    assert proc.returncode == 0, proc.stderr
+    with h5py.File(tmp_path / "whole.h5", "r") as f:
+        whole = {key: f[key][:] for key in ("raw", "truth", "names", "truth_names")}
+    for merged, virtual in ((merged_virtual, True), (merged_copy, False)):
+        # Read from another working directory: the virtual file finds its parts beside it.
+        code = (f"import h5py, numpy as np; f = h5py.File({str(merged)!r}, 'r'); "
+                f"np.savez({str(tmp_path / 'read.npz')!r}, **{{k: f[k][:] for k in ('raw', 'truth')}}); "
+                "print(f['raw'].is_virtual, f.attrs['shard_count'], f.attrs['pairs'])")
+        proc = subprocess.run([sys.executable, "-c", code], cwd="/", capture_output=True, text=True)
+        assert proc.stdout.split() == [str(virtual), "1", "45"], proc.stderr
+        read = np.load(tmp_path / "read.npz")
+        for key in ("raw", "truth"):
+            np.testing.assert_array_equal(read[key], whole[key])
+        with h5py.File(merged, "r") as f:
+            np.testing.assert_array_equal(f["names"][:], whole["names"])
+            np.testing.assert_array_equal(f["truth_names"][:], whole["truth_names"])
+            assert f.attrs["layout"] == json.dumps(ei.LAYOUT)
+
+
+def test_missing_overlapping_and_foreign_shards_are_named(tmp_path):
+    write_folders(tmp_path / "ev", event_names(12))
+    raw, truth = tmp_path / "ev/raw", tmp_path / "ev/truth"
+    parts = {k: tmp_path / f"p{k}.h5" for k in (1, 2, 3)}
+    for k, part in parts.items():
+        p2d.convert(raw, truth, part, workers=1, shard=(k, 3))
+    out = tmp_path / "m.h5"
+    proc = run_script("Pix2Pix_data.py", "--merge", parts[1], parts[3], "--output", out)
+    assert_one_line_error(proc, "missing shard", "2/3")
+    p2d.convert(raw, truth, tmp_path / "again2.h5", workers=1, shard="2/3")
+    proc = run_script("Pix2Pix_data.py", "--merge", *parts.values(), tmp_path / "again2.h5", "--output", out)
+    assert_one_line_error(proc, "overlapping", str(parts[2]), str(tmp_path / "again2.h5"))
+    write_folders(tmp_path / "other", event_names(11))
+    p2d.convert(tmp_path / "other/raw", tmp_path / "other/truth", tmp_path / "foreign.h5", workers=1, shard="2/3")
+    proc = run_script("Pix2Pix_data.py", "--merge", parts[1], tmp_path / "foreign.h5", parts[3], "--output", out)
+    assert_one_line_error(proc, "foreign.h5", "not a part of the same conversion")
+    (tmp_path / "junk.h5").write_text("junk")
+    proc = run_script("Pix2Pix_data.py", "--merge", parts[1], tmp_path / "junk.h5", "--output", out)
+    assert_one_line_error(proc, "junk.h5", "not a readable HDF5")
+    assert not out.exists() and [n for n in leftovers(tmp_path) if n.startswith(".m.h5")] == []
+
+
+def test_more_shards_than_pairs_gives_empty_parts_that_still_merge(tmp_path):
+    expected = write_folders(tmp_path / "ev", event_names(2))
+    parts = [tmp_path / f"p{k}.h5" for k in (1, 2, 3)]
+    for k, part in enumerate(parts, 1):
+        p2d.convert(tmp_path / "ev/raw", tmp_path / "ev/truth", part, workers=1, shard=(k, 3))
+    assert p2d.read_part(parts[0])["n"] == 0
+    p2d.merge(parts, tmp_path / "m.h5", copy=True)
+    assert_matches(tmp_path / "m.h5", expected)
+
+
+# --- Killed at a random moment ------------------------------------------------------------------------
+def file_digest(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_sigkill_at_a_random_moment(tmp_path, seed):
+    """SIGKILL to the main process only: no half file under the target name, the old output
+    intact, its workers gone, and a rerun succeeds (leftover temp files: hidden, ignored)."""
+    expected = write_folders(tmp_path / "ev", event_names(600), seed=seed)
+    out = tmp_path / "pairs.h5"
+    previous = seed % 2 == 0
+    if previous:
+        p2d.convert(tmp_path / "ev/raw", tmp_path / "ev/truth", out, workers=1, chunk_events=4)
+        old = file_digest(out)
+    cmd = [sys.executable, str(ROOT / "Pix2Pix_data.py"), "--raw-dir", tmp_path / "ev/raw", "--truth-dir",
+           tmp_path / "ev/truth", "--output", out, "--workers", "2", "--overwrite", "--chunk-events", "8"]
+    rng = np.random.default_rng(seed)
+    proc = subprocess.Popen(list(map(str, cmd)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    main = psutil.Process(proc.pid)
+    if seed == 3:  # anywhere from start-up on
+        time.sleep(rng.uniform(0.0, 1.0))
+    else:  # while writing: once the temporary file is there
+        deadline = time.time() + 30
+        while not any(n.endswith(".tmp") for n in leftovers(tmp_path)) and proc.poll() is None:
+            assert time.time() < deadline
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0.0, 0.2))
+    children = main.children(recursive=True)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    gone, alive = psutil.wait_procs(children, timeout=10)
+    assert alive == [], "workers must exit when the main process is killed"
+    if out.exists():  # the old file, or a finished new one: never half of one
+        if not previous or file_digest(out) != old:
+            assert_matches(out, expected)
+    else:
+        assert not previous
+    stale = leftovers(tmp_path)
+    print(f"killed {'over an old file' if previous else ''}: target {'there' if out.exists() else 'absent'}, "
+          f"temporary files left {stale}")
+    assert all(n.startswith(".pairs.h5.") and n.endswith(".tmp") for n in stale), stale
+    rerun = convert_cli(tmp_path / "ev/raw", tmp_path / "ev/truth", out, "--overwrite", "--workers", "2")
+    assert rerun.returncode == 0, rerun.stderr
+    assert_matches(out, expected)
+    assert leftovers(tmp_path) == stale  # ignored, not reused
+    if stale:
+        assert "left by interrupted runs; ignored" in rerun.stderr
