@@ -195,13 +195,18 @@ def choose_threshold(args, info, model_path):
     return float(t)
 
 
-def predict_probabilities(model, padded):
+def predict_probabilities(model, padded, batch_size=None):
     """Hit probability of each detector cell, (N, 36, 112) float32, from padded (N,128,128,3) in 0..1.
 
     The probability of a cell is its largest output channel, so `prob > t` equals
-    event_image.hit_mask(output, t).
+    event_image.hit_mask(output, t). A short last batch is filled up to batch_size with empty
+    images (and their outputs dropped), so the predict function is traced for one shape only.
     """
-    out = np.asarray(model.predict_on_batch(np.asarray(padded, np.float32)), np.float32)
+    padded = np.asarray(padded, np.float32)
+    n = len(padded)
+    if batch_size and n < batch_size:
+        padded = np.concatenate([padded, np.zeros((batch_size - n,) + padded.shape[1:], np.float32)])
+    out = np.asarray(model.predict_on_batch(padded), np.float32)[:n]
     return ei.crop_event(out).max(axis=-1)
 
 
@@ -508,27 +513,54 @@ def write_png_atomic(path, image, overwrite):
         ei.write_event_png(tmp, image)
 
 
+def read_png_batch(paths, truth_paths=None):
+    """uint8 raw images (N, 36, 112, 3) of a batch of PNGs, and truth hit masks if truth paths are given."""
+    raw = np.stack([ei.read_event_png(p) for p in paths])
+    truth = ei.hit_mask(np.stack([ei.read_event_png(t) for t in truth_paths])) if truth_paths else None
+    return raw, truth
+
+
+def write_png_batch(folder, paths, kept, overwrite):
+    """One denoised PNG per event (hits = HIT_VALUE), named like its input, each written atomically."""
+    for p, image in zip(paths, ei.mask_to_image(kept), strict=True):
+        write_png_atomic(folder / p.name, image, overwrite)
+
+
 def denoise_folder(model, threshold, inputs, output_dir, batch_size, overwrite=False, truths=None,
                    evaluation=None, baseline_keep=None, mask_with_raw=False):
-    """Denoise PNGs batch by batch into output_dir (same names); optionally score each batch. Returns N."""
+    """Denoise PNGs batch by batch into output_dir (same names); optionally score each batch. Returns N.
+
+    Two helper threads read the next batch and write the previous one while the network
+    predicts the current one (PNG and file work release the GIL), so the files cost little
+    on top of the model.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     output_dir = Path(output_dir)
     output_dir.mkdir(exist_ok=True)
+    starts = range(0, len(inputs), batch_size)
+    batch_of = lambda s: (inputs[s:s + batch_size], truths[s:s + batch_size] if evaluation is not None else None)
     bar = progress(total=len(inputs), desc="denoising", unit="event")
-    for start in range(0, len(inputs), batch_size):
-        paths = inputs[start:start + batch_size]
-        raw = np.stack([ei.read_event_png(p) for p in paths])
-        prob = predict_probabilities(model, ei.pad_event(raw).astype(np.float32) / 255.0)
-        kept = prob > threshold
-        raw_mask = ei.hit_mask(raw)
-        if mask_with_raw:
-            kept &= raw_mask
-        for p, k in zip(paths, ei.mask_to_image(kept), strict=True):
-            write_png_atomic(output_dir / p.name, k, overwrite)
-        if evaluation is not None:
-            truth = ei.hit_mask(np.stack([ei.read_event_png(t) for t in truths[start:start + batch_size]]))
-            keeps = {"model": kept, **{m: f(raw_mask) for m, f in baseline_keep.items()}}
-            evaluation.add(raw_mask, truth, keeps, prob, [p.name for p in paths])
-        bar.update(len(paths))
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        reading, writing = pool.submit(read_png_batch, *batch_of(0)), None
+        for i, start in enumerate(starts):
+            paths = inputs[start:start + batch_size]
+            raw, truth = reading.result()
+            if i + 1 < len(starts):
+                reading = pool.submit(read_png_batch, *batch_of(starts[i + 1]))
+            prob = predict_probabilities(model, ei.pad_event(raw).astype(np.float32) / 255.0, batch_size)
+            kept = prob > threshold
+            raw_mask = ei.hit_mask(raw)
+            if mask_with_raw:
+                kept &= raw_mask
+            if writing is not None:
+                writing.result()  # raises here if the previous batch could not be written
+            writing = pool.submit(write_png_batch, output_dir, paths, kept, overwrite)
+            if evaluation is not None:
+                keeps = {"model": kept, **{m: f(raw_mask) for m, f in baseline_keep.items()}}
+                evaluation.add(raw_mask, truth, keeps, prob, [p.name for p in paths])
+            bar.update(len(paths))
+        writing.result()
     bar.close()
     return len(inputs)
 
@@ -569,7 +601,7 @@ def denoise_h5(model, threshold, data, output, batch_size, overwrite=False, seed
         start = 0
         for raw_p, truth_p in dm.make_dataset(data, indices, batch_size=batch_size):
             raw_p = raw_p.numpy()
-            prob = predict_probabilities(model, raw_p)
+            prob = predict_probabilities(model, raw_p, batch_size)
             raw_mask = ei.hit_mask(ei.crop_event(raw_p), ei.SCALED_HIT_THRESHOLD)
             kept = prob > threshold
             if mask_with_raw:

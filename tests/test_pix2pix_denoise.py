@@ -272,29 +272,53 @@ def test_overwrite(script, models, folders):
 
 
 def test_bad_inputs_one_line_error_and_no_output(script, models, folders, tmp_path):
+    """As a user sees them (a script run: one line, exit 2): unreadable model, empty folder, wrong size."""
     tmp, raw, truth, names = folders
     out = tmp / "out"
     base = ["--input-dir", tmp / "raw", "--output-dir", out]
     broken = tmp_path / "broken.keras"
     broken.write_bytes(b"not a zip file")
     assert_one_line_error(script(SCRIPT, "--model", broken, *base, "--threshold", "0.5"), "broken.keras", "cannot load")
-    assert_one_line_error(script(SCRIPT, "--model", tmp_path / "missing.keras", *base), "missing.keras", "not found")
-    assert_one_line_error(script(SCRIPT, "--model", tmp / "raw", *base), "generator_best.keras")
     (tmp / "empty").mkdir()
     assert_one_line_error(script(SCRIPT, "--model", models["red"], "--input-dir", tmp / "empty", "--output-dir", out),
                           "empty", "no PNG files")
     Image.fromarray(np.zeros((112, 36, 3), np.uint8)).save(tmp / "raw" / "zz_rotated.png")  # 36 wide, 112 high
     assert_one_line_error(script(SCRIPT, "--model", models["red"], *base), "zz_rotated.png", "36x112")
-    (tmp / "raw" / "zz_rotated.png").unlink()
-    (tmp / "truth" / names[5]).unlink()
-    assert_one_line_error(script(SCRIPT, "--model", models["red"], *base, "--evaluate", "--truth-dir", tmp / "truth"),
-                          names[5], "not found")
-    assert_one_line_error(script(SCRIPT, "--model", models["red"], *base, "--evaluate"), "--truth-dir")
-    assert_one_line_error(script(SCRIPT, "--model", models["red"], *base, "--threshold", "1.5"), "--threshold")
-    json_free = tmp_path / "bare.keras"
-    shutil.copy(models["red"], json_free)  # a model without its sidecar JSON has no stored threshold
-    assert_one_line_error(script(SCRIPT, "--model", json_free, *base), "bare.json", "--threshold")
     assert not out.exists()
+
+
+@pytest.mark.parametrize("case, words", [
+    ("missing model", "missing.keras: model not found"),
+    ("run dir without best", "training directory without generator_best.keras"),
+    ("missing truth", "event_0005.png: file not found"),
+    ("evaluate without truth", "needs --truth-dir"),
+    ("threshold out of range", "--threshold 1.5: must be in [0, 1)"),
+    ("no stored threshold", "bare.json: no valid stored threshold; give --threshold"),
+    ("both inputs", "exactly one input"),
+])
+def test_bad_settings_are_input_errors_before_any_output(models, folders, tmp_path, case, words):
+    tmp, raw, truth, names = folders
+    args = ["--model", models["red"], "--input-dir", tmp / "raw", "--output-dir", tmp / "out"]
+    if case == "missing model":
+        args[1] = tmp_path / "missing.keras"
+    elif case == "run dir without best":
+        args[1] = tmp / "raw"
+    elif case == "missing truth":
+        (tmp / "truth" / names[5]).unlink()
+        args += ["--evaluate", "--truth-dir", tmp / "truth"]
+    elif case == "evaluate without truth":
+        args += ["--evaluate"]
+    elif case == "threshold out of range":
+        args += ["--threshold", "1.5"]
+    elif case == "no stored threshold":
+        args[1] = tmp_path / "bare.keras"
+        shutil.copy(models["red"], args[1])  # a model without its sidecar JSON has no stored threshold
+    elif case == "both inputs":
+        args += ["--data", tmp_path / "x.h5"]
+    with pytest.raises(pd.InputError) as err:
+        run_main(*args)
+    assert words in str(err.value)
+    assert not (tmp / "out").exists()
 
 
 def test_wrong_model_shape_is_refused(folders, tmp_path):
