@@ -117,6 +117,7 @@ def case_hint(name, others_by_lower):
 def pair_folders(raw_dir, truth_dir):
     """Pairs of equal file names in two folders, and the unpaired files as (path, reason)."""
     raw_dir, truth_dir = Path(raw_dir), Path(truth_dir)
+    raw_str, truth_str = str(raw_dir), str(truth_dir)
     if raw_dir.resolve() == truth_dir.resolve():
         raise InputError(f"{raw_dir}: raw and truth folders are the same (for one folder use --layout tagged)")
     raw, truth = list_pngs(raw_dir, "raw"), list_pngs(truth_dir, "truth")
@@ -127,7 +128,7 @@ def pair_folders(raw_dir, truth_dir):
                 for n in raw if n not in truth_set]
     problems += [(truth_dir / n, f"no raw file {raw_dir / n}{case_hint(n, raw_lower)}")
                  for n in truth if n not in raw_set]
-    pairs = [Pair(n, n, raw_dir / n, truth_dir / n) for n in raw if n in truth_set]
+    pairs = [Pair(n, n, os.path.join(raw_str, n), os.path.join(truth_str, n)) for n in raw if n in truth_set]
     return pairs, problems
 
 
@@ -153,7 +154,8 @@ def pair_tagged(folder, raw_tag=RAW_TAG, truth_tag=TRUTH_TAG):
                  for k, n in raw.items() if k not in truth]
     problems += [(folder / n, f"no raw file {k.replace(chr(0), raw_tag)}{case_hint(k, raw_lower)}")
                  for k, n in truth.items() if k not in raw]
-    pairs = sorted((Pair(n, truth[k], folder / n, folder / truth[k]) for k, n in raw.items() if k in truth),
+    pairs = sorted((Pair(n, truth[k], os.path.join(folder, n), os.path.join(folder, truth[k]))
+                    for k, n in raw.items() if k in truth),
                    key=lambda p: p.raw_name)
     return pairs, sorted(problems)
 
@@ -210,6 +212,7 @@ def shard_range(k, n, total):
 def watch_parent(parent_pid):
     """Worker start-up: ignore Ctrl-C (the main process handles it) and exit if the main dies."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the pool stops its workers with SIGTERM
 
     def watch():
         while os.getppid() == parent_pid:
@@ -221,11 +224,23 @@ def watch_parent(parent_pid):
 
 def hit_masks(images):
     """event_image.hit_mask of a batch of uint8 images, several times faster than np.any(axis=-1)."""
-    above = images > ei.PNG_HIT_THRESHOLD
-    mask = above[..., 0].copy()
+    brightest = images[..., 0]
     for c in range(1, images.shape[-1]):
-        mask |= above[..., c]
-    return mask
+        brightest = np.maximum(brightest, images[..., c])
+    return brightest > ei.PNG_HIT_THRESHOLD
+
+
+_BUFFERS = {}  # per process: the chunk buffers decode_chunk reuses (no fresh megabytes per chunk)
+
+
+def chunk_buffers(chunk_events):
+    """Reused event and padded buffers of one chunk: raw, truth, padded raw, padded truth."""
+    if chunk_events not in _BUFFERS:
+        _BUFFERS.clear()
+        events = np.zeros((2, chunk_events, ei.LAYERS, ei.WIRES, ei.CHANNELS), np.uint8)
+        padded = np.zeros((2, chunk_events, *EVENT_SHAPE), np.uint8)  # the borders stay zero
+        _BUFFERS[chunk_events] = (events[0], events[1], padded[0], padded[1])
+    return _BUFFERS[chunk_events]
 
 
 def decode_chunk(task):
@@ -236,8 +251,7 @@ def decode_chunk(task):
     per dataset, compressed as a zlib stream (what the HDF5 gzip filter stores).
     """
     chunk_events, level, paths = task
-    raw = np.zeros((chunk_events, ei.LAYERS, ei.WIRES, ei.CHANNELS), np.uint8)
-    truth = np.zeros_like(raw)
+    raw, truth, raw_padded, truth_padded = chunk_buffers(chunk_events)
     good, bad = [], []
     for i, (raw_path, truth_path) in enumerate(paths):
         errors = []
@@ -251,14 +265,17 @@ def decode_chunk(task):
         else:
             good.append(i)
     k = len(good)
-    raw[k:], truth[k:] = 0, 0  # a bad pair's half-written row
+    raw[k:], truth[k:] = 0, 0  # rows of an earlier chunk or of a bad pair
     raw_hits, truth_hits = hit_masks(raw[:k]), hit_masks(truth[:k])
     stray = truth_hits & ~raw_hits  # truth hits that are not raw hits: swapped folders?
+    # event_image.pad_event's placement, into the reused buffers
+    raw_padded[:, ei.LAYER_ROWS, ei.WIRE_COLUMNS] = raw
+    truth_padded[:, ei.LAYER_ROWS, ei.WIRE_COLUMNS] = truth
     return {
         "good": good,
         "bad": bad,
-        "raw": isal_zlib.compress(ei.pad_event(raw).data, level),
-        "truth": isal_zlib.compress(ei.pad_event(truth).data, level),
+        "raw": isal_zlib.compress(raw_padded.data, level),
+        "truth": isal_zlib.compress(truth_padded.data, level),
         "raw_hits": int(raw_hits.sum()),
         "truth_hits": int(truth_hits.sum()),
         "stray_hits": int(stray.sum()),
@@ -430,7 +447,7 @@ def convert(raw_dir, truth_dir, output, *, layout=PAIR_LAYOUT, raw_tag=RAW_TAG, 
 
     counts = dict(raw_hits=0, truth_hits=0, stray_hits=0, stray_pairs=0)
     mine = pairs[start:stop]
-    tasks = ((chunk_events, compression_level, [(str(p.raw_path), str(p.truth_path)) for p in mine[i:i + chunk_events]])
+    tasks = ((chunk_events, compression_level, [(p.raw_path, p.truth_path) for p in mine[i:i + chunk_events]])
              for i in range(0, len(mine), chunk_events))
     workers = min(workers, -(-len(mine) // chunk_events))
     with atomic_output(output, overwrite) as tmp, worker_pool(workers) as pool:
@@ -638,8 +655,14 @@ def parse_args(argv=None):
     return args
 
 
+def stop_on_sigterm(signum, frame):
+    """A batch system's SIGTERM stops the run like Ctrl-C: the temporary file is removed."""
+    raise KeyboardInterrupt
+
+
 def main(argv=None):
     """Convert (or merge) as the command line says and print the one-line summary."""
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
     args = parse_args(argv)
     if args.merge:
         print(merge(args.merge, args.output, copy=args.copy, overwrite=args.overwrite, chunk_events=args.chunk_events,

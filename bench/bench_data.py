@@ -16,6 +16,7 @@ the read speed of the HDF5 file in batches of 32 (how data_management reads it).
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -80,16 +81,22 @@ def decode(raw_dir, truth_dir, workers):
         return sum(pool.imap_unordered(decode_pairs, jobs))
 
 
+def cpu_seconds():
+    """User + system CPU time of this process and of its finished (waited-for) children."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def child(method, raw_dir, truth_dir, output, workers):
-    """Run one method, timed from after the imports; print {"pairs", "seconds"} as JSON."""
-    t0 = time.perf_counter()
+    """Run one method, timed from after the imports; print {"pairs", "seconds", "cpu"} as JSON."""
+    t0, cpu0 = time.perf_counter(), cpu_seconds()
     if method == "naive":
         pairs = naive(raw_dir, truth_dir, output)
     elif method == "convert":
         pairs = Pix2Pix_data.convert(raw_dir, truth_dir, output, workers=workers, overwrite=True)["pairs"]
     else:
         pairs = decode(raw_dir, truth_dir, workers)
-    print(json.dumps({"pairs": pairs, "seconds": time.perf_counter() - t0}))
+    print(json.dumps({"pairs": pairs, "seconds": time.perf_counter() - t0, "cpu": cpu_seconds() - cpu0}))
 
 
 # --- Running and measuring ---------------------------------------------------------------------------
@@ -113,8 +120,8 @@ def run_child(method, events, output, workers):
     if proc.returncode:
         sys.exit(f"bench: {method} failed")
     result = json.loads(out.strip().splitlines()[-1])
-    result.update(rate=result["pairs"] / result["seconds"], peak_main_mb=peak_main / 2**20,
-                  peak_tree_mb=peak_tree / 2**20)
+    result.update(rate=result["pairs"] / result["seconds"], cpu_rate=result["pairs"] / result["cpu"],
+                  peak_main_mb=peak_main / 2**20, peak_tree_mb=peak_tree / 2**20)
     return result
 
 
@@ -154,6 +161,7 @@ def main():
         print(f"{a.pairs} and {sizes[1]} generated pairs ready ({time.perf_counter() - t0:.0f} s); "
               f"{a.workers} workers, {os.cpu_count()} CPUs")
         big = work / f"events_{a.pairs}"
+        load = os.getloadavg()
         runs = {}
         for _ in range(a.repeats):  # interleaved, so that a busy moment hurts both alike
             for method in ("decode", "convert"):
@@ -165,10 +173,14 @@ def main():
                  for m, w in (("naive", 1), ("convert", a.workers))}
 
         a_, b_, c_ = runs["naive"], runs["convert"], runs["decode"]
-        print(f"(a) naive loop      {a_['rate']:8.0f} pairs/s   ({a_['seconds']:.1f} s)")
-        print(f"(b) Pix2Pix_data    {b_['rate']:8.0f} pairs/s   ({b_['seconds']:.1f} s)")
-        print(f"(c) bare decoding   {c_['rate']:8.0f} pairs/s   ({c_['seconds']:.1f} s, the ceiling)")
-        print(f"(b)/(a) = {b_['rate'] / a_['rate']:.2f}   (b)/(c) = {b_['rate'] / c_['rate']:.2f}   (target >= 0.8)")
+        print(f"load average before: {load[0]:.1f} (on a busy machine the per-CPU-second figures are the fair ones)")
+        for label, r in (("(a) naive loop   ", a_), ("(b) Pix2Pix_data ", b_), ("(c) bare decoding", c_)):
+            print(f"{label} {r['rate']:7.0f} pairs/s wall ({r['seconds']:5.1f} s)   {r['cpu_rate']:7.0f} pairs per "
+                  f"CPU-second ({r['cpu']:5.1f} CPU-s)")
+        print(f"wall:       (b)/(a) = {b_['rate'] / a_['rate']:.2f}   (b)/(c) = {b_['rate'] / c_['rate']:.2f} "
+              "(target >= 0.8)")
+        print(f"CPU-second: (b)/(a) = {b_['cpu_rate'] / a_['cpu_rate']:.2f}   "
+              f"(b)/(c) = {b_['cpu_rate'] / c_['cpu_rate']:.2f}")
         for label, n, ra, rb in (("N", sizes[0], a_, b_), ("N/4", sizes[1], small["naive"], small["convert"])):
             print(f"peak memory at {label} = {n:6d}: (a) {ra['peak_main_mb']:7.0f} MiB   (b) main "
                   f"{rb['peak_main_mb']:5.0f} MiB, with workers {rb['peak_tree_mb']:5.0f} MiB (RSS summed)")

@@ -449,3 +449,24 @@ def test_sigkill_at_a_random_moment(tmp_path, seed):
     assert leftovers(tmp_path) == stale  # ignored, not reused
     if stale:
         assert "left by interrupted runs; ignored" in rerun.stderr
+
+
+def test_sigterm_stops_cleanly(tmp_path):
+    """A batch system's SIGTERM: exit 130, no output, no temporary file, no worker left."""
+    write_folders(tmp_path / "ev", event_names(600))
+    out = tmp_path / "pairs.h5"
+    cmd = [sys.executable, str(ROOT / "Pix2Pix_data.py"), "--raw-dir", tmp_path / "ev/raw", "--truth-dir",
+           tmp_path / "ev/truth", "--output", out, "--workers", "2", "--chunk-events", "8"]
+    proc = subprocess.Popen(list(map(str, cmd)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 30
+    while not any(n.endswith(".tmp") for n in leftovers(tmp_path)) and proc.poll() is None:
+        assert time.time() < deadline
+        time.sleep(0.005)
+    children = psutil.Process(proc.pid).children(recursive=True)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=30)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before SIGTERM arrived")
+    assert proc.returncode == 130 and stderr.strip() == "interrupted", stderr
+    assert not out.exists() and leftovers(tmp_path) == []
+    assert psutil.wait_procs(children, timeout=10)[1] == []
