@@ -122,7 +122,7 @@ def read_event_png(path):
                 return np.ascontiguousarray(rgba[..., :3])
             if mode not in ("RGB", "L", "P", "1"):
                 raise InputError(f"{path}: unsupported image mode {mode}")
-            return np.asarray(im.convert("RGB"))
+            return np.asarray(im if mode == "RGB" else im.convert("RGB"))  # RGB: no extra copy
     except InputError:
         raise
     except FileNotFoundError:

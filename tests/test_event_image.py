@@ -61,6 +61,16 @@ def test_png_round_trip_and_conversions(tmp_path):
     np.testing.assert_array_equal(ei.read_event_png(tmp_path / "palette.png"), img)
 
 
+def test_rgb_png_is_read_exactly_without_conversion(tmp_path):
+    img = np.random.default_rng(4).integers(0, 256, (36, 112, 3), dtype=np.uint8)
+    Image.fromarray(img, "RGB").save(tmp_path / "rgb.png")
+    out = ei.read_event_png(tmp_path / "rgb.png")
+    assert out.dtype == np.uint8 and out.shape == (36, 112, 3)
+    np.testing.assert_array_equal(out, img)
+    with Image.open(tmp_path / "rgb.png") as im:
+        np.testing.assert_array_equal(out, np.asarray(im.convert("RGB")))
+
+
 @pytest.mark.parametrize("kind, word", [
     ("transparent", "transparent"), ("size", "expected 112x36"), ("truncated", "not a readable"),
     ("empty", "not a readable"), ("jpeg", "not a PNG"), ("16bit", "bits"), ("missing", "not found"),
