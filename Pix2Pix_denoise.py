@@ -52,7 +52,7 @@ CAE_CACHE = None  # where the trained CAE is cached (default: baselines' choice,
 CAE_EPOCHS = None  # CAE training epochs (None = baselines' default)
 REPORT = None  # report path prefix (default: next to the output)
 SWEEP_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05 .. 0.95
-BACKGROUND_BINS = (0, 5, 10, 20, 40, 80, 160)  # lower edges of the background-hit bins
+BACKGROUND_BINS = (0, 10, 20, 40, 60, 80, 100, 130, 160, 200, 300)  # lower edges of the background-hit bins
 GRID_EVENTS = 4  # worst and best events shown in the report
 OVERWRITE = False
 
@@ -60,9 +60,29 @@ BEST_MODEL = "generator_best.keras"  # what a training output directory provides
 METHODS = ("model", "keep-all", "SNR", "CAE")
 
 
+def number_list(kind):
+    """argparse type: '0,10,20' -> (0, 10, 20), increasing."""
+    def parse(text):
+        try:
+            values = tuple(kind(v) for v in text.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated {kind.__name__} values") from None
+        if list(values) != sorted(set(values)):
+            raise argparse.ArgumentTypeError(f"{text!r}: values must increase")
+        return values
+    return parse
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors are the project's one-line InputError (exit 2), not a usage dump."""
+
+    def error(self, message):
+        raise InputError(f"{self.prog}: {message}")
+
+
 def parse_args(argv=None):
     """Command-line settings; the defaults are the constants above."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=MODEL, required=MODEL is None,
                    help="trained generator: a .keras file, or a training output directory (its generator_best.keras)")
     src = p.add_argument_group("input (one of)")
@@ -88,6 +108,13 @@ def parse_args(argv=None):
     ev.add_argument("--cae-data", default=CAE_DATA, help="HDF5 file the CAE trains on (default: --data)")
     ev.add_argument("--cae-cache", default=CAE_CACHE, help="folder caching the trained CAE (default: beside the HDF5)")
     ev.add_argument("--cae-epochs", type=int, default=CAE_EPOCHS, help="CAE training epochs (default: baselines')")
+    ev.add_argument("--sweep-thresholds", type=number_list(float), default=SWEEP_THRESHOLDS, metavar="T1,T2,...",
+                    help="model output thresholds scored in the report's threshold sweep (default 0.05..0.95)")
+    ev.add_argument("--background-bins", type=number_list(int), default=BACKGROUND_BINS, metavar="E0,E1,...",
+                    help="lower edges of the background-hit bins of the report (default "
+                         f"{','.join(map(str, BACKGROUND_BINS))})")
+    ev.add_argument("--grid-events", type=int, default=GRID_EVENTS,
+                    help=f"worst and best events drawn in the report (default {GRID_EVENTS} of each)")
     ev.add_argument("--report", default=REPORT,
                     help="report path prefix: writes PREFIX.json, PREFIX.png, PREFIX.events.png "
                          "(default: next to the output, e.g. OUTPUT.report.json)")
@@ -104,6 +131,8 @@ def check_settings(args):
         raise InputError("--output-dir is for --input-dir; with --data use --output")
     if args.threshold is not None and not 0.0 <= args.threshold < 1.0:
         raise InputError(f"--threshold {args.threshold}: must be in [0, 1)")
+    if args.grid_events < 0:
+        raise InputError(f"--grid-events {args.grid_events}: must be 0 or more")
     if args.batch_size < 1:
         raise InputError(f"--batch-size {args.batch_size}: must be at least 1")
     if args.truth_dir and not args.evaluate:
@@ -337,10 +366,11 @@ def verdict(result):
 
 def format_table(result):
     """The printed table: one row per method."""
-    cols = ("efficiency", "rejection", "purity", "f1", "invented_per_event")
-    lines = [f"{'method':<10}" + "".join(f"{c.replace('_per_event', '/event'):>12}" for c in cols)]
+    cols = {"efficiency": "efficiency", "rejection": "rejection", "purity": "purity", "f1": "F1",
+            "invented_per_event": "invented/event"}
+    lines = [f"{'method':<10}" + "".join(f"{title:>16}" for title in cols.values())]
     for m, e in result["methods"].items():
-        lines.append(f"{m:<10}" + "".join(f"{e['scores'][c]:>12.4f}" for c in cols))
+        lines.append(f"{m:<10}" + "".join(f"{e['scores'][c]:>16.4f}" for c in cols))
     return "\n".join(lines)
 
 
@@ -654,7 +684,8 @@ def main(argv=None):
     evaluation = baseline_keep = None
     if args.evaluate:
         baseline_keep = load_baselines(args)
-        evaluation = HitEvaluation(["model", *baseline_keep])
+        evaluation = HitEvaluation(["model", *baseline_keep], args.sweep_thresholds, args.background_bins,
+                                   args.grid_events)
     job = dict(evaluation=evaluation, baseline_keep=baseline_keep, mask_with_raw=args.mask_with_raw,
                overwrite=args.overwrite)
     if args.input_dir:

@@ -284,6 +284,8 @@ def test_bad_inputs_one_line_error_and_no_output(script, models, folders, tmp_pa
                           "empty", "no PNG files")
     Image.fromarray(np.zeros((112, 36, 3), np.uint8)).save(tmp / "raw" / "zz_rotated.png")  # 36 wide, 112 high
     assert_one_line_error(script(SCRIPT, "--model", models["red"], *base), "zz_rotated.png", "36x112")
+    assert_one_line_error(script(SCRIPT, "--model", models["red"], *base, "--batch-size", "many"), "--batch-size",
+                          "invalid int value")
     assert not out.exists()
 
 
@@ -295,6 +297,8 @@ def test_bad_inputs_one_line_error_and_no_output(script, models, folders, tmp_pa
     ("threshold out of range", "--threshold 1.5: must be in [0, 1)"),
     ("no stored threshold", "bare.json: no valid stored threshold; give --threshold"),
     ("both inputs", "exactly one input"),
+    ("decreasing bins", "--background-bins: '10,5': values must increase"),
+    ("no model", "the following arguments are required: --model"),
 ])
 def test_bad_settings_are_input_errors_before_any_output(models, folders, tmp_path, case, words):
     tmp, raw, truth, names = folders
@@ -315,6 +319,10 @@ def test_bad_settings_are_input_errors_before_any_output(models, folders, tmp_pa
         shutil.copy(models["red"], args[1])  # a model without its sidecar JSON has no stored threshold
     elif case == "both inputs":
         args += ["--data", tmp_path / "x.h5"]
+    elif case == "decreasing bins":
+        args += ["--evaluate", "--truth-dir", tmp / "truth", "--background-bins", "10,5"]
+    elif case == "no model":
+        args = args[2:]
     with pytest.raises(pd.InputError) as err:
         run_main(*args)
     assert words in str(err.value)
