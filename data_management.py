@@ -230,6 +230,7 @@ def load_split(h5_path, seed=SEED, test_fraction=TEST_FRACTION, validation_fract
     try:
         with atomic_output(path, overwrite=True) as tmp, open(tmp, "wb") as out:
             np.savez(out, format=SPLIT_FORMAT, n=n, fingerprint=fp, **wanted, **split)
+            os.chmod(tmp, 0o644)  # readable by whoever may read the data (mkstemp makes it private)
     except (InputError, OSError) as exc:  # e.g. a read-only data folder: the split is deterministic anyway
         warnings.warn(f"{h5_path}: could not save the split ({exc}); using it unsaved", SplitChangedWarning,
                       stacklevel=2)
@@ -272,35 +273,48 @@ def epoch_windows(indices, chunk_len, rng=None, window=SHUFFLE_WINDOW):
     return windows
 
 
-def _read_pairs(f, sorted_indices, chunk_len):
-    """raw, truth uint8 arrays of the given sorted indices: one slice read per chunk touched."""
-    raw = np.empty((len(sorted_indices),) + PAIR_SHAPE, np.uint8)
+def _read_pairs(f, indices, chunk_len):
+    """raw, truth uint8 arrays of the given pairs, in the given order.
+
+    The indices are visited in file order, one slice read per HDF5 chunk touched (a chunk is
+    decompressed once), and each row is copied straight to its place in the output.
+    """
+    order = np.argsort(indices, kind="stable")
+    in_file_order = indices[order]
+    raw = np.empty((len(indices),) + PAIR_SHAPE, np.uint8)
     truth = np.empty_like(raw)
+    datasets = ((f["raw"], raw), (f["truth"], truth))
     start = 0
-    for group in _chunk_groups(sorted_indices, chunk_len):
+    for group in _chunk_groups(in_file_order, chunk_len):
         lo, hi = int(group[0]), int(group[-1]) + 1
-        rows = group - lo
         stop = start + len(group)
-        for ds, out in ((f["raw"], raw), (f["truth"], truth)):
+        dest = order[start:stop]
+        for ds, out in datasets:
             block = ds[lo:hi]
-            out[start:stop] = block if len(rows) == hi - lo else block[rows]
+            out[dest] = block if len(group) == hi - lo else block[group - lo]
         start = stop
     return raw, truth
 
 
-def _batches(windows, batch_size, drop_remainder, read_window):
-    """Cut the pairs of consecutive windows into batches; read_window(w) -> raw, truth in w's order."""
-    carry_raw = carry_truth = None
-    for w in windows:
-        raw, truth = read_window(w)
-        if carry_raw is not None:
-            raw, truth = np.concatenate([carry_raw, raw]), np.concatenate([carry_truth, truth])
-        full = len(raw) - len(raw) % batch_size
-        for s in range(0, full, batch_size):
-            yield raw[s:s + batch_size], truth[s:s + batch_size]
-        carry_raw, carry_truth = (raw[full:], truth[full:]) if full < len(raw) else (None, None)
-    if carry_raw is not None and not drop_remainder:
-        yield carry_raw, carry_truth
+def _batches(parts, batch_size, drop_remainder):
+    """Cut consecutive (raw, truth) parts into batches; only a batch that spans two parts is copied."""
+    carry = None  # the start of a batch left over from the previous part
+    for raw, truth in parts:
+        s = 0
+        if carry is not None:
+            s = min(batch_size - len(carry[0]), len(raw))
+            carry = (np.concatenate([carry[0], raw[:s]]), np.concatenate([carry[1], truth[:s]]))
+            if len(carry[0]) < batch_size:
+                continue
+            yield carry
+            carry = None
+        full = s + (len(raw) - s) // batch_size * batch_size
+        for b in range(s, full, batch_size):
+            yield raw[b:b + batch_size], truth[b:b + batch_size]
+        if full < len(raw):
+            carry = (raw[full:], truth[full:])
+    if carry is not None and not drop_remainder:
+        yield carry
 
 
 def iterate_uint8(h5_path, indices, batch_size=BATCH_SIZE, shuffle=False, seed=SEED, epoch=0,
@@ -317,20 +331,15 @@ def iterate_uint8(h5_path, indices, batch_size=BATCH_SIZE, shuffle=False, seed=S
             raise RuntimeError(f"{h5_path}: the file changed; it has fewer pairs than the split needs")
         chunk_len = _chunk_len(f["raw"])
         windows = epoch_windows(indices, chunk_len, rng, window)
-        if memory is not None and "raw" not in memory:
+        if memory is None:
+            yield from _batches((_read_pairs(f, w, chunk_len) for w in windows), batch_size, drop_remainder)
+            return
+        if "raw" not in memory:
             memory["raw"], memory["truth"] = _read_pairs(f, indices, chunk_len)
-
-        def read_window(w):
-            if memory is not None:
-                pos = np.searchsorted(indices, w)
-                return memory["raw"][pos], memory["truth"][pos]
-            order = np.argsort(w, kind="stable")
-            raw, truth = _read_pairs(f, w[order], chunk_len)
-            back = np.empty_like(order)
-            back[order] = np.arange(len(order))
-            return raw[back], truth[back]
-
-        yield from _batches(windows, batch_size, drop_remainder, read_window)
+    pos = np.searchsorted(indices, np.concatenate(windows) if windows else indices)
+    stop = len(pos) - len(pos) % batch_size if drop_remainder else len(pos)
+    for s in range(0, stop, batch_size):
+        yield memory["raw"][pos[s:s + batch_size]], memory["truth"][pos[s:s + batch_size]]
 
 
 def fits_in_memory(n, memory_budget_mb=MEMORY_BUDGET_MB):
@@ -430,6 +439,7 @@ def main(argv=None):
                    help="hold the pairs in memory when the whole file fits in this (default %(default)s)")
     p.add_argument("--no-timing", action="store_true", help="skip timing one epoch of the training pipeline")
     args = p.parse_args(argv)
+    warnings.showwarning = lambda message, *_, **__: print(f"warning: {message}", file=sys.stderr)
     if args.batch_size < 1 or args.shuffle_window < 1:
         raise InputError("--batch-size and --shuffle-window must be at least 1")
 

@@ -221,6 +221,18 @@ def test_resumed_dataset_repeats_the_epoch_order_in_memory_or_streaming(tmp_path
     assert not all(np.array_equal(a[0], b[0]) for a, b in zip(other_seed, passes[0], strict=True))
 
 
+@pytest.mark.parametrize("drop", [False, True])
+def test_batches_across_parts_smaller_and_larger_than_a_batch(drop):
+    ids = np.arange(16)
+    parts = [(ids[a:b], -ids[a:b]) for a, b in ((0, 3), (3, 5), (5, 15), (15, 16))]
+    batches = list(dm._batches(parts, 4, drop))
+    assert [len(r) for r, _ in batches] == [4] * 4
+    assert np.array_equal(np.concatenate([r for r, _ in batches]), ids)
+    assert all(np.array_equal(r, -t) for r, t in batches)
+    short = list(dm._batches(parts[:3], 4, drop))  # 15 pairs: the last 3 are a short batch
+    assert [len(r) for r, _ in short] == ([4] * 3 if drop else [4, 4, 4, 3])
+
+
 def test_load_datasets_gives_the_three_splits(tmp_path):
     h5 = tmp_path / "pairs.h5"
     write_pairs(h5, 70)
