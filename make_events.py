@@ -311,19 +311,24 @@ def replace_folder(tmp, out):
 def parse_args(argv):
     """The command line; every constant above that a user may want to change."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--out", required=True, type=Path, help="output folder (made; must not exist or be empty)")
-    p.add_argument("-n", "--events", type=int, default=N_EVENTS, help="number of raw/truth pairs")
-    p.add_argument("--seed", type=int, default=SEED, help="event i uses np.random.default_rng([seed, i])")
+                                epilog="example: python make_events.py --out data/synth -n 20000 --seed 1 --preview")
+    p.add_argument("--out", required=True, type=Path,
+                   help="output folder, made at the end; an existing non-empty one needs --overwrite")
+    p.add_argument("-n", "--events", type=int, default=N_EVENTS,
+                   help="number of raw/truth pairs (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=SEED,
+                   help="event i uses np.random.default_rng([seed, i]) (default: %(default)s)")
     p.add_argument("--luminosity", type=float, default=LUMINOSITY,
-                   help=f"background scale (0 = tracks only, 2 = twice the background; at most {MAX_LUMINOSITY:g})")
-    p.add_argument("--workers", type=int, default=WORKERS, help="processes writing PNGs")
+                   help="background scale: 0 = tracks only, 2 = about twice the background hits, "
+                        f"at most {MAX_LUMINOSITY:g} (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=WORKERS, help="processes writing PNGs (default: %(default)s)")
     p.add_argument("--preview", nargs="?", const="", default=None, metavar="PNG",
-                   help=f"also write a grid of {PREVIEW_EVENTS} raw|truth pairs (default path OUT/{PREVIEW_NAME})")
+                   help=f"also write a grid of {PREVIEW_EVENTS} raw|truth pairs, enlarged, to PNG "
+                        f"(default path OUT/{PREVIEW_NAME})")
     p.add_argument("--layout", choices=("folders", "tagged"), default=LAYOUT,
                    help="folders: OUT/raw/event_000123.png + OUT/truth/event_000123.png; "
-                        "tagged: OUT/dc_all_000123.png + OUT/dc_truth_000123.png")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder / preview file")
+                        "tagged: OUT/dc_all_000123.png + OUT/dc_truth_000123.png (default: %(default)s)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder or preview file")
     return p.parse_args(argv)
 
 
