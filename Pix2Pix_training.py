@@ -430,7 +430,7 @@ def restore_latest(trainer, folder):
     for prefix in checkpoint_candidates(folder):
         try:
             trainer.checkpoint.restore(prefix).assert_existing_objects_matched()
-        except (tf.errors.OpError, ValueError, AssertionError) as exc:
+        except Exception as exc:  # truncated or corrupted files raise OpError, IndexError, ValueError, ...
             reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
             print(f"warning: checkpoint {prefix} is unreadable ({reason}); trying the previous one",
                   file=sys.stderr, flush=True)
@@ -468,8 +468,9 @@ def train(s):
                          f"batch of {global_batch} (--batch-size {s.batch_size} x {replicas} replicas)")
     steps_per_epoch = min(batches, s.steps_per_epoch) if s.steps_per_epoch else batches
     validation = data_management.make_dataset(s.data, split["validation"], batch_size=global_batch)
-    options = tf.data.Options()
+    options = tf.data.Options()  # several workers: each takes its share of every global batch
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
 
     # Where this process writes: the chief into the output folder, other workers into a temporary one.
     ckpt_dir = out / "checkpoints" if chief else out / f".worker_{worker_name}_tmp" / "checkpoints"
@@ -512,7 +513,9 @@ def train(s):
             skip = done_in_epoch if done_in_epoch < steps_per_epoch else steps_per_epoch
             data = (data_management.make_dataset(s.data, split["train"], batch_size=global_batch, shuffle=True,
                                                  seed=s.seed, epoch=epoch, drop_remainder=True)
-                    .take(steps_per_epoch).skip(skip).with_options(options))
+                    .take(steps_per_epoch).skip(skip))
+            if multi_worker:
+                data = data.with_options(options)
             sums, n_steps = np.zeros(4), 0
             bar = progress(strategy.experimental_distribute_dataset(data), total=steps_per_epoch - skip,
                            desc=f"epoch {epoch + 1}/{s.epochs}", unit="step", disable=None if chief else True)

@@ -1,0 +1,246 @@
+"""Pix2Pix_training.py: the model's shapes, the train step, the run's files, resume, strategy, bad input.
+
+Everything runs for real (HDF5 files of synthetic events, TensorFlow) on tiny widths and a few
+dozen pairs.
+"""
+
+import csv
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+from conftest import ROOT, assert_one_line_error, run_script
+from PIL import Image
+
+import event_image as ei
+import make_events
+import Pix2Pix_training as pt
+from Pix2Pix_training import keras, tf
+from script_utils import InputError
+
+TINY = ["--base-filters", "4", "--batch-size", "4", "--mixed-precision", "float32", "--sample-events", "2"]
+
+
+@pytest.fixture(scope="module")
+def events_h5(tmp_path_factory):
+    """48 synthetic pairs (27 train, 9 validation, 12 test) in the project's HDF5 layout."""
+    path = tmp_path_factory.mktemp("data") / "events.h5"
+    raw, truth = make_events.generate_events(48, seed=3)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("raw", data=ei.pad_event(raw), chunks=(8, 128, 128, 3))
+        f.create_dataset("truth", data=ei.pad_event(truth), chunks=(8, 128, 128, 3))
+        f.create_dataset("names", data=np.array([f"e{i}" for i in range(48)], dtype="S"))
+    return path
+
+
+def settings(data, out, *extra):
+    """The script's settings for a tiny run."""
+    return pt.parse_args(["--data", str(data), "--output-dir", str(out), *TINY, *map(str, extra)])
+
+
+def generator_weights(trainer_or_model):
+    model = getattr(trainer_or_model, "generator", trainer_or_model)
+    return [np.array(v) for v in model.weights]
+
+
+# --- The model ---------------------------------------------------------------------------------
+def test_default_model_shapes_and_output_range():
+    gen, disc = pt.build_generator(), pt.build_discriminator()
+    assert gen.input_shape == (None, 128, 128, 3) and gen.output_shape == (None, 128, 128, 3)
+    assert disc.output_shape == (None, 14, 14, 1)  # the 70x70 PatchGAN's patch map at 128x128
+    # The tutorial's generator adapted to 128x128 has 41.8 M parameters (README): the same architecture.
+    assert 41.5e6 < gen.count_params() < 42.1e6
+    strided = [layer for layer in gen._flatten_layers() if isinstance(layer, keras.layers.Conv2D)
+               and not isinstance(layer, keras.layers.Conv2DTranspose)]
+    assert [c.filters for c in strided] == [64, 128, 256, 512, 512, 512, 512] and all(c.strides == (2, 2)
+                                                                                       for c in strided)
+    assert sum(isinstance(layer, keras.layers.Dropout) for layer in gen._flatten_layers()) == 3
+    out = gen(np.random.default_rng(0).random((2, 128, 128, 3), np.float32), training=False)
+    assert out.dtype == tf.float32 and float(tf.reduce_min(out)) >= 0 and float(tf.reduce_max(out)) <= 1
+
+
+def test_hit_weighted_l1_matches_its_definition():
+    rng = np.random.default_rng(1)
+    target = (rng.random((3, 128, 128, 3)) < 0.01).astype(np.float32)
+    output = rng.random((3, 128, 128, 3)).astype(np.float32)
+    fake = np.zeros((3, 14, 14, 1), np.float32)
+    _, gan, l1 = pt.generator_loss(fake, output, target, global_batch=3, lam=100, hit_weight=10)
+    weights = np.where(target.max(-1, keepdims=True) > 0.5, 10.0, 1.0)
+    assert float(l1) == pytest.approx(float(np.mean(weights * np.abs(target - output))), rel=1e-5)
+    assert float(gan) == pytest.approx(np.log(2), rel=1e-5)  # logits 0: the balanced value
+    # An empty output on sparse images: plain L1 is tiny, the weighted one is not.
+    _, _, plain = pt.generator_loss(fake, np.zeros_like(target), target, 3, hit_weight=1)
+    _, _, weighted = pt.generator_loss(fake, np.zeros_like(target), target, 3, hit_weight=10)
+    assert float(weighted) == pytest.approx(10 * float(plain), rel=1e-5) and float(plain) < 0.02
+
+
+def test_losses_fall_on_a_fixed_batch_and_the_step_traces_once(tmp_path):
+    s = settings(tmp_path / "x.h5", tmp_path / "run", "--generator-lr", 2e-3, "--discriminator-lr", 2e-3)
+    trainer = pt.Trainer(s, tf.distribute.get_strategy(), "float32")
+    raw, truth = make_events.generate_events(4, seed=5)
+    batch = tuple(tf.constant(ei.pad_event(a).astype(np.float32) / 255) for a in (raw, truth))
+    losses = np.array([[float(v) for v in trainer.train_step(batch)] for _ in range(12)])
+    total, l1 = losses[:, 0], losses[:, 2]
+    assert l1[-3:].mean() < 0.95 * l1[:3].mean() and total[-3:].mean() < 0.95 * total[:3].mean(), losses
+    assert trainer.train_step.experimental_get_tracing_count() == 1  # no retracing per step
+    assert int(trainer.step.numpy()) == 12 == int(trainer.gen_opt.iterations.numpy()) == int(
+        trainer.disc_opt.iterations.numpy())
+
+
+# --- A run's files --------------------------------------------------------------------------------
+RUN = ["--epochs", 2, "--steps-per-epoch", 3, "--validation-batches", 1, "--checkpoint-every", 2, "--deterministic"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(events_h5, tmp_path_factory):
+    """One deterministic run of the script (2 epochs of 3 steps, a checkpoint every 2 steps)."""
+    out = tmp_path_factory.mktemp("runs") / "run"
+    proc = run_script("Pix2Pix_training.py", "--data", events_h5, "--output-dir", out, *RUN, *TINY)
+    assert proc.returncode == 0, proc.stderr
+    return out, proc
+
+
+def test_run_writes_history_tensorboard_samples_and_reloadable_generators(tiny_run):
+    out, proc = tiny_run
+    with open(out / "history.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [1, 2] and [int(r["step"]) for r in rows] == [3, 6]
+    for r in rows:
+        for key in ("gen_total", "gen_gan", "gen_l1", "disc", "val_l1", "efficiency", "rejection", "purity", "f1"):
+            assert np.isfinite(float(r[key])), (key, r)
+        assert 0 <= float(r["efficiency"]) <= 1 and float(r["threshold"]) in pt.THRESHOLDS
+        assert float(r["gen_total"]) == pytest.approx(float(r["gen_gan"]) + 100 * float(r["gen_l1"]), rel=1e-4)
+    # TensorBoard: the per-epoch scalars, readable with TensorFlow's own event reader.
+    events = list((out / "logs").glob("events.out.tfevents.*"))
+    tags = {(v.tag, e.step) for p in events for e in tf.compat.v1.train.summary_iterator(str(p))
+            for v in e.summary.value}
+    assert {("f1", 1), ("f1", 2), ("gen_l1", 2), ("disc", 1), ("val_l1", 2), ("efficiency", 2)} <= tags
+    for n in (1, 2):
+        with Image.open(out / "samples" / f"epoch_{n:03d}.png") as im:
+            assert im.format == "PNG" and im.size[0] > 600 and im.size[1] > 150
+    assert json.loads((out / "run_config.json").read_text())["architecture"]["base_filters"] == 4
+    assert sorted(p.name for p in (out / "checkpoints").glob("*.index")) == ["ckpt-3.index", "ckpt-4.index",
+                                                                               "ckpt-6.index"]
+    x = np.zeros((3, 128, 128, 3), np.float32)
+    x[:, ei.LAYER_ROWS, 20] = 1.0
+    for stem in ("generator_best", "generator_final"):
+        model = keras.models.load_model(out / f"{stem}.keras", compile=False)
+        y = np.asarray(model.predict(x, verbose=0))
+        assert y.shape == (3, 128, 128, 3) and y.dtype == np.float32 and y.min() >= 0 and y.max() <= 1
+        side = json.loads((out / f"{stem}.json").read_text())
+        assert side["threshold"] in pt.THRESHOLDS and side["base_filters"] == 4
+        assert {"efficiency", "rejection", "purity", "f1"} <= set(side["validation"]) and side["settings"]
+    final = json.loads((out / "generator_final.json").read_text())
+    assert final["epoch"] == 2 and final["step"] == 6
+    assert final["validation"]["f1"] == pytest.approx(float(rows[-1]["f1"]))
+    assert "Training 27 pairs" in proc.stdout and "validating on 9" in proc.stdout
+
+
+# --- Resume ---------------------------------------------------------------------------------------
+def test_resume_after_a_corrupted_checkpoint_ends_like_the_uninterrupted_run(events_h5, tiny_run, tmp_path, capsys):
+    whole, _ = tiny_run
+    part = tmp_path / "part"
+    shutil.copytree(whole, part)
+    # The run "died" during its last save: ckpt-6 truncated. The previous one (step 4, mid epoch 2) is used.
+    data = part / "checkpoints" / "ckpt-6.data-00000-of-00001"
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 3])
+    s = settings(events_h5, part, *RUN)
+    trainer = pt.Trainer(s, tf.distribute.get_strategy(), "float32")
+    assert pt.restore_latest(trainer, part / "checkpoints").endswith("ckpt-4")
+    assert "ckpt-6 is unreadable" in capsys.readouterr().err
+    reader = tf.train.load_checkpoint(str(part / "checkpoints" / "ckpt-4"))
+    for i in (0, len(trainer.generator.variables) - 1):
+        np.testing.assert_array_equal(trainer.generator.variables[i].numpy(),
+                                      reader.get_tensor(f"generator/{i}/.ATTRIBUTES/VARIABLE_VALUE"))
+    assert (int(trainer.step.numpy()), int(trainer.epoch.numpy()), int(trainer.batch_in_epoch.numpy())) == (4, 1, 1)
+    assert int(trainer.gen_opt.iterations.numpy()) == int(trainer.disc_opt.iterations.numpy()) == 4
+
+    scores = pt.train(s)  # the rerun: two more steps, then epoch 2's validation and the exports
+    captured = capsys.readouterr()
+    assert "ckpt-6 is unreadable" in captured.err and "Resuming from" in captured.out
+    assert "step 4, epoch 2 after 1 of its batches" in captured.out and scores is not None
+    with open(part / "history.csv", newline="") as f:
+        assert [(r["epoch"], r["step"]) for r in csv.DictReader(f)] == [("1", "3"), ("2", "6")]
+    assert json.loads((part / "generator_final.json").read_text())["step"] == 6
+    # Deterministic ops, restored dropout seeds and the data order: the same weights as without the stop.
+    for a, b in zip(generator_weights(keras.models.load_model(whole / "generator_final.keras", compile=False)),
+                    generator_weights(keras.models.load_model(part / "generator_final.keras", compile=False)),
+                    strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_a_checkpoint_and_the_rerun_resumes(events_h5, tmp_path):
+    out = tmp_path / "run"
+    args = [sys.executable, str(ROOT / "Pix2Pix_training.py"), "--data", str(events_h5), "--output-dir", str(out),
+            "--epochs", "30", "--checkpoint-every", "0", "--validation-batches", "1", *TINY]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not (out / "history.csv").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Stopped at step" in err and "Traceback" not in err
+    stopped = int(err.split("Stopped at step ")[1].split(";")[0])
+    assert stopped >= 6 and (out / "checkpoints" / f"ckpt-{stopped}.index").exists()
+    rerun = run_script("Pix2Pix_training.py", *args[2:-len(TINY)], "--epochs", 2 + stopped // 6, *TINY)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"step {stopped}" in rerun.stdout.split("Resuming from")[1].splitlines()[0]
+
+
+# --- Distribution ---------------------------------------------------------------------------------
+def test_two_logical_cpus_train_with_mirrored_strategy_in_bfloat16(events_h5, tmp_path):
+    out = tmp_path / "run"
+    proc = run_script("Pix2Pix_training.py", "--data", events_h5, "--output-dir", out, "--epochs", 1,
+                      "--logical-cpus", 2, "--base-filters", 4, "--batch-size", 2, "--mixed-precision", "bfloat16",
+                      "--validation-batches", 1)
+    assert proc.returncode == 0, proc.stderr
+    assert "2 replica(s), bfloat16" in proc.stdout
+    assert "6 steps of 4 per epoch" in proc.stdout  # global batch = 2 x 2 replicas
+    with open(out / "history.csv", newline="") as f:
+        row = next(csv.DictReader(f))
+    assert int(row["step"]) == 6 and np.isfinite(float(row["gen_total"]))
+    model = keras.models.load_model(out / "generator_final.keras", compile=False)
+    assert model.predict(np.zeros((1, 128, 128, 3), np.float32), verbose=0).dtype == np.float32
+
+
+def test_mixed_precision_auto_follows_the_machine():
+    flags = open("/proc/cpuinfo").read()
+    expected = ("float16" if tf.config.list_physical_devices("GPU") else
+                "bfloat16" if ("amx_bf16" in flags or "avx512_bf16" in flags) else "float32")
+    assert pt.choose_precision("auto") == expected and pt.choose_precision("float32") == "float32"
+
+
+# --- Bad input --------------------------------------------------------------------------------------
+def test_bad_inputs_give_one_line_errors(tiny_run, tmp_path):
+    out, _ = tiny_run
+    missing = run_script("Pix2Pix_training.py", "--data", tmp_path / "nope.h5", "--output-dir", tmp_path / "r",
+                         *TINY)
+    assert_one_line_error(missing, "nope.h5")
+    assert not (tmp_path / "r" / "checkpoints").exists()
+    before = sorted(p.name for p in out.rglob("*"))
+    other = run_script("Pix2Pix_training.py", "--data", tmp_path / "nope.h5", "--output-dir", out, *TINY,
+                       "--base-filters", 8)
+    assert_one_line_error(other, "different architecture", "base_filters 4 there, 8 asked")
+    assert sorted(p.name for p in out.rglob("*")) == before
+
+
+def test_bad_settings_and_foreign_folders_are_refused(tmp_path):
+    with pytest.raises(InputError, match="--epochs"):
+        pt.parse_args(["--epochs", "0"])
+    with pytest.raises(InputError, match="--hit-weight"):
+        pt.parse_args(["--hit-weight", "0"])
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match="no run_config.json"):
+        pt.check_output_dir(foreign, pt.parse_args([]))
+    pt.check_output_dir(tmp_path / "new", pt.parse_args([]))  # a new folder is fine
