@@ -222,14 +222,6 @@ def watch_parent(parent_pid):
     threading.Thread(target=watch, daemon=True).start()
 
 
-def hit_masks(images):
-    """event_image.hit_mask of a batch of uint8 images, several times faster than np.any(axis=-1)."""
-    brightest = images[..., 0]
-    for c in range(1, images.shape[-1]):
-        brightest = np.maximum(brightest, images[..., c])
-    return brightest > ei.PNG_HIT_THRESHOLD
-
-
 _BUFFERS = {}  # per process: the chunk buffers decode_chunk reuses (no fresh megabytes per chunk)
 
 
@@ -266,7 +258,7 @@ def decode_chunk(task):
             good.append(i)
     k = len(good)
     raw[k:], truth[k:] = 0, 0  # rows of an earlier chunk or of a bad pair
-    raw_hits, truth_hits = hit_masks(raw[:k]), hit_masks(truth[:k])
+    raw_hits, truth_hits = ei.hit_mask(raw[:k]), ei.hit_mask(truth[:k])
     stray = truth_hits & ~raw_hits  # truth hits that are not raw hits: swapped folders?
     # event_image.pad_event's placement, into the reused buffers
     raw_padded[:, ei.LAYER_ROWS, ei.WIRE_COLUMNS] = raw

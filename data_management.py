@@ -230,7 +230,6 @@ def load_split(h5_path, seed=SEED, test_fraction=TEST_FRACTION, validation_fract
     try:
         with atomic_output(path, overwrite=True) as tmp, open(tmp, "wb") as out:
             np.savez(out, format=SPLIT_FORMAT, n=n, fingerprint=fp, **wanted, **split)
-            os.chmod(tmp, 0o644)  # readable by whoever may read the data (mkstemp makes it private)
     except (InputError, OSError) as exc:  # e.g. a read-only data folder: the split is deterministic anyway
         warnings.warn(f"{h5_path}: could not save the split ({exc}); using it unsaved", SplitChangedWarning,
                       stacklevel=2)

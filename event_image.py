@@ -89,7 +89,11 @@ def event_region_mask():
 
 def hit_mask(image, threshold=PNG_HIT_THRESHOLD):
     """Boolean (...) mask, True where any channel of image(s) (..., C) exceeds threshold."""
-    return np.any(np.asarray(image) > threshold, axis=-1)
+    image = np.asarray(image)
+    brightest = image[..., 0]
+    for c in range(1, image.shape[-1]):  # several times faster than np.any(image > t, axis=-1)
+        brightest = np.maximum(brightest, image[..., c])
+    return brightest > threshold
 
 
 def mask_to_image(mask):

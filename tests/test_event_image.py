@@ -47,6 +47,32 @@ def test_hit_mask_any_channel_above_threshold():
     assert ei.hit_mask(img, threshold=150).sum() == 1
 
 
+def test_hit_mask_matches_plain_definition_on_random_batches():
+    images = np.random.default_rng(3).integers(0, 256, size=(5, 36, 112, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(ei.hit_mask(images), np.any(images > 127, axis=-1))
+    floats = images / 255.0
+    np.testing.assert_array_equal(ei.hit_mask(floats, ei.SCALED_HIT_THRESHOLD), np.any(images > 127, axis=-1))
+
+
+def test_atomic_output_gives_a_normal_file_mode_and_leaves_nothing_on_failure(tmp_path):
+    import os
+    import stat
+
+    from script_utils import atomic_output
+
+    with atomic_output(tmp_path / "out.txt") as tmp:
+        tmp.write_text("x")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "out.txt").stat().st_mode) == 0o666 & ~umask
+    with pytest.raises(RuntimeError), atomic_output(tmp_path / "b.txt") as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("interrupted")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
+    with pytest.raises(InputError, match="already exists"), atomic_output(tmp_path / "out.txt"):
+        pass
+
+
 def test_png_round_trip_and_conversions(tmp_path):
     img = np.zeros((36, 112, 3), np.uint8)
     img[5, 7] = 255

@@ -159,12 +159,6 @@ def test_names_differing_only_in_case_pair_exactly(tmp_path):
     assert_matches(tmp_path / "out.h5", expected)  # a.png and A.png keep their own truth
 
 
-def test_hit_masks_equal_event_image(tmp_path):
-    rng = np.random.default_rng(3)
-    images = rng.integers(0, 256, size=(5, 36, 112, 3), dtype=np.uint8)
-    np.testing.assert_array_equal(p2d.hit_masks(images), ei.hit_mask(images))
-
-
 # --- Bad inputs -----------------------------------------------------------------------------
 def spoil(kind, ev):
     """Make one kind of bad input in the folders ev/raw, ev/truth; return (cli args, words)."""
