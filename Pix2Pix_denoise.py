@@ -271,7 +271,8 @@ class HitEvaluation:
         self.superlayer = {m: [_empty_counts() for _ in range(ei.SUPERLAYERS)] for m in self.methods}
         self.background = {m: [_empty_counts() for _ in self.bins] for m in self.methods}
         self.sweep = [_empty_counts() for _ in self.thresholds]
-        self.worst, self.best = [], []  # heaps of (key, serial, event)
+        self.paired = {m: {"better": 0, "equal": 0, "worse": 0} for m in self.methods if m != "model"}
+        self.worst, self.best = [], []  # heaps of (key, -serial, event)
         self.serial = 0
 
     def add(self, raw, truth, keeps, probabilities=None, names=None):
@@ -293,27 +294,46 @@ class HitEvaluation:
         if probabilities is not None:
             for i, t in enumerate(self.thresholds):
                 self.sweep[i] = ei.add_counts(self.sweep[i], ei.hit_counts(raw, truth, probabilities > t))
-        if self.grid_events and "model" in keeps:
-            self._keep_extremes(raw, truth, keeps, names)
+        if "model" in keeps:
+            f1, rows = self._compare_events(raw, truth, keeps)
+            if self.grid_events:
+                self._keep_extremes(raw, truth, keeps, names, f1, rows)
 
-    def _keep_extremes(self, raw, truth, keeps, names):
-        """Remember the GRID_EVENTS worst and best events by the model's F1 (events with track hits)."""
-        f1 = event_f1(raw, truth, np.asarray(keeps["model"], bool))
+    def _compare_events(self, raw, truth, keeps):
+        """Count the events (with track hits) where the model's F1 beats, ties or loses to each other method's."""
         has_track = (raw & truth).any(axis=(1, 2))
-        for i in np.flatnonzero(has_track):
-            event = {"name": str(names[i]) if names is not None else str(self.serial), "f1": float(f1[i]),
-                     "raw": raw[i].copy(), "truth": truth[i].copy(),
-                     "keeps": {m: np.asarray(k[i], bool).copy() for m, k in keeps.items()}}
-            for heap, key in ((self.worst, -f1[i]), (self.best, f1[i])):
-                item = (float(key), -self.serial, event)
-                if len(heap) < self.grid_events:
-                    heapq.heappush(heap, item)
-                elif item[:2] > heap[0][:2]:
-                    heapq.heapreplace(heap, item)
+        f1 = event_f1(raw[has_track], truth[has_track], np.asarray(keeps["model"], bool)[has_track])
+        for m in self.methods:
+            if m != "model":
+                other = event_f1(raw[has_track], truth[has_track], np.asarray(keeps[m], bool)[has_track])
+                c = self.paired[m]
+                c["better"] += int((f1 > other).sum())
+                c["equal"] += int((f1 == other).sum())
+                c["worse"] += int((f1 < other).sum())
+        return f1, np.flatnonzero(has_track)
+
+    def _keep_extremes(self, raw, truth, keeps, names, f1, rows):
+        """Remember the GRID_EVENTS worst and best events by the model's F1 (events with track hits)."""
+        for score, i in zip(f1, rows, strict=True):
+            event = None
+            for heap, key in ((self.worst, -score), (self.best, score)):
+                item_key = (float(key), -self.serial)
+                if len(heap) < self.grid_events or item_key > heap[0][:2]:
+                    if event is None:  # copied only for the few events that are kept
+                        event = {"name": str(names[i]) if names is not None else str(self.serial),
+                                 "f1": float(score), "raw": raw[i].copy(), "truth": truth[i].copy(),
+                                 "keeps": {m: np.asarray(k[i], bool).copy() for m, k in keeps.items()}}
+                    push = heapq.heappush if len(heap) < self.grid_events else heapq.heapreplace
+                    push(heap, (*item_key, event))
             self.serial += 1
 
     def result(self):
-        """Everything measured, as a JSON-ready dict (scores NaN where nothing was counted)."""
+        """Everything measured (scores NaN where nothing was counted).
+
+        model_vs_per_event: for each other method, the events (with track hits) where the model's
+        F1 is better, equal or worse. worst_events/best_events hold the events' masks for the
+        picture; write_report keeps only their names and F1 in the JSON.
+        """
         def entry(c):
             return {"counts": dict(c), "scores": ei.scores_from_counts(c)}
 
@@ -327,6 +347,7 @@ class HitEvaluation:
                                        for b, c in enumerate(self.background[m])] for m in self.methods},
             "threshold_sweep": [dict(threshold=t, **entry(c)) for t, c in zip(self.thresholds, self.sweep, strict=True)]
             if any(c["events"] for c in self.sweep) else [],
+            "model_vs_per_event": self.paired if "model" in self.methods else {},
             "worst_events": [e for _, _, e in sorted(self.worst, key=lambda x: (-x[0], x[1]))],
             "best_events": [e for _, _, e in sorted(self.best, key=lambda x: (-x[0], x[1]))],
         }
@@ -359,9 +380,14 @@ def verdict(result):
     base = methods[best]["scores"]
     d = {k: model[k] - base[k] for k in ("f1", "efficiency", "rejection")}
     word = "BETTER than" if d["f1"] > 0 else ("EQUAL to" if d["f1"] == 0 else "WORSE than")
-    return (f"On {result['events']} events the GAN is {word} the best CLAS12 baseline ({best}): "
+    text = (f"On {result['events']} events the GAN is {word} the best CLAS12 baseline ({best}): "
             f"F1 {model['f1']:.4f} vs {base['f1']:.4f} ({d['f1']:+.4f}), efficiency {d['efficiency']:+.4f}, "
             f"rejection {d['rejection']:+.4f}.")
+    paired = result.get("model_vs_per_event", {}).get(best)
+    if paired and sum(paired.values()):
+        text += (f" Event by event (F1): better in {paired['better']}, equal in {paired['equal']}, "
+                 f"worse in {paired['worse']}.")
+    return text
 
 
 def format_table(result):

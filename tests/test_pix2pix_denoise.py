@@ -113,6 +113,8 @@ def test_evaluation_perfect_empty_and_keep_all():
     assert "EQUAL to the best CLAS12 baseline (CAE)" in res["verdict"]  # CAE's F1 is 1 too (invented not kept)
     res = pd.evaluate(raw, truth, {"model": truth, "SNR": np.zeros_like(raw)})
     assert "BETTER than the best CLAS12 baseline (SNR): F1 1.0000 vs 0.0000 (+1.0000)" in res["verdict"]
+    assert res["model_vs_per_event"] == {"SNR": {"better": 6, "equal": 0, "worse": 0}}
+    assert res["verdict"].endswith("Event by event (F1): better in 6, equal in 0, worse in 0.")
 
 
 def test_evaluation_half_the_track_and_half_the_noise():
@@ -169,6 +171,7 @@ def test_worst_and_best_events_are_found_across_batches():
         ev.add(raw[sl], truth[sl], {"model": kept[sl]}, names=names[sl])
     res = ev.result()
     assert [e["name"] for e in res["worst_events"]] == ["e7", "e2"]
+    np.testing.assert_array_equal(res["worst_events"][0]["keeps"]["model"], kept[7])
     assert res["worst_events"][0]["f1"] == pytest.approx(2 * 6 / (36 + 6))
     assert all(e["f1"] == 1 for e in res["best_events"])
 
