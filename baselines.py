@@ -291,6 +291,8 @@ def get_cae(h5_path, cache_dir=None, train_if_missing=True, **train_kwargs):
         raise InputError(f"{h5_path}: no trained CAE cached at {path}")
     if not path.parent.is_dir():
         raise InputError(f"{path}: folder {path.parent} does not exist")
+    if not os.access(path.parent, os.W_OK):  # found out before training, not after
+        raise InputError(f"{path}: folder {path.parent} is not writable (choose another cache folder)")
     model = train_cae(h5_path, **train_kwargs)
     # Save under a temporary name in the same folder (Keras wants the .keras suffix), then rename.
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".cae-") as tmp:
