@@ -475,7 +475,7 @@ def train(s):
     # Where this process writes: the chief into the output folder, other workers into a temporary one.
     ckpt_dir = out / "checkpoints" if chief else out / f".worker_{worker_name}_tmp" / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    settings = {k: v for k, v in vars(s).items()}
+    settings = dict(vars(s))
     if chief and not (out / "run_config.json").exists():
         write_json(out / "run_config.json", {"architecture": architecture(s), "settings": settings,
                                              "precision": precision, "replicas": replicas})

@@ -70,8 +70,9 @@ def tutorial_generator():
              tutorial_down(512, 4), tutorial_down(512, 4), tutorial_down(512, 4)]
     ups = [tutorial_up(512, 4, True), tutorial_up(512, 4, True), tutorial_up(512, 4, True), tutorial_up(256, 4),
            tutorial_up(128, 4), tutorial_up(64, 4)]
+    # dtype float32: a no-op in float32; under a mixed policy the Keras guide's recipe (float32 outputs).
     last = keras.layers.Conv2DTranspose(3, 4, strides=2, padding="same", activation="tanh",
-                                        kernel_initializer=tf.random_normal_initializer(0.0, 0.02))
+                                        kernel_initializer=tf.random_normal_initializer(0.0, 0.02), dtype="float32")
     x, skips = inputs, []
     for down in downs:
         x = down(x)
@@ -90,7 +91,7 @@ def tutorial_discriminator():
     x = tutorial_down(256, 4)(tutorial_down(128, 4)(tutorial_down(64, 4, False)(x)))
     x = keras.layers.Conv2D(512, 4, strides=1, kernel_initializer=init, use_bias=False)(keras.layers.ZeroPadding2D()(x))
     x = keras.layers.LeakyReLU()(keras.layers.BatchNormalization()(x))
-    x = keras.layers.Conv2D(1, 4, strides=1, kernel_initializer=init)(keras.layers.ZeroPadding2D()(x))
+    x = keras.layers.Conv2D(1, 4, strides=1, kernel_initializer=init, dtype="float32")(keras.layers.ZeroPadding2D()(x))
     return keras.Model(inputs=[inp, tar], outputs=x)
 
 
