@@ -6,6 +6,9 @@ For each generator width (untrained generators from Pix2Pix_training.build_gener
     model, read, pad, predict, crop, threshold, write one PNG per event atomically);
   - model only: the generator's predict_on_batch on padded float32 batches already in memory.
 The ratio end-to-end / model-only says how much the file work costs on top of the network.
+The events are split into ROUNDS folders and the two measurements alternate round by round, so
+that a change in the machine's load (a shared machine) hits both alike; the rates are the
+totals over all rounds, and the per-round ratios are printed too.
 
     python bench/bench_denoise.py                      # 5,000 events, widths 64 and 16
     python bench/bench_denoise.py --events 500 --widths 16
@@ -34,6 +37,7 @@ EVENTS = 5000
 WIDTHS = (64, 16)
 BATCH_SIZE = pd.BATCH_SIZE
 PRECISION = "float32"  # or mixed_bfloat16 (CPUs with bf16 units)
+ROUNDS = 3  # alternations of end-to-end and model-only runs
 MODEL_POOL = 8  # distinct padded batches cycled through for the model-only timing
 SEED = 0
 
@@ -43,19 +47,21 @@ def parse_args(argv=None):
     p.add_argument("--events", type=int, default=EVENTS, help=f"PNG events in the folder (default {EVENTS})")
     p.add_argument("--widths", default=",".join(map(str, WIDTHS)), help="generator base_filters, comma-separated")
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE)
+    p.add_argument("--rounds", type=int, default=ROUNDS, help="alternations of the two measurements")
     p.add_argument("--precision", default=PRECISION, choices=("float32", "mixed_bfloat16"),
                    help="Keras dtype policy of the generators")
     return p.parse_args(argv)
 
 
-def write_events(folder, n):
-    """n synthetic raw event PNGs (make_events) in folder; returns the seconds it took."""
-    folder.mkdir()
+def write_events(folders, n):
+    """n synthetic raw event PNGs (make_events), dealt round-robin into the folders; returns the seconds."""
+    for folder in folders:
+        folder.mkdir()
     t0 = time.perf_counter()
     for start in range(0, n, 1024):
         raw, _ = make_events.generate_events(min(1024, n - start), seed=SEED, start=start)
         for i, img in enumerate(raw):
-            ei.write_event_png(folder / make_events.event_name(start + i), img)
+            ei.write_event_png(folders[(start + i) % len(folders)] / make_events.event_name(start + i), img)
     return time.perf_counter() - t0
 
 
@@ -68,9 +74,8 @@ def save_generator(path, width):
     return model.count_params()
 
 
-def time_model_only(model_path, n, batch_size):
-    """Events/s of predict_on_batch alone, on padded float32 batches already in memory."""
-    model = pd.load_generator(model_path)
+def time_model_only(model, n, batch_size):
+    """Seconds of predict_on_batch alone for n events, on padded float32 batches already in memory."""
     raw, _ = make_events.generate_events(MODEL_POOL * batch_size, seed=SEED + 1)
     pool = (ei.pad_event(raw).astype(np.float32) / 255.0).reshape(MODEL_POOL, batch_size, *ei.LAYOUT["padded_shape"])
     model.predict_on_batch(pool[0])  # warm-up: builds the predict function
@@ -80,7 +85,7 @@ def time_model_only(model_path, n, batch_size):
         b = min(batch_size, n - done)
         model.predict_on_batch(pool[(done // batch_size) % MODEL_POOL][:b])
         done += b
-    return n / (time.perf_counter() - t0)
+    return time.perf_counter() - t0
 
 
 def main(argv=None):
@@ -90,23 +95,34 @@ def main(argv=None):
     print(f"{args.events} PNG events, batch {args.batch_size}, {args.precision}, {os.cpu_count()} CPUs")
     with tempfile.TemporaryDirectory(prefix="bench_denoise_") as tmp:
         tmp = Path(tmp)
-        secs = write_events(tmp / "raw", args.events)
+        folders = [tmp / f"raw_{r}" for r in range(args.rounds)]
+        secs = write_events(folders, args.events)
         print(f"writing the input PNGs (make_events + write_event_png): {args.events / secs:.0f} events/s")
         rows = []
         for w in widths:
             model_path = tmp / f"generator_w{w}.keras"
             params = save_generator(model_path, w)
-            t0 = time.perf_counter()
-            pd.main(["--model", str(model_path), "--input-dir", str(tmp / "raw"), "--output-dir",
-                     str(tmp / f"out_w{w}"), "--batch-size", str(args.batch_size)])
-            e2e = args.events / (time.perf_counter() - t0)
-            assert len(list((tmp / f"out_w{w}").glob("*.png"))) == args.events
-            model_only = time_model_only(model_path, args.events, args.batch_size)
-            rows.append((w, params, e2e, model_only))
-            print(f"width {w}: end to end {e2e:.1f} events/s, model only {model_only:.1f} events/s")
-    print(f"\n{'width':>5} {'params':>11} {'end-to-end ev/s':>16} {'model-only ev/s':>16} {'e2e/model':>10}")
-    for w, params, e2e, model_only in rows:
-        print(f"{w:>5} {params:>11,} {e2e:>16.1f} {model_only:>16.1f} {e2e / model_only:>10.2f}")
+            model = pd.load_generator(model_path)  # for the model-only timing
+            e2e_s = model_s = 0.0
+            ratios = []
+            for r, folder in enumerate(folders):
+                n = len(list(folder.glob("*.png")))
+                t0 = time.perf_counter()
+                pd.main(["--model", str(model_path), "--input-dir", str(folder), "--output-dir",
+                         str(tmp / f"out_w{w}_{r}"), "--batch-size", str(args.batch_size)])
+                e2e = time.perf_counter() - t0
+                assert len(list((tmp / f"out_w{w}_{r}").glob("*.png"))) == n
+                only = time_model_only(model, n, args.batch_size)
+                e2e_s, model_s = e2e_s + e2e, model_s + only
+                ratios.append(only / e2e)
+                print(f"width {w} round {r + 1}: {n} events, end to end {n / e2e:.1f} events/s, "
+                      f"model only {n / only:.1f} events/s", flush=True)
+            rows.append((w, params, args.events / e2e_s, args.events / model_s, ratios))
+    print(f"\n{'width':>5} {'params':>11} {'end-to-end ev/s':>16} {'model-only ev/s':>16} {'e2e/model':>10}"
+          "  per round")
+    for w, params, e2e, model_only, ratios in rows:
+        print(f"{w:>5} {params:>11,} {e2e:>16.1f} {model_only:>16.1f} {e2e / model_only:>10.2f}  "
+              + " ".join(f"{x:.2f}" for x in ratios))
 
 
 if __name__ == "__main__":
