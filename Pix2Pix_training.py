@@ -314,8 +314,11 @@ def architecture(s):
             "generator_blocks": GENERATOR_BLOCKS, "discriminator_patch_map": [14, 14, 1]}
 
 
-def check_output_dir(out, s):
-    """Refuse an output folder that holds something else than a run of this architecture."""
+def check_output_dir(out, s, chief=True):
+    """Refuse an output folder that holds something else than a run of this architecture.
+
+    Other workers of a multi-worker run share the chief's folder, which the chief may be filling.
+    """
     config_path = out / "run_config.json"
     if config_path.exists():
         try:
@@ -327,7 +330,7 @@ def check_output_dir(out, s):
                              if saved.get(k) != v)
             raise InputError(f"{out}: holds a run with a different architecture ({diff}); "
                              "use another --output-dir or the same settings")
-    elif out.exists() and any(out.iterdir()):
+    elif chief and out.exists() and any(out.iterdir()):
         raise InputError(f"{out}: exists and does not hold a training run (no run_config.json); "
                          "use a new or empty --output-dir")
     elif out.exists() and not out.is_dir():
@@ -456,7 +459,7 @@ def train(s):
     strategy, chief, worker_name = choose_strategy(s.logical_cpus)
     precision = choose_precision(s.mixed_precision)
     out = Path(s.output_dir)
-    check_output_dir(out, s)
+    check_output_dir(out, s, chief)
 
     # Data: the saved split of data_management; its errors (InputError) pass through as they are.
     split = data_management.load_split(s.data)

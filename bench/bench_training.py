@@ -150,41 +150,43 @@ def random_batch(seed=0):
 
 def time_step(step, batch, timed=TIMED_STEPS):
     """Median seconds per step after two warm-up calls (the first one traces)."""
-    for _ in range(2):
-        [float(v) for v in step(*batch)]
-    times = []
+    return time_steps({"step": step}, batch, timed)["step"]
+
+
+def time_steps(steps, batch, timed=TIMED_STEPS):
+    """Median seconds per step of each variant, timed in interleaved rounds (A B C A B C ...), so that
+    a change of load on the machine (other processes) falls on all variants alike."""
+    for step in steps.values():
+        for _ in range(2):  # the first call traces
+            [float(v) for v in step(*batch)]
+    times = {name: [] for name in steps}
     for _ in range(timed):
-        t0 = time.perf_counter()
-        [float(v) for v in step(*batch)]  # reading the losses waits for the step
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+        for name, step in steps.items():
+            t0 = time.perf_counter()
+            [float(v) for v in step(*batch)]  # reading the losses waits for the step
+            times[name].append(time.perf_counter() - t0)
+    return {name: float(np.median(t)) for name, t in times.items()}
 
 
 def speed(args):
     """Images per second of each variant and the ratio to the tutorial's float32 step."""
     batch = random_batch()
-    results = {}
-
-    def run(name, make):
-        t0 = time.perf_counter()
-        seconds = time_step(make(), batch, args.timed_steps)
-        results[name] = seconds
-        print(f"{name:<46} {seconds:6.3f} s/step  {BATCH / seconds:6.1f} images/s  "
-              f"(built+traced+timed in {time.perf_counter() - t0:.0f} s)", flush=True)
-
-    print(f"Train step, batch {BATCH}, 128x128x3, width {args.width}, {TIMED_STEPS} timed steps (median)")
-    run("tutorial step, float32 (baseline)", tutorial_train_step_fn)
+    t0 = time.perf_counter()
+    steps = {"tutorial step, float32 (baseline)": tutorial_train_step_fn()}
     with pt.dtype_policy("mixed_bfloat16"):
-        run("tutorial step, mixed_bfloat16", tutorial_train_step_fn)
-    run("project step, float32", lambda: project_train_step_fn(args.width, "float32"))
-    run("project step, mixed bfloat16 (auto here)", lambda: project_train_step_fn(args.width, "bfloat16"))
+        steps["tutorial step, mixed_bfloat16"] = tutorial_train_step_fn()
+    steps["project step, float32"] = project_train_step_fn(args.width, "float32")
+    steps["project step, mixed bfloat16 (auto here)"] = project_train_step_fn(args.width, "bfloat16")
     if not args.skip_xla:
-        run("project step, mixed bfloat16 + XLA jit_compile", lambda: project_train_step_fn(args.width, "bfloat16",
-                                                                                            jit=True))
+        steps["project step, mixed bfloat16 + XLA jit_compile"] = project_train_step_fn(args.width, "bfloat16",
+                                                                                        jit=True)
+    print(f"Train step, batch {BATCH}, 128x128x3, width {args.width}: median of {args.timed_steps} interleaved "
+          f"rounds after 2 warm-up steps each", flush=True)
+    results = time_steps(steps, batch, args.timed_steps)
+    print(f"(built, traced and timed in {time.perf_counter() - t0:.0f} s)")
     base = results["tutorial step, float32 (baseline)"]
-    print("\nRatio (images/s against the tutorial's float32 step):")
     for name, seconds in results.items():
-        print(f"  {name:<46} {base / seconds:5.2f}x")
+        print(f"  {name:<48} {seconds:6.3f} s/step {BATCH / seconds:6.1f} images/s  {base / seconds:5.2f}x")
     auto = pt.choose_precision("auto")
     print(f"MIXED_PRECISION='auto' picks {auto} on this machine")
 
