@@ -39,30 +39,11 @@ import numpy as np
 
 import data_management
 import event_image as ei
-from script_utils import InputError, atomic_output, progress, run_main
+from script_utils import InputError, atomic_output, import_tensorflow, progress, run_main
 
-
-@contextlib.contextmanager
-def quiet_stderr():
-    """Send file descriptor 2 to /dev/null for a while: TensorFlow 2.21 prints start-up lines
-    (oneDNN, absl) from C++ at import whatever TF_CPP_MIN_LOG_LEVEL says, which would bury a
-    bad input's one-line error. Python exceptions raised inside still show once it is restored."""
-    sys.stderr.flush()
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-with quiet_stderr():
-    import keras
-    import tensorflow as tf
-    from keras import layers
+tf = import_tensorflow()  # first, so that its C++ start-up lines stay off stderr
+import keras  # noqa: E402
+from keras import layers  # noqa: E402
 
 # ----------------------------------------------------------------------------------------------
 H5_PATH = "data/events.h5"  # the HDF5 file written by Pix2Pix_data.py

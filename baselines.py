@@ -24,7 +24,6 @@ import argparse
 import hashlib
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,7 +33,7 @@ import numpy as np
 
 from data_management import SEED, fingerprint, load_split
 from event_image import LAYERS, LAYERS_PER_SUPERLAYER, SUPERLAYERS, WIRES, crop_event, hit_mask, hit_scores
-from script_utils import InputError, progress, run_main
+from script_utils import InputError, import_tensorflow, progress, run_main
 
 # --- SNR settings (the CLAS12 reconstruction's values) ----------------------------------
 SNR_SHIFTS = (0, 1, 2, 2, 4, 4)  # bucket width, in wires, of layers 1..6 of a superlayer
@@ -173,22 +172,8 @@ def data_fingerprint(h5_path, train_indices):
 # The convolutional auto-encoder
 # ==========================================================================================
 def import_keras():
-    """Import Keras, keeping TensorFlow's C++ start-up lines (oneDNN, absl) off stderr.
-
-    TensorFlow 2.21 prints them whatever TF_CPP_MIN_LOG_LEVEL says; they would bury a bad
-    input's one-line error. Python errors of the import itself still show.
-    """
-    if "tensorflow" not in sys.modules:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        sys.stderr.flush()
-        saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, 2)
-        try:
-            import tensorflow  # noqa: F401
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            os.close(devnull)
+    """Import Keras (TensorFlow first, its C++ start-up lines kept off stderr)."""
+    import_tensorflow()
     import keras
 
     return keras

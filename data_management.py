@@ -42,7 +42,6 @@ one epoch of the training pipeline:
 import argparse
 import hashlib
 import itertools
-import os
 import sys
 import time
 import warnings
@@ -54,7 +53,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.utils import shuffle as sklearn_shuffle
 
 from event_image import CHANNELS, PADDED_SIZE, PNG_HIT_THRESHOLD, crop_event, hit_mask
-from script_utils import InputError, atomic_output, progress, run_main
+from script_utils import InputError, atomic_output, import_tensorflow, progress, run_main
 
 # -------------------------------------------------------------------------------------------
 H5_PATH = "data/pairs.h5"  # the file written by Pix2Pix_data.py
@@ -357,7 +356,7 @@ def make_dataset(h5_path, indices, batch_size=BATCH_SIZE, shuffle=False, seed=SE
     The pairs are held in memory after the first pass when raw + truth of the whole file fit in
     memory_budget_mb; otherwise every pass streams from the file.
     """
-    import tensorflow as tf
+    tf = import_tensorflow()
 
     indices = np.sort(np.asarray(indices, np.int64))
     if batch_size < 1:
@@ -454,7 +453,6 @@ def main(argv=None):
         print(f"{name:<11} {len(idx):>8} {100 * len(idx) / n:>6.2f} {-(-len(idx) // args.batch_size):>8} "
               f"{raw_hits.mean():>9.1f} ± {raw_hits.std():<5.1f} {truth_hits.mean():>9.1f} ± {truth_hits.std():<5.1f}")
     if not args.no_timing:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         train = make_dataset(args.h5_path, split["train"], args.batch_size, shuffle=True, seed=args.seed,
                              window=args.shuffle_window, memory_budget_mb=args.memory_budget_mb)
         mode = "in memory after the first pass" if fits_in_memory(n, args.memory_budget_mb) else "streaming"

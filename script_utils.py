@@ -6,6 +6,7 @@
 - atomic_output: write a file under a temporary name beside the target and rename it
   only when everything went well, so no half-written file ever carries the final name.
 - progress: a tqdm bar that shows on a terminal and stays quiet in logs and tests.
+- import_tensorflow: TensorFlow imported without its C++ start-up lines on stderr.
 """
 
 import contextlib
@@ -76,3 +77,24 @@ def progress(iterable=None, **kwargs):
     kwargs.setdefault("disable", not sys.stderr.isatty())
     kwargs.setdefault("dynamic_ncols", True)
     return tqdm(iterable, **kwargs)
+
+
+def import_tensorflow():
+    """Import and return TensorFlow, keeping its C++ start-up lines off stderr.
+
+    TensorFlow 2.21 prints oneDNN/absl lines from C++ at import whatever TF_CPP_MIN_LOG_LEVEL
+    says; they would bury a bad input's one-line error. File descriptor 2 goes to /dev/null
+    only for the import itself (a Python exception raised by it still shows).
+    """
+    if "tensorflow" not in sys.modules:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        sys.stderr.flush()
+        saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        try:
+            import tensorflow  # noqa: F401
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            os.close(devnull)
+    return sys.modules["tensorflow"]
