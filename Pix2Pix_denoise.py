@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 import event_image as ei
-from script_utils import InputError, atomic_output, check_output_path, progress, run_main
+from script_utils import InputError, atomic_output, check_output_path, import_tensorflow, progress, run_main
 
 # --- Settings (each one can be overridden on the command line) -------------------------
 MODEL = None  # a .keras generator, or a training output directory (its generator_best.keras)
@@ -162,23 +162,9 @@ def resolve_model(path):
 
 
 def import_keras():
-    """Import Keras, keeping TensorFlow's start-up lines (oneDNN, CPU features) off stderr.
-
-    TensorFlow 2.21 prints them from C++ whatever TF_CPP_MIN_LOG_LEVEL says; they would bury
-    the one-line error of a bad input. Python errors of the import itself still show.
-    """
-    import sys
-
-    if "tensorflow" not in sys.modules:
-        sys.stderr.flush()
-        saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, 2)
-        try:
-            import tensorflow  # noqa: F401
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            os.close(devnull)
+    """Import Keras after a quiet TensorFlow import (script_utils.import_tensorflow): TensorFlow's
+    C++ start-up lines would otherwise bury the one-line error of a bad input."""
+    import_tensorflow()
     import keras
 
     return keras
@@ -545,8 +531,13 @@ def check_png_job(args):
     in_dir, out_dir = Path(args.input_dir).resolve(), Path(args.output_dir).resolve()
     if out_dir == in_dir or (args.truth_dir and out_dir == Path(args.truth_dir).resolve()):
         raise InputError(f"{args.output_dir}: output folder is an input folder")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"{args.output_dir}: exists and is not a folder")
     if not out_dir.parent.is_dir():
         raise InputError(f"{args.output_dir}: its folder {out_dir.parent} does not exist")
+    writes_in = out_dir if out_dir.is_dir() else out_dir.parent
+    if not os.access(writes_in, os.W_OK | os.X_OK):
+        raise InputError(f"{args.output_dir}: folder {writes_in} is not writable")
     truths = None
     if args.truth_dir:
         truth_dir = Path(args.truth_dir)
