@@ -46,12 +46,14 @@ import keras  # noqa: E402
 from keras import layers  # noqa: E402
 
 # ----------------------------------------------------------------------------------------------
-H5_PATH = "data/events.h5"  # the HDF5 file written by Pix2Pix_data.py
+H5_PATH = "data/pairs.h5"  # the HDF5 file written by Pix2Pix_data.py
 OUTPUT_DIR = "runs/pix2pix"  # checkpoints, logs, samples and the exported generators
 EPOCHS = 20
 BATCH_SIZE = 32  # per replica; the global batch is BATCH_SIZE x replicas
 LAMBDA = 100.0  # weight of the L1 term against the GAN term (the paper's)
 HIT_WEIGHT = 10.0  # L1 weight of the truth's hit pixels (1 = plain L1, which learns a blank output)
+WEIGHT_RAW_HITS = True  # weight the raw image's hits too (the noise hits the model must learn to remove)
+GATE_BY_RAW_HITS = True  # exported/validated generator x raw hit mask: it removes hits, never adds any
 GENERATOR_LR = 2e-4
 DISCRIMINATOR_LR = 2e-4
 BETA_1 = 0.5  # Adam's first-moment decay (the paper's)
@@ -65,6 +67,7 @@ SAMPLE_EVENTS = 4  # validation events drawn in samples/epoch_NNN.png
 MIXED_PRECISION = "auto"  # auto | float32 | bfloat16 | float16 (auto: bf16 CPU units -> bfloat16, GPU -> float16)
 DETERMINISTIC = False  # deterministic ops and seeds: a resumed run ends with the same weights
 LOGICAL_CPUS = 0  # split the CPU into this many logical devices (>1 trains with MirroredStrategy; for tests)
+KEEP_WORKER_CHECKPOINTS = False  # multi-worker: other workers keep their checkpoints (OUTPUT_DIR/.worker_*_tmp)
 THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.05, 0.951, 0.05))  # output thresholds tried on validation
 D_SATURATED_LOSS = 0.1  # discriminator loss below this (balanced: 2 log 2 = 1.39) is flagged as winning
 # ----------------------------------------------------------------------------------------------
@@ -100,6 +103,19 @@ def upsample(filters, size=4, apply_dropout=False):
     return block
 
 
+def raw_hit_gate(raw):
+    """(N, 128, 128, 1) float32 mask, 1 where any channel of raw (0..1) is a hit (> 0.5), else 0.
+
+    Built from fixed built-in layers so that the exported .keras file carries it: ReLU with a
+    threshold keeps only channels above 0.5, a fixed 1x1 convolution adds them up (x4, so one
+    hit channel gives >= 2), and ReLU(max_value=1) clips that to 1.
+    """
+    bright = layers.ReLU(threshold=ei.SCALED_HIT_THRESHOLD, dtype="float32", name="gate_hit_channels")(raw)
+    summed = layers.Conv2D(1, 1, use_bias=False, kernel_initializer=keras.initializers.Constant(4.0),
+                           trainable=False, dtype="float32", name="gate_any_channel")(bright)
+    return layers.ReLU(max_value=1.0, dtype="float32", name="gate_mask")(summed)
+
+
 def build_generator(base_filters=BASE_FILTERS):
     """The U-Net generator: (N, 128, 128, 3) in 0..1 -> (N, 128, 128, 3) float32 in 0..1."""
     f = base_filters
@@ -121,6 +137,19 @@ def build_generator(base_filters=BASE_FILTERS):
     return keras.Model(inputs, last(x), name="generator")
 
 
+def with_raw_hit_gate(generator):
+    """The generator's output multiplied by the raw hit mask (sharing the generator's weights).
+
+    The gated model decides which raw hits to keep and cannot light a pixel where the raw image
+    had none (the bare U-Net lit ~60 such pixels per event beside the tracks). Training runs the
+    bare U-Net: inside the loss the gate leaves the L1 almost no gradient (measured: stuck at
+    keep-everything for 3 epochs); validation and the exported models use the gated one.
+    """
+    inputs = keras.Input(IMAGE_SHAPE, name="raw")
+    gated = layers.Multiply(dtype="float32", name="gated_output")([generator(inputs), raw_hit_gate(inputs)])
+    return keras.Model(inputs, gated, name="gated_generator")
+
+
 def build_discriminator(base_filters=BASE_FILTERS):
     """The 70x70 PatchGAN on the (input, target) pair: a (N, 14, 14, 1) float32 map of logits."""
     f = base_filters
@@ -140,6 +169,17 @@ def build_discriminator(base_filters=BASE_FILTERS):
     return keras.Model([raw, target], logits, name="discriminator")
 
 
+def synchronize_batch_norm(model):
+    """Several replicas: each batch norm of model uses the global batch's mean and variance (Keras'
+    synchronized=True), so that every replica updates its moving statistics alike; otherwise each
+    worker keeps its own and the workers end with different weights."""
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):  # the encoder and decoder blocks
+            synchronize_batch_norm(layer)
+        elif isinstance(layer, layers.BatchNormalization):
+            layer.synchronized = True
+
+
 # --- The losses (per example, averaged over the global batch so that replicas add up) --------------
 def _bce_with_logits(logits, label):
     """Sigmoid cross-entropy of a patch map against a constant label, one value per example."""
@@ -147,13 +187,16 @@ def _bce_with_logits(logits, label):
     return tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits), axis=[1, 2, 3])
 
 
-def generator_loss(disc_fake, gen_output, target, global_batch, lam=LAMBDA, hit_weight=HIT_WEIGHT):
+def generator_loss(disc_fake, gen_output, target, global_batch, lam=LAMBDA, hit_weight=HIT_WEIGHT, raw=None):
     """GAN loss (fool the discriminator) + lam x L1, the truth's hit pixels weighted by hit_weight.
 
+    With raw given, the raw image's hits are weighted too: every pixel the denoiser has to decide
+    on (keep a track hit, remove a noise hit) then counts hit_weight times an empty pixel.
     Returns (total, gan, l1), each averaged over the global batch.
     """
     gan = _bce_with_logits(disc_fake, 1.0)
-    hits = tf.cast(tf.reduce_max(target, axis=-1, keepdims=True) > ei.SCALED_HIT_THRESHOLD, tf.float32)
+    decided = target if raw is None else tf.maximum(target, raw)
+    hits = tf.cast(tf.reduce_max(decided, axis=-1, keepdims=True) > ei.SCALED_HIT_THRESHOLD, tf.float32)
     weights = 1.0 + (hit_weight - 1.0) * hits
     l1 = tf.reduce_mean(weights * tf.abs(target - gen_output), axis=[1, 2, 3])
     total = gan + lam * l1
@@ -183,6 +226,11 @@ class Trainer:
         with strategy.scope():
             self.generator = build_generator(s.base_filters)
             self.discriminator = build_discriminator(s.base_filters)
+            # What validation scores and what is exported: the generator, gated by the raw hits.
+            self.inference_model = with_raw_hit_gate(self.generator) if s.gate_by_raw_hits else self.generator
+            if strategy.num_replicas_in_sync > 1:
+                synchronize_batch_norm(self.generator)
+                synchronize_batch_norm(self.discriminator)
             self.gen_opt = make_optimizer(s.generator_lr, precision)
             self.disc_opt = make_optimizer(s.discriminator_lr, precision)
             # Build the optimizers' slots now, so that a checkpoint restores into them.
@@ -201,7 +249,7 @@ class Trainer:
             generator_optimizer=list(self.gen_opt.variables), discriminator_optimizer=list(self.disc_opt.variables),
             step=self.step, epoch=self.epoch, batch_in_epoch=self.batch_in_epoch, best_f1=self.best_f1)
         self.train_step = tf.function(self._train_step)
-        self.predict = tf.function(lambda raw: self.generator(raw, training=False),
+        self.predict = tf.function(lambda raw: self.inference_model(raw, training=False),
                                    input_signature=[tf.TensorSpec((None,) + IMAGE_SHAPE, tf.float32)])
 
     def _replica_step(self, raw, truth):
@@ -212,7 +260,7 @@ class Trainer:
             disc_real = self.discriminator([raw, truth], training=True)
             disc_fake = self.discriminator([raw, gen_output], training=True)
             gen_total, gen_gan, gen_l1 = generator_loss(disc_fake, gen_output, truth, self.global_batch,
-                                                        s.lam, s.hit_weight)
+                                                        s.lam, s.hit_weight, raw if s.weight_raw_hits else None)
             disc = discriminator_loss(disc_real, disc_fake, self.global_batch)
             gen_scaled, disc_scaled = self.gen_opt.scale_loss(gen_total), self.disc_opt.scale_loss(disc)
         gen_vars, disc_vars = self.generator.trainable_variables, self.discriminator.trainable_variables
@@ -292,7 +340,8 @@ def write_json(path, data):
 def architecture(s):
     """What a checkpoint's weights depend on: a resume with anything else is refused."""
     return {"model": "pix2pix-unet-patchgan70", "image_shape": list(IMAGE_SHAPE), "base_filters": s.base_filters,
-            "generator_blocks": GENERATOR_BLOCKS, "discriminator_patch_map": [14, 14, 1]}
+            "generator_blocks": GENERATOR_BLOCKS, "discriminator_patch_map": [14, 14, 1],
+            "gate_by_raw_hits": s.gate_by_raw_hits}
 
 
 def check_output_dir(out, s, chief=True):
@@ -301,6 +350,13 @@ def check_output_dir(out, s, chief=True):
     Other workers of a multi-worker run share the chief's folder, which the chief may be filling.
     """
     config_path = out / "run_config.json"
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: is not a folder")
+    made_in = next(p for p in (out, *out.parents) if p.exists())  # the nearest folder that exists
+    if not made_in.is_dir():
+        raise InputError(f"{out}: {made_in} is not a folder")
+    if not os.access(made_in, os.W_OK | os.X_OK):
+        raise InputError(f"{out}: folder {made_in} is not writable")
     if config_path.exists():
         try:
             saved = json.loads(config_path.read_text())["architecture"]
@@ -311,11 +367,14 @@ def check_output_dir(out, s, chief=True):
                              if saved.get(k) != v)
             raise InputError(f"{out}: holds a run with a different architecture ({diff}); "
                              "use another --output-dir or the same settings")
-    elif chief and out.exists() and any(out.iterdir()):
+    elif chief and out.is_dir() and any(not is_worker_folder(p) for p in out.iterdir()):
         raise InputError(f"{out}: exists and does not hold a training run (no run_config.json); "
                          "use a new or empty --output-dir")
-    elif out.exists() and not out.is_dir():
-        raise InputError(f"{out}: is not a folder")
+
+
+def is_worker_folder(path):
+    """A multi-worker run's folder of another worker (it may be made before the chief's first file)."""
+    return path.name.startswith(".worker_") and path.name.endswith("_tmp") and path.is_dir()
 
 
 def append_history(path, row):
@@ -335,11 +394,13 @@ def append_history(path, row):
 
 
 def export_generator(trainer, out, stem, scores, epoch, step, settings):
-    """generator_<stem>.keras (float32 copy of the weights) and its sidecar JSON with the threshold."""
+    """generator_<stem>.keras (float32 copy of the weights, gated if so set) and its JSON with the threshold."""
     with dtype_policy("float32"):
-        plain = build_generator(trainer.s.base_filters)
-    plain.set_weights(trainer.generator.get_weights())
-    write_atomic(out / f"{stem}.keras", lambda tmp: plain.save(tmp), ext=".keras")
+        model = build_generator(trainer.s.base_filters)
+        model.set_weights(trainer.generator.get_weights())
+        if trainer.s.gate_by_raw_hits:
+            model = with_raw_hit_gate(model)
+    write_atomic(out / f"{stem}.keras", lambda tmp: model.save(tmp), ext=".keras")
     validation = {k: v for k, v in scores.items() if k != "threshold"}
     write_json(out / f"{stem}.json", {"threshold": scores["threshold"], "epoch": epoch, "step": step,
                                       "base_filters": trainer.s.base_filters, "validation": validation,
@@ -560,8 +621,11 @@ def train(s):
         print(f"Done: {epoch} epochs, {step} steps in {time.time() - t_start:.0f} s. Best F1 "
               f"{float(trainer.best_f1.numpy()):.3f}: {out / 'generator_best.keras'}; final: "
               f"{out / 'generator_final.keras'}", flush=True)
-    else:
-        shutil.rmtree(ckpt_dir.parent, ignore_errors=True)
+    if multi_worker:  # wait for each other (the chief's exports), so that all workers leave together
+        strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.constant(1.0)), axis=None)
+    if not chief:
+        if not s.keep_worker_checkpoints:
+            shutil.rmtree(ckpt_dir.parent, ignore_errors=True)
         return None
     return scores
 
@@ -578,6 +642,10 @@ def parse_args(argv=None):
     p.add_argument("--base-filters", type=int, default=BASE_FILTERS,
                    help="width: filters of the first block, 64 is the paper's (default %(default)s)")
     p.add_argument("--lambda", dest="lam", type=float, default=LAMBDA, help="L1 weight (default %(default)s)")
+    p.add_argument("--gate-by-raw-hits", action=argparse.BooleanOptionalAction, default=GATE_BY_RAW_HITS,
+                   help="multiply the output by the raw hit mask: remove hits, never add any (default %(default)s)")
+    p.add_argument("--weight-raw-hits", action=argparse.BooleanOptionalAction, default=WEIGHT_RAW_HITS,
+                   help="weight the raw hits' L1 by --hit-weight too, not only the truth's (default %(default)s)")
     p.add_argument("--hit-weight", type=float, default=HIT_WEIGHT,
                    help="L1 weight of the truth's hit pixels; 1 = plain L1 (default %(default)s)")
     p.add_argument("--generator-lr", type=float, default=GENERATOR_LR, help="(default %(default)s)")
@@ -598,6 +666,10 @@ def parse_args(argv=None):
                    help="deterministic ops: a killed and resumed run ends with the same weights (slower)")
     p.add_argument("--logical-cpus", type=int, default=LOGICAL_CPUS,
                    help="split the CPU into N logical devices and train on them with MirroredStrategy (tests)")
+    p.add_argument("--keep-worker-checkpoints", action="store_true", default=KEEP_WORKER_CHECKPOINTS,
+                   help="multi-worker: a worker that is not the chief keeps its copy of the checkpoints in "
+                        "OUTPUT_DIR/.worker_<type>_<index>_tmp/checkpoints instead of deleting it at the end "
+                        "(to check that the workers hold the same weights)")
     s = p.parse_args(argv)
     for name in ("epochs", "batch_size", "base_filters", "sample_events", "keep_checkpoints"):
         if getattr(s, name) < 1:

@@ -65,6 +65,22 @@ def test_default_model_shapes_and_output_range():
     assert out.dtype == tf.float32 and float(tf.reduce_min(out)) >= 0 and float(tf.reduce_max(out)) <= 1
 
 
+def test_gated_generator_never_lights_a_pixel_without_a_raw_hit(tmp_path):
+    raw = np.zeros((2, 128, 128, 3), np.float32)
+    raw[0, 50, 20] = 1.0
+    raw[0, 60, 30] = (128 / 255, 0, 0)  # one channel above the PNG threshold: a hit
+    raw[1, 70, 40] = 127 / 255  # not above it: no hit
+    plain = pt.build_generator(base_filters=4)
+    gated = pt.with_raw_hit_gate(plain)
+    out = gated(raw, training=False).numpy()
+    lit = out.max(-1) > 0
+    assert lit[0, 50, 20] and lit[0, 60, 30] and lit.sum() == 2
+    assert (plain(raw, training=False).numpy().max(-1) > 0).sum() > 1000
+    gated.save(tmp_path / "g.keras")  # the gate travels with the exported model
+    reloaded = keras.models.load_model(tmp_path / "g.keras", compile=False)
+    np.testing.assert_array_equal(reloaded(raw, training=False).numpy(), out)
+
+
 def test_hit_weighted_l1_matches_its_definition():
     rng = np.random.default_rng(1)
     target = (rng.random((3, 128, 128, 3)) < 0.01).astype(np.float32)
@@ -78,6 +94,11 @@ def test_hit_weighted_l1_matches_its_definition():
     _, _, plain = pt.generator_loss(fake, np.zeros_like(target), target, 3, hit_weight=1)
     _, _, weighted = pt.generator_loss(fake, np.zeros_like(target), target, 3, hit_weight=10)
     assert float(weighted) == pytest.approx(10 * float(plain), rel=1e-5) and float(plain) < 0.02
+    # With the raw image given, its noise hits are weighted too.
+    raw = np.maximum(target, (rng.random((3, 128, 128, 3)) < 0.01).astype(np.float32))
+    _, _, l1_raw = pt.generator_loss(fake, output, target, 3, hit_weight=10, raw=raw)
+    weights = np.where(raw.max(-1, keepdims=True) > 0.5, 10.0, 1.0)
+    assert float(l1_raw) == pytest.approx(float(np.mean(weights * np.abs(target - output))), rel=1e-5)
 
 
 def test_losses_fall_on_a_fixed_batch_and_the_step_traces_once(tmp_path):

@@ -1,0 +1,25 @@
+"""The README's first quick-start command, end to end at a tiny size: the chain cannot silently break."""
+
+import json
+
+import pytest
+from conftest import run_script
+
+
+@pytest.mark.slow
+def test_tiny_demo_runs_the_whole_chain(tmp_path):
+    proc = run_script("demo.py", "--tiny", "--output-root", tmp_path, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for step in ("1/5", "2/5", "3/5", "4/5", "5/5"):
+        assert f"=== {step}" in proc.stdout
+    table = [line.split()[0] for line in proc.stdout.splitlines() if line.split()]
+    for method in ("model", "keep-all", "SNR", "CAE"):
+        assert method in table, proc.stdout[-2000:]
+    (run,) = tmp_path.iterdir()
+    for name in ("events/preview.png", "events.h5", "events.split.npz", "training/generator_best.keras",
+                 "training/history.csv", "test_denoised.h5", "test_denoised.report.png"):
+        assert (run / name).is_file(), name
+    report = json.loads((run / "test_denoised.report.json").read_text())
+    assert list(report["methods"]) == ["model", "keep-all", "SNR", "CAE"]
+    keep_all = report["methods"]["keep-all"]["scores"]
+    assert keep_all["efficiency"] == 1.0 and keep_all["rejection"] == 0.0
