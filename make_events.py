@@ -324,7 +324,7 @@ def parse_args(argv):
     p.add_argument("--workers", type=int, default=WORKERS, help="processes writing PNGs (default: %(default)s)")
     p.add_argument("--preview", nargs="?", const="", default=None, metavar="PNG",
                    help=f"also write a grid of {PREVIEW_EVENTS} raw|truth pairs, enlarged, to PNG "
-                        f"(default path OUT/{PREVIEW_NAME})")
+                        f"(default path OUT/{PREVIEW_NAME}; tagged layout: OUT_{PREVIEW_NAME} beside OUT)")
     p.add_argument("--layout", choices=("folders", "tagged"), default=LAYOUT,
                    help="folders: OUT/raw/event_000123.png + OUT/truth/event_000123.png; "
                         "tagged: OUT/dc_all_000123.png + OUT/dc_truth_000123.png (default: %(default)s)")
@@ -343,7 +343,9 @@ def main(argv=None):
         raise InputError(f"--workers {args.workers}: need at least one")
     check_luminosity(args.luminosity)
     check_output_folder(out, args.overwrite)
-    preview = None if args.preview is None else Path(args.preview or out / PREVIEW_NAME)
+    # In the tagged layout the folder holds only tagged event PNGs (Pix2Pix_data refuses others).
+    default_preview = out / PREVIEW_NAME if args.layout == "folders" else out.parent / f"{out.name}_{PREVIEW_NAME}"
+    preview = None if args.preview is None else Path(args.preview or default_preview)
     preview_inside = preview is not None and preview.resolve().parent == out.resolve()
     if preview is not None:
         if preview.suffix.lower() != ".png":

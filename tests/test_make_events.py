@@ -236,3 +236,15 @@ def test_cli_interrupted_run_leaves_nothing(tmp_path):
     assert proc.returncode == 130, err
     assert "Traceback" not in err
     assert list(tmp_path.iterdir()) == []  # no DIR, no half-filled temporary folder
+
+
+def test_tagged_layout_keeps_its_default_preview_out_of_the_event_folder(script, tmp_path):
+    out = tmp_path / "tagged"
+    proc = script("make_events.py", "--out", out, "-n", 4, "--layout", "tagged", "--preview")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "tagged_preview.png").is_file()
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [f"dc_all_{i:06d}.png" for i in range(4)] + [f"dc_truth_{i:06d}.png" for i in range(4)])
+    proc = script("Pix2Pix_data.py", "--layout", "tagged", "--raw-dir", out, "--output", tmp_path / "t.h5",
+                  "--workers", 1)
+    assert proc.returncode == 0, proc.stderr
