@@ -336,6 +336,10 @@ def parse_args(argv=None):
         raise InputError(f"--cae-threshold must be in (0, 1), got {args.cae_threshold}")
     if args.cache_dir is not None and not Path(args.cache_dir).is_dir():
         raise InputError(f"{args.cache_dir}: cache folder does not exist")
+    cached = args.cache_dir is not None and any(Path(args.cache_dir).glob(f"{Path(args.h5).stem}.cae-*.keras"))
+    if "cae" in args.methods and not args.no_train and args.cache_dir is not None and not cached \
+            and not os.access(args.cache_dir, os.W_OK | os.X_OK):  # refused before anything is made or written
+        raise InputError(f"{args.cache_dir}: cache folder is not writable (choose another --cache-dir)")
     return args
 
 

@@ -1,0 +1,456 @@
+"""Scaling past one machine and surviving faults (issue 6), end to end with the real scripts.
+
+1. Two training workers on localhost (TF_CONFIG, MultiWorkerMirroredStrategy on the CPU) train
+   together and end with identical weights.
+2. Training killed with SIGKILL at a random moment, then rerun with the same command: it resumes
+   from the last checkpoint and, with --deterministic, ends with exactly the weights of a run
+   that was never interrupted.
+3. The bad-input sweep: every script fed every bad input the project knows of that applies to
+   it; each must fail with exit code 2, one line on stderr naming the problem, no traceback,
+   and no file changed or left behind.
+
+Everything runs as a user would run it (subprocesses, real files, tiny widths).
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from conftest import ROOT, assert_one_line_error, run_script
+from PIL import Image
+
+import event_image as ei
+import make_events
+
+TINY = ["--base-filters", "4", "--mixed-precision", "float32", "--sample-events", "2", "--validation-batches", "1"]
+
+
+def write_events_h5(path, n, seed=3, chunk=8):
+    """n synthetic pairs in the project's HDF5 layout (as Pix2Pix_data.py writes them)."""
+    raw, truth = make_events.generate_events(n, seed=seed)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("raw", data=ei.pad_event(raw), chunks=(chunk, 128, 128, 3))
+        f.create_dataset("truth", data=ei.pad_event(truth), chunks=(chunk, 128, 128, 3))
+        f.create_dataset("names", data=np.array([f"e{i}" for i in range(n)], dtype="S"))
+    return path
+
+
+@pytest.fixture(scope="module")
+def events_h5(tmp_path_factory):
+    """48 synthetic pairs (27 train, 9 validation, 12 test)."""
+    return write_events_h5(tmp_path_factory.mktemp("data") / "events.h5", 48)
+
+
+def start_training(*args, env=None):
+    """Pix2Pix_training.py as a background process (stdout and stderr captured)."""
+    return subprocess.Popen([sys.executable, str(ROOT / "Pix2Pix_training.py"), *map(str, args)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, **(env or {})))
+
+
+def checkpoint_tensors(prefix):
+    """Every variable a TensorFlow checkpoint holds: {name: numpy array} (the object graph left out)."""
+    import tensorflow as tf
+
+    reader = tf.train.load_checkpoint(str(prefix))
+    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
+            if name != "_CHECKPOINTABLE_OBJECT_GRAPH"}
+
+
+def assert_same_tensors(a, b, skip=()):
+    """Two checkpoints hold the same variables with bit-identical values (but those named in skip)."""
+    assert sorted(a) == sorted(b)
+    assert any(k.startswith("generator/") for k in a) and any(k.startswith("discriminator/") for k in a)
+    for name in a:
+        if name.split("/")[0] in skip:
+            continue
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def newest_checkpoint(folder):
+    """The highest-step checkpoint prefix in a folder (None if none)."""
+    steps = [int(p.name[len("ckpt-"):-len(".index")]) for p in Path(folder).glob("ckpt-*.index")]
+    return Path(folder) / f"ckpt-{max(steps)}" if steps else None
+
+
+# --- 1. Multi-worker training --------------------------------------------------------------------
+def free_ports(n):
+    """n TCP ports on localhost that are free now (bound all at once, so they differ, then released)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("localhost", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+@pytest.mark.slow
+def test_two_workers_train_together_and_end_with_identical_weights(events_h5, tmp_path):
+    out = tmp_path / "run"
+    workers = [f"localhost:{port}" for port in free_ports(2)]
+    args = ["--data", events_h5, "--output-dir", out, "--epochs", 1, "--steps-per-epoch", 3, "--batch-size", 2,
+            "--checkpoint-every", 2, "--deterministic", "--keep-worker-checkpoints", *TINY]
+    procs = [start_training(*args, env={"TF_CONFIG": json.dumps({"cluster": {"worker": workers},
+                                                                 "task": {"type": "worker", "index": i}})})
+             for i in range(2)]
+    try:
+        results = [p.communicate(timeout=400) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for p, (stdout, stderr) in zip(procs, results, strict=True):
+        assert p.returncode == 0, stderr
+        # One replica per worker, the global batch is 2 x 2; both workers see the same run.
+        assert "2 replica(s)" in stdout and "3 steps of 4 per epoch" in stdout, stdout
+    chief_out, worker_out = results[0][0], results[1][0]
+    assert "Done: 1 epochs, 3 steps" in chief_out and "Done" not in worker_out  # only the chief exports
+    worker_ckpts = out / ".worker_worker_1_tmp" / "checkpoints"
+    chief = checkpoint_tensors(newest_checkpoint(out / "checkpoints"))
+    other = checkpoint_tensors(newest_checkpoint(worker_ckpts))
+    assert newest_checkpoint(out / "checkpoints").name == newest_checkpoint(worker_ckpts).name == "ckpt-3"
+    # Every weight (batch-norm statistics included), optimizer slot and counter of both workers. Only
+    # the chief validates, so only its best validation F1 is set (a resume gives the worker the chief's).
+    assert_same_tensors(chief, other, skip=("best_f1",))
+    assert float(chief["best_f1/.ATTRIBUTES/VARIABLE_VALUE"]) >= 0 > float(other["best_f1/.ATTRIBUTES/VARIABLE_VALUE"])
+    assert int(chief["step/.ATTRIBUTES/VARIABLE_VALUE"]) == 3
+    # They trained: the weights moved between the mid-epoch checkpoint (step 2) and the end (step 3).
+    mid = checkpoint_tensors(out / "checkpoints" / "ckpt-2")
+    assert any(not np.array_equal(mid[k], chief[k]) for k in chief if k.startswith("generator/"))
+    assert (out / "generator_final.keras").is_file() and not list(out.glob(".worker_*/*.keras"))
+
+
+def test_a_worker_folder_in_a_new_run_folder_is_not_a_foreign_folder(tmp_path):
+    """A worker that gets going before the chief makes its folder in the run folder first: the chief
+    must not then take the run folder for someone else's."""
+    import Pix2Pix_training as pt
+
+    out = tmp_path / "run"
+    (out / ".worker_worker_1_tmp" / "checkpoints").mkdir(parents=True)
+    pt.check_output_dir(out, pt.parse_args([]), chief=True)
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(pt.InputError, match="no run_config.json"):
+        pt.check_output_dir(out, pt.parse_args([]), chief=True)
+
+
+# --- 2. Killed at a random moment, resumed ----------------------------------------------------------
+KILL_RUN = ["--epochs", 4, "--steps-per-epoch", 6, "--batch-size", 4, "--checkpoint-every", 2, "--deterministic",
+            *TINY]
+
+
+def run_timed(args, out):
+    """Run training to the end; return the seconds from its first checkpoint file to its exit."""
+    proc = start_training(*args)
+    first = None
+    while proc.poll() is None:
+        if first is None and any((out / "checkpoints").glob("ckpt-*.index")):
+            first = time.monotonic()
+        time.sleep(0.02)
+    stdout, stderr = proc.communicate()
+    assert proc.returncode == 0, stderr
+    return time.monotonic() - (first or time.monotonic())
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(events_h5, tmp_path_factory):
+    """The reference: the same command, never interrupted (4 epochs of 6 steps)."""
+    out = tmp_path_factory.mktemp("whole") / "run"
+    window = run_timed(["--data", events_h5, "--output-dir", out, *KILL_RUN], out)
+    return out, window
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1])
+def test_sigkill_at_a_random_moment_then_rerun_ends_with_the_uninterrupted_weights(events_h5, uninterrupted,
+                                                                                   tmp_path, seed):
+    whole, window = uninterrupted
+    out = tmp_path / "run"
+    args = ["--data", events_h5, "--output-dir", out, *KILL_RUN]
+    proc = start_training(*args)
+    try:
+        deadline = time.monotonic() + 300
+        while not any((out / "checkpoints").glob("ckpt-*.index")):  # a checkpoint exists before the kill
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1]
+            time.sleep(0.01)
+        time.sleep(np.random.default_rng(seed).uniform(0.0, 0.7) * window)
+        assert proc.poll() is None, "the run finished before the kill"
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    left = newest_checkpoint(out / "checkpoints")
+
+    rerun = run_script("Pix2Pix_training.py", *args)  # the same command again
+    assert rerun.returncode == 0, rerun.stderr
+    resumed = rerun.stdout.split("Resuming from ")[1].split(":")[0]
+    if "is unreadable" not in rerun.stderr:  # killed during a save: the one before is used (and said so)
+        assert Path(resumed) == left, (resumed, left)
+    assert "Done: 4 epochs, 24 steps" in rerun.stdout
+    # Every generator and discriminator weight, optimizer slot and counter: bit for bit the same.
+    assert_same_tensors(checkpoint_tensors(whole / "checkpoints" / "ckpt-24"),
+                        checkpoint_tensors(out / "checkpoints" / "ckpt-24"))
+
+
+# --- 3. The bad-input sweep ----------------------------------------------------------------------------
+PNG_KINDS = {  # how the PNG is spoiled -> what the one-line error must say
+    "truncated PNG": "not a readable PNG",
+    "zero-byte PNG": "not a readable PNG",
+    "wrong size": "expected 112x36",
+    "16-bit PNG": "more than 8 bits",
+    "RGBA with transparency": "transparent",
+    "JPEG renamed .png": "not a PNG",
+}
+H5_KINDS = {
+    "missing HDF5 file": "not found",
+    "zero-byte HDF5": "not a readable HDF5",
+    "truncated HDF5": "not a readable HDF5",
+    "HDF5 without the datasets": "no 'raw' dataset",
+    "datasets of wrong shape": "shape",
+    "datasets of wrong dtype": "dtype",
+}
+PLACE_KINDS = {  # where an output is asked for
+    "output folder missing": "missing",
+    "output folder is a file": "afile",
+    "output folder not writable": "not writable",
+}
+
+
+def read_only_folders_refuse_writes(tmp):
+    """Whether a chmod 555 folder really refuses this process's writes (not for root, as the tests run here)."""
+    probe = tmp / "probe"
+    probe.mkdir()
+    probe.chmod(0o555)
+    try:
+        (probe / "x").write_text("x")
+        return False
+    except PermissionError:
+        return True
+    finally:
+        probe.chmod(0o755)
+        shutil.rmtree(probe)
+
+
+def spoil_png(path, kind):
+    """Replace a good event PNG by a bad one of the given kind."""
+    good = path.read_bytes()
+    if kind == "truncated PNG":
+        path.write_bytes(good[: len(good) // 2])
+    elif kind == "zero-byte PNG":
+        path.write_bytes(b"")
+    elif kind == "wrong size":  # 36 wide, 112 high: the transposed image
+        Image.new("RGB", (ei.LAYERS, ei.WIRES)).save(path, format="PNG")
+    elif kind == "16-bit PNG":
+        Image.fromarray(np.full((ei.LAYERS, ei.WIRES), 40000, np.uint16)).save(path, format="PNG")
+    elif kind == "RGBA with transparency":
+        rgba = np.zeros((ei.LAYERS, ei.WIRES, 4), np.uint8)
+        rgba[..., 3] = 255
+        rgba[5, 7, 3] = 0
+        Image.fromarray(rgba, "RGBA").save(path, format="PNG")
+    elif kind == "JPEG renamed .png":
+        Image.new("RGB", (ei.WIRES, ei.LAYERS)).save(path, format="JPEG")
+
+
+def write_bad_h5(path, kind, good):
+    """A bad HDF5 file of the given kind at path (none for the missing one)."""
+    if kind == "zero-byte HDF5":
+        path.write_bytes(b"")
+    elif kind == "truncated HDF5":  # a copy cut short
+        data = good.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "HDF5 without the datasets":
+        with h5py.File(path, "w") as f:
+            f.create_dataset("images", data=np.zeros((16, 128, 128, 3), np.uint8))
+    elif kind == "datasets of wrong shape":  # the unpadded events
+        with h5py.File(path, "w") as f:
+            for key in ("raw", "truth"):
+                f.create_dataset(key, data=np.zeros((16, ei.LAYERS, ei.WIRES, 3), np.uint8))
+    elif kind == "datasets of wrong dtype":
+        with h5py.File(path, "w") as f:
+            for key in ("raw", "truth"):
+                f.create_dataset(key, data=np.zeros((16, 128, 128, 3), np.float32))
+    return path
+
+
+def output_place(tmp, kind, name):
+    """An output path of the given bad kind, named name."""
+    if kind == "output folder missing":
+        return tmp / "missing" / name
+    if kind == "output folder is a file":
+        (tmp / "afile").write_text("a regular file")
+        return tmp / "afile" / name
+    folder = tmp / "readonly"
+    folder.mkdir()
+    folder.chmod(0o555)
+    return folder / name
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory):
+    """Good inputs to copy and spoil: 4 PNG pairs, an HDF5 file of 16 pairs, a tiny generator."""
+    import keras
+
+    root = tmp_path_factory.mktemp("good")
+    raw, truth = make_events.generate_events(4, seed=5)
+    for folder, images in (("raw", raw), ("truth", truth)):
+        (root / folder).mkdir()
+        for i, image in enumerate(images):
+            ei.write_event_png(root / folder / f"event_{i:04d}.png", image)
+    write_events_h5(root / "good.h5", 16, chunk=4)
+    inp = keras.Input((128, 128, 3))
+    keras.Model(inp, keras.layers.Conv2D(3, 1, activation="sigmoid")(inp)).save(root / "model.keras")
+    (root / "model.json").write_text(json.dumps({"threshold": 0.5}))
+    return root
+
+
+def setup_case(script, kind, tmp, good):
+    """Lay out one case's files in tmp; return (script arguments, words the error line must hold)."""
+    def copy(*names):
+        for name in names:
+            (shutil.copytree if (good / name).is_dir() else shutil.copy)(good / name, tmp / name)
+
+    def bad_h5():
+        return write_bad_h5(tmp / "bad.h5", kind, good / "good.h5")
+
+    model = ["--model", tmp / "model.keras"]
+    if script == "Pix2Pix_data.py":
+        copy("raw", "truth")
+        args = ["--raw-dir", tmp / "raw", "--truth-dir", tmp / "truth", "--output", tmp / "pairs.h5"]
+        if kind in PNG_KINDS:
+            spoil_png(tmp / "raw" / "event_0002.png", kind)
+            return args, ["event_0002.png", PNG_KINDS[kind]]
+        if kind == "names differing only in case":
+            (tmp / "truth" / "event_0001.png").rename(tmp / "truth" / "Event_0001.png")
+            return args, ["event_0001.png", "differs only in case"]
+        if kind == "unpaired file":
+            (tmp / "truth" / "event_0003.png").unlink()
+            return args, ["event_0003.png", "no truth file"]
+        if kind == "missing folder":
+            return ["--raw-dir", tmp / "nope", *args[2:]], ["nope", "does not exist"]
+        if kind in PLACE_KINDS:
+            return [*args[:-1], output_place(tmp, kind, "pairs.h5")], ["pairs.h5", PLACE_KINDS[kind]]
+        return ["--merge", bad_h5(), "--output", tmp / "merged.h5"], ["bad.h5"]  # an HDF5 that is not a part
+    if script == "data_management.py":
+        return [bad_h5(), "--no-timing"], ["bad.h5", H5_KINDS[kind]]
+    if script == "baselines.py":
+        if kind in PLACE_KINDS:  # the folder the trained CAE is cached in (missing, a file, read-only)
+            copy("good.h5")
+            cache = output_place(tmp, kind, "cae").parent
+            return [tmp / "good.h5", "--methods", "cae", "--cache-dir", cache], [cache.name, PLACE_KINDS[kind]]
+        return [bad_h5(), "--methods", "snr"], ["bad.h5", H5_KINDS[kind]]
+    if script == "Pix2Pix_training.py":
+        run = ["--epochs", 1, "--batch-size", 4, *TINY]
+        if kind in H5_KINDS:
+            return ["--data", bad_h5(), "--output-dir", tmp / "run", *run], ["bad.h5", H5_KINDS[kind]]
+        copy("good.h5")
+        if kind == "output folder is a file":
+            (tmp / "run").write_text("a regular file")
+            return ["--data", tmp / "good.h5", "--output-dir", tmp / "run", *run], ["run", "not a folder"]
+        where = output_place(tmp, kind, "run")
+        return ["--data", tmp / "good.h5", "--output-dir", where, *run], [str(where.parent.name), PLACE_KINDS[kind]]
+    if script == "make_events.py":
+        args = ["-n", 2, "--workers", 1]
+        if kind == "output is a file":
+            (tmp / "events").write_text("a regular file")
+            return ["--out", tmp / "events", *args], ["events", "not a folder"]
+        if kind == "preview in a missing folder":
+            return ["--out", tmp / "events", "--preview", tmp / "missing" / "p.png", *args], ["p.png", "missing"]
+        return ["--out", output_place(tmp, kind, "events"), *args], ["events", PLACE_KINDS[kind]]
+    # Pix2Pix_denoise.py
+    copy("model.keras", "model.json")
+    png_job = [*model, "--input-dir", tmp / "raw", "--output-dir", tmp / "out"]
+    if kind in PNG_KINDS:
+        copy("raw")
+        spoil_png(tmp / "raw" / "event_0002.png", kind)
+        return png_job, ["event_0002.png", PNG_KINDS[kind]]
+    if kind in ("names differing only in case", "unpaired file"):
+        copy("raw", "truth")
+        if kind == "unpaired file":
+            (tmp / "truth" / "event_0001.png").unlink()
+        else:
+            (tmp / "truth" / "event_0001.png").rename(tmp / "truth" / "Event_0001.png")
+        return [*png_job, "--evaluate", "--truth-dir", tmp / "truth"], ["event_0001.png", "not found"]
+    if kind == "missing folder":
+        return [*model, "--input-dir", tmp / "nope", "--output-dir", tmp / "out"], ["nope", "not found"]
+    if kind in H5_KINDS:
+        return [*model, "--data", bad_h5()], ["bad.h5", H5_KINDS[kind]]
+    if kind == "output is a file":
+        copy("raw")
+        (tmp / "out").write_text("a regular file")
+        return png_job, ["out", "not a folder"]
+    if kind.startswith("PNG "):  # "PNG output folder ..."
+        copy("raw")
+        where = output_place(tmp, kind[4:], "out")
+        return [*png_job[:-1], where], [where.parent.name, PLACE_KINDS[kind[4:]]]
+    if kind.startswith("HDF5 "):
+        copy("good.h5")
+        where = output_place(tmp, kind[5:], "den.h5")
+        return [*model, "--data", tmp / "good.h5", "--output", where], ["den.h5", PLACE_KINDS[kind[5:]]]
+    copy("raw")
+    if kind == "model file that is not a model":
+        (tmp / "model.keras").write_bytes(b"these are not the weights you are looking for\n")
+        return png_job, ["model.keras", "cannot load"]
+    if kind == "zip that is not a model":
+        shutil.make_archive(str(tmp / "model"), "zip", tmp / "raw")
+        (tmp / "model.zip").replace(tmp / "model.keras")
+        return png_job, ["model.keras", "cannot load"]
+    if kind == "data file as the model":
+        copy("good.h5")
+        return ["--model", tmp / "good.h5", *png_job[2:], "--threshold", 0.5], ["good.h5", "not a .keras model"]
+    assert kind == "unreadable model sidecar"
+    (tmp / "model.json").write_text("{threshold: 0.5")
+    return png_job, ["model.json", "sidecar"]
+
+
+CASES = (
+    [("Pix2Pix_data.py", k) for k in (*PNG_KINDS, "names differing only in case", "unpaired file", "missing folder",
+                                       *PLACE_KINDS, "missing HDF5 file", "zero-byte HDF5", "truncated HDF5",
+                                       "HDF5 without the datasets")]
+    + [("data_management.py", k) for k in H5_KINDS]
+    + [("baselines.py", k) for k in (*H5_KINDS, *PLACE_KINDS)]
+    + [("Pix2Pix_training.py", k) for k in (*H5_KINDS, "output folder is a file", "output folder not writable")]
+    + [("make_events.py", k) for k in (*PLACE_KINDS, "output is a file", "preview in a missing folder")]
+    + [("Pix2Pix_denoise.py", k) for k in (*PNG_KINDS, "names differing only in case", "unpaired file",
+                                           "missing folder", *H5_KINDS, "output is a file",
+                                           *(f"PNG {p}" for p in PLACE_KINDS), *(f"HDF5 {p}" for p in PLACE_KINDS),
+                                           "model file that is not a model", "zip that is not a model",
+                                           "data file as the model", "unreadable model sidecar")]
+)
+
+
+def tree_state(root):
+    """Every file and folder under root: {relative path: (size, mtime)} (folders: None)."""
+    return {str(p.relative_to(root)): None if p.is_dir() else (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in root.rglob("*")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script, kind", CASES, ids=[f"{s[:-3]}-{k.replace(' ', '_')}" for s, k in CASES])
+def test_every_bad_input_is_one_line_exit_2_and_touches_nothing(script, kind, good, tmp_path):
+    if "not writable" in kind and not read_only_folders_refuse_writes(tmp_path):
+        pytest.skip("this process writes into read-only folders (root); the 'folder is a file' cases cover it")
+    tmp = tmp_path / "case"
+    tmp.mkdir()
+    args, words = setup_case(script, kind, tmp, good)
+    before = tree_state(tmp)
+    try:
+        proc = run_script(script, *args, timeout=300)
+    finally:
+        for folder in tmp.rglob("readonly"):
+            folder.chmod(0o755)
+    assert_one_line_error(proc, *words)
+    assert tree_state(tmp) == before, "files changed or left behind"
