@@ -31,6 +31,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -682,8 +683,15 @@ def parse_args(argv=None):
     return s
 
 
+def stop_on_sigterm(signum, frame):
+    """A batch system's SIGTERM (pre-emption, the end of a time slot) stops training like Ctrl-C:
+    a checkpoint of the current step is saved, and the same command resumes from it."""
+    raise KeyboardInterrupt
+
+
 def main(argv=None):
     """Train from the command line."""
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
     train(parse_args(argv))
     return 0
 

@@ -206,6 +206,26 @@ def test_sigkill_at_a_random_moment_then_rerun_ends_with_the_uninterrupted_weigh
                         checkpoint_tensors(out / "checkpoints" / "ckpt-24"))
 
 
+@pytest.mark.slow
+def test_sigterm_from_a_batch_system_saves_a_checkpoint_and_the_rerun_resumes(events_h5, tmp_path):
+    out = tmp_path / "run"
+    args = ["--data", events_h5, "--output-dir", out, "--epochs", 30, "--batch-size", 4, "--checkpoint-every", 0, *TINY]
+    proc = start_training(*args)
+    deadline = time.monotonic() + 300
+    while not any((out / "checkpoints").glob("ckpt-*.index")):  # the first epoch is done
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1]
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    stopped = int(err.split("Stopped at step ")[1].split(";")[0])
+    assert stopped > 6 and (out / "checkpoints" / f"ckpt-{stopped}.index").exists()  # mid-epoch 2 or later
+    rerun = run_script("Pix2Pix_training.py", *args[:4], "--epochs", stopped // 6 + 1, *args[6:])
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"Resuming from {out / 'checkpoints' / f'ckpt-{stopped}'}: step {stopped}" in rerun.stdout
+
+
 # --- 3. The bad-input sweep ----------------------------------------------------------------------------
 PNG_KINDS = {  # how the PNG is spoiled -> what the one-line error must say
     "truncated PNG": "not a readable PNG",
