@@ -27,6 +27,7 @@ import heapq
 import json
 import math
 import os
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -472,7 +473,7 @@ def write_report(result, prefix, overwrite=False, meta=None):
     ax.set_ylim(-0.02, 1.05)
     ax.set_title("per superlayer")
     ax.legend(fontsize=7, ncol=2)
-    fig.suptitle(result.get("verdict", ""), fontsize=10)
+    fig.suptitle(textwrap.fill(result.get("verdict", ""), 150), fontsize=10)
     fig.tight_layout()
 
     worst, best = result["worst_events"], result["best_events"]
