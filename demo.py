@@ -23,9 +23,9 @@ OUTPUT_ROOT = "demo_output"  # each run gets its own timestamped folder in here
 EVENTS = 3000  # synthetic pairs (56 % train, 19 % validation, 25 % test)
 LUMINOSITY = 1.0
 SEED = 1
-EPOCHS = 12
+EPOCHS = 16
 BASE_FILTERS = 16  # generator width: 64 is the paper's, 16 trains in minutes on a CPU
-CAE_EPOCHS = 10  # the auto-encoder baseline's epochs
+CAE_EPOCHS = 3  # the auto-encoder baseline's epochs (10 in the clas12ai recipe; 3 fit the demo's time)
 TINY = dict(EVENTS=96, EPOCHS=1, BASE_FILTERS=4, CAE_EPOCHS=1)  # --tiny: the CI smoke run
 # -------------------------------------------------------------------------------------------
 
