@@ -70,6 +70,7 @@ DETERMINISTIC = False  # deterministic ops and seeds: a resumed run ends with th
 LOGICAL_CPUS = 0  # split the CPU into this many logical devices (>1 trains with MirroredStrategy; for tests)
 KEEP_WORKER_CHECKPOINTS = False  # multi-worker: other workers keep their checkpoints (OUTPUT_DIR/.worker_*_tmp)
 THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.05, 0.951, 0.05))  # output thresholds tried on validation
+THRESHOLD_CRITERION = "balanced"  # balanced: the threshold with the best min(efficiency, rejection); f1: best F1
 D_SATURATED_LOSS = 0.1  # discriminator loss below this (balanced: 2 log 2 = 1.39) is flagged as winning
 # ----------------------------------------------------------------------------------------------
 
@@ -279,8 +280,11 @@ class Trainer:
 
 
 # --- Validation -----------------------------------------------------------------------------------
-def evaluate(predict, dataset, max_batches=0):
-    """Validation L1 and hit-level scores at every threshold of THRESHOLDS; the best F1 chosen.
+def evaluate(predict, dataset, max_batches=0, criterion=THRESHOLD_CRITERION):
+    """Validation L1 and hit-level scores at every threshold of THRESHOLDS; the best one chosen.
+
+    criterion "balanced" picks the threshold where the worse of efficiency and rejection is
+    best (physicists want both high); "f1" the best F1 (which favours efficiency here).
 
     Returns {"val_l1", "threshold", "efficiency", "rejection", "purity", "f1", "invented_per_event",
     "f1_by_threshold"} and the first batch (raw, truth, output) for the sample picture.
@@ -300,7 +304,12 @@ def evaluate(predict, dataset, max_batches=0):
             counts[t] = ei.add_counts(counts[t], ei.counts_from_padded(raw, truth, output, t))
     scores = {t: ei.scores_from_counts(c) for t, c in counts.items()}
     f1 = {t: (sc["f1"] if not math.isnan(sc["f1"]) else -1.0) for t, sc in scores.items()}
-    best = max(THRESHOLDS, key=lambda t: (f1[t], -abs(t - 0.5)))  # ties: the one nearest 0.5
+    if criterion == "balanced":
+        goodness = {t: min(sc["efficiency"], sc["rejection"]) for t, sc in scores.items()}
+        goodness = {t: (v if not math.isnan(v) else -1.0) for t, v in goodness.items()}
+    else:
+        goodness = f1
+    best = max(THRESHOLDS, key=lambda t: (goodness[t], -abs(t - 0.5)))  # ties: the one nearest 0.5
     return {"val_l1": l1_sum / max(events, 1), "threshold": float(best), **scores[best],
             "f1_by_threshold": {str(t): v for t, v in f1.items()}}, first
 
@@ -583,7 +592,7 @@ def train(s):
             step = int(trainer.step.numpy())
             means = sums / n_steps if n_steps else np.full(4, np.nan)  # nan: the epoch was done before a resume
             if chief:
-                scores, first = evaluate(trainer.predict, validation, s.validation_batches)
+                scores, first = evaluate(trainer.predict, validation, s.validation_batches, s.threshold_criterion)
                 winning = bool(means[3] < D_SATURATED_LOSS)
                 row = {"epoch": epoch, "step": step, "gen_total": means[0], "gen_gan": means[1], "gen_l1": means[2],
                        "disc": means[3], **scores, "seconds": round(seconds, 2),
@@ -617,7 +626,7 @@ def train(s):
 
     if chief:
         if scores is None:  # nothing left to train: score the restored weights
-            scores, _ = evaluate(trainer.predict, validation, s.validation_batches)
+            scores, _ = evaluate(trainer.predict, validation, s.validation_batches, s.threshold_criterion)
         export_generator(trainer, out, "generator_final", scores, epoch, step, settings)
         print(f"Done: {epoch} epochs, {step} steps in {time.time() - t_start:.0f} s. Best F1 "
               f"{float(trainer.best_f1.numpy()):.3f}: {out / 'generator_best.keras'}; final: "
@@ -647,6 +656,9 @@ def parse_args(argv=None):
                    help="multiply the output by the raw hit mask: remove hits, never add any (default %(default)s)")
     p.add_argument("--weight-raw-hits", action=argparse.BooleanOptionalAction, default=WEIGHT_RAW_HITS,
                    help="weight the raw hits' L1 by --hit-weight too, not only the truth's (default %(default)s)")
+    p.add_argument("--threshold-criterion", choices=("balanced", "f1"), default=THRESHOLD_CRITERION,
+                   help="how the output threshold is chosen on validation: best min(efficiency, rejection) "
+                        "or best F1 (default %(default)s)")
     p.add_argument("--hit-weight", type=float, default=HIT_WEIGHT,
                    help="L1 weight of the truth's hit pixels; 1 = plain L1 (default %(default)s)")
     p.add_argument("--generator-lr", type=float, default=GENERATOR_LR, help="(default %(default)s)")

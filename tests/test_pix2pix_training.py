@@ -265,3 +265,20 @@ def test_bad_settings_and_foreign_folders_are_refused(tmp_path):
     with pytest.raises(InputError, match="no run_config.json"):
         pt.check_output_dir(foreign, pt.parse_args([]))
     pt.check_output_dir(tmp_path / "new", pt.parse_args([]))  # a new folder is fine
+
+
+def test_threshold_criterion_balanced_or_f1_on_a_known_output():
+    # 20 track hits (2 of them uncertain, 0.28) and 5 noise hits (1 of them uncertain, 0.5).
+    raw, truth, out = (np.zeros((1, 36, 112, 3), np.float32) for _ in range(3))
+    raw[0, :20, 10] = truth[0, :20, 10] = 1.0
+    out[0, :20, 10] = 0.7
+    out[0, :2, 10] = 0.28
+    raw[0, 30, 50:55] = 1.0
+    out[0, 30, 50] = 0.5
+    raw, truth, out = (ei.pad_event(a) for a in (raw, truth, out))
+    dataset = [(tf.constant(raw), tf.constant(truth))]
+    predict = lambda x: tf.constant(out)
+    f1, _ = pt.evaluate(predict, dataset, criterion="f1")  # keep the uncertain ones: F1 40/41
+    assert f1["threshold"] == 0.25 and f1["efficiency"] == 1 and f1["rejection"] == 0.8
+    balanced, _ = pt.evaluate(predict, dataset, criterion="balanced")  # min(eff, rej) 0.9 > 0.8
+    assert balanced["threshold"] == 0.5 and balanced["efficiency"] == 0.9 and balanced["rejection"] == 1
