@@ -125,6 +125,26 @@ def snr_keep(raw_mask, shifts=SNR_SHIFTS, max_missing=SNR_MAX_MISSING):
 # ==========================================================================================
 # The HDF5 file: checks, split, reading hit masks
 # ==========================================================================================
+
+def snr_keep_plain(raw, shifts=SNR_SHIFTS, max_missing=SNR_MAX_MISSING):
+    """SNR of one (36, 112) event written as plain loops: the readable definition that snr_keep
+    vectorises (tests compare the two; bench/bench_baselines.py times them)."""
+    raw = np.asarray(raw, bool)
+    keep = np.zeros_like(raw)
+    pad = max(shifts)
+    for sl in range(SUPERLAYERS):
+        hits = raw[LAYERS_PER_SUPERLAYER * sl:LAYERS_PER_SUPERLAYER * (sl + 1)]
+        for direction in (+1, -1):
+            for s in range(-pad, WIRES + pad):
+                buckets = [(s, s + w) if direction > 0 else (s - w, s) for w in shifts]
+                buckets = [(max(a, 0), min(b, WIRES - 1)) for a, b in buckets]
+                missing = sum(a > b or not hits[i, a:b + 1].any() for i, (a, b) in enumerate(buckets))
+                if missing <= max_missing:
+                    for i, (a, b) in enumerate(buckets):
+                        if a <= b:
+                            keep[LAYERS_PER_SUPERLAYER * sl + i, a:b + 1] |= hits[i, a:b + 1]
+    return keep
+
 def split_indices(h5_path, seed=SEED):
     """{"train", "validation", "test"} sorted int64 event indices: data_management's split.
 

@@ -10,8 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import baselines as bl  # noqa: E402
@@ -24,24 +22,6 @@ PLAIN_EVENTS = 10  # events for the plain-Python SNR timing
 CAE_EVENTS = 256  # events per timed CAE epoch
 CAE_BATCH_SIZES = (8, 32)
 SEED = 5
-
-
-def plain_snr(raw, shifts=bl.SNR_SHIFTS, max_missing=bl.SNR_MAX_MISSING):
-    """SNR of one (36, 112) event written as plain loops: every superlayer, direction and start."""
-    keep = np.zeros_like(raw)
-    pad = max(shifts)
-    for sl in range(ei.SUPERLAYERS):
-        hits = raw[6 * sl:6 * sl + 6]
-        for direction in (1, -1):
-            for s in range(-pad, ei.WIRES + pad):
-                buckets = [(max(min(s, s + direction * w), 0), min(max(s, s + direction * w), ei.WIRES - 1))
-                           for w in shifts]
-                missing = sum(a > b or not hits[i, a:b + 1].any() for i, (a, b) in enumerate(buckets))
-                if missing <= max_missing:
-                    for i, (a, b) in enumerate(buckets):
-                        if a <= b:
-                            keep[6 * sl + i, a:b + 1] |= hits[i, a:b + 1]
-    return keep
 
 
 def rate(fn, n, repeats=3):
@@ -59,9 +39,9 @@ def bench_snr(n_events):
     raw, truth = make_events.generate_masks(n_events, seed=SEED)
     batched = rate(lambda: bl.snr_keep(raw), n_events)
     loop = rate(lambda: [bl.snr_keep(e) for e in raw[:LOOP_EVENTS]], LOOP_EVENTS)
-    plain = rate(lambda: [plain_snr(e) for e in raw[:PLAIN_EVENTS]], PLAIN_EVENTS, repeats=1)
+    plain = rate(lambda: [bl.snr_keep_plain(e) for e in raw[:PLAIN_EVENTS]], PLAIN_EVENTS, repeats=1)
     kept = bl.snr_keep(raw)
-    assert all((plain_snr(raw[i]) == kept[i]).all() for i in range(PLAIN_EVENTS))
+    assert all((bl.snr_keep_plain(raw[i]) == kept[i]).all() for i in range(PLAIN_EVENTS))
     s = ei.hit_scores(raw, truth, kept)
     print(f"SNR on {n_events} synthetic events: efficiency {s['efficiency']:.4f} rejection {s['rejection']:.4f}")
     print(f"  batched        {batched:10,.0f} events/s")

@@ -26,29 +26,6 @@ def event(*tracks):
     return m
 
 
-def superlayer_hits(mask, sl):
-    """The (6, 112) part of a mask that belongs to superlayer sl (0..5)."""
-    return mask[6 * sl:6 * sl + 6]
-
-
-def reference_snr(raw, shifts=bl.SNR_SHIFTS, max_missing=bl.SNR_MAX_MISSING):
-    """SNR written as plainly as possible: every superlayer, direction and candidate start, one by one."""
-    keep = np.zeros_like(raw)
-    pad = max(shifts)
-    for sl in range(6):
-        hits = superlayer_hits(raw, sl)
-        for direction in (+1, -1):
-            for s in range(-pad, 112 + pad):
-                buckets = [(s, s + w) if direction > 0 else (s - w, s) for w in shifts]
-                buckets = [(max(a, 0), min(b, 111)) for a, b in buckets]
-                missing = sum(a > b or not hits[i, a:b + 1].any() for i, (a, b) in enumerate(buckets))
-                if missing <= max_missing:
-                    for i, (a, b) in enumerate(buckets):
-                        if a <= b:
-                            keep[6 * sl + i, a:b + 1] |= hits[i, a:b + 1]
-    return keep
-
-
 # --- SNR ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("wires", [
     (50, 51, 50, 51, 50, 51),  # straight (perpendicular) track: zig-zag between two wires
@@ -124,7 +101,7 @@ def test_snr_single_and_batch_agree_and_match_the_plain_reference():
     assert not (kept & ~raw).any()
     for i in range(len(raw)):
         np.testing.assert_array_equal(bl.snr_keep(raw[i]), kept[i])
-        np.testing.assert_array_equal(kept[i], reference_snr(raw[i]), err_msg=f"event {i}")
+        np.testing.assert_array_equal(kept[i], bl.snr_keep_plain(raw[i]), err_msg=f"event {i}")
     assert 0 < kept.sum() < raw.sum()
     with pytest.raises(ValueError):
         bl.snr_keep(np.zeros((112, 36), bool))
