@@ -406,6 +406,20 @@ def report_paths(prefix):
     return {"json": Path(prefix + ".json"), "png": Path(prefix + ".png"), "events": Path(prefix + ".events.png")}
 
 
+def plot_efficiency_rejection(ax, x, groups, method, color):
+    """One method's efficiency (solid) and rejection (dashed) over groups of events (bins, superlayers)."""
+    ax.plot(x, [g["scores"]["efficiency"] for g in groups], "o-", color=color, label=f"{method} efficiency")
+    ax.plot(x, [g["scores"]["rejection"] for g in groups], "s--", color=color, alpha=0.6, label=f"{method} rejection")
+
+
+def finish_axes(ax, xlabel, title):
+    """Label, score range and legend shared by the report's efficiency/rejection panels."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylim(-0.02, 1.05)
+    ax.set_title(title)
+    ax.legend(fontsize=7, ncol=2)
+
+
 def write_report(result, prefix, overwrite=False, meta=None):
     """Write PREFIX.json (every number), PREFIX.png (the plots) and PREFIX.events.png; return the paths."""
     import matplotlib
@@ -433,17 +447,11 @@ def write_report(result, prefix, overwrite=False, meta=None):
     ax.set_title("hit-level scores")
     ax.legend(fontsize=8, loc="lower right")
     # Efficiency (solid) and rejection (dashed) vs background hits in the event.
-    ax = axes[0, 1]
     for m in methods:
         bins = [b for b in result["vs_background_hits"][m] if b["counts"]["events"]]
         x = [f"{b['low']}-{b['high'] - 1}" if b["high"] else f"{b['low']}+" for b in bins]
-        ax.plot(x, [b["scores"]["efficiency"] for b in bins], "o-", color=colors.get(m), label=f"{m} efficiency")
-        ax.plot(x, [b["scores"]["rejection"] for b in bins], "s--", color=colors.get(m), alpha=0.6,
-                label=f"{m} rejection")
-    ax.set_xlabel("background hits in the event")
-    ax.set_ylim(-0.02, 1.05)
-    ax.set_title("efficiency (solid) and rejection (dashed) vs background")
-    ax.legend(fontsize=7, ncol=2)
+        plot_efficiency_rejection(axes[0, 1], x, bins, m, colors.get(m))
+    finish_axes(axes[0, 1], "background hits in the event", "efficiency (solid) and rejection (dashed) vs background")
     # Efficiency and rejection vs the model's output threshold.
     ax = axes[1, 0]
     sweep = result["threshold_sweep"]
@@ -462,17 +470,10 @@ def write_report(result, prefix, overwrite=False, meta=None):
     ax.set_title("model scores vs threshold")
     ax.legend(fontsize=7)
     # Per superlayer.
-    ax = axes[1, 1]
-    sl = np.arange(1, ei.SUPERLAYERS + 1)
     for m in methods:
-        per = result["per_superlayer"][m]
-        ax.plot(sl, [s["scores"]["efficiency"] for s in per], "o-", color=colors.get(m), label=f"{m} efficiency")
-        ax.plot(sl, [s["scores"]["rejection"] for s in per], "s--", color=colors.get(m), alpha=0.6,
-                label=f"{m} rejection")
-    ax.set_xlabel("superlayer")
-    ax.set_ylim(-0.02, 1.05)
-    ax.set_title("per superlayer")
-    ax.legend(fontsize=7, ncol=2)
+        plot_efficiency_rejection(axes[1, 1], np.arange(1, ei.SUPERLAYERS + 1), result["per_superlayer"][m], m,
+                                  colors.get(m))
+    finish_axes(axes[1, 1], "superlayer", "per superlayer")
     fig.suptitle(textwrap.fill(result.get("verdict", ""), 150), fontsize=10)
     fig.tight_layout()
 
