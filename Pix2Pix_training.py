@@ -1,13 +1,10 @@
 """Train the Pix2Pix conditional GAN that denoises CLAS12 drift-chamber event images.
 
 The model is the one of Isola et al. (2017) as the TensorFlow pix2pix tutorial builds it,
-adapted to the project's 128x128x3 images scaled to 0..1:
-- generator: a U-Net of seven downsampling blocks (4x4 convolutions, stride 2, batch norm except
-  the first, leaky ReLU) and six mirrored upsampling blocks with skip connections (dropout 0.5 on
-  the first three), then a sigmoid output layer (the data are 0..1, so no tanh);
-- discriminator: the 70x70 PatchGAN on the concatenated (input, target) pair, a 14x14 map of logits;
-- loss: GAN loss + LAMBDA x L1, where the L1 of the truth's hit pixels is weighted by HIT_WEIGHT
-  (a track lights ~50 of 16,384 pixels: plain L1 is smallest for an empty output).
+adapted to the project's 128x128x3 images scaled to 0..1 (builders and losses: pix2pix_model.py):
+a U-Net generator with a sigmoid output, the 70x70 PatchGAN discriminator, and GAN loss +
+LAMBDA x L1 where the L1 of the hit pixels is weighted by HIT_WEIGHT (a track lights ~50 of
+16,384 pixels: plain L1 is smallest for an empty output).
 
 Each epoch logs the losses, the validation L1 and the hit-level scores (efficiency, rejection,
 purity, F1 at the validation-best output threshold) to history.csv and TensorBoard (logs/), and
@@ -44,7 +41,18 @@ from script_utils import InputError, atomic_output, import_tensorflow, progress,
 
 tf = import_tensorflow()  # first, so that its C++ start-up lines stay off stderr
 import keras  # noqa: E402
-from keras import layers  # noqa: E402
+
+from pix2pix_model import (  # noqa: E402
+    GENERATOR_BLOCKS,
+    IMAGE_SHAPE,
+    build_discriminator,
+    build_generator,
+    discriminator_loss,
+    evaluate,
+    generator_loss,
+    synchronize_batch_norm,
+    with_raw_hit_gate,
+)
 
 # ----------------------------------------------------------------------------------------------
 H5_PATH = "data/pairs.h5"  # the HDF5 file written by Pix2Pix_data.py
@@ -69,147 +77,12 @@ MIXED_PRECISION = "auto"  # auto | float32 | bfloat16 | float16 (auto: bf16 CPU 
 DETERMINISTIC = False  # deterministic ops and seeds: a resumed run ends with the same weights
 LOGICAL_CPUS = 0  # split the CPU into this many logical devices (>1 trains with MirroredStrategy; for tests)
 KEEP_WORKER_CHECKPOINTS = False  # multi-worker: other workers keep their checkpoints (OUTPUT_DIR/.worker_*_tmp)
-THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.05, 0.951, 0.05))  # output thresholds tried on validation
 THRESHOLD_CRITERION = "balanced"  # balanced: the threshold with the best min(efficiency, rejection); f1: best F1
 D_SATURATED_LOSS = 0.1  # discriminator loss below this (balanced: 2 log 2 = 1.39) is flagged as winning
 # ----------------------------------------------------------------------------------------------
 
-IMAGE_SHAPE = (ei.PADDED_SIZE, ei.PADDED_SIZE, ei.CHANNELS)
-GENERATOR_BLOCKS = 7  # 128 -> 1 pixel at the bottleneck
 CSV_FIELDS = ("epoch", "step", "gen_total", "gen_gan", "gen_l1", "disc", "val_l1", "threshold", "efficiency",
               "rejection", "purity", "f1", "invented_per_event", "seconds", "images_per_s", "disc_winning")
-
-
-# --- The model ---------------------------------------------------------------------------------
-def downsample(filters, size=4, apply_batchnorm=True):
-    """Conv 4x4 stride 2 -> (batch norm) -> leaky ReLU: halves the image, the encoder's block."""
-    init = keras.initializers.RandomNormal(0.0, 0.02)
-    block = keras.Sequential()
-    block.add(layers.Conv2D(filters, size, strides=2, padding="same", kernel_initializer=init, use_bias=False))
-    if apply_batchnorm:
-        block.add(layers.BatchNormalization())
-    block.add(layers.LeakyReLU(negative_slope=0.2))
-    return block
-
-
-def upsample(filters, size=4, apply_dropout=False):
-    """Transposed conv 4x4 stride 2 -> batch norm -> (dropout 0.5) -> ReLU: the decoder's block."""
-    init = keras.initializers.RandomNormal(0.0, 0.02)
-    block = keras.Sequential()
-    block.add(layers.Conv2DTranspose(filters, size, strides=2, padding="same", kernel_initializer=init,
-                                     use_bias=False))
-    block.add(layers.BatchNormalization())
-    if apply_dropout:
-        block.add(layers.Dropout(0.5))
-    block.add(layers.ReLU())
-    return block
-
-
-def raw_hit_gate(raw):
-    """(N, 128, 128, 1) float32 mask, 1 where any channel of raw (0..1) is a hit (> 0.5), else 0.
-
-    Built from fixed built-in layers so that the exported .keras file carries it: ReLU with a
-    threshold keeps only channels above 0.5, a fixed 1x1 convolution adds them up (x4, so one
-    hit channel gives >= 2), and ReLU(max_value=1) clips that to 1.
-    """
-    bright = layers.ReLU(threshold=ei.SCALED_HIT_THRESHOLD, dtype="float32", name="gate_hit_channels")(raw)
-    summed = layers.Conv2D(1, 1, use_bias=False, kernel_initializer=keras.initializers.Constant(4.0),
-                           trainable=False, dtype="float32", name="gate_any_channel")(bright)
-    return layers.ReLU(max_value=1.0, dtype="float32", name="gate_mask")(summed)
-
-
-def build_generator(base_filters=BASE_FILTERS):
-    """The U-Net generator: (N, 128, 128, 3) in 0..1 -> (N, 128, 128, 3) float32 in 0..1."""
-    f = base_filters
-    down_stack = [downsample(f, apply_batchnorm=False), downsample(2 * f), downsample(4 * f),
-                  downsample(8 * f), downsample(8 * f), downsample(8 * f), downsample(8 * f)]
-    up_stack = [upsample(8 * f, apply_dropout=True), upsample(8 * f, apply_dropout=True),
-                upsample(8 * f, apply_dropout=True), upsample(4 * f), upsample(2 * f), upsample(f)]
-    # The output layer computes in float32 under mixed precision: a sigmoid in 0..1, like the data.
-    last = layers.Conv2DTranspose(ei.CHANNELS, 4, strides=2, padding="same", activation="sigmoid",
-                                  kernel_initializer=keras.initializers.RandomNormal(0.0, 0.02), dtype="float32")
-    inputs = keras.Input(IMAGE_SHAPE, name="raw")
-    x = inputs
-    skips = []
-    for down in down_stack:
-        x = down(x)
-        skips.append(x)
-    for up, skip in zip(up_stack, reversed(skips[:-1]), strict=True):
-        x = layers.Concatenate()([up(x), skip])
-    return keras.Model(inputs, last(x), name="generator")
-
-
-def with_raw_hit_gate(generator):
-    """The generator's output multiplied by the raw hit mask (sharing the generator's weights).
-
-    The gated model decides which raw hits to keep and cannot light a pixel where the raw image
-    had none (the bare U-Net lit ~60 such pixels per event beside the tracks). Training runs the
-    bare U-Net: inside the loss the gate leaves the L1 almost no gradient (measured: stuck at
-    keep-everything for 3 epochs); validation and the exported models use the gated one.
-    """
-    inputs = keras.Input(IMAGE_SHAPE, name="raw")
-    gated = layers.Multiply(dtype="float32", name="gated_output")([generator(inputs), raw_hit_gate(inputs)])
-    return keras.Model(inputs, gated, name="gated_generator")
-
-
-def build_discriminator(base_filters=BASE_FILTERS):
-    """The 70x70 PatchGAN on the (input, target) pair: a (N, 14, 14, 1) float32 map of logits."""
-    f = base_filters
-    init = keras.initializers.RandomNormal(0.0, 0.02)
-    raw = keras.Input(IMAGE_SHAPE, name="input_image")
-    target = keras.Input(IMAGE_SHAPE, name="target_image")
-    x = layers.Concatenate()([raw, target])  # (128, 128, 6)
-    x = downsample(f, apply_batchnorm=False)(x)  # 64
-    x = downsample(2 * f)(x)  # 32
-    x = downsample(4 * f)(x)  # 16
-    x = layers.ZeroPadding2D()(x)  # 18
-    x = layers.Conv2D(8 * f, 4, strides=1, kernel_initializer=init, use_bias=False)(x)  # 15
-    x = layers.BatchNormalization()(x)
-    x = layers.LeakyReLU(negative_slope=0.2)(x)
-    x = layers.ZeroPadding2D()(x)  # 17
-    logits = layers.Conv2D(1, 4, strides=1, kernel_initializer=init, dtype="float32")(x)  # 14
-    return keras.Model([raw, target], logits, name="discriminator")
-
-
-def synchronize_batch_norm(model):
-    """Several replicas: each batch norm of model uses the global batch's mean and variance (Keras'
-    synchronized=True), so that every replica updates its moving statistics alike; otherwise each
-    worker keeps its own and the workers end with different weights."""
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):  # the encoder and decoder blocks
-            synchronize_batch_norm(layer)
-        elif isinstance(layer, layers.BatchNormalization):
-            layer.synchronized = True
-
-
-# --- The losses (per example, averaged over the global batch so that replicas add up) --------------
-def _bce_with_logits(logits, label):
-    """Sigmoid cross-entropy of a patch map against a constant label, one value per example."""
-    labels = tf.fill(tf.shape(logits), tf.constant(label, logits.dtype))
-    return tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits), axis=[1, 2, 3])
-
-
-def generator_loss(disc_fake, gen_output, target, global_batch, lam=LAMBDA, hit_weight=HIT_WEIGHT, raw=None):
-    """GAN loss (fool the discriminator) + lam x L1, the truth's hit pixels weighted by hit_weight.
-
-    With raw given, the raw image's hits are weighted too: every pixel the denoiser has to decide
-    on (keep a track hit, remove a noise hit) then counts hit_weight times an empty pixel.
-    Returns (total, gan, l1), each averaged over the global batch.
-    """
-    gan = _bce_with_logits(disc_fake, 1.0)
-    decided = target if raw is None else tf.maximum(target, raw)
-    hits = tf.cast(tf.reduce_max(decided, axis=-1, keepdims=True) > ei.SCALED_HIT_THRESHOLD, tf.float32)
-    weights = 1.0 + (hit_weight - 1.0) * hits
-    l1 = tf.reduce_mean(weights * tf.abs(target - gen_output), axis=[1, 2, 3])
-    total = gan + lam * l1
-    avg = lambda v: tf.nn.compute_average_loss(v, global_batch_size=global_batch)
-    return avg(total), avg(gan), avg(l1)
-
-
-def discriminator_loss(disc_real, disc_fake, global_batch):
-    """Real pairs -> 1, generated pairs -> 0; averaged over the global batch (balanced: 2 log 2)."""
-    per_example = _bce_with_logits(disc_real, 1.0) + _bce_with_logits(disc_fake, 0.0)
-    return tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
 
 
 # --- Training state -------------------------------------------------------------------------------
@@ -279,41 +152,7 @@ class Trainer:
         return losses
 
 
-# --- Validation -----------------------------------------------------------------------------------
-def evaluate(predict, dataset, max_batches=0, criterion=THRESHOLD_CRITERION):
-    """Validation L1 and hit-level scores at every threshold of THRESHOLDS; the best one chosen.
-
-    criterion "balanced" picks the threshold where the worse of efficiency and rejection is
-    best (physicists want both high); "f1" the best F1 (which favours efficiency here).
-
-    Returns {"val_l1", "threshold", "efficiency", "rejection", "purity", "f1", "invented_per_event",
-    "f1_by_threshold"} and the first batch (raw, truth, output) for the sample picture.
-    """
-    counts = {t: {} for t in THRESHOLDS}
-    l1_sum, events, first = 0.0, 0, None
-    for i, (raw, truth) in enumerate(dataset):
-        if max_batches and i >= max_batches:
-            break
-        output = predict(raw).numpy()
-        raw, truth = raw.numpy(), truth.numpy()
-        if first is None:
-            first = (raw, truth, output)
-        l1_sum += float(np.abs(truth - output).mean(axis=(1, 2, 3)).sum())
-        events += len(raw)
-        for t in THRESHOLDS:
-            counts[t] = ei.add_counts(counts[t], ei.counts_from_padded(raw, truth, output, t))
-    scores = {t: ei.scores_from_counts(c) for t, c in counts.items()}
-    f1 = {t: (sc["f1"] if not math.isnan(sc["f1"]) else -1.0) for t, sc in scores.items()}
-    if criterion == "balanced":
-        goodness = {t: min(sc["efficiency"], sc["rejection"]) for t, sc in scores.items()}
-        goodness = {t: (v if not math.isnan(v) else -1.0) for t, v in goodness.items()}
-    else:
-        goodness = f1
-    best = max(THRESHOLDS, key=lambda t: (goodness[t], -abs(t - 0.5)))  # ties: the one nearest 0.5
-    return {"val_l1": l1_sum / max(events, 1), "threshold": float(best), **scores[best],
-            "f1_by_threshold": {str(t): v for t, v in f1.items()}}, first
-
-
+# --- Samples -------------------------------------------------------------------------------------
 def save_samples(path, first, threshold, n):
     """samples/epoch_NNN.png: a few validation events, raw | truth | output | kept raw hits."""
     raw, truth, output = (ei.crop_event(a[:n]) for a in first)

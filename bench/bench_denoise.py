@@ -1,6 +1,6 @@
 """Benchmark of Pix2Pix_denoise.py: events per second on a folder of PNG events.
 
-For each generator width (untrained generators from Pix2Pix_training.build_generator, saved as
+For each generator width (untrained generators from pix2pix_model.build_generator, saved as
 .keras with a sidecar threshold, so the real loading path is used):
   - end to end: Pix2Pix_denoise.main on the folder, in this process (check the inputs, load the
     model, read, pad, predict, crop, threshold, write one PNG per event atomically);
@@ -30,7 +30,8 @@ import numpy as np  # noqa: E402
 import event_image as ei  # noqa: E402
 import make_events  # noqa: E402
 import Pix2Pix_denoise as pd  # noqa: E402
-import Pix2Pix_training as pt  # noqa: E402  (imports TensorFlow quietly)
+import pix2pix_model as pm  # noqa: E402
+import Pix2Pix_training  # noqa: E402, F401  (imports TensorFlow quietly, first)
 from Pix2Pix_training import keras  # noqa: E402
 
 EVENTS = 5000
@@ -68,7 +69,7 @@ def write_events(folders, n):
 def save_generator(path, width):
     """An untrained generator of this width, saved as Pix2Pix_training exports it (threshold 0.5)."""
     keras.utils.set_random_seed(SEED)
-    model = pt.build_generator(base_filters=width)
+    model = pm.build_generator(base_filters=width)
     model.save(path)
     path.with_suffix(".json").write_text(json.dumps({"threshold": 0.5, "base_filters": width}))
     return model.count_params()

@@ -20,6 +20,7 @@ from PIL import Image
 
 import event_image as ei
 import make_events
+import pix2pix_model as pm
 import Pix2Pix_training as pt
 from Pix2Pix_training import keras, tf
 from script_utils import InputError
@@ -51,7 +52,7 @@ def generator_weights(trainer_or_model):
 
 # --- The model ---------------------------------------------------------------------------------
 def test_default_model_shapes_and_output_range():
-    gen, disc = pt.build_generator(), pt.build_discriminator()
+    gen, disc = pm.build_generator(), pm.build_discriminator()
     assert gen.input_shape == (None, 128, 128, 3) and gen.output_shape == (None, 128, 128, 3)
     assert disc.output_shape == (None, 14, 14, 1)  # the 70x70 PatchGAN's patch map at 128x128
     # The tutorial's generator adapted to 128x128 has 41.8 M parameters (README): the same architecture.
@@ -70,8 +71,8 @@ def test_gated_generator_never_lights_a_pixel_without_a_raw_hit(tmp_path):
     raw[0, 50, 20] = 1.0
     raw[0, 60, 30] = (128 / 255, 0, 0)  # one channel above the PNG threshold: a hit
     raw[1, 70, 40] = 127 / 255  # not above it: no hit
-    plain = pt.build_generator(base_filters=4)
-    gated = pt.with_raw_hit_gate(plain)
+    plain = pm.build_generator(base_filters=4)
+    gated = pm.with_raw_hit_gate(plain)
     out = gated(raw, training=False).numpy()
     lit = out.max(-1) > 0
     assert lit[0, 50, 20] and lit[0, 60, 30] and lit.sum() == 2
@@ -86,17 +87,17 @@ def test_hit_weighted_l1_matches_its_definition():
     target = (rng.random((3, 128, 128, 3)) < 0.01).astype(np.float32)
     output = rng.random((3, 128, 128, 3)).astype(np.float32)
     fake = np.zeros((3, 14, 14, 1), np.float32)
-    _, gan, l1 = pt.generator_loss(fake, output, target, global_batch=3, lam=100, hit_weight=10)
+    _, gan, l1 = pm.generator_loss(fake, output, target, global_batch=3, lam=100, hit_weight=10)
     weights = np.where(target.max(-1, keepdims=True) > 0.5, 10.0, 1.0)
     assert float(l1) == pytest.approx(float(np.mean(weights * np.abs(target - output))), rel=1e-5)
     assert float(gan) == pytest.approx(np.log(2), rel=1e-5)  # logits 0: the balanced value
     # An empty output on sparse images: plain L1 is tiny, the weighted one is not.
-    _, _, plain = pt.generator_loss(fake, np.zeros_like(target), target, 3, hit_weight=1)
-    _, _, weighted = pt.generator_loss(fake, np.zeros_like(target), target, 3, hit_weight=10)
+    _, _, plain = pm.generator_loss(fake, np.zeros_like(target), target, 3, lam=100, hit_weight=1)
+    _, _, weighted = pm.generator_loss(fake, np.zeros_like(target), target, 3, hit_weight=10)
     assert float(weighted) == pytest.approx(10 * float(plain), rel=1e-5) and float(plain) < 0.02
     # With the raw image given, its noise hits are weighted too.
     raw = np.maximum(target, (rng.random((3, 128, 128, 3)) < 0.01).astype(np.float32))
-    _, _, l1_raw = pt.generator_loss(fake, output, target, 3, hit_weight=10, raw=raw)
+    _, _, l1_raw = pm.generator_loss(fake, output, target, 3, hit_weight=10, raw=raw)
     weights = np.where(raw.max(-1, keepdims=True) > 0.5, 10.0, 1.0)
     assert float(l1_raw) == pytest.approx(float(np.mean(weights * np.abs(target - output))), rel=1e-5)
 
@@ -135,7 +136,7 @@ def test_run_writes_history_tensorboard_samples_and_reloadable_generators(tiny_r
     for r in rows:
         for key in ("gen_total", "gen_gan", "gen_l1", "disc", "val_l1", "efficiency", "rejection", "purity", "f1"):
             assert np.isfinite(float(r[key])), (key, r)
-        assert 0 <= float(r["efficiency"]) <= 1 and float(r["threshold"]) in pt.THRESHOLDS
+        assert 0 <= float(r["efficiency"]) <= 1 and float(r["threshold"]) in pm.THRESHOLDS
         assert float(r["gen_total"]) == pytest.approx(float(r["gen_gan"]) + 100 * float(r["gen_l1"]), rel=1e-4)
     # TensorBoard: the per-epoch scalars, readable with TensorFlow's own event reader.
     events = list((out / "logs").glob("events.out.tfevents.*"))
@@ -155,7 +156,7 @@ def test_run_writes_history_tensorboard_samples_and_reloadable_generators(tiny_r
         y = np.asarray(model.predict(x, verbose=0))
         assert y.shape == (3, 128, 128, 3) and y.dtype == np.float32 and y.min() >= 0 and y.max() <= 1
         side = json.loads((out / f"{stem}.json").read_text())
-        assert side["threshold"] in pt.THRESHOLDS and side["base_filters"] == 4
+        assert side["threshold"] in pm.THRESHOLDS and side["base_filters"] == 4
         assert {"efficiency", "rejection", "purity", "f1"} <= set(side["validation"]) and side["settings"]
     final = json.loads((out / "generator_final.json").read_text())
     assert final["epoch"] == 2 and final["step"] == 6
@@ -278,7 +279,7 @@ def test_threshold_criterion_balanced_or_f1_on_a_known_output():
     raw, truth, out = (ei.pad_event(a) for a in (raw, truth, out))
     dataset = [(tf.constant(raw), tf.constant(truth))]
     predict = lambda x: tf.constant(out)
-    f1, _ = pt.evaluate(predict, dataset, criterion="f1")  # keep the uncertain ones: F1 40/41
+    f1, _ = pm.evaluate(predict, dataset, criterion="f1")  # keep the uncertain ones: F1 40/41
     assert f1["threshold"] == 0.25 and f1["efficiency"] == 1 and f1["rejection"] == 0.8
-    balanced, _ = pt.evaluate(predict, dataset, criterion="balanced")  # min(eff, rej) 0.9 > 0.8
+    balanced, _ = pm.evaluate(predict, dataset, criterion="balanced")  # min(eff, rej) 0.9 > 0.8
     assert balanced["threshold"] == 0.5 and balanced["efficiency"] == 0.9 and balanced["rejection"] == 1

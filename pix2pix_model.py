@@ -1,0 +1,203 @@
+"""The Pix2Pix model of the project, free of any one Keras backend: its builders, losses and the
+validation that chooses the output threshold.
+
+Pix2Pix_training.py trains it with TensorFlow; everything here is plain Keras 3 (keras.layers,
+keras.ops) and numpy, so the same generator, discriminator and losses also run under Keras'
+JAX backend (bench/train_jax.py, for GPU machines without TensorFlow).
+
+- generator: a U-Net of seven downsampling blocks (4x4 convolutions, stride 2, batch norm except
+  the first, leaky ReLU) and six mirrored upsampling blocks with skip connections (dropout 0.5 on
+  the first three), then a sigmoid output layer (the data are 0..1, so no tanh);
+- discriminator: the 70x70 PatchGAN on the concatenated (input, target) pair, a 14x14 map of logits;
+- loss: GAN loss + LAMBDA x L1, where the L1 of the hit pixels is weighted by HIT_WEIGHT
+  (a track lights ~50 of 16,384 pixels: plain L1 is smallest for an empty output).
+"""
+
+import math
+
+import keras
+import numpy as np
+from keras import layers, ops
+
+import event_image as ei
+
+BASE_FILTERS = 64  # filters of the first block (the paper's)
+LAMBDA = 100.0  # weight of the L1 term against the GAN term (the paper's)
+HIT_WEIGHT = 10.0  # L1 weight of the hit pixels (1 = plain L1, which learns a blank output)
+IMAGE_SHAPE = (ei.PADDED_SIZE, ei.PADDED_SIZE, ei.CHANNELS)
+GENERATOR_BLOCKS = 7  # 128 -> 1 pixel at the bottleneck
+THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.05, 0.951, 0.05))  # output thresholds tried on validation
+
+
+# --- The model ---------------------------------------------------------------------------------
+def downsample(filters, size=4, apply_batchnorm=True):
+    """Conv 4x4 stride 2 -> (batch norm) -> leaky ReLU: halves the image, the encoder's block."""
+    init = keras.initializers.RandomNormal(0.0, 0.02)
+    block = keras.Sequential()
+    block.add(layers.Conv2D(filters, size, strides=2, padding="same", kernel_initializer=init, use_bias=False))
+    if apply_batchnorm:
+        block.add(layers.BatchNormalization())
+    block.add(layers.LeakyReLU(negative_slope=0.2))
+    return block
+
+
+def upsample(filters, size=4, apply_dropout=False):
+    """Transposed conv 4x4 stride 2 -> batch norm -> (dropout 0.5) -> ReLU: the decoder's block."""
+    init = keras.initializers.RandomNormal(0.0, 0.02)
+    block = keras.Sequential()
+    block.add(layers.Conv2DTranspose(filters, size, strides=2, padding="same", kernel_initializer=init,
+                                     use_bias=False))
+    block.add(layers.BatchNormalization())
+    if apply_dropout:
+        block.add(layers.Dropout(0.5))
+    block.add(layers.ReLU())
+    return block
+
+
+def raw_hit_gate(raw):
+    """(N, 128, 128, 1) float32 mask, 1 where any channel of raw (0..1) is a hit (> 0.5), else 0.
+
+    Built from fixed built-in layers so that the exported .keras file carries it: ReLU with a
+    threshold keeps only channels above 0.5, a fixed 1x1 convolution adds them up (x4, so one
+    hit channel gives >= 2), and ReLU(max_value=1) clips that to 1.
+    """
+    bright = layers.ReLU(threshold=ei.SCALED_HIT_THRESHOLD, dtype="float32", name="gate_hit_channels")(raw)
+    summed = layers.Conv2D(1, 1, use_bias=False, kernel_initializer=keras.initializers.Constant(4.0),
+                           trainable=False, dtype="float32", name="gate_any_channel")(bright)
+    return layers.ReLU(max_value=1.0, dtype="float32", name="gate_mask")(summed)
+
+
+def build_generator(base_filters=BASE_FILTERS):
+    """The U-Net generator: (N, 128, 128, 3) in 0..1 -> (N, 128, 128, 3) float32 in 0..1."""
+    f = base_filters
+    down_stack = [downsample(f, apply_batchnorm=False), downsample(2 * f), downsample(4 * f),
+                  downsample(8 * f), downsample(8 * f), downsample(8 * f), downsample(8 * f)]
+    up_stack = [upsample(8 * f, apply_dropout=True), upsample(8 * f, apply_dropout=True),
+                upsample(8 * f, apply_dropout=True), upsample(4 * f), upsample(2 * f), upsample(f)]
+    # The output layer computes in float32 under mixed precision: a sigmoid in 0..1, like the data.
+    last = layers.Conv2DTranspose(ei.CHANNELS, 4, strides=2, padding="same", activation="sigmoid",
+                                  kernel_initializer=keras.initializers.RandomNormal(0.0, 0.02), dtype="float32")
+    inputs = keras.Input(IMAGE_SHAPE, name="raw")
+    x = inputs
+    skips = []
+    for down in down_stack:
+        x = down(x)
+        skips.append(x)
+    for up, skip in zip(up_stack, reversed(skips[:-1]), strict=True):
+        x = layers.Concatenate()([up(x), skip])
+    return keras.Model(inputs, last(x), name="generator")
+
+
+def with_raw_hit_gate(generator):
+    """The generator's output multiplied by the raw hit mask (sharing the generator's weights).
+
+    The gated model decides which raw hits to keep and cannot light a pixel where the raw image
+    had none (the bare U-Net lit ~60 such pixels per event beside the tracks). Training runs the
+    bare U-Net: inside the loss the gate leaves the L1 almost no gradient (measured: stuck at
+    keep-everything for 3 epochs); validation and the exported models use the gated one.
+    """
+    inputs = keras.Input(IMAGE_SHAPE, name="raw")
+    gated = layers.Multiply(dtype="float32", name="gated_output")([generator(inputs), raw_hit_gate(inputs)])
+    return keras.Model(inputs, gated, name="gated_generator")
+
+
+def build_discriminator(base_filters=BASE_FILTERS):
+    """The 70x70 PatchGAN on the (input, target) pair: a (N, 14, 14, 1) float32 map of logits."""
+    f = base_filters
+    init = keras.initializers.RandomNormal(0.0, 0.02)
+    raw = keras.Input(IMAGE_SHAPE, name="input_image")
+    target = keras.Input(IMAGE_SHAPE, name="target_image")
+    x = layers.Concatenate()([raw, target])  # (128, 128, 6)
+    x = downsample(f, apply_batchnorm=False)(x)  # 64
+    x = downsample(2 * f)(x)  # 32
+    x = downsample(4 * f)(x)  # 16
+    x = layers.ZeroPadding2D()(x)  # 18
+    x = layers.Conv2D(8 * f, 4, strides=1, kernel_initializer=init, use_bias=False)(x)  # 15
+    x = layers.BatchNormalization()(x)
+    x = layers.LeakyReLU(negative_slope=0.2)(x)
+    x = layers.ZeroPadding2D()(x)  # 17
+    logits = layers.Conv2D(1, 4, strides=1, kernel_initializer=init, dtype="float32")(x)  # 14
+    return keras.Model([raw, target], logits, name="discriminator")
+
+
+def synchronize_batch_norm(model):
+    """Several replicas: each batch norm of model uses the global batch's mean and variance (Keras'
+    synchronized=True), so that every replica updates its moving statistics alike; otherwise each
+    worker keeps its own and the workers end with different weights."""
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):  # the encoder and decoder blocks
+            synchronize_batch_norm(layer)
+        elif isinstance(layer, layers.BatchNormalization):
+            layer.synchronized = True
+
+
+# --- The losses (per example, averaged over the global batch so that replicas add up) --------------
+def bce_with_logits(logits, label):
+    """Sigmoid cross-entropy of a patch map against a constant label, one value per example.
+
+    The numerically stable form max(x, 0) - x z + log(1 + exp(-|x|)), as TensorFlow's
+    sigmoid_cross_entropy_with_logits computes it.
+    """
+    elementwise = ops.relu(logits) - logits * label + ops.log1p(ops.exp(-ops.abs(logits)))
+    return ops.mean(elementwise, axis=(1, 2, 3))
+
+
+def average_over_batch(per_example, global_batch):
+    """Sum over this replica's examples / the global batch: replicas' shares add up to the batch mean."""
+    return ops.sum(per_example) / global_batch
+
+
+def generator_loss(disc_fake, gen_output, target, global_batch, lam=LAMBDA, hit_weight=HIT_WEIGHT, raw=None):
+    """GAN loss (fool the discriminator) + lam x L1, the truth's hit pixels weighted by hit_weight.
+
+    With raw given, the raw image's hits are weighted too: every pixel the denoiser has to decide
+    on (keep a track hit, remove a noise hit) then counts hit_weight times an empty pixel.
+    Returns (total, gan, l1), each averaged over the global batch.
+    """
+    gan = bce_with_logits(disc_fake, 1.0)
+    decided = target if raw is None else ops.maximum(target, raw)
+    hits = ops.cast(ops.max(decided, axis=-1, keepdims=True) > ei.SCALED_HIT_THRESHOLD, "float32")
+    weights = 1.0 + (hit_weight - 1.0) * hits
+    l1 = ops.mean(weights * ops.abs(target - gen_output), axis=(1, 2, 3))
+    total = gan + lam * l1
+    return tuple(average_over_batch(v, global_batch) for v in (total, gan, l1))
+
+
+def discriminator_loss(disc_real, disc_fake, global_batch):
+    """Real pairs -> 1, generated pairs -> 0; averaged over the global batch (balanced: 2 log 2)."""
+    return average_over_batch(bce_with_logits(disc_real, 1.0) + bce_with_logits(disc_fake, 0.0), global_batch)
+
+
+# --- Validation: the output threshold ----------------------------------------------------------------
+def evaluate(predict, dataset, max_batches=0, criterion="balanced"):
+    """Validation L1 and hit-level scores at every threshold of THRESHOLDS; the best one chosen.
+
+    criterion "balanced" picks the threshold where the worse of efficiency and rejection is
+    best (physicists want both high); "f1" the best F1 (which favours efficiency here).
+
+    Returns {"val_l1", "threshold", "efficiency", "rejection", "purity", "f1", "invented_per_event",
+    "f1_by_threshold"} and the first batch (raw, truth, output) for the sample picture.
+    """
+    counts = {t: {} for t in THRESHOLDS}
+    l1_sum, events, first = 0.0, 0, None
+    for i, (raw, truth) in enumerate(dataset):
+        if max_batches and i >= max_batches:
+            break
+        output = np.asarray(predict(raw), np.float32)
+        raw, truth = np.asarray(raw, np.float32), np.asarray(truth, np.float32)
+        if first is None:
+            first = (raw, truth, output)
+        l1_sum += float(np.abs(truth - output).mean(axis=(1, 2, 3)).sum())
+        events += len(raw)
+        for t in THRESHOLDS:
+            counts[t] = ei.add_counts(counts[t], ei.counts_from_padded(raw, truth, output, t))
+    scores = {t: ei.scores_from_counts(c) for t, c in counts.items()}
+    f1 = {t: (sc["f1"] if not math.isnan(sc["f1"]) else -1.0) for t, sc in scores.items()}
+    if criterion == "balanced":
+        goodness = {t: min(sc["efficiency"], sc["rejection"]) for t, sc in scores.items()}
+        goodness = {t: (v if not math.isnan(v) else -1.0) for t, v in goodness.items()}
+    else:
+        goodness = f1
+    best = max(THRESHOLDS, key=lambda t: (goodness[t], -abs(t - 0.5)))  # ties: the one nearest 0.5
+    return {"val_l1": l1_sum / max(events, 1), "threshold": float(best), **scores[best],
+            "f1_by_threshold": {str(t): v for t, v in f1.items()}}, first
