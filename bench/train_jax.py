@@ -1,0 +1,218 @@
+"""Train the Pix2Pix model under Keras' JAX backend: for a GPU machine that has JAX but no TensorFlow.
+
+The project trains with Pix2Pix_training.py (TensorFlow). Some GPU machines (this team's lent
+H100s, for one) carry JAX and not TensorFlow; this script lets them train the same model to
+measure what the full-width (BASE_FILTERS 64) generator reaches. It shares with the real trainer
+everything that decides the result: the generator, discriminator and losses (pix2pix_model.py),
+Adam(2e-4, beta_1 0.5), batch 32, the hit-weighted L1 (raw hits weighted too), the raw-hit gate
+at validation, the threshold chosen on the validation split by min(efficiency, rejection) and the
+best epoch by validation F1. It does not checkpoint, resume, distribute or export a .keras file.
+
+Input: the project's HDF5 file and the split data_management.py saved beside it
+(NAME.split.npz; run `python data_management.py FILE` first). Output, in OUTPUT_DIR:
+history.csv (losses and validation scores per epoch), best.json (epoch, threshold, scores) and
+test_probabilities.npz: the best epoch's gated output of the test split, float16 (N_test, 36, 112),
+the largest channel per detector cell (compressed: the gate zeroes ~97 % of the cells), and the
+same for the test split of each --also-score file (test_probabilities_STEM.npz).
+bench/score_probabilities.py scores that file against the baselines with Pix2Pix_denoise's
+evaluation.
+
+    KERAS_BACKEND=jax python bench/train_jax.py --data events.h5 --output-dir runs/jax64 --seconds 300
+"""
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
+import argparse  # noqa: E402
+import csv  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import h5py  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import event_image as ei  # noqa: E402
+import pix2pix_model as pm  # noqa: E402
+
+# ----------------------------------------------------------------------------------------------
+DATA = "data/pairs.h5"
+OUTPUT_DIR = "runs/jax"
+EPOCHS = 200  # at most; SECONDS usually ends the run first
+SECONDS = 300.0  # no new epoch starts after this many seconds of training
+BATCH_SIZE = 32
+BASE_FILTERS = 64
+LAMBDA = 100.0
+HIT_WEIGHT = 10.0
+WEIGHT_RAW_HITS = True
+LEARNING_RATE = 2e-4  # generator and discriminator
+BETA_1 = 0.5
+SEED = 1
+PRECISION = "mixed_bfloat16"  # a Keras dtype policy: mixed_bfloat16 | float32
+# ----------------------------------------------------------------------------------------------
+
+
+def load_pairs(h5_path):
+    """(raw, truth) uint8 arrays of each split, from the file and its saved split."""
+    split_path = Path(h5_path).with_suffix(".split.npz")
+    if not split_path.is_file():
+        raise SystemExit(f"{split_path}: no saved split; run `python data_management.py {h5_path}` first")
+    split = np.load(split_path)
+    with h5py.File(h5_path, "r") as f:
+        raw, truth = f["raw"][:], f["truth"][:]
+    return {name: (raw[split[name]], truth[split[name]]) for name in ("train", "validation", "test")}
+
+
+def make_train_step(generator, discriminator, gen_opt, disc_opt, s):
+    """The jitted step: both networks' losses from one forward pass, each net's gradient of its own loss."""
+
+    def losses(g_tv, d_tv, g_ntv, d_ntv, raw, truth):
+        out, g_ntv = generator.stateless_call(g_tv, g_ntv, raw, training=True)
+        real, d_ntv = discriminator.stateless_call(d_tv, d_ntv, [raw, truth], training=True)
+        fake, d_ntv = discriminator.stateless_call(d_tv, d_ntv, [raw, out], training=True)
+        gen_total, gen_gan, gen_l1 = pm.generator_loss(fake, out, truth, s.batch_size, s.lam, s.hit_weight,
+                                                       raw if s.weight_raw_hits else None)
+        disc = pm.discriminator_loss(real, fake, s.batch_size)
+        return (gen_total, disc), (gen_gan, gen_l1, g_ntv, d_ntv)
+
+    @jax.jit
+    def step(state, raw_u8, truth_u8):
+        g_tv, g_ntv, d_tv, d_ntv, g_opt_v, d_opt_v = state
+        raw, truth = raw_u8.astype(jnp.float32) / 255.0, truth_u8.astype(jnp.float32) / 255.0
+        (gen_total, disc), pullback, (gen_gan, gen_l1, g_ntv, d_ntv) = jax.vjp(
+            lambda g, d: losses(g, d, g_ntv, d_ntv, raw, truth), g_tv, d_tv, has_aux=True)
+        one, zero = jnp.ones_like(gen_total), jnp.zeros_like(disc)
+        g_grads, _ = pullback((one, zero))
+        _, d_grads = pullback((zero, one))
+        g_tv, g_opt_v = gen_opt.stateless_apply(g_opt_v, g_grads, g_tv)
+        d_tv, d_opt_v = disc_opt.stateless_apply(d_opt_v, d_grads, d_tv)
+        return (g_tv, g_ntv, d_tv, d_ntv, g_opt_v, d_opt_v), (gen_total, gen_gan, gen_l1, disc)
+
+    return step
+
+
+def make_predict(generator):
+    """Jitted inference (batch norm's moving statistics, no dropout), gated by the raw hits."""
+
+    @jax.jit
+    def predict(g_tv, g_ntv, raw):
+        out, _ = generator.stateless_call(g_tv, g_ntv, raw, training=False)
+        gate = (jnp.max(raw, axis=-1, keepdims=True) > ei.SCALED_HIT_THRESHOLD).astype(out.dtype)
+        return out * gate
+
+    return predict
+
+
+def batches(raw_u8, truth_u8, size=64):
+    """(raw, truth) float32 0..1 batches in order, the last one short."""
+    for i in range(0, len(raw_u8), size):
+        yield raw_u8[i:i + size].astype(np.float32) / 255.0, truth_u8[i:i + size].astype(np.float32) / 255.0
+
+
+def test_probabilities(predict_params, raw_u8):
+    """(N, 36, 112) float16: the largest output channel of each detector cell (as Pix2Pix_denoise)."""
+    probs = [ei.crop_event(np.asarray(predict_params(r), np.float32)).max(axis=-1)
+             for r, _ in batches(raw_u8, raw_u8)]
+    return np.concatenate(probs).astype(np.float16)
+
+
+def train(s):
+    """Train for s.epochs or s.seconds, write history.csv, best.json and the best epoch's test outputs."""
+    out = Path(s.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    keras.mixed_precision.set_dtype_policy(s.precision)
+    keras.utils.set_random_seed(s.seed)
+    data = load_pairs(s.data)
+    (train_raw, train_truth), (val_raw, val_truth), (test_raw, _) = data["train"], data["validation"], data["test"]
+    also = {Path(h5).stem: load_pairs(h5)["test"][0] for h5 in s.also_score}  # other files' test splits
+    print(f"{jax.devices()[0].device_kind}: train {len(train_raw)}, validation {len(val_raw)}, "
+          f"test {len(test_raw)} pairs; width {s.base_filters}, {s.precision}", flush=True)
+
+    generator, discriminator = pm.build_generator(s.base_filters), pm.build_discriminator(s.base_filters)
+    gen_opt = keras.optimizers.Adam(s.learning_rate, beta_1=s.beta_1)
+    disc_opt = keras.optimizers.Adam(s.learning_rate, beta_1=s.beta_1)
+    gen_opt.build(generator.trainable_variables)
+    disc_opt.build(discriminator.trainable_variables)
+    values = lambda variables: [v.value for v in variables]
+    state = (values(generator.trainable_variables), values(generator.non_trainable_variables),
+             values(discriminator.trainable_variables), values(discriminator.non_trainable_variables),
+             values(gen_opt.variables), values(disc_opt.variables))
+    step = make_train_step(generator, discriminator, gen_opt, disc_opt, s)
+    predict = make_predict(generator)
+    train_raw_d, train_truth_d = jax.device_put(train_raw), jax.device_put(train_truth)  # uint8, on the device
+    rng = np.random.default_rng(s.seed)
+    steps_per_epoch = len(train_raw) // s.batch_size
+
+    fields = ["epoch", "step", "gen_total", "gen_gan", "gen_l1", "disc", "val_l1", "threshold", "efficiency",
+              "rejection", "purity", "f1", "seconds", "images_per_s"]
+    history = (out / "history.csv").open("w", newline="")
+    writer = csv.DictWriter(history, fields)
+    writer.writeheader()
+    best_f1, started, total_steps = -1.0, time.perf_counter(), 0
+    for epoch in range(1, s.epochs + 1):
+        if time.perf_counter() - started > s.seconds:
+            print(f"time limit ({s.seconds:.0f} s) reached after {epoch - 1} epochs", flush=True)
+            break
+        t0 = time.perf_counter()
+        order = rng.permutation(len(train_raw))[:steps_per_epoch * s.batch_size].reshape(steps_per_epoch, -1)
+        sums = jnp.zeros(4)
+        for idx in order:
+            idx = jnp.asarray(idx)
+            state, losses = step(state, train_raw_d[idx], train_truth_d[idx])
+            sums = sums + jnp.stack(losses)  # summed on the device: no wait for each step
+        sums = np.asarray(sums, np.float64)
+        total_steps += steps_per_epoch
+        seconds = time.perf_counter() - t0
+        predict_params = lambda raw, st=state: predict(st[0], st[1], jnp.asarray(raw))
+        scores, _ = pm.evaluate(predict_params, batches(val_raw, val_truth))
+        row = {"epoch": epoch, "step": total_steps, **dict(zip(fields[2:6], sums / steps_per_epoch, strict=True)),
+               **{k: scores[k] for k in fields[6:12]}, "seconds": round(seconds, 2),
+               "images_per_s": round(steps_per_epoch * s.batch_size / seconds, 1)}
+        writer.writerow(row)
+        history.flush()
+        print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()), flush=True)
+        if scores["f1"] > best_f1:
+            best_f1 = scores["f1"]
+            np.savez_compressed(out / "test_probabilities.npz",
+                                probabilities=test_probabilities(predict_params, test_raw))
+            for stem, raw in also.items():
+                np.savez_compressed(out / f"test_probabilities_{stem}.npz",
+                                    probabilities=test_probabilities(predict_params, raw))
+            best = {"epoch": epoch, "step": total_steps, "threshold": scores["threshold"],
+                    "base_filters": s.base_filters,
+                    "validation": {k: scores[k] for k in fields[6:12]}, "settings": vars(s),
+                    "test_indices_from": str(Path(s.data).with_suffix(".split.npz"))}
+            (out / "best.json").write_text(json.dumps(best, indent=2))
+    history.close()
+    print(f"best validation F1 {best_f1:.4f}; {out / 'best.json'}, {out / 'test_probabilities.npz'}")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", default=DATA, help="the project's HDF5 file (its NAME.split.npz beside it)")
+    p.add_argument("--output-dir", default=OUTPUT_DIR)
+    p.add_argument("--also-score", nargs="*", default=[], metavar="H5",
+                   help="other HDF5 files (each with its saved split): the best epoch's outputs of their test "
+                        "splits go to test_probabilities_STEM.npz (e.g. events at another luminosity)")
+    p.add_argument("--epochs", type=int, default=EPOCHS)
+    p.add_argument("--seconds", type=float, default=SECONDS, help="no epoch starts after this much training time")
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE)
+    p.add_argument("--base-filters", type=int, default=BASE_FILTERS)
+    p.add_argument("--lam", type=float, default=LAMBDA)
+    p.add_argument("--hit-weight", type=float, default=HIT_WEIGHT)
+    p.add_argument("--weight-raw-hits", action=argparse.BooleanOptionalAction, default=WEIGHT_RAW_HITS)
+    p.add_argument("--learning-rate", type=float, default=LEARNING_RATE)
+    p.add_argument("--beta-1", type=float, default=BETA_1)
+    p.add_argument("--seed", type=int, default=SEED)
+    p.add_argument("--precision", default=PRECISION, choices=("mixed_bfloat16", "float32"))
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    train(parse_args())
