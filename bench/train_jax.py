@@ -117,8 +117,8 @@ def batches(raw_u8, truth_u8, size=64):
 
 def test_probabilities(predict_params, raw_u8):
     """(N, 36, 112) float16: the largest output channel of each detector cell (as Pix2Pix_denoise)."""
-    probs = [ei.crop_event(np.asarray(predict_params(r), np.float32)).max(axis=-1)
-             for r, _ in batches(raw_u8, raw_u8)]
+    probs = [ei.crop_event(np.asarray(predict_params(raw_u8[i:i + 64].astype(np.float32) / 255.0))).max(axis=-1)
+             for i in range(0, len(raw_u8), 64)]
     return np.concatenate(probs).astype(np.float16)
 
 
