@@ -338,6 +338,15 @@ def restore_latest(trainer, folder):
 
 
 # --- The run ---------------------------------------------------------------------------------------
+STOP_REQUESTED = []  # the signal that asked the run to stop (main's request_stop), if any
+
+
+def check_stop():
+    """Between steps: a stop asked for by a signal becomes the KeyboardInterrupt that saves and exits."""
+    if STOP_REQUESTED:
+        raise KeyboardInterrupt
+
+
 def train(s):
     """Train (or resume) a run with the settings s (an argparse.Namespace from parse_args).
 
@@ -403,6 +412,7 @@ def train(s):
     scores = None
     try:
         while epoch < s.epochs:
+            check_stop()
             t0 = time.time()
             skip = done_in_epoch if done_in_epoch < steps_per_epoch else steps_per_epoch
             data = (data_management.make_dataset(s.data, split["train"], batch_size=global_batch, shuffle=True,
@@ -422,6 +432,7 @@ def train(s):
                 last_batch = skip + n_steps == steps_per_epoch  # saved below, with the epoch counted
                 if s.checkpoint_every and int(trainer.step.numpy()) % s.checkpoint_every == 0 and not last_batch:
                     save_checkpoint()
+                check_stop()
             bar.close()
             seconds = time.time() - t0
             epoch += 1
@@ -534,15 +545,27 @@ def parse_args(argv=None):
     return s
 
 
-def stop_on_sigterm(signum, frame):
-    """A batch system's SIGTERM (pre-emption, the end of a time slot) stops training like Ctrl-C:
-    a checkpoint of the current step is saved, and the same command resumes from it."""
-    raise KeyboardInterrupt
+def request_stop(signum, frame):
+    """Ctrl-C or a batch system's SIGTERM (pre-emption, the end of a time slot): stop after the
+    current step, with a checkpoint of it, so that the same command resumes from there.
+
+    The signal only sets a flag that the training loop reads between steps (check_stop). A
+    KeyboardInterrupt raised wherever the signal lands can be lost: Python drops one raised in a
+    garbage-collector callback, and Keras imports JAX's when JAX is installed. A second signal
+    stops at once.
+    """
+    if STOP_REQUESTED:
+        raise KeyboardInterrupt
+    STOP_REQUESTED.append(signum)
+    print(f"\n{signal.Signals(signum).name}: stopping after the current step (again to stop at once)",
+          file=sys.stderr, flush=True)
 
 
 def main(argv=None):
     """Train from the command line."""
-    signal.signal(signal.SIGTERM, stop_on_sigterm)
+    STOP_REQUESTED.clear()
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
     train(parse_args(argv))
     return 0
 
