@@ -209,10 +209,14 @@ def shard_range(k, n, total):
 
 
 # --- Worker processes: read, check, pad, compress --------------------------------------------
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
 def watch_parent(parent_pid):
     """Worker start-up: ignore Ctrl-C (the main process handles it) and exit if the main dies."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the pool stops its workers with SIGTERM
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked since the fork (worker_pool)
 
     def watch():
         while os.getppid() == parent_pid:
@@ -286,7 +290,15 @@ def worker_pool(workers):
     if workers <= 1:
         yield None
         return
-    with multiprocessing.Pool(workers, initializer=watch_parent, initargs=(os.getpid(),)) as pool:
+    # The workers are forked with Ctrl-C and SIGTERM blocked and unblock them in watch_parent, once
+    # their own handlers are set: a SIGTERM in between (the pool stopping them early) would run the
+    # main process's handler in a half-started worker and print its traceback.
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        pool = multiprocessing.Pool(workers, initializer=watch_parent, initargs=(os.getpid(),))
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+    with pool:
         yield pool
 
 

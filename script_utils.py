@@ -11,8 +11,8 @@
 
 import contextlib
 import os
+import secrets
 import sys
-import tempfile
 from pathlib import Path
 
 from tqdm import tqdm
@@ -58,18 +58,15 @@ def atomic_output(target, overwrite=False, suffix=""):
     """
     target = Path(target)
     check_output_path(target, overwrite)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix + ".tmp", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; give it a normal file's mode
+    tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}{suffix}.tmp")  # O_EXCL refuses a clash
     try:
+        # Made inside the try: an interrupt (Ctrl-C, a batch system's SIGTERM) may fall on any line,
+        # and the file must not outlive the run. Mode 0o666 less the umask, as for any new file.
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         yield tmp
         os.replace(tmp, target)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        tmp.unlink(missing_ok=True)
 
 
 def progress(iterable=None, **kwargs):
