@@ -53,7 +53,15 @@ import numpy as np
 from isal import isal_zlib
 
 import event_image as ei
-from script_utils import InputError, atomic_output, check_output_path, progress, run_main
+from script_utils import (
+    InputError,
+    atomic_output,
+    check_output_path,
+    progress,
+    release_stop_signals,
+    run_main,
+    start_pool,
+)
 
 # --- Settings (each one has a command-line option) ---------------------------------------
 RAW_DIR = "data/raw"  # raw PNGs (with --layout tagged: the one folder holding both kinds)
@@ -209,14 +217,11 @@ def shard_range(k, n, total):
 
 
 # --- Worker processes: read, check, pad, compress --------------------------------------------
-STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
-
-
 def watch_parent(parent_pid):
     """Worker start-up: ignore Ctrl-C (the main process handles it) and exit if the main dies."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the pool stops its workers with SIGTERM
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked since the fork (worker_pool)
+    release_stop_signals()  # held since the fork (start_pool)
 
     def watch():
         while os.getppid() == parent_pid:
@@ -290,15 +295,8 @@ def worker_pool(workers):
     if workers <= 1:
         yield None
         return
-    # The workers are forked with Ctrl-C and SIGTERM blocked and unblock them in watch_parent, once
-    # their own handlers are set: a SIGTERM in between (the pool stopping them early) would run the
-    # main process's handler in a half-started worker and print its traceback.
-    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-    try:
-        pool = multiprocessing.Pool(workers, initializer=watch_parent, initargs=(os.getpid(),))
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-    with pool:
+    parent = os.getpid()
+    with start_pool(lambda: multiprocessing.Pool(workers, initializer=watch_parent, initargs=(parent,))) as pool:
         yield pool
 
 

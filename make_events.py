@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 import event_image as ei
-from script_utils import InputError, check_output_path, progress, run_main
+from script_utils import InputError, check_output_path, progress, release_stop_signals, run_main, start_pool
 
 # --- Command-line defaults ------------------------------------------------------------------
 N_EVENTS = 1000
@@ -256,14 +256,10 @@ def pair_paths(folder, layout, i):
     return folder / "raw" / event_name(i), folder / "truth" / event_name(i)
 
 
-STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
-
-
 def start_worker():
-    """Pool worker start-up: Ctrl-C is the main process's to handle (it stops the pool); both
-    signals, blocked since the pool was made, are let through once that is set."""
+    """Pool worker start-up: Ctrl-C is the main process's to handle (it stops the pool)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    release_stop_signals()  # held since the pool was made (start_pool)
 
 
 def write_chunk(job):
@@ -375,19 +371,14 @@ def main(argv=None):
         totals = [0, 0, 0, np.zeros(ei.REGIONS, np.int64)]
         with progress(total=n, unit="event", desc="events") as bar:
             pool = None
-            # Ctrl-C and SIGTERM wait while the pool starts (an interrupt inside Pool() would lose
-            # its workers) and are let through inside the try that stops it.
-            mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+            if workers > 1:  # workers ignore Ctrl-C: the main process stops them and cleans up
+                pool = start_pool(lambda: multiprocessing.get_context("spawn").Pool(workers, start_worker))
             try:
-                if workers > 1:  # workers ignore Ctrl-C: the main process stops them and cleans up
-                    pool = multiprocessing.get_context("spawn").Pool(workers, start_worker)
-                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
                 results = pool.imap_unordered(write_chunk, jobs) if pool else map(write_chunk, jobs)
                 for result in results:
                     totals = [a + b for a, b in zip(totals, result, strict=True)]
                     bar.update(result[0])
             finally:
-                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
                 if pool:
                     pool.terminate()
                     pool.join()

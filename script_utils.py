@@ -12,6 +12,7 @@
 import contextlib
 import os
 import secrets
+import signal
 import sys
 from pathlib import Path
 
@@ -67,6 +68,36 @@ def atomic_output(target, overwrite=False, suffix=""):
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}  # Ctrl-C and a batch system's stop
+
+
+def start_pool(make_pool):
+    """make_pool() (a multiprocessing pool) made with Ctrl-C and SIGTERM held back.
+
+    An interrupt inside Pool() can lose its workers (a run was seen hanging past 60 s) or, with
+    fork, run the main process's handler in a half-started worker. The workers inherit the held
+    signals: their initializer calls release_stop_signals() once its own handlers are set. An
+    interrupt that came meanwhile is raised here, after the pool is stopped.
+    """
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    pool = None
+    try:
+        pool = make_pool()
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    except BaseException:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+        raise
+    return pool
+
+
+def release_stop_signals():
+    """In a pool worker's initializer, after its handlers are set: let Ctrl-C and SIGTERM through."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 def progress(iterable=None, **kwargs):
