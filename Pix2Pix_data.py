@@ -42,7 +42,6 @@ import multiprocessing
 import os
 import re
 import signal
-import sys
 import threading
 import time
 from collections import deque, namedtuple
@@ -61,6 +60,7 @@ from script_utils import (
     release_stop_signals,
     run_main,
     start_pool,
+    warn,
 )
 
 # --- Settings (each one has a command-line option) ---------------------------------------
@@ -87,35 +87,7 @@ PART_ATTRS = ("shard_index", "shard_count", "total_pairs", "pair_start", "pair_s
 Pair = namedtuple("Pair", "raw_name truth_name raw_path truth_path")
 
 
-def warn(message):
-    """A warning line on stderr (the run goes on)."""
-    print(f"warning: {message}", file=sys.stderr)
-
-
 # --- Finding the pairs ---------------------------------------------------------------------
-def list_pngs(folder, role):
-    """Sorted names of the .png files in folder (hidden files skipped); InputError if none."""
-    folder = Path(folder)
-    if not folder.exists():
-        raise InputError(f"{folder}: {role} folder does not exist")
-    if not folder.is_dir():
-        raise InputError(f"{folder}: {role} folder is not a folder")
-    try:
-        entries = list(os.scandir(folder))
-    except OSError as exc:
-        raise InputError(f"{folder}: cannot list the {role} folder ({exc.strerror})") from None
-    names, others = [], []
-    for entry in entries:
-        if entry.name.startswith(".") or not entry.is_file():
-            continue
-        (names if entry.name.lower().endswith(".png") else others).append(entry.name)
-    if not names:
-        raise InputError(f"{folder}: {role} folder holds no .png files")
-    if others:
-        warn(f"{folder}: ignoring {len(others)} file(s) not named *.png: {', '.join(sorted(others)[:PROBLEMS_SHOWN])}")
-    return sorted(names)
-
-
 def case_hint(name, others_by_lower):
     """' (X differs only in case)' when a file of the other kind has name in another case."""
     other = others_by_lower.get(name.lower())
@@ -128,7 +100,7 @@ def pair_folders(raw_dir, truth_dir):
     raw_str, truth_str = str(raw_dir), str(truth_dir)
     if raw_dir.resolve() == truth_dir.resolve():
         raise InputError(f"{raw_dir}: raw and truth folders are the same (for one folder use --layout tagged)")
-    raw, truth = list_pngs(raw_dir, "raw"), list_pngs(truth_dir, "truth")
+    raw, truth = ei.list_pngs(raw_dir, "raw"), ei.list_pngs(truth_dir, "truth")
     raw_set, truth_set = set(raw), set(truth)
     raw_lower = {n.lower(): n for n in raw if n not in truth_set}
     truth_lower = {n.lower(): n for n in truth if n not in raw_set}
@@ -146,7 +118,7 @@ def pair_tagged(folder, raw_tag=RAW_TAG, truth_tag=TRUTH_TAG):
         raise InputError(f"raw tag {raw_tag!r} and truth tag {truth_tag!r} must be two different non-empty strings")
     folder = Path(folder)
     raw, truth, problems = {}, {}, []  # key (the name with its tag cut out) -> file name
-    for name in list_pngs(folder, "tagged"):
+    for name in ei.list_pngs(folder, "tagged"):
         n_raw, n_truth = name.count(raw_tag), name.count(truth_tag)
         if n_raw + n_truth == 0:
             problems.append((folder / name, f"name carries neither tag {raw_tag!r} nor {truth_tag!r}"))

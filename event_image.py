@@ -12,12 +12,13 @@ This module also holds the hit mask of an image, PNG reading with the project's 
 checks, and the hit-level scores physicists judge a denoiser by.
 """
 
+import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from script_utils import InputError
+from script_utils import InputError, warn
 
 # --- The event image -------------------------------------------------------------------
 WIRES = 112  # columns
@@ -102,6 +103,33 @@ def mask_to_image(mask):
 
 
 # --- PNG input and output ----------------------------------------------------------------
+def list_pngs(folder, role="input"):
+    """Sorted names of the .png files in folder (hidden files skipped, others named in a warning).
+
+    A missing folder, a file, an unreadable folder or one without PNGs is an InputError that
+    names the folder by its role ("raw", "truth", "input", ...).
+    """
+    folder = Path(folder)
+    if not folder.exists():
+        raise InputError(f"{folder}: {role} folder does not exist")
+    if not folder.is_dir():
+        raise InputError(f"{folder}: {role} folder is not a folder")
+    try:
+        entries = list(os.scandir(folder))
+    except OSError as exc:
+        raise InputError(f"{folder}: cannot list the {role} folder ({exc.strerror})") from None
+    names, others = [], []
+    for entry in entries:
+        if entry.name.startswith(".") or not entry.is_file():
+            continue
+        (names if entry.name.lower().endswith(".png") else others).append(entry.name)
+    if not names:
+        raise InputError(f"{folder}: {role} folder holds no .png files")
+    if others:
+        warn(f"{folder}: ignoring {len(others)} file(s) not named *.png: {', '.join(sorted(others)[:3])}")
+    return sorted(names)
+
+
 def read_event_png(path):
     """Read one event PNG as uint8 (36, 112, 3), checking what the project accepts.
 

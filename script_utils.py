@@ -1,19 +1,22 @@
 """Small pieces every command-line script of the project shares.
 
-- InputError: a bad input the user can fix. Scripts raise it with a one-line message
-  naming the file and the reason; `run_main` turns it into that line on stderr and exit
-  code 2, with no traceback. Imported as a library, it is an ordinary exception.
-- atomic_output: write a file under a temporary name beside the target and rename it
-  only when everything went well, so no half-written file ever carries the final name.
+- InputError, run_main, ArgumentParser: a bad input or setting is one line on stderr and
+  exit code 2, with no traceback (imported as a library, InputError is an ordinary exception).
+- warn: the one way a script prints a warning.
+- atomic_output: every file and folder the project writes goes through it.
+- start_pool / release_stop_signals: worker pools that an interrupt cannot leave half made.
 - progress: a tqdm bar that shows on a terminal and stays quiet in logs and tests.
-- import_tensorflow: TensorFlow imported without its C++ start-up lines on stderr.
+- import_tensorflow / import_keras: TensorFlow and Keras without their C++ start-up lines.
 """
 
+import argparse
 import contextlib
 import os
 import secrets
+import shutil
 import signal
 import sys
+import tempfile
 from pathlib import Path
 
 from tqdm import tqdm
@@ -38,6 +41,24 @@ def run_main(main, argv=None):
     sys.exit(code or 0)
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors are the project's one-line InputError (exit 2), not a usage dump.
+
+    The description keeps its line breaks (a script's module docstring)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):
+        raise InputError(f"{self.prog}: {message}")
+
+
+def warn(message):
+    """A warning line on stderr: the run goes on."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
 def check_output_path(target, overwrite):
     """Refuse an output that exists (unless overwrite) or whose folder is missing or read-only."""
     target = Path(target)
@@ -51,23 +72,42 @@ def check_output_path(target, overwrite):
 
 
 @contextlib.contextmanager
-def atomic_output(target, overwrite=False, suffix=""):
+def atomic_output(target, overwrite=False, suffix="", ext="", folder=False):
     """Yield a temporary path beside target; on success rename it to target, else delete it.
 
-    The existing target (if any, and only with overwrite) is replaced in one rename, so an
-    interrupted run leaves either the old file or the new one, never half of one.
+    The temporary name is `.NAME.<random>SUFFIX.tmp` (+ EXT, for writers that insist on a file
+    ending, such as Keras' `.keras`). With folder=True it is an empty folder to fill. An existing
+    target (only with overwrite) is replaced at the very end, so an interrupted run leaves either
+    the old output or the new one, never half of one.
     """
     target = Path(target)
     check_output_path(target, overwrite)
-    tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}{suffix}.tmp")  # O_EXCL refuses a clash
+    tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}{suffix}.tmp{ext}")
     try:
         # Made inside the try: an interrupt (Ctrl-C, a batch system's SIGTERM) may fall on any line,
-        # and the file must not outlive the run. Mode 0o666 less the umask, as for any new file.
-        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        # and the temporary must not outlive the run. Mode 0o666 (0o777) less the umask, as usual.
+        if folder:
+            tmp.mkdir()
+        else:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # O_EXCL refuses a clash
         yield tmp
-        os.replace(tmp, target)
+        if folder and target.is_dir():
+            replace_folder(tmp, target)
+        else:
+            os.replace(tmp, target)
     finally:
-        tmp.unlink(missing_ok=True)
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+
+
+def replace_folder(new, target):
+    """Swap the finished folder new in for the existing folder target, then delete the old one."""
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+    os.replace(target, old / target.name)
+    os.replace(new, target)
+    shutil.rmtree(old)
 
 
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}  # Ctrl-C and a batch system's stop
@@ -126,3 +166,11 @@ def import_tensorflow():
             os.close(saved)
             os.close(devnull)
     return sys.modules["tensorflow"]
+
+
+def import_keras():
+    """Keras, imported after a quiet TensorFlow import (see import_tensorflow)."""
+    import_tensorflow()
+    import keras
+
+    return keras
