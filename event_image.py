@@ -172,6 +172,7 @@ def write_event_png(path, image):
 
 
 # --- Hit-level scores ----------------------------------------------------------------------
+THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))  # output thresholds tried: 0.05 .. 0.95
 COUNT_KEYS = ("track_hits", "track_kept", "noise_hits", "noise_removed", "kept", "invented", "events")
 
 
