@@ -11,23 +11,25 @@ Each step is run as a user would run it, and its command line is printed first, 
 doubles as a worked example. Everything is written to a new folder under OUTPUT_ROOT.
 """
 
-import argparse
 import shlex
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-# -------------------------------------------------------------------------------------------
+from script_utils import ArgumentParser, run_main
+
+# --- Settings (each one can be overridden on the command line) ----------------------------
 OUTPUT_ROOT = "demo_output"  # each run gets its own timestamped folder in here
 EVENTS = 3000  # synthetic pairs (56 % train, 19 % validation, 25 % test)
 LUMINOSITY = 1.0
-SEED = 1
+SEED = 1  # the events' seed and the training's initialisation
 EPOCHS = 16
 BASE_FILTERS = 16  # generator width: 64 is the paper's, 16 trains in minutes on a CPU
 CAE_EPOCHS = 3  # the auto-encoder baseline's epochs (10 in the clas12ai recipe; 3 fit the demo's time)
-TINY = dict(EVENTS=96, EPOCHS=1, BASE_FILTERS=4, CAE_EPOCHS=1)  # --tiny: the CI smoke run
-# -------------------------------------------------------------------------------------------
+TINY = False  # a seconds-long smoke run (CI), with the sizes of TINY_SIZES
+# ---------------------------------------------------------------------------------------------
+TINY_SIZES = dict(events=96, epochs=1, base_filters=4, cae_epochs=1)
 
 HERE = Path(__file__).resolve().parent
 
@@ -42,21 +44,26 @@ def step(title, script, *args):
     print(f"({time.time() - t0:.0f} s)", flush=True)
 
 
-def main():
-    """Parse the settings and run the five steps."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser():
+    """The settings above, each overridable on the command line."""
+    p = ArgumentParser(description=__doc__)
     p.add_argument("--output-root", default=OUTPUT_ROOT, help="folder for the demo's runs (default %(default)s)")
     p.add_argument("--events", type=int, default=EVENTS, help="synthetic event pairs (default %(default)s)")
     p.add_argument("--luminosity", type=float, default=LUMINOSITY, help="background scale (default %(default)s)")
     p.add_argument("--epochs", type=int, default=EPOCHS, help="training epochs (default %(default)s)")
     p.add_argument("--base-filters", type=int, default=BASE_FILTERS, help="generator width (default %(default)s)")
     p.add_argument("--cae-epochs", type=int, default=CAE_EPOCHS, help="auto-encoder epochs (default %(default)s)")
-    p.add_argument("--seed", type=int, default=SEED, help="random seed (default %(default)s)")
-    p.add_argument("--tiny", action="store_true", help="a seconds-long smoke run (CI): " + str(TINY))
-    a = p.parse_args()
+    p.add_argument("--seed", type=int, default=SEED,
+                   help="the events' seed and the training's initialisation (default %(default)s)")
+    p.add_argument("--tiny", action="store_true", default=TINY, help=f"a seconds-long smoke run (CI): {TINY_SIZES}")
+    return p
+
+
+def main(argv=None):
+    """Run the five steps with the command line's settings."""
+    a = build_parser().parse_args(argv)
     if a.tiny:
-        a.events, a.epochs, a.base_filters, a.cae_epochs = (TINY[k] for k in ("EVENTS", "EPOCHS", "BASE_FILTERS",
-                                                                               "CAE_EPOCHS"))
+        vars(a).update(TINY_SIZES)
     out = Path(a.output_root) / time.strftime("run-%Y%m%d-%H%M%S")
     out.mkdir(parents=True)
     t0 = time.time()
@@ -65,16 +72,17 @@ def main():
          "--luminosity", a.luminosity, "--preview")
     step("2/5 PNG pairs -> HDF5", "Pix2Pix_data.py", "--raw-dir", events / "raw", "--truth-dir", events / "truth",
          "--output", h5)
-    step("3/5 train/validation/test split", "data_management.py", h5)
+    step("3/5 train/validation/test split", "data_management.py", "--data", h5)
     step("4/5 training", "Pix2Pix_training.py", "--data", h5, "--output-dir", run, "--epochs", a.epochs,
-         "--base-filters", a.base_filters)
+         "--base-filters", a.base_filters, "--seed", a.seed)
     step("5/5 denoise the test split and score it against the baselines", "Pix2Pix_denoise.py", "--model", run,
          "--data", h5, "--output", denoised, "--evaluate", "--baseline-cae", "--cae-epochs", a.cae_epochs)
     print(f"\nDemo finished in {(time.time() - t0) / 60:.1f} min. Everything is in {out}/:")
     print("  events/preview.png          a few synthetic raw/truth pairs")
     print("  training/history.csv        losses and validation scores per epoch (samples/ has image grids)")
     print("  test_denoised.report.png    the score report (model vs baselines)")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)
