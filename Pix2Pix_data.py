@@ -1,44 +1,20 @@
 """Raw/truth event PNG pairs -> one HDF5 file of padded 128x128x3 images for Pix2Pix.
 
-Top to bottom:
-1. Find the pairs by name, never by sort order: two folders holding files of equal names
-   (--layout folders, the default), or one folder whose names carry a raw and a truth tag
-   (--layout tagged: "..._all_..." and "..._truth_...", as the original data come).
-   An unpaired file, an empty or missing folder is an error naming it.
-2. In worker processes, read and check every image (event_image.read_event_png: 112 wide,
-   36 high, 8 bits; grayscale, palette and fully opaque RGBA become RGB), place it into the
-   128x128 layout (event_image.pad_event) and compress whole HDF5 chunks (ISA-L deflate: an
-   ordinary zlib stream that any HDF5 gzip filter reads, several times faster than zlib).
-3. In the main process, write the chunks in sorted name order into one HDF5 file:
-     raw, truth    uint8 (N, 128, 128, 3), chunks of CHUNK_EVENTS events, gzip
-     names         the raw file names (in the folders layout also the truth file names)
-     truth_names   the truth file names
-     attrs         layout (event_image.LAYOUT as JSON), pair_layout, source folders, tags,
-                   created (UTC), pairs, skipped, and the shard fields below
-   under a hidden temporary name that becomes OUTPUT only when everything went well.
+Pairs are found by name, never by sort order: two folders of equal file names (--layout
+folders) or one folder whose names carry a raw and a truth tag (--layout tagged). Every image
+is checked and padded in worker processes; the file (see pairs_h5) appears under its name only
+when complete. --shard K/N converts the K-th of N slices of the sorted pairs into a part file,
+--merge joins the parts into one file.
 
-Memory stays flat however many pairs there are: only a bounded number of chunks are in
-flight at once and no image is kept after it is written.
-
-Farm jobs: --shard K/N (1 <= K <= N) converts only the K-th of N contiguous slices of the
-sorted pair list into its own part file; --merge PART... --output FILE joins the parts into
-one file, equal pair for pair to an unsharded run, as an HDF5 virtual dataset (the parts must
-stay beside it) or, with --copy, a self-contained copy. Missing or overlapping shards are an
-error naming them.
-
-Examples:
+    python Pix2Pix_data.py                                    # data/raw + data/truth -> data/pairs.h5
     python Pix2Pix_data.py --raw-dir events/raw --truth-dir events/truth --output data/pairs.h5
     python Pix2Pix_data.py --layout tagged --raw-dir original_pngs --output data/pairs.h5
-    python Pix2Pix_data.py --raw-dir events/raw --truth-dir events/truth --shard 3/8 --output parts/p3.h5
-    python Pix2Pix_data.py --merge parts/p*.h5 --output data/pairs.h5
+    python Pix2Pix_data.py --raw-dir events/raw --truth-dir events/truth --shard 3/8 --output parts/part3.h5
+    python Pix2Pix_data.py --merge parts/part*.h5 --output data/pairs.h5
 """
 
-import argparse
 import contextlib
-import datetime
 import hashlib
-import json
-import multiprocessing
 import os
 import re
 import signal
@@ -49,15 +25,16 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from isal import isal_zlib
 
 import event_image as ei
+import pairs_h5
+from pairs_h5 import EVENT_SHAPE, ChunkWriter, compress_chunk, create_names, write_attrs
 from script_utils import (
+    ArgumentParser,
     InputError,
     atomic_output,
     check_output_path,
     progress,
-    release_stop_signals,
     run_main,
     start_pool,
     warn,
@@ -66,23 +43,21 @@ from script_utils import (
 # --- Settings (each one has a command-line option) ---------------------------------------
 RAW_DIR = "data/raw"  # raw PNGs (with --layout tagged: the one folder holding both kinds)
 TRUTH_DIR = "data/truth"  # truth PNGs, same file names as in RAW_DIR
-OUTPUT_H5 = "data/pairs.h5"
-PAIR_LAYOUT = "folders"  # "folders": RAW_DIR/NAME + TRUTH_DIR/NAME; "tagged": one folder, tags in names
+OUTPUT = "data/pairs.h5"
+LAYOUT = "folders"  # "folders": RAW_DIR/NAME + TRUTH_DIR/NAME; "tagged": one folder, tags in names
 RAW_TAG = "_all_"  # tagged layout: a raw file's name carries this ...
 TRUTH_TAG = "_truth_"  # ... and its truth file's name this instead
 WORKERS = os.cpu_count() or 1  # decoding processes (1: no extra processes)
-CHUNK_EVENTS = 32  # events per HDF5 chunk along axis 0 (data_management reads batches of 32)
-COMPRESSION_LEVEL = 1  # ISA-L deflate level 0-3 (1: fast, ~60x smaller on these near-empty images)
+CHUNK_EVENTS = pairs_h5.CHUNK_EVENTS  # events per HDF5 chunk along axis 0
+COMPRESSION_LEVEL = pairs_h5.COMPRESSION_LEVEL  # ISA-L deflate level 0-3
 SKIP_BAD = False  # True: leave bad pairs out with a warning and list them in OUTPUT.skipped.txt
 OVERWRITE = False
 
-# --- Fixed facts ---------------------------------------------------------------------------
-EVENT_SHAPE = (ei.PADDED_SIZE, ei.PADDED_SIZE, ei.CHANNELS)
+# --- Fixed ---------------------------------------------------------------------------------
 IN_FLIGHT_PER_WORKER = 4  # chunks queued or decoded per worker process: bounds the memory
 SKIPPED_SUFFIX = ".skipped.txt"  # the list of skipped pairs, beside the output
-NAMES_BLOCK = 65536  # names copied at once when merging
 PROBLEMS_SHOWN = 3  # files named in a one-line error before "and N more"
-PART_ATTRS = ("shard_index", "shard_count", "total_pairs", "pair_start", "pair_stop", "pair_list_sha256")
+HIT_COUNTS = ("raw_hits", "truth_hits", "stray_hits", "stray_pairs")  # summed over the chunks
 
 Pair = namedtuple("Pair", "raw_name truth_name raw_path truth_path")
 
@@ -140,7 +115,7 @@ def pair_tagged(folder, raw_tag=RAW_TAG, truth_tag=TRUTH_TAG):
     return pairs, sorted(problems)
 
 
-def find_pairs(raw_dir, truth_dir=None, layout=PAIR_LAYOUT, raw_tag=RAW_TAG, truth_tag=TRUTH_TAG):
+def find_pairs(raw_dir, truth_dir=None, layout=LAYOUT, raw_tag=RAW_TAG, truth_tag=TRUTH_TAG):
     """The sorted pair list and the problems (unpaired files, unusable names) of either layout."""
     if layout == "folders":
         pairs, problems = pair_folders(raw_dir, TRUTH_DIR if truth_dir is None else truth_dir)
@@ -190,10 +165,7 @@ def shard_range(k, n, total):
 
 # --- Worker processes: read, check, pad, compress --------------------------------------------
 def watch_parent(parent_pid):
-    """Worker start-up: ignore Ctrl-C (the main process handles it) and exit if the main dies."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the pool stops its workers with SIGTERM
-    release_stop_signals()  # held since the fork (start_pool)
+    """Worker start-up: exit if the main process dies."""
 
     def watch():
         while os.getppid() == parent_pid:
@@ -247,8 +219,8 @@ def decode_chunk(task):
     return {
         "good": good,
         "bad": bad,
-        "raw": isal_zlib.compress(raw_padded.data, level),
-        "truth": isal_zlib.compress(truth_padded.data, level),
+        "raw": compress_chunk(raw_padded, level),
+        "truth": compress_chunk(truth_padded, level),
         "raw_hits": int(raw_hits.sum()),
         "truth_hits": int(truth_hits.sum()),
         "stray_hits": int(stray.sum()),
@@ -256,19 +228,14 @@ def decode_chunk(task):
     }
 
 
-def unpack_chunk(blob, chunk_events):
-    """The (chunk_events, 128, 128, 3) uint8 events of one compressed chunk."""
-    return np.frombuffer(isal_zlib.decompress(blob), np.uint8).reshape(chunk_events, *EVENT_SHAPE)
-
-
 @contextlib.contextmanager
 def worker_pool(workers):
-    """A pool of worker processes (None for workers <= 1), made before any file is opened."""
+    """A pool of fresh worker processes (None for workers <= 1): they inherit no open file or thread."""
     if workers <= 1:
         yield None
         return
     parent = os.getpid()
-    with start_pool(lambda: multiprocessing.Pool(workers, initializer=watch_parent, initargs=(parent,))) as pool:
+    with start_pool(workers, watch_parent, (parent,)) as pool:
         yield pool
 
 
@@ -286,88 +253,7 @@ def ordered_results(pool, func, tasks, in_flight):
         yield pending.popleft().get()
 
 
-# --- Writing the HDF5 file ----------------------------------------------------------------------
-class ChunkWriter:
-    """Append events to the raw and truth datasets of an open file, one whole chunk at a time.
-
-    A chunk compressed by a worker goes in as it is (write_direct_chunk) when it starts on a
-    chunk boundary; otherwise (after a skipped pair, or when merging) events gather in a
-    one-chunk buffer that is compressed here. Memory: one chunk per dataset.
-    """
-
-    def __init__(self, f, capacity, chunk_events=CHUNK_EVENTS, level=COMPRESSION_LEVEL):
-        self.chunk_events, self.level = chunk_events, level
-        self.datasets = {
-            key: f.create_dataset(key, shape=(capacity, *EVENT_SHAPE), maxshape=(None, *EVENT_SHAPE), dtype=np.uint8,
-                                  chunks=(chunk_events, *EVENT_SHAPE), compression="gzip", compression_opts=level)
-            for key in ("raw", "truth")
-        }
-        self.buffer = {key: np.zeros((chunk_events, *EVENT_SHAPE), np.uint8) for key in self.datasets}
-        self.filled = 0  # events in the buffer
-        self.written = 0  # events in the file
-
-    def _grow(self, n):
-        """Make room for n more events (the capacity is only a first guess when merging)."""
-        for ds in self.datasets.values():
-            if ds.shape[0] < n:
-                ds.resize(n, axis=0)
-
-    def add_compressed(self, chunks, count):
-        """Write one worker-compressed chunk holding count events; only on a chunk boundary."""
-        if self.filled or self.written % self.chunk_events:
-            raise RuntimeError("add_compressed off a chunk boundary")
-        self._grow(self.written + count)
-        for key, ds in self.datasets.items():
-            ds.id.write_direct_chunk((self.written, 0, 0, 0), chunks[key])
-        self.written += count
-
-    def add_events(self, arrays):
-        """Append uint8 events {"raw": (m, 128, 128, 3), "truth": (m, 128, 128, 3)}."""
-        m, pos = len(arrays["raw"]), 0
-        while pos < m:
-            take = min(self.chunk_events - self.filled, m - pos)
-            for key in self.buffer:
-                self.buffer[key][self.filled:self.filled + take] = arrays[key][pos:pos + take]
-            self.filled += take
-            pos += take
-            if self.filled == self.chunk_events:
-                self.flush()
-
-    def flush(self):
-        """Compress and write the buffered events (a partial chunk only at the very end)."""
-        if not self.filled:
-            return
-        self._grow(self.written + self.filled)
-        for key, ds in self.datasets.items():
-            self.buffer[key][self.filled:] = 0
-            blob = isal_zlib.compress(self.buffer[key].data, self.level)
-            ds.id.write_direct_chunk((self.written, 0, 0, 0), blob)
-        self.written += self.filled
-        self.filled = 0
-
-    def close(self):
-        """Write what is buffered and cut the datasets to the events written."""
-        self.flush()
-        for ds in self.datasets.values():
-            ds.resize(self.written, axis=0)
-        return self.written
-
-
-def create_names(f, capacity):
-    """The names and truth_names datasets (UTF-8 strings), cut to size at the end."""
-    return [f.create_dataset(key, shape=(capacity,), maxshape=(None,), dtype=h5py.string_dtype("utf-8"),
-                             chunks=(min(max(capacity, 1), 4096),)) for key in ("names", "truth_names")]
-
-
-def write_attrs(f, **attrs):
-    """Record the 128x128 layout, the creation time and the given facts as file attributes."""
-    f.attrs["layout"] = json.dumps(ei.LAYOUT)
-    f.attrs["created"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-    f.attrs["created_by"] = "Pix2Pix_data.py"
-    for key, value in attrs.items():
-        f.attrs[key] = value
-
-
+# --- Convert ----------------------------------------------------------------------------------------
 def stale_temp_files(output):
     """Hidden temporary files that killed runs left beside output (a rerun ignores them)."""
     output = Path(output)
@@ -379,8 +265,84 @@ def skipped_list_path(output):
     return Path(f"{output}{SKIPPED_SUFFIX}")
 
 
-# --- Convert ----------------------------------------------------------------------------------------
-def convert(raw_dir, truth_dir, output, *, layout=PAIR_LAYOUT, raw_tag=RAW_TAG, truth_tag=TRUTH_TAG,
+def check_settings(workers, chunk_events, compression_level, shard):
+    """Refuse impossible settings (InputError); return the shard as (K, N)."""
+    if workers < 1:
+        raise InputError(f"--workers {workers}: must be at least 1")
+    if not 1 <= chunk_events <= 4096:
+        raise InputError(f"--chunk-events {chunk_events}: must be between 1 and 4096")
+    if compression_level not in (0, 1, 2, 3):
+        raise InputError(f"--compression-level {compression_level}: must be 0, 1, 2 or 3")
+    if shard is None:
+        return 1, 1
+    return parse_shard(shard if isinstance(shard, str) else "{}/{}".format(*shard))
+
+
+def check_outputs(output, overwrite, skip_bad):
+    """Refuse outputs we must not write, mention stale temporary files; return the skipped list's path."""
+    check_output_path(output, overwrite)
+    skip_path = skipped_list_path(output)
+    if skip_bad:
+        check_output_path(skip_path, overwrite)
+    stale = stale_temp_files(output)
+    if stale:
+        warn(f"{stale[0]}: {len(stale)} temporary file(s) like this one were left by interrupted runs; ignored "
+             f"(delete them when no run is writing {output.name})")
+    return skip_path
+
+
+def good_pairs(result, pairs, skipped, skip_bad):
+    """The good pairs of one decoded chunk; a bad one is added to skipped (skip_bad) or an InputError."""
+    for i, reason in result["bad"]:
+        if not skip_bad:
+            raise InputError(f"{reason} (--skip-bad leaves bad pairs out)")
+        skipped.append((pairs[i].raw_name, reason))
+    return [pairs[i] for i in result["good"]]
+
+
+def write_pairs(f, pairs, skipped, *, workers, skip_bad, chunk_events, level, desc):
+    """Decode the pairs chunk by chunk (on workers) and write the good ones in order into the open file f.
+
+    Bad pairs are added to skipped (skip_bad) or stop the run. Returns (pairs written, hit counts).
+    """
+    writer = ChunkWriter(f, len(pairs), chunk_events, level)
+    names = create_names(f, len(pairs))
+    counts = dict.fromkeys(HIT_COUNTS, 0)
+    starts = range(0, len(pairs), chunk_events)
+    tasks = ((chunk_events, level, [(p.raw_path, p.truth_path) for p in pairs[i:i + chunk_events]]) for i in starts)
+    with worker_pool(workers) as pool, progress(total=len(pairs), unit="pair", desc=desc) as bar, \
+            contextlib.closing(ordered_results(pool, decode_chunk, tasks, workers * IN_FLIGHT_PER_WORKER)) as results:
+        for start, result in zip(starts, results, strict=True):
+            good = good_pairs(result, pairs[start:start + chunk_events], skipped, skip_bad)
+            for ds, key in zip(names, ("raw_name", "truth_name"), strict=True):
+                ds[writer.count:writer.count + len(good)] = [getattr(p, key) for p in good]
+            writer.add_chunk(result, len(good), packed=not result["bad"])
+            for key in counts:
+                counts[key] += result[key]
+            bar.update(len(result["good"]) + len(result["bad"]))
+    written = writer.close()
+    for ds in names:
+        ds.resize(written, axis=0)
+    return written, counts
+
+
+def write_skipped_list(path, skipped, output, overwrite):
+    """OUTPUT.skipped.txt: a comment line, then one 'file<TAB>reason' line per pair left out."""
+    with atomic_output(path, overwrite) as tmp:
+        lines = [f"# {len(skipped)} file(s) or pair(s) left out of {Path(output).name} by Pix2Pix_data.py --skip-bad"]
+        tmp.write_text("\n".join(lines + [f"{name}\t{reason}" for name, reason in skipped]) + "\n")
+
+
+def warn_at_end(skipped, skip_path, counts):
+    """The warnings a finished run ends with: pairs left out, truth hits that are not raw hits."""
+    if skipped:
+        warn(f"left out {len(skipped)} bad pair(s) or file(s), listed in {skip_path}: {describe_problems(skipped)}")
+    if counts["stray_hits"]:
+        warn(f"{counts['stray_pairs']} pair(s) have truth hits that are not raw hits ({counts['stray_hits']} in all): "
+             "are the raw and truth folders swapped?")
+
+
+def convert(raw_dir, truth_dir, output, *, layout=LAYOUT, raw_tag=RAW_TAG, truth_tag=TRUTH_TAG,
             workers=WORKERS, shard=None, skip_bad=SKIP_BAD, overwrite=OVERWRITE, chunk_events=CHUNK_EVENTS,
             compression_level=COMPRESSION_LEVEL):
     """Convert the PNG pairs of raw_dir/truth_dir (or one tagged folder) into one HDF5 file.
@@ -390,85 +352,36 @@ def convert(raw_dir, truth_dir, output, *, layout=PAIR_LAYOUT, raw_tag=RAW_TAG, 
     """
     t0 = time.perf_counter()
     output = Path(output)
-    if workers < 1:
-        raise InputError(f"--workers {workers}: must be at least 1")
-    if not 1 <= chunk_events <= 4096:
-        raise InputError(f"--chunk-events {chunk_events}: must be between 1 and 4096")
-    if compression_level not in (0, 1, 2, 3):
-        raise InputError(f"--compression-level {compression_level}: must be 0, 1, 2 or 3")
-    k, n = (1, 1) if shard is None else parse_shard(shard if isinstance(shard, str) else "{}/{}".format(*shard))
+    k, n = check_settings(workers, chunk_events, compression_level, shard)
     if layout == "folders" and truth_dir is None:
         truth_dir = TRUTH_DIR
-    check_output_path(output, overwrite)
-    skip_path = skipped_list_path(output)
-    if skip_bad:
-        check_output_path(skip_path, overwrite)
-    stale = stale_temp_files(output)
-    if stale:
-        warn(f"{stale[0]}: {len(stale)} temporary file(s) like this one were left by interrupted runs; ignored "
-             f"(delete them when no run is writing {output.name})")
-
+    skip_path = check_outputs(output, overwrite, skip_bad)
     pairs, problems = find_pairs(raw_dir, truth_dir, layout, raw_tag, truth_tag)
     if problems and not skip_bad:
         raise InputError(f"unpaired or unusable files: {describe_problems(problems)} (--skip-bad leaves them out)")
-    total = len(pairs)
-    start, stop = shard_range(k, n, total)
-    skipped = [(str(path), reason) for path, reason in problems] if k == 1 else []  # part 1 reports them
-    if total == 0:
+    if not pairs:
         raise InputError(f"{raw_dir}: no pairs found ({describe_problems(problems)})")
+    start, stop = shard_range(k, n, len(pairs))
     if start == stop:
-        warn(f"shard {k}/{n} of {total} pairs is empty")
-
-    counts = dict(raw_hits=0, truth_hits=0, stray_hits=0, stray_pairs=0)
+        warn(f"shard {k}/{n} of {len(pairs)} pairs is empty")
+    skipped = [(str(path), reason) for path, reason in problems] if k == 1 else []  # part 1 reports them
     mine = pairs[start:stop]
-    tasks = ((chunk_events, compression_level, [(p.raw_path, p.truth_path) for p in mine[i:i + chunk_events]])
-             for i in range(0, len(mine), chunk_events))
-    workers = min(workers, -(-len(mine) // chunk_events))
-    with atomic_output(output, overwrite) as tmp, worker_pool(workers) as pool:
+    with atomic_output(output, overwrite) as tmp:
         with h5py.File(tmp, "w") as f:
-            writer = ChunkWriter(f, len(mine), chunk_events, compression_level)
-            names_ds, truth_names_ds = create_names(f, len(mine))
-            bar = progress(total=len(mine), unit="pair", desc=output.name)
-            results = ordered_results(pool, decode_chunk, tasks, workers * IN_FLIGHT_PER_WORKER)
-            with contextlib.closing(results):
-                for task_start, result in zip(range(0, len(mine), chunk_events), results, strict=True):
-                    for i, reason in result["bad"]:
-                        if not skip_bad:
-                            raise InputError(f"{reason} (--skip-bad leaves bad pairs out)")
-                        skipped.append((mine[task_start + i].raw_name, reason))
-                    good = [mine[task_start + i] for i in result["good"]]
-                    at = writer.written + writer.filled
-                    names_ds[at:at + len(good)] = [p.raw_name for p in good]
-                    truth_names_ds[at:at + len(good)] = [p.truth_name for p in good]
-                    if result["bad"] or writer.filled or writer.written % chunk_events:
-                        writer.add_events({key: unpack_chunk(result[key], chunk_events)[:len(good)]
-                                           for key in ("raw", "truth")})
-                    else:
-                        writer.add_compressed(result, len(good))
-                    for key in counts:
-                        counts[key] += result[key]
-                    bar.update(len(result["good"]) + len(result["bad"]))
-            bar.close()
-            written = writer.close()
-            for ds in (names_ds, truth_names_ds):
-                ds.resize(written, axis=0)
+            written, counts = write_pairs(f, mine, skipped, workers=min(workers, -(-len(mine) // chunk_events)),
+                                          skip_bad=skip_bad, chunk_events=chunk_events, level=compression_level,
+                                          desc=output.name)
             if written == 0 and n == 1:
                 raise InputError(f"{raw_dir}: no good pairs: {describe_problems(skipped)}")
             write_attrs(f, pair_layout=layout, raw_tag=raw_tag, truth_tag=truth_tag,
                         source_raw_dir=str(Path(raw_dir).resolve()),
                         source_truth_dir=str(Path(truth_dir or raw_dir).resolve()),
-                        pairs=written, skipped=len(skipped), shard_index=k, shard_count=n, total_pairs=total,
+                        pairs=written, skipped=len(skipped), shard_index=k, shard_count=n, total_pairs=len(pairs),
                         pair_start=start, pair_stop=stop, pair_list_sha256=pair_list_digest(pairs),
                         chunk_events=chunk_events)
         if skip_bad:
-            with atomic_output(skip_path, overwrite) as tmp_list:
-                lines = [f"# {len(skipped)} file(s) or pair(s) left out of {output.name} by Pix2Pix_data.py --skip-bad"]
-                tmp_list.write_text("\n".join(lines + [f"{name}\t{reason}" for name, reason in skipped]) + "\n")
-    if skipped:
-        warn(f"left out {len(skipped)} bad pair(s) or file(s), listed in {skip_path}: {describe_problems(skipped)}")
-    if counts["stray_hits"]:
-        warn(f"{counts['stray_pairs']} pair(s) have truth hits that are not raw hits ({counts['stray_hits']} in all): "
-             "are the raw and truth folders swapped?")
+            write_skipped_list(skip_path, skipped, output, overwrite)
+    warn_at_end(skipped, skip_path, counts)
     seconds = time.perf_counter() - t0
     return {
         "output": str(output), "pairs": written, "skipped": len(skipped), "shard": f"{k}/{n}",
@@ -489,123 +402,17 @@ def summary_line(s):
             f"{s['seconds']:.1f} s, {s['pairs_per_second']:.0f} pairs/s")
 
 
-# --- Merge the parts of a sharded conversion ------------------------------------------------------------
-def read_part(path):
-    """The facts of one part file needed to merge it, checking that it is one."""
-    path = Path(path)
-    try:
-        f = h5py.File(path, "r")
-    except FileNotFoundError:
-        raise InputError(f"{path}: file not found") from None
-    except OSError as exc:
-        raise InputError(f"{path}: not a readable HDF5 file ({exc})") from None
-    with f:
-        missing = [key for key in ("raw", "truth", "names", "truth_names") if key not in f]
-        missing += [key for key in (*PART_ATTRS, "layout", "pairs") if key not in f.attrs]
-        if missing:
-            raise InputError(f"{path}: not a part written by Pix2Pix_data.py (no {', '.join(missing)})")
-        part = {key: f.attrs[key] for key in (*PART_ATTRS, "layout", "pairs", "skipped")}
-        part.update(path=path, n=len(f["raw"]), attrs=dict(f.attrs))
-        if part["layout"] != json.dumps(ei.LAYOUT):
-            raise InputError(f"{path}: made with another 128x128 layout ({part['layout']})")
-        if not len(f["truth"]) == len(f["names"]) == len(f["truth_names"]) == part["n"] == part["pairs"]:
-            raise InputError(f"{path}: raw, truth and names disagree on the number of pairs")
-    return part
-
-
-def check_parts(parts):
-    """The parts must come from one conversion and hold every shard exactly once."""
-    first = parts[0]
-    for part in parts[1:]:
-        for key in ("shard_count", "total_pairs", "pair_list_sha256"):
-            if part[key] != first[key]:
-                raise InputError(f"{part['path']}: not a part of the same conversion as {first['path']} "
-                                 f"({key} {part[key]} != {first[key]})")
-    n = int(first["shard_count"])
-    holders = {}
-    for part in parts:
-        holders.setdefault(int(part["shard_index"]), []).append(str(part["path"]))
-    overlapping = {k: v for k, v in holders.items() if len(v) > 1}
-    if overlapping:
-        raise InputError("overlapping shards: " + "; ".join(f"{k}/{n} in {' and '.join(v)}"
-                                                             for k, v in sorted(overlapping.items())))
-    missing = [f"{k}/{n}" for k in range(1, n + 1) if k not in holders]
-    if missing:
-        given = ", ".join(map(str, sorted(holders)))
-        raise InputError(f"missing shard(s) {', '.join(missing)} (given: {given} of {n})")
-
-
-def merge(part_paths, output, *, copy=False, overwrite=OVERWRITE, chunk_events=CHUNK_EVENTS,
-          compression_level=COMPRESSION_LEVEL):
-    """Join the parts of a sharded conversion into one file, virtual (default) or copied."""
-    t0 = time.perf_counter()
-    output = Path(output)
-    check_output_path(output, overwrite)
-    parts = sorted((read_part(p) for p in part_paths), key=lambda p: int(p["shard_index"]))
-    if any(p["path"].resolve() == output.resolve() for p in parts):
-        raise InputError(f"{output}: is one of the parts")
-    check_parts(parts)
-    total = sum(p["n"] for p in parts)
-    with atomic_output(output, overwrite) as tmp:
-        with h5py.File(tmp, "w", libver=("v110", "latest")) as f:
-            if copy:
-                writer = ChunkWriter(f, total, chunk_events, compression_level)
-                with progress(total=total, unit="pair", desc=output.name) as bar:
-                    for part in parts:
-                        with h5py.File(part["path"], "r") as src:
-                            for a in range(0, part["n"], chunk_events):
-                                b = min(a + chunk_events, part["n"])
-                                writer.add_events({key: src[key][a:b] for key in ("raw", "truth")})
-                                bar.update(b - a)
-                writer.close()
-            else:
-                for key in ("raw", "truth"):
-                    layout = h5py.VirtualLayout(shape=(total, *EVENT_SHAPE), dtype=np.uint8)
-                    at = 0
-                    for part in parts:
-                        source = os.path.relpath(part["path"].resolve(), output.resolve().parent)
-                        layout[at:at + part["n"]] = h5py.VirtualSource(source, key, shape=(part["n"], *EVENT_SHAPE))
-                        at += part["n"]
-                    f.create_virtual_dataset(key, layout, fillvalue=0)
-            for key in ("names", "truth_names"):
-                ds = f.create_dataset(key, shape=(total,), dtype=h5py.string_dtype("utf-8"))
-                at = 0
-                for part in parts:
-                    with h5py.File(part["path"], "r") as src:
-                        for a in range(0, part["n"], NAMES_BLOCK):
-                            block = src[key].asstr()[a:a + NAMES_BLOCK]
-                            ds[at + a:at + a + len(block)] = block
-                    at += part["n"]
-            facts = {k: v for k, v in parts[0]["attrs"].items() if k not in ("layout", "created", "created_by")}
-            facts.update(pairs=total, skipped=int(sum(p["skipped"] for p in parts)), shard_index=1, shard_count=1,
-                         pair_start=0, pair_stop=int(parts[0]["total_pairs"]), storage="copy" if copy else "virtual",
-                         merged_from=[p["path"].name for p in parts],
-                         chunk_events=chunk_events if copy else int(parts[0]["attrs"]["chunk_events"]))
-            write_attrs(f, **facts)
-    seconds = time.perf_counter() - t0
-    how = "copied into" if copy else "as virtual datasets (keep the parts beside it) in"
-    return f"merged {len(parts)} parts, {total} pairs, {how} {output} ({output.stat().st_size / 1e6:.1f} MB); " \
-           f"{seconds:.1f} s"
-
-
 # --- Command line ---------------------------------------------------------------------------------------
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse whose errors are the project's one-line InputError."""
-
-    def error(self, message):
-        raise InputError(f"{self.prog}: {message}")
-
-
-def parse_args(argv=None):
-    """The settings above, overridable on the command line."""
-    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser():
+    """The command line: every setting above, and the shard and merge options."""
+    p = ArgumentParser(description=__doc__)
     p.add_argument("--raw-dir", default=RAW_DIR,
                    help="folder of the raw PNGs; with --layout tagged the one folder of both (default %(default)s)")
-    p.add_argument("--truth-dir", default=None,
-                   help=f"folder of the truth PNGs, same file names as the raw ones (default {TRUTH_DIR}; "
+    p.add_argument("--truth-dir", default=TRUTH_DIR,
+                   help="folder of the truth PNGs, same file names as the raw ones (default %(default)s; "
                         "not used with --layout tagged)")
-    p.add_argument("--output", default=OUTPUT_H5, help="HDF5 file to write (default %(default)s)")
-    p.add_argument("--layout", choices=("folders", "tagged"), default=PAIR_LAYOUT,
+    p.add_argument("--output", default=OUTPUT, help="HDF5 file to write (default %(default)s)")
+    p.add_argument("--layout", choices=("folders", "tagged"), default=LAYOUT,
                    help="how pairs are stored: two folders of equal names, or one folder with tags in the names "
                         "(default %(default)s)")
     p.add_argument("--raw-tag", default=RAW_TAG, help="tagged layout: raw files' tag (default %(default)s)")
@@ -621,26 +428,28 @@ def parse_args(argv=None):
     p.add_argument("--shard", metavar="K/N", help="convert only the K-th of N slices of the sorted pairs (1 <= K <= N)")
     p.add_argument("--merge", nargs="+", metavar="PART", help="join the part files of --shard runs into --output")
     p.add_argument("--copy", action="store_true", help="with --merge: copy the data instead of a virtual dataset")
-    args = p.parse_args(argv)
+    return p
+
+
+def parse_args(argv=None):
+    """The command line, with the combinations that make no sense refused."""
+    args = build_parser().parse_args(argv)
     if args.merge and (args.shard or args.skip_bad):
         raise InputError("--merge cannot be combined with --shard or --skip-bad")
     if args.copy and not args.merge:
         raise InputError("--copy only goes with --merge")
+    if args.layout == "tagged" and args.truth_dir == TRUTH_DIR:
+        args.truth_dir = None  # the default truth folder is not one the user gave
     return args
-
-
-def stop_on_sigterm(signum, frame):
-    """A batch system's SIGTERM stops the run like Ctrl-C: the temporary file is removed."""
-    raise KeyboardInterrupt
 
 
 def main(argv=None):
     """Convert (or merge) as the command line says and print the one-line summary."""
-    signal.signal(signal.SIGTERM, stop_on_sigterm)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a batch system's stop: as Ctrl-C, no temporary left
     args = parse_args(argv)
     if args.merge:
-        print(merge(args.merge, args.output, copy=args.copy, overwrite=args.overwrite, chunk_events=args.chunk_events,
-                    compression_level=args.compression_level))
+        print(pairs_h5.merge(args.merge, args.output, copy=args.copy, overwrite=args.overwrite,
+                             chunk_events=args.chunk_events, compression_level=args.compression_level))
         return 0
     summary = convert(args.raw_dir, args.truth_dir, args.output, layout=args.layout, raw_tag=args.raw_tag,
                       truth_tag=args.truth_tag, workers=args.workers, shard=args.shard, skip_bad=args.skip_bad,

@@ -1,58 +1,51 @@
-"""The two classical baselines a CLAS12 denoiser is judged against.
+"""The two classical baselines a CLAS12 denoiser is judged against, and a script that scores them.
 
-1. SNR, CLAS12's "simple noise removal" (the reconstruction's own pre-tracking filter).
-   Per superlayer (6 layers of 112 wires) it looks for segment candidates: a candidate is a
-   wire position s in the superlayer's first layer, leaning one way or the other, and layer i
-   "has" the candidate when it holds a hit within SNR_SHIFTS[i] wires of s on the leaning
-   side. A candidate survives when at most SNR_MAX_MISSING layers lack it. A hit is kept
-   only if it lies in the bucket (s .. s +/- shift) of a surviving candidate. Implemented
-   from the description and from the logic of cnuphys/snr in
-   JeffersonLab/clas12-offline-software (NoiseReductionParameters.java), vectorised in NumPy
-   over events and superlayers: `snr_keep`.
+1. SNR, CLAS12's "simple noise removal" (the reconstruction's pre-tracking filter, after
+   cnuphys/snr in JeffersonLab/clas12-offline-software): `snr_keep`.
+2. The CLAS12 AI group's denoising convolutional auto-encoder (Gavalian et al., arXiv
+   2205.02616, network "0b"): `build_cae`, `train_cae`, `get_cae` (trained once per data file
+   and cached as .keras), `cae_keep`.
 
-2. The CLAS12 AI group's denoising convolutional auto-encoder (Gavalian et al.,
-   arXiv 2205.02616, network "0b" of github.com/gavalian/clas12ai path_denoise_2d): 36x112
-   binary image in, per-wire probability out, trained with binary cross-entropy and Nadam on
-   (raw hit mask -> truth hit mask) pairs, thresholded at 0.5. `build_cae`, `train_cae`,
-   `get_cae` (trains once per data file and caches the model as .keras), `cae_keep`.
-
-As a script it scores both baselines on one split of a project HDF5 file:
-    python baselines.py data/events.h5 --split test
+    python baselines.py                                     # both on the test split of data/pairs.h5
+    python baselines.py --data data/pairs.h5 --split validation --methods snr
 """
 
 import argparse
 import hashlib
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from data_management import SEED, fingerprint, load_split
+import data_management
+from data_management import fingerprint, load_split, warnings_as_lines
 from event_image import LAYERS, LAYERS_PER_SUPERLAYER, SUPERLAYERS, WIRES, crop_event, hit_mask, hit_scores
-from script_utils import InputError, import_tensorflow, progress, run_main
+from script_utils import ArgumentParser, InputError, atomic_output, import_keras, progress, run_main
 
-# --- SNR settings (the CLAS12 reconstruction's values) ----------------------------------
-SNR_SHIFTS = (0, 1, 2, 2, 4, 4)  # bucket width, in wires, of layers 1..6 of a superlayer
-SNR_MAX_MISSING = 2  # layers of a superlayer allowed to miss a segment
+# --- Settings (each one has a command-line option) ---------------------------------------
+DATA = data_management.DATA  # the HDF5 file of pairs
+SPLIT = "test"  # the split the script scores on
+MAX_EVENTS = None  # score only the first this many events of the split (None: all)
+METHODS = ("snr", "cae")  # the baselines to score
+SNR_SHIFTS = (0, 1, 2, 2, 4, 4)  # SNR bucket width, in wires, of layers 1..6 of a superlayer (CLAS12's values)
+SNR_MAX_MISSING = 2  # layers of a superlayer allowed to miss an SNR segment
+CAE_EPOCHS = 10  # the clas12ai command-line default
+CAE_BATCH_SIZE = 8  # the clas12ai default
+CAE_MAX_TRAIN_PAIRS = None  # train the CAE on only the first this many train events (None: all)
+CAE_THRESHOLD = 0.5  # an output wire is a hit above this
+CAE_CACHE = None  # folder of the trained CAEs (None: beside the HDF5 file)
+SEED = 1234  # the CAE's initialisation and the order of its training events
+SPLIT_SEED = data_management.SPLIT_SEED  # the train/validation/test split
 
 # --- CAE recipe (Gavalian et al., network 0b) --------------------------------------------
 CAE_FILTERS = 54  # filters of every hidden convolution
 CAE_KERNEL = (4, 3)  # (layers, wires)
 CAE_POOLS = ((2, 2), (3, 2))  # 36x112 -> 18x56 -> 6x28, then mirrored back up
-CAE_EPOCHS = 10  # the clas12ai command-line default
-CAE_BATCH_SIZE = 8  # the clas12ai default (32 was no faster per event on 2 CPU cores)
-CAE_THRESHOLD = 0.5  # an output wire is a hit above this
-# SEED (split and training seed) is data_management.SEED, so all scripts agree on the test events.
 CAE_VALIDATION_EVENTS = 512  # validation events used for the per-epoch val_loss (0: none)
 READ_CHUNK = 1024  # events read from the HDF5 file at once
-
-# --- Script settings ----------------------------------------------------------------------
-SPLIT = "test"  # the split the script scores on
-MAX_EVENTS = None  # score only the first this many events of the split
 
 
 # ==========================================================================================
@@ -122,10 +115,6 @@ def snr_keep(raw_mask, shifts=SNR_SHIFTS, max_missing=SNR_MAX_MISSING):
     return keep & raw_mask
 
 
-# ==========================================================================================
-# The HDF5 file: checks, split, reading hit masks
-# ==========================================================================================
-
 def snr_keep_plain(raw, shifts=SNR_SHIFTS, max_missing=SNR_MAX_MISSING):
     """SNR of one (36, 112) event written as plain loops: the readable definition that snr_keep
     vectorises (tests compare the two; bench/bench_baselines.py times them)."""
@@ -145,15 +134,10 @@ def snr_keep_plain(raw, shifts=SNR_SHIFTS, max_missing=SNR_MAX_MISSING):
                             keep[LAYERS_PER_SUPERLAYER * sl + i, a:b + 1] |= hits[i, a:b + 1]
     return keep
 
-def split_indices(h5_path, seed=SEED):
-    """{"train", "validation", "test"} sorted int64 event indices: data_management's split.
 
-    Also checks the file (InputError naming it when unusable). The default seed is
-    data_management's, so the CAE never trains on the events the other scripts test on.
-    """
-    return load_split(h5_path, seed)
-
-
+# ==========================================================================================
+# The HDF5 file: hit masks and what a trained CAE depends on
+# ==========================================================================================
 def read_masks(h5_path, indices, desc="reading"):
     """Raw and truth hit masks, bool (n, 36, 112) each, of the given sorted event indices.
 
@@ -191,14 +175,6 @@ def data_fingerprint(h5_path, train_indices):
 # ==========================================================================================
 # The convolutional auto-encoder
 # ==========================================================================================
-def import_keras():
-    """Import Keras (TensorFlow first, its C++ start-up lines kept off stderr)."""
-    import_tensorflow()
-    import keras
-
-    return keras
-
-
 def build_cae():
     """The clas12ai denoising auto-encoder (network 0b): (36, 112, 1) -> (36, 112, 1) in 0..1.
 
@@ -240,16 +216,17 @@ def _mask_dataset(raw, truth, batch_size, shuffle, seed):
     return ds.map(lambda r, t: (to_float(r), to_float(t)), num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
 
 
-def train_cae(h5_path, epochs=CAE_EPOCHS, seed=SEED, batch_size=CAE_BATCH_SIZE, max_train_pairs=None,
-              verbose=0):
+def train_cae(h5_path, epochs=CAE_EPOCHS, seed=SEED, split_seed=SPLIT_SEED, batch_size=CAE_BATCH_SIZE,
+              max_train_pairs=CAE_MAX_TRAIN_PAIRS, verbose=0):
     """Train a fresh CAE on the TRAIN split of a project HDF5 file (raw hit mask -> truth hit mask).
 
-    max_train_pairs: use only the first this many train events. The fit history is kept on
-    the model as `model.history.history` (loss, and val_loss on up to CAE_VALIDATION_EVENTS
-    validation events).
+    seed: the initialisation and the order of the training events; split_seed: the split
+    (data_management.load_split). max_train_pairs: use only the first this many train events.
+    The fit history is kept on the model as `model.history.history` (loss, and val_loss on up
+    to CAE_VALIDATION_EVENTS validation events).
     """
     keras = import_keras()
-    split = split_indices(h5_path, seed)
+    split = load_split(h5_path, split_seed=split_seed)
     train_idx = split["train"][:max_train_pairs] if max_train_pairs else split["train"]
     if len(train_idx) == 0:
         raise InputError(f"{h5_path}: the train split is empty")
@@ -265,28 +242,29 @@ def train_cae(h5_path, epochs=CAE_EPOCHS, seed=SEED, batch_size=CAE_BATCH_SIZE, 
     return model
 
 
-def cae_cache_path(h5_path, cache_dir=None, epochs=CAE_EPOCHS, seed=SEED, batch_size=CAE_BATCH_SIZE,
-                   max_train_pairs=None):
+def cae_cache_path(h5_path, cae_cache=None, epochs=CAE_EPOCHS, seed=SEED, split_seed=SPLIT_SEED,
+                   batch_size=CAE_BATCH_SIZE, max_train_pairs=CAE_MAX_TRAIN_PAIRS):
     """Where get_cae keeps the model trained on this file with these settings.
 
-    Default folder: beside the HDF5 file. The name carries the data fingerprint and the
-    training settings, so a changed file or recipe never reuses a stale model.
+    Default folder: beside the HDF5 file. The name carries the data fingerprint (with the
+    train split, so the split seed) and the training settings, so a changed file, split or
+    recipe never reuses a stale model.
     """
     h5_path = Path(h5_path)
-    split = split_indices(h5_path, seed)
+    split = load_split(h5_path, split_seed=split_seed)
     settings = json.dumps([epochs, seed, batch_size, max_train_pairs, CAE_FILTERS, CAE_KERNEL, CAE_POOLS])
     key = hashlib.sha256((data_fingerprint(h5_path, split["train"]) + settings).encode()).hexdigest()[:16]
-    return Path(cache_dir or h5_path.parent) / f"{h5_path.stem}.cae-{key}.keras"
+    return Path(cae_cache or h5_path.parent) / f"{h5_path.stem}.cae-{key}.keras"
 
 
-def get_cae(h5_path, cache_dir=None, train_if_missing=True, **train_kwargs):
-    """The CAE trained on this file: loaded from the cache, else trained (train_cae) and cached.
+def get_cae(h5_path, cae_cache=None, train_if_missing=True, **train_kwargs):
+    """The CAE trained on this file: loaded from the cache folder, else trained (train_cae) and cached.
 
-    train_kwargs go to train_cae (epochs, seed, batch_size, max_train_pairs, verbose) and into
-    the cache key. With train_if_missing=False a missing cache is an InputError.
+    train_kwargs go to train_cae (epochs, seed, split_seed, batch_size, max_train_pairs, verbose)
+    and into the cache key. With train_if_missing=False a missing cache is an InputError.
     """
     key_kwargs = {k: v for k, v in train_kwargs.items() if k != "verbose"}
-    path = cae_cache_path(h5_path, cache_dir, **key_kwargs)
+    path = cae_cache_path(h5_path, cae_cache, **key_kwargs)
     if path.is_file():
         try:
             return import_keras().models.load_model(path)
@@ -297,13 +275,10 @@ def get_cae(h5_path, cache_dir=None, train_if_missing=True, **train_kwargs):
     if not path.parent.is_dir():
         raise InputError(f"{path}: folder {path.parent} does not exist")
     if not os.access(path.parent, os.W_OK):  # found out before training, not after
-        raise InputError(f"{path}: folder {path.parent} is not writable (choose another cache folder)")
+        raise InputError(f"{path}: folder {path.parent} is not writable (choose another CAE cache folder)")
     model = train_cae(h5_path, **train_kwargs)
-    # Save under a temporary name in the same folder (Keras wants the .keras suffix), then rename.
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".cae-") as tmp:
-        tmp_file = Path(tmp) / "model.keras"
-        model.save(tmp_file)
-        os.replace(tmp_file, path)
+    with atomic_output(path, overwrite=True, ext=".keras") as tmp:  # Keras insists on the .keras ending
+        model.save(tmp)
     return model
 
 
@@ -327,25 +302,55 @@ def cae_keep(model, raw_mask, threshold=CAE_THRESHOLD, batch_size=256):
 # ==========================================================================================
 # The script: score both baselines on one split
 # ==========================================================================================
-def parse_args(argv=None):
-    """Command-line settings; each default is the UPPER_CASE constant above."""
-    p = argparse.ArgumentParser(description="Score the classical baselines (CLAS12 SNR and the CLAS12 AI group's "
-                                "denoising auto-encoder) on one split of a project HDF5 events file.")
-    p.add_argument("h5", help="project HDF5 file with datasets raw and truth, uint8 (N, 128, 128, 3)")
-    p.add_argument("--split", default=SPLIT, choices=("train", "validation", "test"), help="split to score on")
+def build_parser():
+    """The command line: every setting above."""
+    p = ArgumentParser(description=__doc__)
+    p.add_argument("--data", default=DATA, help="project HDF5 file of pairs (default %(default)s)")
+    p.add_argument("h5", nargs="?", default=None, help=argparse.SUPPRESS)  # the old spelling of --data
+    p.add_argument("--split", default=SPLIT, choices=("train", "validation", "test"),
+                   help="split to score on (default %(default)s)")
     p.add_argument("--max-events", type=int, default=MAX_EVENTS, help="score only the first N events of the split")
-    p.add_argument("--methods", nargs="+", default=["snr", "cae"], choices=("snr", "cae"), help="baselines to score")
-    p.add_argument("--snr-shifts", type=int, nargs=6, default=list(SNR_SHIFTS), metavar="W",
-                   help="SNR bucket widths of layers 1-6 of a superlayer, in wires")
-    p.add_argument("--snr-max-missing", type=int, default=SNR_MAX_MISSING, help="layers an SNR segment may miss")
-    p.add_argument("--cae-epochs", type=int, default=CAE_EPOCHS, help="CAE training epochs")
-    p.add_argument("--cae-batch-size", type=int, default=CAE_BATCH_SIZE, help="CAE training batch size")
-    p.add_argument("--cae-max-train-pairs", type=int, default=None, help="train the CAE on the first N train events")
-    p.add_argument("--cae-threshold", type=float, default=CAE_THRESHOLD, help="CAE output threshold")
-    p.add_argument("--seed", type=int, default=SEED, help="split and training seed")
-    p.add_argument("--cache-dir", default=None, help="folder of the cached CAE (default: beside the HDF5 file)")
+    p.add_argument("--methods", nargs="+", default=METHODS, choices=("snr", "cae"),
+                   help="baselines to score (default: both)")
+    p.add_argument("--snr-shifts", type=int, nargs=6, default=SNR_SHIFTS, metavar="W",
+                   help="SNR bucket widths of layers 1-6 of a superlayer, in wires "
+                        f"(default {' '.join(map(str, SNR_SHIFTS))})")
+    p.add_argument("--snr-max-missing", type=int, default=SNR_MAX_MISSING,
+                   help="layers an SNR segment may miss (default %(default)s)")
+    p.add_argument("--cae-epochs", type=int, default=CAE_EPOCHS, help="CAE training epochs (default %(default)s)")
+    p.add_argument("--cae-batch-size", type=int, default=CAE_BATCH_SIZE,
+                   help="CAE training batch size (default %(default)s)")
+    p.add_argument("--cae-max-train-pairs", type=int, default=CAE_MAX_TRAIN_PAIRS,
+                   help="train the CAE on the first N train events (default: all)")
+    p.add_argument("--cae-threshold", type=float, default=CAE_THRESHOLD,
+                   help="CAE output threshold (default %(default)s)")
+    p.add_argument("--cae-cache", default=CAE_CACHE, help="folder of the cached CAEs (default: beside the HDF5 file)")
+    p.add_argument("--cache-dir", dest="cae_cache", help=argparse.SUPPRESS)  # the old spelling of --cae-cache
+    p.add_argument("--seed", type=int, default=SEED,
+                   help="the CAE's initialisation and training order (default %(default)s)")
+    p.add_argument("--split-seed", type=int, default=SPLIT_SEED,
+                   help="seed of the train/validation/test split (default %(default)s)")
     p.add_argument("--no-train", action="store_true", help="fail instead of training when no CAE is cached")
-    args = p.parse_args(argv)
+    return p
+
+
+def check_cae_cache(args):
+    """Refuse a CAE cache folder that is missing, or read-only when a CAE would have to be saved there."""
+    if args.cae_cache is None:
+        return
+    if not Path(args.cae_cache).is_dir():
+        raise InputError(f"{args.cae_cache}: CAE cache folder does not exist")
+    cached = any(Path(args.cae_cache).glob(f"{Path(args.data).stem}.cae-*.keras"))
+    if "cae" in args.methods and not args.no_train and not cached \
+            and not os.access(args.cae_cache, os.W_OK | os.X_OK):  # refused before anything is made or written
+        raise InputError(f"{args.cae_cache}: CAE cache folder is not writable (choose another --cae-cache)")
+
+
+def parse_args(argv=None):
+    """The command line, with impossible settings refused (InputError)."""
+    args = build_parser().parse_args(argv)
+    if args.h5 is not None and args.data == DATA:  # --data wins over the old positional
+        args.data = args.h5
     for name in ("max_events", "cae_epochs", "cae_batch_size", "cae_max_train_pairs"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -354,36 +359,35 @@ def parse_args(argv=None):
         raise InputError("--snr-shifts must be >= 0 and --snr-max-missing in 0..6")
     if not 0.0 < args.cae_threshold < 1.0:
         raise InputError(f"--cae-threshold must be in (0, 1), got {args.cae_threshold}")
-    if args.cache_dir is not None and not Path(args.cache_dir).is_dir():
-        raise InputError(f"{args.cache_dir}: cache folder does not exist")
-    cached = args.cache_dir is not None and any(Path(args.cache_dir).glob(f"{Path(args.h5).stem}.cae-*.keras"))
-    if "cae" in args.methods and not args.no_train and args.cache_dir is not None and not cached \
-            and not os.access(args.cache_dir, os.W_OK | os.X_OK):  # refused before anything is made or written
-        raise InputError(f"{args.cache_dir}: cache folder is not writable (choose another --cache-dir)")
+    check_cae_cache(args)
     return args
+
+
+def keep_function(method, args):
+    """The chosen baseline as f(raw masks) -> kept masks (the CAE is loaded or trained here)."""
+    if method == "snr":
+        return lambda raw: snr_keep(raw, args.snr_shifts, args.snr_max_missing)
+    model = get_cae(args.data, args.cae_cache, train_if_missing=not args.no_train, epochs=args.cae_epochs,
+                    seed=args.seed, split_seed=args.split_seed, batch_size=args.cae_batch_size,
+                    max_train_pairs=args.cae_max_train_pairs, verbose=2)
+    return lambda raw: cae_keep(model, raw, args.cae_threshold)
 
 
 def main(argv=None):
     """Score the chosen baselines on one split and print one line of scores per baseline."""
     args = parse_args(argv)
-    indices = split_indices(args.h5, args.seed)[args.split][:args.max_events]
+    with warnings_as_lines():
+        indices = load_split(args.data, split_seed=args.split_seed)[args.split][:args.max_events]
     if len(indices) == 0:
-        raise InputError(f"{args.h5}: the {args.split} split is empty")
-    raw, truth = read_masks(args.h5, indices, desc=f"{args.split} events")
-    print(f"{args.h5}: {len(indices)} {args.split} events, {raw.sum() / len(raw):.1f} raw hits/event, "
+        raise InputError(f"{args.data}: the {args.split} split is empty")
+    raw, truth = read_masks(args.data, indices, desc=f"{args.split} events")
+    print(f"{args.data}: {len(indices)} {args.split} events, {raw.sum() / len(raw):.1f} raw hits/event, "
           f"{(raw & truth).sum() / len(raw):.1f} track hits/event")
     for method in args.methods:
-        if method == "snr":
-            t0 = time.perf_counter()
-            kept = snr_keep(raw, args.snr_shifts, args.snr_max_missing)
-            rate = len(raw) / (time.perf_counter() - t0)
-        else:
-            model = get_cae(args.h5, args.cache_dir, train_if_missing=not args.no_train, epochs=args.cae_epochs,
-                            seed=args.seed, batch_size=args.cae_batch_size, max_train_pairs=args.cae_max_train_pairs,
-                            verbose=2)
-            t0 = time.perf_counter()
-            kept = cae_keep(model, raw, args.cae_threshold)
-            rate = len(raw) / (time.perf_counter() - t0)
+        keep = keep_function(method, args)
+        t0 = time.perf_counter()
+        kept = keep(raw)
+        rate = len(raw) / (time.perf_counter() - t0)
         s = hit_scores(raw, truth, kept)
         print(f"{method.upper():4s} efficiency {s['efficiency']:.4f}  rejection {s['rejection']:.4f}  "
               f"purity {s['purity']:.4f}  F1 {s['f1']:.4f}  invented/event {s['invented_per_event']:.2f}  "

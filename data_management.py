@@ -1,45 +1,22 @@
 """The train / validation / test split of an HDF5 file of event pairs, and its tf.data pipelines.
 
-Input: the HDF5 file written by Pix2Pix_data.py, with datasets `raw` and `truth`, uint8
-(N, 128, 128, 3), chunked along the first axis, and (optionally) `names`.
+The split is made once per file and settings, saved beside it (data/pairs.h5 ->
+data/pairs.split.npz) and reused while the file is unchanged, so training and evaluation agree
+on the test events; a changed file or other settings give a new split with a SplitChangedWarning.
+Each split is a tf.data.Dataset of (raw, truth) float32 batches (B, 128, 128, 3) in 0..1, read a
+whole HDF5 chunk at a time; the training set is reshuffled every pass, reproducibly.
 
-The split. The pair *indices* 0..N-1 are shuffled with sklearn.utils.shuffle and cut with
-sklearn.model_selection.train_test_split: TEST_FRACTION of them go to test, then
-VALIDATION_FRACTION of the rest to validation (56.25 / 18.75 / 25 % of N by default). The
-same seed gives the same split on any machine. The split is saved beside the HDF5 file
-(`pairs.h5` -> `pairs.split.npz`: indices, seed, fractions and a fingerprint of the file) and
-reused while it matches, so training, validation and the final evaluation agree on which
-events are the test set. A changed file (other N, other names, other sampled events) or other
-settings give a new split with a SplitChangedWarning, never a silent mix.
-
-The pipelines. Each split is a tf.data.Dataset of (raw, truth) float32 batches (B, 128, 128, 3)
-in 0..1, fed by a Python generator that reads whole batches from the HDF5 file: the indices
-are grouped by HDF5 chunk, and each chunk that holds pairs of the split is read with one slice
-read (h5py is slow at scattered reads; a compressed chunk is decompressed once per pass).
-The scaling is done in TensorFlow (uint8 is yielded, then cast / 255), and the dataset is
-prefetched. When raw + truth of the whole file fit in MEMORY_BUDGET_MB, each dataset loads
-its pairs on its first pass and serves later passes from memory; above the budget it streams.
-
-Shuffling (training): on the k-th pass over a dataset made with epoch=E the order comes from
-np.random.default_rng([seed, E + k]): the chunks holding the split's pairs are put in random
-order, consecutive chunks are gathered into windows of about SHUFFLE_WINDOW pairs, and the
-pairs inside each window are permuted; batches are cut from that sequence. So a batch mixes
-pairs from dozens of chunks all over the file, every pair comes exactly once per pass, reads
-stay contiguous, and a resumed run made with epoch=E sees the order an uninterrupted run saw
-in epoch E. The order is the same whether the pairs stream or sit in memory.
-
-Used by the training and evaluation scripts:
-
+    from data_management import load_datasets, load_split
     train, validation, test = load_datasets("data/pairs.h5")    # len(ds) = batches
     split = load_split("data/pairs.h5")                         # {"train": indices, ...}
 
-Run on its own it prints a summary of the split (pairs, batches, hits per event) and times
-one epoch of the training pipeline:
+Run on its own it prints a summary of the split and times one epoch of the training pipeline:
 
-    python data_management.py data/pairs.h5
+    python data_management.py --data data/pairs.h5
 """
 
 import argparse
+import contextlib
 import hashlib
 import itertools
 import sys
@@ -53,19 +30,19 @@ from sklearn.model_selection import train_test_split
 from sklearn.utils import shuffle as sklearn_shuffle
 
 from event_image import CHANNELS, PADDED_SIZE, PNG_HIT_THRESHOLD, crop_event, hit_mask
-from script_utils import InputError, atomic_output, import_tensorflow, progress, run_main
+from script_utils import ArgumentParser, InputError, atomic_output, import_tensorflow, progress, run_main, warn
 
-# -------------------------------------------------------------------------------------------
-H5_PATH = "data/pairs.h5"  # the file written by Pix2Pix_data.py
+# --- Settings (each one has a command-line option) ------------------------------------------
+DATA = "data/pairs.h5"  # the file written by Pix2Pix_data.py
 BATCH_SIZE = 32
 TEST_FRACTION = 0.25  # of all pairs
 VALIDATION_FRACTION = 0.25  # of the pairs left after the test split
-SEED = 1234  # the split and the per-epoch shuffles
+SPLIT_SEED = 1234  # the train/validation/test split (and, by default, the per-pass shuffles)
 SHUFFLE_WINDOW = 1024  # pairs permuted together when shuffling (whole HDF5 chunks are gathered)
 MEMORY_BUDGET_MB = 1024  # load pairs into memory only when raw + truth of the file fit in this
-FINGERPRINT_SAMPLES = 8  # events hashed (with N and the names) to notice a changed file
-# -------------------------------------------------------------------------------------------
 
+# --- Fixed ----------------------------------------------------------------------------------
+FINGERPRINT_SAMPLES = 8  # events hashed (with N and the names) to notice a changed file
 SPLITS = ("train", "validation", "test")
 PAIR_SHAPE = (PADDED_SIZE, PADDED_SIZE, CHANNELS)
 PAIR_BYTES = 2 * int(np.prod(PAIR_SHAPE))  # raw + truth of one pair, uint8
@@ -168,9 +145,9 @@ def split_path(h5_path):
     return Path(h5_path).with_suffix(".split.npz")
 
 
-def make_split(n, seed=SEED, test_fraction=TEST_FRACTION, validation_fraction=VALIDATION_FRACTION):
+def make_split(n, split_seed=SPLIT_SEED, test_fraction=TEST_FRACTION, validation_fraction=VALIDATION_FRACTION):
     """Shuffle the indices 0..n-1 and cut them into train/validation/test (sorted int64 arrays)."""
-    order = sklearn_shuffle(np.arange(n, dtype=np.int64), random_state=seed)
+    order = sklearn_shuffle(np.arange(n, dtype=np.int64), random_state=split_seed)
     rest, test = train_test_split(order, test_size=test_fraction, shuffle=False)
     train, validation = train_test_split(rest, test_size=validation_fraction, shuffle=False)
     return {name: np.sort(part) for name, part in zip(SPLITS, (train, validation, test), strict=True)}
@@ -187,44 +164,48 @@ def _read_saved_split(path):
         return None
 
 
-def load_split(h5_path, seed=SEED, test_fraction=TEST_FRACTION, validation_fraction=VALIDATION_FRACTION):
+def _why_not_reusable(saved, n, fp, wanted):
+    """Why a saved split (a dict) does not fit the file and settings, or None when it does."""
+    try:
+        if int(saved["format"]) != SPLIT_FORMAT:
+            return "it has another format"
+        if int(saved["n"]) != n:
+            return f"it was made for {int(saved['n'])} pairs, the file now has {n}"
+        if str(saved["fingerprint"]) != fp:
+            return "the file's contents changed since it was made"
+        for key, value in wanted.items():
+            if float(saved[key]) != value:
+                name = "split seed" if key == "seed" else key.replace("_", " ")
+                return f"it was made with {name} {saved[key].item()}, now {value}"
+    except KeyError:
+        return "it is incomplete"
+    return None
+
+
+def load_split(h5_path, split_seed=SPLIT_SEED, test_fraction=TEST_FRACTION, validation_fraction=VALIDATION_FRACTION):
     """The split of an HDF5 file: {"train", "validation", "test"} -> sorted int64 indices.
 
     Validates the file (check_h5), then reuses the split saved beside it when it was made for
-    the same file contents, seed and fractions; otherwise makes the split, saves it atomically
-    and, if an old one was replaced, warns (SplitChangedWarning) saying why.
+    the same file contents, split seed and fractions; otherwise makes the split, saves it
+    atomically and, if an old one was replaced, warns (SplitChangedWarning) saying why.
     """
     n = check_h5(h5_path, test_fraction, validation_fraction)
-    if seed < 0:
-        raise InputError(f"seed must be a non-negative integer, got {seed}")
+    if split_seed < 0:
+        raise InputError(f"split seed must be a non-negative integer, got {split_seed}")
     path = split_path(h5_path)
     fp = fingerprint(h5_path)
     saved = _read_saved_split(path)
-    wanted = {"seed": seed, "test_fraction": test_fraction, "validation_fraction": validation_fraction}
-    reason = None
+    # "seed" is the split seed's key in the saved file (format 1)
+    wanted = {"seed": split_seed, "test_fraction": test_fraction, "validation_fraction": validation_fraction}
+    reason = "it could not be read" if saved is None and path.exists() else None
     if saved is not None:
-        try:
-            if int(saved["format"]) != SPLIT_FORMAT:
-                reason = "it has another format"
-            elif int(saved["n"]) != n:
-                reason = f"it was made for {int(saved['n'])} pairs, the file now has {n}"
-            elif str(saved["fingerprint"]) != fp:
-                reason = "the file's contents changed since it was made"
-            else:
-                for key, value in wanted.items():
-                    if float(saved[key]) != value:
-                        reason = f"it was made with {key} {saved[key].item()}, now {value}"
-                        break
-        except KeyError:
-            reason = "it is incomplete"
+        reason = _why_not_reusable(saved, n, fp, wanted)
         if reason is None:
             return {name: saved[name].astype(np.int64) for name in SPLITS}
-    elif path.exists():
-        reason = "it could not be read"
-    split = make_split(n, seed, test_fraction, validation_fraction)
+    split = make_split(n, split_seed, test_fraction, validation_fraction)
     if reason is not None:
         warnings.warn(f"{h5_path}: replacing the saved split {path} because {reason}; made a new split "
-                      f"(seed {seed}); results made with the old split are not comparable",
+                      f"(split seed {split_seed}); results made with the old split are not comparable",
                       SplitChangedWarning, stacklevel=2)
     try:
         with atomic_output(path, overwrite=True) as tmp, open(tmp, "wb") as out:
@@ -315,7 +296,7 @@ def _batches(parts, batch_size, drop_remainder):
         yield carry
 
 
-def iterate_uint8(h5_path, indices, batch_size=BATCH_SIZE, shuffle=False, seed=SEED, epoch=0,
+def iterate_uint8(h5_path, indices, batch_size=BATCH_SIZE, shuffle=False, seed=SPLIT_SEED, epoch=0,
                   drop_remainder=False, window=SHUFFLE_WINDOW, memory=None):
     """One pass over the given pairs as uint8 (raw, truth) numpy batches, in the order make_dataset uses.
 
@@ -345,13 +326,14 @@ def fits_in_memory(n, memory_budget_mb=MEMORY_BUDGET_MB):
     return n * PAIR_BYTES <= memory_budget_mb * 2**20
 
 
-def make_dataset(h5_path, indices, batch_size=BATCH_SIZE, shuffle=False, seed=SEED, epoch=0,
+def make_dataset(h5_path, indices, batch_size=BATCH_SIZE, shuffle=False, seed=SPLIT_SEED, epoch=0,
                  drop_remainder=False, window=SHUFFLE_WINDOW, memory_budget_mb=MEMORY_BUDGET_MB):
     """A tf.data.Dataset of (raw, truth) float32 batches (B, 128, 128, 3) in 0..1 of the given pairs.
 
     shuffle=False: file order. shuffle=True: the k-th pass (k = 0, 1, ... from creation) is
-    ordered by np.random.default_rng([seed, epoch + k]) (see the module docstring), so a
-    resumed run made with epoch=E repeats the order of epoch E. The last short batch is kept
+    ordered by np.random.default_rng([seed, epoch + k]) as epoch_windows says (the chunks in
+    random order, windows of about `window` pairs permuted), so a resumed run made with
+    epoch=E repeats the order of epoch E, whether the pairs stream or sit in memory. The last short batch is kept
     unless drop_remainder (then the batch size is static). len(dataset) is the number of batches.
     The pairs are held in memory after the first pass when raw + truth of the whole file fit in
     memory_budget_mb; otherwise every pass streams from the file.
@@ -385,15 +367,16 @@ def make_dataset(h5_path, indices, batch_size=BATCH_SIZE, shuffle=False, seed=SE
     return ds.map(scale, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
-def load_datasets(h5_path, batch_size=BATCH_SIZE, seed=SEED, drop_remainder=False, epoch=0,
+def load_datasets(h5_path, batch_size=BATCH_SIZE, seed=SPLIT_SEED, drop_remainder=False, epoch=0,
                   test_fraction=TEST_FRACTION, validation_fraction=VALIDATION_FRACTION,
-                  memory_budget_mb=MEMORY_BUDGET_MB):
+                  memory_budget_mb=MEMORY_BUDGET_MB, *, split_seed=SPLIT_SEED):
     """(train, validation, test) tf.data.Datasets of (raw, truth) batches of the file's split.
 
-    train is reshuffled every pass (and drops its last short batch if drop_remainder);
-    validation and test are in file order with every pair. The split is load_split's.
+    The split is load_split's with split_seed; seed orders the training passes. train is
+    reshuffled every pass (and drops its last short batch if drop_remainder); validation and
+    test are in file order with every pair.
     """
-    split = load_split(h5_path, seed, test_fraction, validation_fraction)
+    split = load_split(h5_path, split_seed, test_fraction, validation_fraction)
     common = dict(batch_size=batch_size, seed=seed, memory_budget_mb=memory_budget_mb)
     return (
         make_dataset(h5_path, split["train"], shuffle=True, epoch=epoch, drop_remainder=drop_remainder, **common),
@@ -421,39 +404,68 @@ def time_epoch(dataset):
     return pairs, time.perf_counter() - t0
 
 
-def main(argv=None):
-    """Parse the settings, make or reuse the split, print its summary and time one training epoch."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("h5_path", nargs="?", default=H5_PATH, help="HDF5 file of pairs (default %(default)s)")
+@contextlib.contextmanager
+def warnings_as_lines():
+    """Inside: a Python warning (SplitChangedWarning) is printed as script_utils.warn's one line."""
+    with warnings.catch_warnings():
+        warnings.showwarning = lambda message, *_, **__: warn(message)
+        yield
+
+
+def build_parser():
+    """The command line: every setting above."""
+    p = ArgumentParser(description=__doc__)
+    p.add_argument("--data", default=DATA, help="HDF5 file of pairs (default %(default)s)")
+    p.add_argument("h5_path", nargs="?", default=None, help=argparse.SUPPRESS)  # the old spelling of --data
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="pairs per batch (default %(default)s)")
     p.add_argument("--test-fraction", type=float, default=TEST_FRACTION,
                    help="fraction of all pairs in the test split (default %(default)s)")
     p.add_argument("--validation-fraction", type=float, default=VALIDATION_FRACTION,
                    help="fraction of the non-test pairs in the validation split (default %(default)s)")
-    p.add_argument("--seed", type=int, default=SEED, help="seed of the split and the shuffles (default %(default)s)")
+    p.add_argument("--split-seed", type=int, default=SPLIT_SEED,
+                   help="seed of the train/validation/test split (default %(default)s)")
     p.add_argument("--shuffle-window", type=int, default=SHUFFLE_WINDOW,
                    help="pairs permuted together when shuffling (default %(default)s)")
     p.add_argument("--memory-budget-mb", type=float, default=MEMORY_BUDGET_MB,
                    help="hold the pairs in memory when the whole file fits in this (default %(default)s)")
     p.add_argument("--no-timing", action="store_true", help="skip timing one epoch of the training pipeline")
-    args = p.parse_args(argv)
-    warnings.showwarning = lambda message, *_, **__: print(f"warning: {message}", file=sys.stderr)
+    return p
+
+
+def parse_args(argv=None):
+    """The command line, with impossible settings refused (InputError)."""
+    args = build_parser().parse_args(argv)
+    if args.h5_path is not None and args.data == DATA:  # --data wins over the old positional
+        args.data = args.h5_path
     if args.batch_size < 1 or args.shuffle_window < 1:
         raise InputError("--batch-size and --shuffle-window must be at least 1")
+    return args
 
-    saved = split_path(args.h5_path)
-    existed = saved.exists()
-    split = load_split(args.h5_path, args.seed, args.test_fraction, args.validation_fraction)
+
+def print_split_table(h5_path, split, batch_size):
+    """One line per split: pairs, share, batches, raw and truth hits per event (mean ± std)."""
     n = sum(len(v) for v in split.values())
-    print(f"{args.h5_path}: {n} pairs, split {'reused from' if existed else 'saved to'} {saved} (seed {args.seed})")
     print(f"{'split':<11} {'pairs':>8} {'%':>6} {'batches':>8} {'raw hits/event':>16} {'truth hits/event':>17}")
     for name in SPLITS:
         idx = split[name]
-        raw_hits, truth_hits = hits_per_event(args.h5_path, idx, args.batch_size)
-        print(f"{name:<11} {len(idx):>8} {100 * len(idx) / n:>6.2f} {-(-len(idx) // args.batch_size):>8} "
+        raw_hits, truth_hits = hits_per_event(h5_path, idx, batch_size)
+        print(f"{name:<11} {len(idx):>8} {100 * len(idx) / n:>6.2f} {-(-len(idx) // batch_size):>8} "
               f"{raw_hits.mean():>9.1f} ± {raw_hits.std():<5.1f} {truth_hits.mean():>9.1f} ± {truth_hits.std():<5.1f}")
+
+
+def main(argv=None):
+    """Make or reuse the split, print its summary and time one training epoch."""
+    args = parse_args(argv)
+    saved = split_path(args.data)
+    existed = saved.exists()
+    with warnings_as_lines():
+        split = load_split(args.data, args.split_seed, args.test_fraction, args.validation_fraction)
+    n = sum(len(v) for v in split.values())
+    print(f"{args.data}: {n} pairs, split {'reused from' if existed else 'saved to'} {saved} "
+          f"(split seed {args.split_seed})")
+    print_split_table(args.data, split, args.batch_size)
     if not args.no_timing:
-        train = make_dataset(args.h5_path, split["train"], args.batch_size, shuffle=True, seed=args.seed,
+        train = make_dataset(args.data, split["train"], args.batch_size, shuffle=True, seed=args.split_seed,
                              window=args.shuffle_window, memory_budget_mb=args.memory_budget_mb)
         mode = "in memory after the first pass" if fits_in_memory(n, args.memory_budget_mb) else "streaming"
         pairs, seconds = time_epoch(train)

@@ -1,51 +1,40 @@
 """Make synthetic CLAS12 drift-chamber events: raw and truth PNG pairs, seeded and deterministic.
 
-One event is one sector: 36 layers (rows) x 112 wires (columns), a hit is a lit pixel. The raw
-image holds every hit, the truth image only the hits of the tracks (exactly those in raw).
+One event is one sector, 36 layers (rows) x 112 wires (columns): 1-3 tracks that cross all
+layers, plus background hits that scale with --luminosity (the README describes the model).
+The raw image holds every hit, the truth image only the track hits. Event i of a set uses its
+own generator np.random.default_rng([seed, i]), so any slice of a set can be made on its own
+(generate_events(n, seed, luminosity, start) gives them as arrays, with no files).
 
-What an event holds (the knobs are the constants below):
-- 1-3 tracks crossing all 36 layers. A track is straight in region 1, bends in the torus field
-  in region 2 (a quadratic piece) and leaves straight in region 3, so wire-vs-layer is a gentle
-  smooth curve. Neighbouring layers are staggered by half a cell, so the wire number steps by
-  0 or 1 in a zig-zag; the two superlayers of a region (stereo +-6 degrees) see the track a
-  little apart. Each layer misses the hit with a few percent probability and sometimes fires
-  the adjacent wire too.
-- Background, all of it proportional to the luminosity: uncorrelated hits (occupancy highest
-  in region 1), short segments of low-energy particles confined to one superlayer, and
-  cross-talk runs of 2-4 adjacent wires in one layer.
-
-Event i of a set uses its own generator np.random.default_rng([seed, start + i]) and a fixed
-number of uniform draws, so any slice of a big set can be made on its own and equals the same
-events of the whole set, and the same seed at a higher luminosity gives the same tracks with
-a background that contains the lower luminosity's background.
-
+    python make_events.py --out data/synth                     # 1000 pairs, seed 0, luminosity 1
     python make_events.py --out data/synth -n 20000 --seed 1 --preview
 """
 
-import argparse
 import math
-import multiprocessing
 import os
-import shutil
 import signal
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 import event_image as ei
-from script_utils import InputError, check_output_path, progress, release_stop_signals, run_main, start_pool
+from script_utils import ArgumentParser, InputError, atomic_output, check_output_path, progress, run_main, start_pool
 
-# --- Command-line defaults ------------------------------------------------------------------
-N_EVENTS = 1000
+# --- Settings (each one has a command-line option) ------------------------------------------
+EVENTS = 1000  # raw/truth pairs to make
 SEED = 0
 LUMINOSITY = 1.0  # background scale: 2 = about twice the background hits
 WORKERS = min(4, os.cpu_count() or 1)  # processes writing PNGs
 LAYOUT = "folders"  # folders: DIR/raw/NAME.png + DIR/truth/NAME.png; tagged: DIR/dc_all_N.png + DIR/dc_truth_N.png
 PREVIEW_EVENTS = 6  # raw|truth pairs shown by --preview
-PREVIEW_NAME = "preview.png"
+OVERWRITE = False
+
+# --- Fixed ----------------------------------------------------------------------------------
+PREVIEW_NAME = "preview.png"  # the preview's file name when --preview gives none
 CHUNK_EVENTS = 1024  # events generated at once (bounds the memory of generate_events)
+JOB_EVENTS = 1000  # at most this many events per job handed to a worker
+JOBS_PER_WORKER = 4  # jobs handed to each worker process (fewer when that would exceed JOB_EVENTS)
 
 # --- Tracks ---------------------------------------------------------------------------------
 TRACK_COUNT_PROBS = (0.50, 0.35, 0.15)  # probability of 1, 2, 3 tracks in an event
@@ -85,7 +74,6 @@ N_DRAWS = sum(DRAW_SIZES.values())
 LAYER = np.arange(ei.LAYERS)
 STAGGER = 0.5 * (LAYER % 2)  # odd layers sit half a cell over
 SUPERLAYER = LAYER // ei.LAYERS_PER_SUPERLAYER
-REGION = LAYER // ei.LAYERS_PER_REGION
 STEREO_SIGN = np.where(SUPERLAYER % 2 == 0, 1.0, -1.0)  # +6 / -6 degree superlayers
 
 
@@ -231,7 +219,9 @@ def generate_masks(n, seed=SEED, luminosity=LUMINOSITY, start=0):
 def generate_events(n, seed=SEED, luminosity=LUMINOSITY, start=0):
     """Events start..start+n-1 of the set `seed`: (raw, truth) uint8 (n, 36, 112, 3), hits = 255.
 
-    Event i uses np.random.default_rng([seed, start + i]), exactly as generate_event does.
+    Event i uses np.random.default_rng([seed, start + i]) and a fixed number of draws, exactly as
+    generate_event does: a slice equals the same events of the whole set, and the same seed at a
+    higher luminosity gives the same tracks with a background that holds the lower one's.
     """
     shape = (n, ei.LAYERS, ei.WIRES, ei.CHANNELS)
     return fill_events((np.empty(shape, np.uint8), np.empty(shape, np.uint8)), seed, luminosity, start,
@@ -256,12 +246,6 @@ def pair_paths(folder, layout, i):
     return folder / "raw" / event_name(i), folder / "truth" / event_name(i)
 
 
-def start_worker():
-    """Pool worker start-up: Ctrl-C is the main process's to handle (it stops the pool)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    release_stop_signals()  # held since the pool was made (start_pool)
-
-
 def write_chunk(job):
     """Worker: generate events start..start+count-1 and write their PNGs; return hit counts.
 
@@ -278,9 +262,32 @@ def write_chunk(job):
     return count, int(raw.sum()), int(truth.sum()), background
 
 
-def write_preview(path, seed, luminosity, n):
-    """Write a PNG grid of the first few raw|truth pairs, enlarged for the eye."""
-    count = min(PREVIEW_EVENTS, n)
+def write_events(folder, args):
+    """Write the PNG pairs of args into folder on args.workers processes; return write_chunk's sums."""
+    if args.layout == "folders":
+        (folder / "raw").mkdir()
+        (folder / "truth").mkdir()
+    n, workers = args.events, min(args.workers, args.events)
+    size = max(1, min(JOB_EVENTS, math.ceil(n / (JOBS_PER_WORKER * workers))))
+    jobs = [(str(folder), args.layout, args.seed, args.luminosity, s, min(size, n - s)) for s in range(0, n, size)]
+    totals = [0, 0, 0, np.zeros(ei.REGIONS, np.int64)]
+    with progress(total=n, unit="event", desc="events") as bar:
+        pool = None
+        if workers > 1:  # workers ignore Ctrl-C: the main process stops them and cleans up
+            pool = start_pool(workers)
+        try:
+            for result in pool.imap_unordered(write_chunk, jobs) if pool else map(write_chunk, jobs):
+                totals = [a + b for a, b in zip(totals, result, strict=True)]
+                bar.update(result[0])
+        finally:
+            if pool:
+                pool.terminate()
+                pool.join()
+    return totals
+
+
+def write_preview(path, seed, luminosity, count):
+    """Write a PNG grid of the first count raw|truth pairs, enlarged for the eye."""
     raw, truth = generate_events(count, seed, luminosity)
     with open(path, "wb") as f:  # an open file: the grid is written as PNG whatever the name
         ei.save_event_grid(f, {"raw": list(raw), "truth (track hits)": list(truth)},
@@ -289,123 +296,100 @@ def write_preview(path, seed, luminosity, n):
 
 
 def check_output_folder(out, overwrite):
-    """Refuse an output folder we must not (or cannot) replace."""
+    """Refuse an output folder we must not (or cannot) replace; an empty one needs no --overwrite."""
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise InputError(f"{out}: folder is not empty (use --overwrite to replace it)")
     if out.is_dir() and Path.cwd().resolve().is_relative_to(out.resolve()):
         raise InputError(f"{out}: refusing to replace a folder that holds the current directory")
-    parent = out.parent
-    if not parent.is_dir():
-        raise InputError(f"{out}: folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise InputError(f"{out}: folder {parent} is not writable")
+    check_output_path(out, overwrite=True)  # its parent folder exists and is writable
 
 
-def replace_folder(tmp, out):
-    """Move the finished folder tmp to out, replacing an existing out only at the very end."""
-    if not out.exists():
-        os.replace(tmp, out)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-    os.replace(out, old / out.name)
-    os.replace(tmp, out)
-    shutil.rmtree(old)
+def preview_path(args):
+    """Where --preview writes (None without it), and whether that is inside the output folder."""
+    if args.preview is None:
+        return None, False
+    out = args.out
+    # In the tagged layout the folder holds only tagged event PNGs (Pix2Pix_data refuses others).
+    default = out / PREVIEW_NAME if args.layout == "folders" else out.parent / f"{out.name}_{PREVIEW_NAME}"
+    preview = Path(args.preview or default)
+    if preview.suffix.lower() != ".png":
+        raise InputError(f"{preview}: the preview must be a .png file")
+    inside = preview.resolve().parent == out.resolve()
+    if not inside:
+        check_output_path(preview, args.overwrite)
+    return preview, inside
 
 
-def parse_args(argv):
-    """The command line; every constant above that a user may want to change."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                epilog="example: python make_events.py --out data/synth -n 20000 --seed 1 --preview")
+def summary_line(args, seconds, totals, preview):
+    """The one line a run ends with: pairs, hits per event, occupancy by region."""
+    count, raw_hits, truth_hits, background = totals
+    cells = count * ei.LAYERS * ei.WIRES
+    per_region = background / (cells / ei.REGIONS)
+    return (f"wrote {count} pairs to {args.out} ({args.layout}) in {seconds:.1f} s: "
+            f"mean {raw_hits / count:.1f} raw / {truth_hits / count:.1f} truth hits per event, "
+            f"occupancy {100 * raw_hits / cells:.2f} %, background {100 * background.sum() / cells:.2f} % "
+            f"(R1 {100 * per_region[0]:.2f}, R2 {100 * per_region[1]:.2f}, R3 {100 * per_region[2]:.2f} %)"
+            + (f", preview {preview}" if preview is not None else ""))
+
+
+def build_parser():
+    """The command line: every setting above, and the output folder."""
+    p = ArgumentParser(description=__doc__)
     p.add_argument("--out", required=True, type=Path,
                    help="output folder, made at the end; an existing non-empty one needs --overwrite")
-    p.add_argument("-n", "--events", type=int, default=N_EVENTS,
-                   help="number of raw/truth pairs (default: %(default)s)")
+    p.add_argument("-n", "--events", type=int, default=EVENTS, help="number of raw/truth pairs (default %(default)s)")
     p.add_argument("--seed", type=int, default=SEED,
-                   help="event i uses np.random.default_rng([seed, i]) (default: %(default)s)")
+                   help="event i uses np.random.default_rng([seed, i]) (default %(default)s)")
     p.add_argument("--luminosity", type=float, default=LUMINOSITY,
                    help="background scale: 0 = tracks only, 2 = about twice the background hits, "
-                        f"at most {MAX_LUMINOSITY:g} (default: %(default)s)")
-    p.add_argument("--workers", type=int, default=WORKERS, help="processes writing PNGs (default: %(default)s)")
-    p.add_argument("--preview", nargs="?", const="", default=None, metavar="PNG",
-                   help=f"also write a grid of {PREVIEW_EVENTS} raw|truth pairs, enlarged, to PNG "
-                        f"(default path OUT/{PREVIEW_NAME}; tagged layout: OUT_{PREVIEW_NAME} beside OUT)")
+                        f"at most {MAX_LUMINOSITY:g} (default %(default)s)")
+    p.add_argument("--workers", type=int, default=WORKERS, help="processes writing PNGs (default %(default)s)")
     p.add_argument("--layout", choices=("folders", "tagged"), default=LAYOUT,
                    help="folders: OUT/raw/event_000123.png + OUT/truth/event_000123.png; "
-                        "tagged: OUT/dc_all_000123.png + OUT/dc_truth_000123.png (default: %(default)s)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder or preview file")
-    return p.parse_args(argv)
+                        "tagged: OUT/dc_all_000123.png + OUT/dc_truth_000123.png (default %(default)s)")
+    p.add_argument("--preview", nargs="?", const="", default=None, metavar="PNG",
+                   help="also write a grid of the first raw|truth pairs, enlarged, to PNG "
+                        f"(default path OUT/{PREVIEW_NAME}; tagged layout: OUT_{PREVIEW_NAME} beside OUT)")
+    p.add_argument("--preview-events", type=int, default=PREVIEW_EVENTS,
+                   help="pairs shown by --preview (default %(default)s)")
+    p.add_argument("--overwrite", action="store_true", default=OVERWRITE,
+                   help="replace an existing output folder or preview file")
+    return p
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    out = args.out
+def parse_args(argv=None):
+    """The command line, with impossible settings refused (InputError)."""
+    args = build_parser().parse_args(argv)
     if args.events < 1:
         raise InputError(f"-n {args.events}: need at least one event")
     if args.seed < 0:
         raise InputError(f"--seed {args.seed}: must not be negative")
     if args.workers < 1:
         raise InputError(f"--workers {args.workers}: need at least one")
+    if args.preview_events < 1:
+        raise InputError(f"--preview-events {args.preview_events}: need at least one")
     check_luminosity(args.luminosity)
-    check_output_folder(out, args.overwrite)
-    # In the tagged layout the folder holds only tagged event PNGs (Pix2Pix_data refuses others).
-    default_preview = out / PREVIEW_NAME if args.layout == "folders" else out.parent / f"{out.name}_{PREVIEW_NAME}"
-    preview = None if args.preview is None else Path(args.preview or default_preview)
-    preview_inside = preview is not None and preview.resolve().parent == out.resolve()
-    if preview is not None:
-        if preview.suffix.lower() != ".png":
-            raise InputError(f"{preview}: the preview must be a .png file")
-        if not preview_inside:
-            check_output_path(preview, args.overwrite)
+    return args
 
+
+def main(argv=None):
+    """Make the events as the command line says and print the one-line summary."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a batch system's stop: as Ctrl-C, no temporary left
+    args = parse_args(argv)
+    check_output_folder(args.out, args.overwrite)
+    preview, preview_inside = preview_path(args)
+    shown = min(args.preview_events, args.events)
     t0 = time.perf_counter()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
-        if args.layout == "folders":
-            (tmp / "raw").mkdir()
-            (tmp / "truth").mkdir()
-        n, workers = args.events, min(args.workers, args.events)
-        size = max(1, min(1000, math.ceil(n / (4 * workers))))
-        jobs = [(str(tmp), args.layout, args.seed, args.luminosity, s, min(size, n - s)) for s in range(0, n, size)]
-        totals = [0, 0, 0, np.zeros(ei.REGIONS, np.int64)]
-        with progress(total=n, unit="event", desc="events") as bar:
-            pool = None
-            if workers > 1:  # workers ignore Ctrl-C: the main process stops them and cleans up
-                pool = start_pool(lambda: multiprocessing.get_context("spawn").Pool(workers, start_worker))
-            try:
-                results = pool.imap_unordered(write_chunk, jobs) if pool else map(write_chunk, jobs)
-                for result in results:
-                    totals = [a + b for a, b in zip(totals, result, strict=True)]
-                    bar.update(result[0])
-            finally:
-                if pool:
-                    pool.terminate()
-                    pool.join()
+    with atomic_output(args.out, overwrite=True, folder=True) as tmp:  # replaced only when complete
+        totals = write_events(tmp, args)
         if preview_inside:
-            write_preview(tmp / preview.name, args.seed, args.luminosity, n)
-        replace_folder(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+            write_preview(tmp / preview.name, args.seed, args.luminosity, shown)
     if preview is not None and not preview_inside:
-        fd, part = tempfile.mkstemp(prefix=f".{preview.name}.", suffix=".png", dir=preview.parent)
-        os.close(fd)
-        try:
-            write_preview(part, args.seed, args.luminosity, n)
-            os.replace(part, preview)
-        finally:
-            if os.path.exists(part):
-                os.unlink(part)
-
-    count, raw_hits, truth_hits, background = totals
-    cells = count * ei.LAYERS * ei.WIRES
-    per_region = background / (cells / ei.REGIONS)
-    print(f"wrote {count} pairs to {out} ({args.layout}) in {time.perf_counter() - t0:.1f} s: "
-          f"mean {raw_hits / count:.1f} raw / {truth_hits / count:.1f} truth hits per event, "
-          f"occupancy {100 * raw_hits / cells:.2f} %, background {100 * background.sum() / cells:.2f} % "
-          f"(R1 {100 * per_region[0]:.2f}, R2 {100 * per_region[1]:.2f}, R3 {100 * per_region[2]:.2f} %)"
-          + (f", preview {preview}" if preview is not None else ""))
+        with atomic_output(preview, args.overwrite) as tmp:
+            write_preview(tmp, args.seed, args.luminosity, shown)
+    print(summary_line(args, time.perf_counter() - t0, totals, preview))
     return 0
 
 

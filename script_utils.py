@@ -4,7 +4,7 @@
   exit code 2, with no traceback (imported as a library, InputError is an ordinary exception).
 - warn: the one way a script prints a warning.
 - atomic_output: every file and folder the project writes goes through it.
-- start_pool / release_stop_signals: worker pools that an interrupt cannot leave half made.
+- start_pool: worker pools that an interrupt cannot leave half made.
 - progress: a tqdm bar that shows on a terminal and stays quiet in logs and tests.
 - import_tensorflow / import_keras: TensorFlow and Keras without their C++ start-up lines.
 """
@@ -113,18 +113,23 @@ def replace_folder(new, target):
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}  # Ctrl-C and a batch system's stop
 
 
-def start_pool(make_pool):
-    """make_pool() (a multiprocessing pool) made with Ctrl-C and SIGTERM held back.
+POOL_START = "spawn"  # worker processes start fresh: no threads, locks or open files of the caller
 
-    An interrupt inside Pool() can lose its workers (a run was seen hanging past 60 s) or, with
-    fork, run the main process's handler in a half-started worker. The workers inherit the held
-    signals: their initializer calls release_stop_signals() once its own handlers are set. An
-    interrupt that came meanwhile is raised here, after the pool is stopped.
+
+def start_pool(workers, initializer=None, initargs=()):
+    """A multiprocessing pool of fresh workers, made with Ctrl-C and SIGTERM held back.
+
+    An interrupt inside Pool() can lose its workers (a run was seen hanging past 60 s). The
+    workers inherit the held signals and let them through only once their own handlers are set
+    (Ctrl-C is the main process's to handle; SIGTERM is how the pool stops them); then they run
+    initializer(*initargs). An interrupt that came meanwhile is raised here, after the pool is stopped.
     """
+    import multiprocessing
+
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     pool = None
     try:
-        pool = make_pool()
+        pool = multiprocessing.get_context(POOL_START).Pool(workers, _start_worker, (initializer, initargs))
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     except BaseException:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
@@ -135,9 +140,13 @@ def start_pool(make_pool):
     return pool
 
 
-def release_stop_signals():
-    """In a pool worker's initializer, after its handlers are set: let Ctrl-C and SIGTERM through."""
+def _start_worker(initializer, initargs):
+    """A pool worker's start-up (see start_pool)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    if initializer is not None:
+        initializer(*initargs)
 
 
 def progress(iterable=None, **kwargs):

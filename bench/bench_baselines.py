@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import baselines as bl  # noqa: E402
 import event_image as ei  # noqa: E402
 import make_events  # noqa: E402
+from script_utils import import_keras  # noqa: E402
 
 EVENTS = 5000  # events for the batched SNR timing
 LOOP_EVENTS = 500  # events for the one-at-a-time SNR timing
@@ -51,7 +52,7 @@ def bench_snr(n_events):
 
 def bench_cae(n_events):
     """CAE training events/s per batch size (one warm-up epoch, then one timed) and prediction events/s."""
-    keras = bl.import_keras()
+    keras = import_keras()
     raw, truth = make_events.generate_masks(n_events, seed=SEED)
     rates = {}
     for batch_size in CAE_BATCH_SIZES:

@@ -77,7 +77,7 @@ def decode(raw_dir, truth_dir, workers):
     names = sorted(os.listdir(raw_dir))
     jobs = [[(os.path.join(raw_dir, n), os.path.join(truth_dir, n)) for n in names[i:i + 64]]
             for i in range(0, len(names), 64)]
-    with multiprocessing.Pool(workers) as pool:
+    with multiprocessing.get_context(Pix2Pix_data.POOL_START).Pool(workers) as pool:  # started as convert's
         return sum(pool.imap_unordered(decode_pairs, jobs))
 
 

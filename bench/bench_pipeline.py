@@ -32,6 +32,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import data_management as dm  # noqa: E402
 import event_image as ei  # noqa: E402
+import pairs_h5  # noqa: E402
 
 # -------------------------------------------------------------------------------------------
 SIZES = (50_000, 200_000)  # pairs per generated file
@@ -39,7 +40,7 @@ SMALL_SIZE = 3_000  # a file that fits the memory budget (in memory vs streaming
 WORK_DIR = "/tmp/bench_pipeline"  # generated files are kept here and reused
 BATCH_SIZE = 32
 NAIVE_PAIRS = 2_000  # pairs timed through the naive and the sort-per-batch pipelines
-CHUNK_EVENTS = 32  # as Pix2Pix_data.py writes
+CHUNK_EVENTS = pairs_h5.CHUNK_EVENTS  # as Pix2Pix_data.py writes
 SLICE = 2_000  # events generated and written at a time
 SEED = 1
 LUMINOSITY = 1.0
@@ -109,7 +110,7 @@ def sorted_batches(path, indices, seed):
 
 def child(path):
     """Measure one file in this process; print one JSON line."""
-    split = dm.load_split(path, seed=SEED)
+    split = dm.load_split(path, split_seed=SEED)
     train = split["train"]
     ds = dm.make_dataset(path, train, BATCH_SIZE, shuffle=True, seed=SEED)
     t0, cpu0 = time.perf_counter(), time.process_time()
@@ -125,7 +126,7 @@ def child(path):
 
 def memory_vs_streaming(path):
     """Second-epoch pairs/s of the training split held in memory and streamed (same order)."""
-    train = dm.load_split(path, seed=SEED)["train"]
+    train = dm.load_split(path, split_seed=SEED)["train"]
     out = {}
     for mode, budget in (("streaming", 0), ("in memory", dm.MEMORY_BUDGET_MB)):
         ds = dm.make_dataset(path, train, BATCH_SIZE, shuffle=True, seed=SEED, memory_budget_mb=budget)

@@ -190,7 +190,7 @@ def test_get_cae_caches_reloads_and_retrains_when_the_file_changes(tmp_path, mon
     assert bl.cae_cache_path(h5).parent == tmp_path  # the default cache folder: beside the file
     cache = tmp_path / "cache"
     cache.mkdir()
-    model = bl.get_cae(h5, cache_dir=cache, epochs=1, max_train_pairs=8)
+    model = bl.get_cae(h5, cae_cache=cache, epochs=1, max_train_pairs=8)
     cached = sorted(cache.glob("*"))
     assert len(cached) == 1 and cached == [bl.cae_cache_path(h5, cache, epochs=1, max_train_pairs=8)]
     assert cached[0].name.startswith("ev.cae-") and cached[0].suffix == ".keras"  # no temporary left behind
@@ -201,20 +201,20 @@ def test_get_cae_caches_reloads_and_retrains_when_the_file_changes(tmp_path, mon
         raise AssertionError("retrained although a cached model exists")
 
     monkeypatch.setattr(bl, "train_cae", no_training)
-    again = bl.get_cae(h5, cache_dir=cache, epochs=1, max_train_pairs=8)
+    again = bl.get_cae(h5, cae_cache=cache, epochs=1, max_train_pairs=8)
     np.testing.assert_allclose(again.predict(raw[..., None].astype(np.float32), verbose=0), before, atol=1e-6)
     # Other settings, another folder or a changed file (same N) are other cache entries.
     with pytest.raises(AssertionError, match="retrained"):
-        bl.get_cae(h5, cache_dir=cache, epochs=2, max_train_pairs=8)
+        bl.get_cae(h5, cae_cache=cache, epochs=2, max_train_pairs=8)
     with pytest.raises(AssertionError, match="retrained"):
         bl.get_cae(h5, epochs=1, max_train_pairs=8)
     with pytest.raises(InputError, match="no trained CAE"):
-        bl.get_cae(h5, cache_dir=cache, train_if_missing=False, epochs=3)
+        bl.get_cae(h5, cae_cache=cache, train_if_missing=False, epochs=3)
     write_h5(h5, *toy_masks(24, seed=4))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # data_management says the split was replaced
         with pytest.raises(AssertionError, match="retrained"):
-            bl.get_cae(h5, cache_dir=cache, epochs=1, max_train_pairs=8)
+            bl.get_cae(h5, cae_cache=cache, epochs=1, max_train_pairs=8)
     assert sorted(cache.glob("*")) == cached  # the old entry is left alone
     # A damaged cache file is reported, not silently retrained over.
     cached[0].write_bytes(b"garbage")
@@ -222,7 +222,7 @@ def test_get_cae_caches_reloads_and_retrains_when_the_file_changes(tmp_path, mon
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with pytest.raises(InputError, match="cannot be loaded"):
-            bl.get_cae(h5, cache_dir=cache, epochs=1, max_train_pairs=8)
+            bl.get_cae(h5, cae_cache=cache, epochs=1, max_train_pairs=8)
 
 
 def test_cae_keep_thresholds_the_output_in_batches(trained, tiny_h5):
@@ -243,7 +243,8 @@ def test_cae_keep_thresholds_the_output_in_batches(trained, tiny_h5):
 @pytest.mark.slow  # a fresh process that imports TensorFlow and trains: ~20 s, more on a busy machine
 def test_script_scores_snr_and_a_tiny_cae(tiny_h5, script, tmp_path):
     (tmp_path / "cache").mkdir()
-    proc = script(SCRIPT, tiny_h5, "--cae-epochs", "1", "--cae-max-train-pairs", "8", "--cache-dir", tmp_path / "cache")
+    proc = script(SCRIPT, "--data", tiny_h5, "--cae-epochs", "1", "--cae-max-train-pairs", "8", "--cae-cache",
+                  tmp_path / "cache")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert "10 test events" in lines[0]
@@ -252,24 +253,24 @@ def test_script_scores_snr_and_a_tiny_cae(tiny_h5, script, tmp_path):
     assert all("efficiency" in line and "rejection" in line for line in scores)
     assert len(list((tmp_path / "cache").glob("*.keras"))) == 1
     # --no-train with another recipe: nothing cached, so a one-line error.
-    proc = script(SCRIPT, tiny_h5, "--methods", "cae", "--cae-epochs", "2", "--no-train", "--cache-dir",
+    proc = script(SCRIPT, "--data", tiny_h5, "--methods", "cae", "--cae-epochs", "2", "--no-train", "--cae-cache",
                   tmp_path / "cache")
     assert_one_line_error(proc, "tiny.h5", "no trained CAE")
 
 
 def test_script_bad_inputs_are_one_line_errors(tmp_path, script):
-    assert_one_line_error(script(SCRIPT, tmp_path / "missing.h5"), "missing.h5", "not found")
+    assert_one_line_error(script(SCRIPT, "--data", tmp_path / "missing.h5"), "missing.h5", "not found")
     bad = tmp_path / "bad.h5"
     bad.write_text("not hdf5")
-    assert_one_line_error(script(SCRIPT, bad), "bad.h5", "HDF5")
+    assert_one_line_error(script(SCRIPT, bad), "bad.h5", "HDF5")  # the old positional
     wrong = tmp_path / "wrong.h5"
     with h5py.File(wrong, "w") as f:
         f.create_dataset("raw", data=np.zeros((10, 36, 112, 3), np.uint8))
         f.create_dataset("truth", data=np.zeros((10, 36, 112, 3), np.uint8))
-    assert_one_line_error(script(SCRIPT, wrong), "wrong.h5", "shape")
+    assert_one_line_error(script(SCRIPT, "--data", wrong), "wrong.h5", "shape")
     # Bad settings, checked in this process (the same InputError path).
     good = write_h5(tmp_path / "good.h5", *toy_masks(12, seed=0))
-    for args, words in [(["--max-events", "0"], "max-events"), (["--cache-dir", str(tmp_path / "nowhere")], "nowhere"),
+    for args, words in [(["--max-events", "0"], "max-events"), (["--cae-cache", str(tmp_path / "nowhere")], "nowhere"),
                         (["--cae-threshold", "1.5"], "threshold"), (["--snr-max-missing", "7"], "missing")]:
         with pytest.raises(InputError, match=words):
-            bl.main([str(good), *args])
+            bl.main(["--data", str(good), *args])

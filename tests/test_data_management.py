@@ -57,7 +57,7 @@ def collect(ds):
 # --- The split ------------------------------------------------------------------------------
 @pytest.mark.parametrize("n", [3, 4, 5, 7, 10, 33, 101, 1000])
 def test_split_sizes_cover_every_pair_once(n):
-    split = dm.make_split(n, seed=5)
+    split = dm.make_split(n, split_seed=5)
     sizes = tuple(len(split[s]) for s in dm.SPLITS)
     assert sizes == dm.split_sizes(n) and min(sizes) >= 1 and sum(sizes) == n
     assert np.array_equal(np.sort(np.concatenate([split[s] for s in dm.SPLITS])), np.arange(n))
@@ -68,7 +68,7 @@ def test_split_sizes_cover_every_pair_once(n):
 
 
 def test_split_is_a_random_sample_that_depends_on_the_seed():
-    a, b, c = dm.make_split(400, seed=1), dm.make_split(400, seed=1), dm.make_split(400, seed=2)
+    a, b, c = dm.make_split(400, split_seed=1), dm.make_split(400, split_seed=1), dm.make_split(400, split_seed=2)
     assert all(np.array_equal(a[s], b[s]) for s in dm.SPLITS)
     assert not np.array_equal(a["test"], c["test"])
     # Not the first or last quarter of the file: pairs from all over it.
@@ -79,7 +79,7 @@ def test_split_is_a_random_sample_that_depends_on_the_seed():
 def test_load_split_on_a_file_saves_it_beside_the_file(tmp_path, n):
     h5 = tmp_path / "pairs.h5"
     write_pairs(h5, n)
-    split = dm.load_split(h5, seed=3)
+    split = dm.load_split(h5, split_seed=3)
     assert dm.split_path(h5) == tmp_path / "pairs.split.npz" and dm.split_path(h5).exists()
     assert all(np.array_equal(split[s], dm.make_split(n, 3)[s]) for s in dm.SPLITS)
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
@@ -89,7 +89,8 @@ def test_same_split_across_processes(tmp_path, script):
     for folder in ("a", "b"):
         (tmp_path / folder).mkdir()
         write_pairs(tmp_path / folder / "pairs.h5", 50, seed=7)
-        proc = script("data_management.py", tmp_path / folder / "pairs.h5", "--seed", "11", "--no-timing")
+        proc = script("data_management.py", "--data", tmp_path / folder / "pairs.h5", "--split-seed", "11",
+                      "--no-timing")
         assert proc.returncode == 0, proc.stderr
     with np.load(tmp_path / "a" / "pairs.split.npz") as a, np.load(tmp_path / "b" / "pairs.split.npz") as b:
         for s in dm.SPLITS:
@@ -130,7 +131,7 @@ def test_changed_file_or_settings_give_a_new_split_with_a_warning(tmp_path, chan
         with h5py.File(h5, "a") as f:
             f["names"][3] = "renamed"
     elif change == "other seed":
-        kwargs["seed"] = dm.SEED + 1
+        kwargs["split_seed"] = dm.SPLIT_SEED + 1
     elif change == "other fraction":
         kwargs["test_fraction"] = 0.3
     else:
@@ -267,7 +268,7 @@ def test_unchunked_uncompressed_file_reads_the_same(tmp_path):
 def test_script_prints_the_summary(tmp_path, script):
     h5 = tmp_path / "pairs.h5"
     raw, truth = write_pairs(h5, 64)
-    proc = script("data_management.py", h5, "--batch-size", "8")
+    proc = script("data_management.py", "--data", h5, "--batch-size", "8")
     assert proc.returncode == 0, proc.stderr
     split = dm.load_split(h5)
     lines = {line.split()[0]: line.split() for line in proc.stdout.splitlines() if line.strip()}
@@ -282,13 +283,14 @@ def test_script_prints_the_summary(tmp_path, script):
     assert f"one epoch of the training pipeline (in memory after the first pass): {len(split['train'])} pairs" \
         in proc.stdout
     assert "saved to" in proc.stdout
-    assert "reused from" in script("data_management.py", h5, "--no-timing").stdout
+    assert "reused from" in script("data_management.py", h5, "--no-timing").stdout  # the old positional
 
 
 def test_help_lists_the_settings(script):
     proc = script("data_management.py", "--help")
     assert proc.returncode == 0
-    for flag in ("--batch-size", "--test-fraction", "--validation-fraction", "--seed", "--memory-budget-mb"):
+    for flag in ("--data", "--batch-size", "--test-fraction", "--validation-fraction", "--split-seed",
+                 "--memory-budget-mb"):
         assert flag in proc.stdout
 
 
@@ -344,16 +346,16 @@ def test_bad_input_raises_input_error_when_imported(tmp_path, kind):
 @pytest.mark.parametrize("kind", ["missing", "no truth", "wrong dtype", "lengths differ", "too few pairs"])
 def test_bad_input_is_one_line_exit_2_from_the_script(tmp_path, script, kind):
     h5, words = bad_file(tmp_path, kind)
-    proc = script("data_management.py", h5)
+    proc = script("data_management.py", "--data", h5)
     assert_one_line_error(proc, str(h5), *words)
     assert not dm.split_path(h5).exists()
 
 
-@pytest.mark.parametrize("args", [["--test-fraction", "1.5"], ["--validation-fraction", "0"], ["--seed", "-1"]])
+@pytest.mark.parametrize("args", [["--test-fraction", "1.5"], ["--validation-fraction", "0"], ["--split-seed", "-1"]])
 def test_bad_settings_are_one_line_exit_2(tmp_path, script, args):
     h5 = tmp_path / "pairs.h5"
     write_pairs(h5, 10)
-    assert_one_line_error(script("data_management.py", h5, *args), args[0].strip("-").split("-")[0])
+    assert_one_line_error(script("data_management.py", "--data", h5, *args), args[0].strip("-").split("-")[0])
     assert not dm.split_path(h5).exists()
 
 

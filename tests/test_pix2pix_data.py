@@ -21,6 +21,7 @@ from conftest import ROOT, assert_one_line_error, run_script
 from PIL import Image
 
 import event_image as ei
+import pairs_h5
 import Pix2Pix_data as p2d
 from script_utils import InputError
 
@@ -389,8 +390,8 @@ def test_more_shards_than_pairs_gives_empty_parts_that_still_merge(tmp_path):
     parts = [tmp_path / f"p{k}.h5" for k in (1, 2, 3)]
     for k, part in enumerate(parts, 1):
         p2d.convert(tmp_path / "ev/raw", tmp_path / "ev/truth", part, workers=1, shard=(k, 3))
-    assert p2d.read_part(parts[0])["n"] == 0
-    p2d.merge(parts, tmp_path / "m.h5", copy=True)
+    assert pairs_h5.read_part(parts[0])["n"] == 0
+    pairs_h5.merge(parts, tmp_path / "m.h5", copy=True)
     assert_matches(tmp_path / "m.h5", expected)
 
 

@@ -1,0 +1,255 @@
+"""The HDF5 file of event pairs that Pix2Pix_data.py writes: its datasets, attributes and parts.
+
+    raw, truth    uint8 (N, 128, 128, 3), chunked along axis 0, gzip (written as ISA-L deflate)
+    names         the raw file names
+    truth_names   the truth file names
+    attrs         layout (event_image.LAYOUT as JSON), created, created_by and the writer's facts
+
+- ChunkWriter appends events to `raw` and `truth` one whole compressed chunk at a time;
+  create_names and write_attrs make the rest of a file.
+- merge joins the part files of a sharded conversion (Pix2Pix_data.py --shard K/N) into one
+  file, as virtual datasets over the parts or as a copy.
+
+    import pairs_h5
+    print(pairs_h5.merge(["parts/part1.h5", "parts/part2.h5"], "data/pairs.h5"))
+"""
+
+import datetime
+import json
+import os
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+from isal import isal_zlib
+
+import event_image as ei
+from script_utils import InputError, atomic_output, check_output_path, progress
+
+CHUNK_EVENTS = 32  # events per HDF5 chunk along axis 0 (data_management reads batches of 32)
+COMPRESSION_LEVEL = 1  # ISA-L deflate level 0-3
+EVENT_SHAPE = (ei.PADDED_SIZE, ei.PADDED_SIZE, ei.CHANNELS)
+EVENT_KEYS = ("raw", "truth")
+NAME_KEYS = ("names", "truth_names")
+NAMES_BLOCK = 65536  # names copied at once when merging
+PART_ATTRS = ("shard_index", "shard_count", "total_pairs", "pair_start", "pair_stop", "pair_list_sha256")
+
+
+# --- Chunks --------------------------------------------------------------------------------------
+def compress_chunk(events, level=COMPRESSION_LEVEL):
+    """One whole chunk of uint8 events as the zlib stream the HDF5 gzip filter stores."""
+    return isal_zlib.compress(np.ascontiguousarray(events).data, level)
+
+
+def unpack_chunk(blob, chunk_events):
+    """The (chunk_events, 128, 128, 3) uint8 events of one compressed chunk."""
+    return np.frombuffer(isal_zlib.decompress(blob), np.uint8).reshape(chunk_events, *EVENT_SHAPE)
+
+
+class ChunkWriter:
+    """Append events to the raw and truth datasets of an open file, one whole chunk at a time.
+
+    A chunk compressed elsewhere (a worker process) goes in as it is (write_direct_chunk) when it
+    starts on a chunk boundary; otherwise (after a skipped pair, or when merging) events gather
+    in a one-chunk buffer that is compressed here. Memory: one chunk per dataset.
+    """
+
+    def __init__(self, f, capacity, chunk_events=CHUNK_EVENTS, level=COMPRESSION_LEVEL):
+        self.chunk_events, self.level = chunk_events, level
+        self.datasets = {
+            key: f.create_dataset(key, shape=(capacity, *EVENT_SHAPE), maxshape=(None, *EVENT_SHAPE), dtype=np.uint8,
+                                  chunks=(chunk_events, *EVENT_SHAPE), compression="gzip", compression_opts=level)
+            for key in EVENT_KEYS
+        }
+        self.buffer = {key: np.zeros((chunk_events, *EVENT_SHAPE), np.uint8) for key in self.datasets}
+        self.filled = 0  # events in the buffer
+        self.written = 0  # events in the file
+
+    @property
+    def count(self):
+        """Events added so far (written or buffered)."""
+        return self.written + self.filled
+
+    def _grow(self, n):
+        """Make room for n events (the capacity is only a first guess when merging)."""
+        for ds in self.datasets.values():
+            if ds.shape[0] < n:
+                ds.resize(n, axis=0)
+
+    def add_chunk(self, blobs, count, packed=True):
+        """Append the first count events of one chunk compressed elsewhere ({"raw": blob, "truth": blob}).
+
+        packed: nothing was left out of the chunk, so it may go in as it is when it starts on a
+        chunk boundary; otherwise it is unpacked and buffered.
+        """
+        if not packed or self.filled or self.written % self.chunk_events:
+            self.add_events({key: unpack_chunk(blobs[key], self.chunk_events)[:count] for key in self.datasets})
+            return
+        self._grow(self.written + count)
+        for key, ds in self.datasets.items():
+            ds.id.write_direct_chunk((self.written, 0, 0, 0), blobs[key])
+        self.written += count
+
+    def add_events(self, arrays):
+        """Append uint8 events {"raw": (m, 128, 128, 3), "truth": (m, 128, 128, 3)}."""
+        m, pos = len(arrays["raw"]), 0
+        while pos < m:
+            take = min(self.chunk_events - self.filled, m - pos)
+            for key in self.buffer:
+                self.buffer[key][self.filled:self.filled + take] = arrays[key][pos:pos + take]
+            self.filled += take
+            pos += take
+            if self.filled == self.chunk_events:
+                self.flush()
+
+    def flush(self):
+        """Compress and write the buffered events (a partial chunk only at the very end)."""
+        if not self.filled:
+            return
+        self._grow(self.written + self.filled)
+        for key, ds in self.datasets.items():
+            self.buffer[key][self.filled:] = 0
+            ds.id.write_direct_chunk((self.written, 0, 0, 0), compress_chunk(self.buffer[key], self.level))
+        self.written += self.filled
+        self.filled = 0
+
+    def close(self):
+        """Write what is buffered and cut the datasets to the events written; return their number."""
+        self.flush()
+        for ds in self.datasets.values():
+            ds.resize(self.written, axis=0)
+        return self.written
+
+
+def create_names(f, capacity):
+    """The names and truth_names datasets (UTF-8 strings), to be cut to size at the end."""
+    return [f.create_dataset(key, shape=(capacity,), maxshape=(None,), dtype=h5py.string_dtype("utf-8"),
+                             chunks=(min(max(capacity, 1), 4096),)) for key in NAME_KEYS]
+
+
+def write_attrs(f, created_by="Pix2Pix_data.py", **attrs):
+    """Record the 128x128 layout, the creation time, the writer and the given facts as file attributes."""
+    f.attrs["layout"] = json.dumps(ei.LAYOUT)
+    f.attrs["created"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    f.attrs["created_by"] = created_by
+    for key, value in attrs.items():
+        f.attrs[key] = value
+
+
+# --- Merging the parts of a sharded conversion -----------------------------------------------------
+def read_part(path):
+    """The facts of one part file needed to merge it, checking that it is one."""
+    path = Path(path)
+    try:
+        f = h5py.File(path, "r")
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found") from None
+    except OSError as exc:
+        raise InputError(f"{path}: not a readable HDF5 file ({exc})") from None
+    with f:
+        missing = [key for key in (*EVENT_KEYS, *NAME_KEYS) if key not in f]
+        missing += [key for key in (*PART_ATTRS, "layout", "pairs") if key not in f.attrs]
+        if missing:
+            raise InputError(f"{path}: not a part written by Pix2Pix_data.py (no {', '.join(missing)})")
+        part = {key: f.attrs[key] for key in (*PART_ATTRS, "layout", "pairs", "skipped")}
+        part.update(path=path, n=len(f["raw"]), attrs=dict(f.attrs))
+        if part["layout"] != json.dumps(ei.LAYOUT):
+            raise InputError(f"{path}: made with another 128x128 layout ({part['layout']})")
+        if not len(f["truth"]) == len(f["names"]) == len(f["truth_names"]) == part["n"] == part["pairs"]:
+            raise InputError(f"{path}: raw, truth and names disagree on the number of pairs")
+    return part
+
+
+def check_parts(parts):
+    """The parts must come from one conversion and hold every shard exactly once."""
+    first = parts[0]
+    for part in parts[1:]:
+        for key in ("shard_count", "total_pairs", "pair_list_sha256"):
+            if part[key] != first[key]:
+                raise InputError(f"{part['path']}: not a part of the same conversion as {first['path']} "
+                                 f"({key} {part[key]} != {first[key]})")
+    n = int(first["shard_count"])
+    holders = {}
+    for part in parts:
+        holders.setdefault(int(part["shard_index"]), []).append(str(part["path"]))
+    overlapping = {k: v for k, v in holders.items() if len(v) > 1}
+    if overlapping:
+        raise InputError("overlapping shards: " + "; ".join(f"{k}/{n} in {' and '.join(v)}"
+                                                             for k, v in sorted(overlapping.items())))
+    missing = [f"{k}/{n}" for k in range(1, n + 1) if k not in holders]
+    if missing:
+        given = ", ".join(map(str, sorted(holders)))
+        raise InputError(f"missing shard(s) {', '.join(missing)} (given: {given} of {n})")
+
+
+def copy_events(f, parts, total, chunk_events, level, desc):
+    """The raw and truth events of the parts, copied into f in order."""
+    writer = ChunkWriter(f, total, chunk_events, level)
+    with progress(total=total, unit="pair", desc=desc) as bar:
+        for part in parts:
+            with h5py.File(part["path"], "r") as src:
+                for a in range(0, part["n"], chunk_events):
+                    b = min(a + chunk_events, part["n"])
+                    writer.add_events({key: src[key][a:b] for key in EVENT_KEYS})
+                    bar.update(b - a)
+    writer.close()
+
+
+def link_events(f, parts, total, output):
+    """raw and truth as virtual datasets over the parts, found relative to output's folder."""
+    for key in EVENT_KEYS:
+        layout = h5py.VirtualLayout(shape=(total, *EVENT_SHAPE), dtype=np.uint8)
+        at = 0
+        for part in parts:
+            source = os.path.relpath(part["path"].resolve(), Path(output).resolve().parent)
+            layout[at:at + part["n"]] = h5py.VirtualSource(source, key, shape=(part["n"], *EVENT_SHAPE))
+            at += part["n"]
+        f.create_virtual_dataset(key, layout, fillvalue=0)
+
+
+def copy_names(f, parts, total):
+    """names and truth_names of the parts, copied into f in order, a block at a time."""
+    for key in NAME_KEYS:
+        ds = f.create_dataset(key, shape=(total,), dtype=h5py.string_dtype("utf-8"))
+        at = 0
+        for part in parts:
+            with h5py.File(part["path"], "r") as src:
+                for a in range(0, part["n"], NAMES_BLOCK):
+                    block = src[key].asstr()[a:a + NAMES_BLOCK]
+                    ds[at + a:at + a + len(block)] = block
+            at += part["n"]
+
+
+def merged_attrs(parts, total, copy, chunk_events):
+    """The attributes of the merged file: the first part's, as if one unsharded run wrote it."""
+    facts = {k: v for k, v in parts[0]["attrs"].items() if k not in ("layout", "created", "created_by")}
+    facts.update(pairs=total, skipped=int(sum(p["skipped"] for p in parts)), shard_index=1, shard_count=1,
+                 pair_start=0, pair_stop=int(parts[0]["total_pairs"]), storage="copy" if copy else "virtual",
+                 merged_from=[p["path"].name for p in parts],
+                 chunk_events=chunk_events if copy else int(parts[0]["attrs"]["chunk_events"]))
+    return facts
+
+
+def merge(part_paths, output, *, copy=False, overwrite=False, chunk_events=CHUNK_EVENTS,
+          compression_level=COMPRESSION_LEVEL):
+    """Join the parts of a sharded conversion into one file, virtual (default) or copied; return a summary line."""
+    t0 = time.perf_counter()
+    output = Path(output)
+    check_output_path(output, overwrite)
+    parts = sorted((read_part(p) for p in part_paths), key=lambda p: int(p["shard_index"]))
+    if any(p["path"].resolve() == output.resolve() for p in parts):
+        raise InputError(f"{output}: is one of the parts")
+    check_parts(parts)
+    total = sum(p["n"] for p in parts)
+    with atomic_output(output, overwrite) as tmp:
+        with h5py.File(tmp, "w", libver=("v110", "latest")) as f:
+            if copy:
+                copy_events(f, parts, total, chunk_events, compression_level, output.name)
+            else:
+                link_events(f, parts, total, output)
+            copy_names(f, parts, total)
+            write_attrs(f, **merged_attrs(parts, total, copy, chunk_events))
+    how = "copied into" if copy else "as virtual datasets (keep the parts beside it) in"
+    return (f"merged {len(parts)} parts, {total} pairs, {how} {output} ({output.stat().st_size / 1e6:.1f} MB); "
+            f"{time.perf_counter() - t0:.1f} s")
