@@ -3,7 +3,7 @@
 For each generator width (untrained generators from pix2pix_model.build_generator, saved as
 .keras with a sidecar threshold, so the real loading path is used):
   - end to end: Pix2Pix_denoise.main on the folder, in this process (check the inputs, load the
-    model, read, pad, predict, crop, threshold, write one PNG per event atomically);
+    model, read the hit maps, pad, predict, crop, threshold, write one PNG per event atomically);
   - model only: the generator's predict_on_batch on padded float32 batches already in memory.
 The ratio end-to-end / model-only says how much the file work costs on top of the network.
 The events are split into ROUNDS folders and the two measurements alternate round by round, so
@@ -29,14 +29,15 @@ import numpy as np  # noqa: E402
 
 import event_image as ei  # noqa: E402
 import make_events  # noqa: E402
-import Pix2Pix_denoise as pd  # noqa: E402
+import Pix2Pix_denoise  # noqa: E402
 import pix2pix_model as pm  # noqa: E402
-import Pix2Pix_training  # noqa: E402, F401  (imports TensorFlow quietly, first)
-from Pix2Pix_training import keras  # noqa: E402
+from script_utils import import_keras  # noqa: E402
+
+keras = import_keras()  # TensorFlow imported quietly, first
 
 EVENTS = 5000
 WIDTHS = (64, 16)
-BATCH_SIZE = pd.BATCH_SIZE
+BATCH_SIZE = Pix2Pix_denoise.BATCH_SIZE
 PRECISION = "float32"  # or mixed_bfloat16 (CPUs with bf16 units)
 ROUNDS = 3  # alternations of end-to-end and model-only runs
 MODEL_POOL = 8  # distinct padded batches cycled through for the model-only timing
@@ -103,13 +104,13 @@ def main(argv=None):
         for w in widths:
             model_path = tmp / f"generator_w{w}.keras"
             params = save_generator(model_path, w)
-            model = pd.load_generator(model_path)  # for the model-only timing
+            model = Pix2Pix_denoise.load_model(model_path)[0].model  # the Keras model, for the model-only timing
             e2e_s = model_s = 0.0
             ratios = []
             for r, folder in enumerate(folders):
                 n = len(list(folder.glob("*.png")))
                 t0 = time.perf_counter()
-                pd.main(["--model", str(model_path), "--input-dir", str(folder), "--output-dir",
+                Pix2Pix_denoise.main(["--model", str(model_path), "--input-dir", str(folder), "--output-dir",
                          str(tmp / f"out_w{w}_{r}"), "--batch-size", str(args.batch_size)])
                 e2e = time.perf_counter() - t0
                 assert len(list((tmp / f"out_w{w}_{r}").glob("*.png"))) == n

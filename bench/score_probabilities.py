@@ -1,13 +1,12 @@
 """Score saved model outputs of a test split against the baselines, as Pix2Pix_denoise --evaluate does.
 
 For a model trained where its weights cannot be brought back (bench/train_jax.py on a lent GPU
-machine writes only test_probabilities.npz and best.json), this runs Pix2Pix_denoise's hit-level
-evaluation on those outputs: the same events, the same HitEvaluation, baselines and report.
+machine writes only test_probabilities.npz and best.json), this runs evaluation.py's hit-level
+scoring on those outputs: the same events, the same evaluation, baselines and report.
 
-    python bench/score_probabilities.py --data events.h5 --run runs/jax64 --baseline-cae --cae-epochs 10
+    python bench/score_probabilities.py --data data/pairs.h5 --run runs/jax64 --baseline-cae --cae-epochs 10
 """
 
-import argparse
 import json
 import os
 import sys
@@ -19,12 +18,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 import baselines  # noqa: E402
-import Pix2Pix_denoise as pd  # noqa: E402
-from script_utils import InputError, run_main  # noqa: E402
+import data_management  # noqa: E402
+import evaluation  # noqa: E402
+from script_utils import ArgumentParser, InputError, run_main  # noqa: E402
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, help="the HDF5 file the model's test split came from")
     p.add_argument("--run", required=True, help="folder with test_probabilities.npz and best.json")
     p.add_argument("--probabilities", default="test_probabilities.npz",
@@ -44,22 +44,18 @@ def main(argv=None):
     info = json.loads((run / "best.json").read_text())
     threshold = info["threshold"] if args.threshold is None else args.threshold
     prob = np.load(run / args.probabilities)["probabilities"].astype(np.float32)
-    test = baselines.split_indices(args.data)["test"]
+    test = data_management.load_split(args.data)["test"]
     if len(test) != len(prob):
         raise InputError(f"{run}: {len(prob)} outputs for a test split of {len(test)} events")
     raw, truth = baselines.read_masks(args.data, test)
-    job = argparse.Namespace(baseline_cae=args.baseline_cae, cae_epochs=args.cae_epochs, seed=None,
-                             cae_data=args.cae_data, cae_cache=None, data=args.data)
-    keep = {"model": prob > threshold, **{m: f(raw) for m, f in pd.load_baselines(job).items()}}
-    result = pd.evaluate(raw, truth, keep, prob)
-    result["threshold"] = threshold
-    result["table"] = pd.format_table(result)
+    cae_data = (args.cae_data or args.data) if args.baseline_cae else None
+    keep = {"model": prob > threshold,
+            **{m: f(raw) for m, f in evaluation.baseline_keeps(cae_data, epochs=args.cae_epochs).items()}}
+    result = evaluation.evaluate(raw, truth, keep, prob)
     print(f"{run}: epoch {info['epoch']}, width {info['base_filters']}, threshold {threshold:.2f} (validation)")
-    print(result["table"])
-    print(result["verdict"])
     report = Path(args.report or run / (Path(args.probabilities).stem + ".report"))
-    paths = pd.write_report(result, report, args.overwrite, {"model": str(run), "model_info": info, "input": args.data})
-    print(f"report: {paths['json']}, {paths['png']}, {paths['events']}")
+    evaluation.finish_report(result, threshold, report, args.overwrite,
+                             {"model": str(run), "model_info": info, "input": args.data})
     return 0
 
 

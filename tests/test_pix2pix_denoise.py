@@ -1,5 +1,5 @@
-"""Pix2Pix_denoise.py: PNG folders and HDF5 test splits denoised by a real (tiny) Keras model, hit-level
-evaluation on hand-made events with known answers, the baselines through that evaluation, bad inputs."""
+"""Pix2Pix_denoise.py: PNG folders and HDF5 test splits denoised by a real (tiny) Keras model, bad inputs;
+evaluation.py: hit-level scores of hand-made events with known answers, the baselines through them, the report."""
 
 import json
 import math
@@ -10,20 +10,22 @@ import pytest
 from conftest import assert_one_line_error
 from PIL import Image
 
+import evaluation
 import event_image as ei
-import Pix2Pix_denoise as pd
+import Pix2Pix_denoise
+from script_utils import InputError
 
 SCRIPT = "Pix2Pix_denoise.py"
 TRACK = (255, 255, 255)  # track hits are white ...
-NOISE = (0, 255, 0)  # ... noise hits green: a 1x1 convolution on the red channel tells them apart
+NOISE = (0, 255, 0)  # ... noise hits green: any lit channel is a hit
 
 
 # --- Hand-made events and models whose answers are known -----------------------------------------
 def make_events(n, seed=0, noise_per_event=None):
     """(raw uint8 (n,36,112,3), truth uint8): one straight track over all 36 layers, isolated noise hits.
 
-    Track hits are white and noise hits green in the raw image, so a model reading only the red
-    channel is a perfect denoiser. Noise is kept 6 wires or more away from the track.
+    Noise is kept 6 wires or more away from the track, so a model keeping the hits with a hit just
+    above or below them is a perfect denoiser (for the seeds used here no two noise hits touch).
     """
     rng = np.random.default_rng(seed)
     raw = np.zeros((n, 36, 112, 3), np.uint8)
@@ -39,21 +41,22 @@ def make_events(n, seed=0, noise_per_event=None):
     return raw, truth
 
 
-def save_model(path, kind="red", threshold=0.5):
-    """A fixed-weight 1x1 Conv2D + sigmoid generator saved as .keras with its sidecar JSON.
+def save_model(path, kind="track", threshold=0.5):
+    """A fixed-weight 3x1 Conv2D + sigmoid generator saved as .keras with its sidecar JSON.
 
-    red: output = sigmoid(20*red - 10) on every channel (keeps exactly the track hits);
+    track: output = sigmoid(40*hit + 20*(hit above + hit below) - 50) on every channel: a hit
+    with a vertical neighbour (keeps exactly the track hits of make_events);
     all: lights every pixel (a model that invents hits); none: lights nothing.
     """
     import keras
 
     inp = keras.Input((128, 128, 3))
-    conv = keras.layers.Conv2D(3, 1, activation="sigmoid")
+    conv = keras.layers.Conv2D(3, (3, 1), padding="same", activation="sigmoid")
     model = keras.Model(inp, conv(inp))
-    kernel = np.zeros((1, 1, 3, 3), np.float32)
-    bias = {"red": -10.0, "all": 10.0, "none": -10.0}[kind] * np.ones(3, np.float32)
-    if kind == "red":
-        kernel[0, 0, 0, :] = 20.0
+    kernel = np.zeros((3, 1, 3, 3), np.float32)
+    bias = {"track": -50.0, "all": 10.0, "none": -10.0}[kind] * np.ones(3, np.float32)
+    if kind == "track":
+        kernel[:, 0, 0, :] = np.array([20.0, 40.0, 20.0])[:, None]
     conv.set_weights([kernel, bias])
     model.save(path)
     path.with_suffix(".json").write_text(json.dumps({"threshold": threshold, "base_filters": 1, "epoch": 1,
@@ -72,11 +75,11 @@ def write_pngs(folder, images, names=None):
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     d = tmp_path_factory.mktemp("models")
-    out = {k: save_model(d / f"{k}.keras", k) for k in ("red", "all", "none")}
+    out = {k: save_model(d / f"{k}.keras", k) for k in ("track", "all", "none")}
     run = d / "training_run"  # a training output directory: its best generator is used
     run.mkdir()
     out["run"] = run
-    save_model(run / "generator_best.keras", "red", threshold=0.4)
+    save_model(run / "generator_best.keras", "track", threshold=0.4)
     save_model(run / "generator_final.keras", "none")
     return out
 
@@ -100,7 +103,7 @@ def test_evaluation_perfect_empty_and_keep_all():
     invent = truth.copy()
     invent[:, 0, 0] = True  # one invented pixel per event (wire 0 has no raw hit in these events)
     assert not (raw[:, 0, 0]).any()
-    res = pd.evaluate(raw, truth, {"model": truth, "keep-all": raw, "SNR": np.zeros_like(raw), "CAE": invent})
+    res = evaluation.evaluate(raw, truth, {"model": truth, "keep-all": raw, "SNR": np.zeros_like(raw), "CAE": invent})
     perfect, keep_all, empty, inv = (res["methods"][m]["scores"] for m in ("model", "keep-all", "SNR", "CAE"))
     assert perfect["efficiency"] == 1 and perfect["rejection"] == 1 and perfect["purity"] == 1 and perfect["f1"] == 1
     assert perfect["invented_per_event"] == 0
@@ -111,7 +114,7 @@ def test_evaluation_perfect_empty_and_keep_all():
     assert inv["efficiency"] == 1 and inv["invented_per_event"] == 1 and inv["purity"] == 1  # invented not "kept"
     assert res["events"] == 6 and res["methods"]["model"]["counts"]["track_hits"] == 6 * 36
     assert "EQUAL to the best CLAS12 baseline (CAE)" in res["verdict"]  # CAE's F1 is 1 too (invented not kept)
-    res = pd.evaluate(raw, truth, {"model": truth, "SNR": np.zeros_like(raw)})
+    res = evaluation.evaluate(raw, truth, {"model": truth, "SNR": np.zeros_like(raw)})
     assert "BETTER than the best CLAS12 baseline (SNR): F1 1.0000 vs 0.0000 (+1.0000)" in res["verdict"]
     assert res["model_vs_per_event"] == {"SNR": {"better": 6, "equal": 0, "worse": 0}}
     assert res["verdict"].endswith("Event by event (F1): better in 6, equal in 0, worse in 0.")
@@ -125,7 +128,7 @@ def test_evaluation_half_the_track_and_half_the_noise():
     for i in range(4):  # keep two of the four noise hits of each event
         cells = np.argwhere(noise[i])[:2]
         kept[i, cells[:, 0], cells[:, 1]] = True
-    res = pd.evaluate(raw, truth, {"model": kept})
+    res = evaluation.evaluate(raw, truth, {"model": kept})
     s = res["methods"]["model"]["scores"]
     assert s["efficiency"] == 0.5 and s["rejection"] == 0.5
     assert s["purity"] == pytest.approx(18 / 20) and s["f1"] == pytest.approx(2 * 18 / (36 + 20))
@@ -138,7 +141,7 @@ def test_evaluation_vs_background_hits_bins_events_by_their_noise():
     raw, truth = masks(5, seed=4, noise_per_event=[0, 3, 7, 25, 200])
     kept = truth.copy()
     kept[3] = raw[3]  # in the 20-39 bin the model keeps all noise
-    res = pd.evaluate(raw, truth, {"model": kept}, background_bins=(0, 5, 20, 100))
+    res = evaluation.evaluate(raw, truth, {"model": kept}, background_bins=(0, 5, 20, 100))
     bins = res["vs_background_hits"]["model"]
     assert [(b["low"], b["high"], b["counts"]["events"]) for b in bins] == [(0, 5, 2), (5, 20, 1), (20, 100, 1),
                                                                             (100, None, 1)]
@@ -149,11 +152,11 @@ def test_evaluation_vs_background_hits_bins_events_by_their_noise():
 def test_threshold_sweep_and_batches_add_up():
     raw, truth = masks(8, seed=5)
     prob = np.where(truth, 0.7, np.where(raw, 0.3, 0.0)).astype(np.float32)
-    ev = pd.HitEvaluation(["model"], thresholds=(0.2, 0.5, 0.8), grid_events=2)
+    ev = evaluation.HitEvaluation(["model"], thresholds=(0.2, 0.5, 0.8), grid_events=2)
     for sl in (slice(0, 3), slice(3, 8)):  # two batches give the same as one
         ev.add(raw[sl], truth[sl], {"model": prob[sl] > 0.5}, prob[sl], names=[f"e{i}" for i in range(8)][sl])
     res = ev.result()
-    one = pd.evaluate(raw, truth, {"model": prob > 0.5}, prob, thresholds=(0.2, 0.5, 0.8))
+    one = evaluation.evaluate(raw, truth, {"model": prob > 0.5}, prob, thresholds=(0.2, 0.5, 0.8))
     assert res["methods"] == one["methods"] and res["per_superlayer"] == one["per_superlayer"]
     sweep = [(s["scores"]["efficiency"], s["scores"]["rejection"]) for s in res["threshold_sweep"]]
     assert sweep == [(1, 0), (1, 1), (0, 1)]
@@ -165,7 +168,7 @@ def test_worst_and_best_events_are_found_across_batches():
     kept = truth.copy()
     kept[7, :30] = False  # event 7 worst, event 2 second worst
     kept[2, :10] = False
-    ev = pd.HitEvaluation(["model"], grid_events=2)
+    ev = evaluation.HitEvaluation(["model"], grid_events=2)
     names = [f"e{i}" for i in range(10)]
     for sl in (slice(0, 4), slice(4, 10)):
         ev.add(raw[sl], truth[sl], {"model": kept[sl]}, names=names[sl])
@@ -180,7 +183,7 @@ def test_snr_baseline_through_the_evaluation():
     """SNR keeps a clean straight track whole and removes isolated hits far from anything."""
     baselines = pytest.importorskip("baselines")
     raw, truth = masks(6, seed=7)
-    res = pd.evaluate(raw, truth, {"model": truth, "keep-all": raw, "SNR": baselines.snr_keep(raw)})
+    res = evaluation.evaluate(raw, truth, {"model": truth, "keep-all": raw, "SNR": baselines.snr_keep(raw)})
     snr = res["methods"]["SNR"]["scores"]
     assert snr["efficiency"] == 1 and snr["rejection"] == 1 and snr["invented_per_event"] == 0
     assert res["methods"]["keep-all"]["scores"]["rejection"] == 0
@@ -189,25 +192,25 @@ def test_snr_baseline_through_the_evaluation():
 def test_write_report_files(tmp_path):
     raw, truth = masks(6, seed=8)
     prob = np.where(truth, 0.9, 0.1).astype(np.float32)
-    res = pd.evaluate(raw, truth, {"model": prob > 0.5, "keep-all": raw}, prob, names=list("abcdef"))
+    res = evaluation.evaluate(raw, truth, {"model": prob > 0.5, "keep-all": raw}, prob, names=list("abcdef"))
     res["threshold"] = 0.5
-    paths = pd.write_report(res, tmp_path / "r", meta={"model": "m.keras"})
+    paths = evaluation.write_report(res, tmp_path / "r", meta={"model": "m.keras"})
     data = json.loads(paths["json"].read_text())  # strict JSON: NaN written as null
     assert data["methods"]["model"]["scores"]["f1"] == 1 and data["model"] == "m.keras"
-    assert len(data["threshold_sweep"]) == len(pd.SWEEP_THRESHOLDS) and data["best_events"][0]["name"] in "abcdef"
+    assert len(data["threshold_sweep"]) == len(ei.THRESHOLDS) and data["best_events"][0]["name"] in "abcdef"
     for key in ("png", "events"):
         with Image.open(paths[key]) as im:
             assert im.format == "PNG" and im.size[0] > 400
-    with pytest.raises(pd.InputError, match="already exists"):
-        pd.write_report(res, tmp_path / "r")
-    pd.write_report(res, tmp_path / "r", overwrite=True)
+    with pytest.raises(InputError, match="already exists"):
+        evaluation.write_report(res, tmp_path / "r")
+    evaluation.write_report(res, tmp_path / "r", overwrite=True)
 
 
 # --- The script on PNG folders -------------------------------------------------------------------------
 def test_png_folder_denoised_cropped_same_names_only_hit_values(script, models, folders):
     tmp, raw, truth, names = folders
     (tmp / "raw" / "notes.txt").write_text("not an event")  # ignored
-    proc = script(SCRIPT, "--model", models["red"], "--input-dir", tmp / "raw", "--output-dir", tmp / "out",
+    proc = script(SCRIPT, "--model", models["track"], "--input-dir", tmp / "raw", "--output-dir", tmp / "out",
                   "--batch-size", 5)
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in (tmp / "out").iterdir()) == sorted(names)
@@ -222,8 +225,8 @@ def test_png_folder_denoised_cropped_same_names_only_hit_values(script, models, 
 
 def test_png_evaluate_report_and_table(models, folders, capsys):
     tmp, raw, truth, names = folders
-    assert pd.main(["--model", str(models["run"]), "--input-dir", str(tmp / "raw"), "--output-dir", str(tmp / "out"),
-                    "--evaluate", "--truth-dir", str(tmp / "truth")]) == 0
+    assert run_main("--model", models["run"], "--input-dir", tmp / "raw", "--output-dir", tmp / "out",
+                    "--evaluate", "--truth-dir", tmp / "truth") == 0
     stdout = capsys.readouterr().out
     assert "threshold 0.400, from validation" in stdout  # generator_best.keras and its sidecar
     data = json.loads((tmp / "out.report.json").read_text())
@@ -240,16 +243,16 @@ def test_png_evaluate_report_and_table(models, folders, capsys):
 
 def run_main(*args):
     """Pix2Pix_denoise.main in this process (the model loads once per test session, not per run)."""
-    return pd.main([str(a) for a in args])
+    return Pix2Pix_denoise.main([str(a) for a in args])
 
 
-def test_png_threshold_override_and_mask_with_raw(models, folders):
+def test_png_threshold_override_and_gate_by_raw_hits(models, folders):
     tmp, raw, truth, names = folders
     assert run_main("--model", models["all"], "--input-dir", tmp / "raw", "--output-dir", tmp / "out",
                     "--threshold", "0.5") == 0
     assert ei.read_event_png(tmp / "out" / names[0]).min() == 255  # every pixel lit: invented hits are written
     assert run_main("--model", models["all"], "--input-dir", tmp / "raw", "--output-dir", tmp / "masked",
-                    "--mask-with-raw") == 0
+                    "--gate-by-raw-hits") == 0
     np.testing.assert_array_equal(ei.hit_mask(ei.read_event_png(tmp / "masked" / names[0])), ei.hit_mask(raw[0]))
     assert run_main("--model", models["none"], "--input-dir", tmp / "raw", "--output-dir", tmp / "none",
                     "--evaluate", "--truth-dir", tmp / "truth") == 0
@@ -259,7 +262,7 @@ def test_png_threshold_override_and_mask_with_raw(models, folders):
 
 def test_overwrite(script, models, folders):
     tmp, raw, truth, names = folders
-    args = ["--model", models["red"], "--input-dir", tmp / "raw", "--output-dir", tmp / "out"]
+    args = ["--model", models["track"], "--input-dir", tmp / "raw", "--output-dir", tmp / "out"]
     assert run_main(*args) == 0
     target = tmp / "out" / names[3]
     ei.write_event_png(target, np.zeros((36, 112, 3), np.uint8))  # a file of the user's
@@ -270,7 +273,7 @@ def test_overwrite(script, models, folders):
     assert run_main(*args, "--overwrite") == 0
     np.testing.assert_array_equal(ei.read_event_png(target), truth[3])
     assert sorted(p.name for p in (tmp / "out").iterdir()) == sorted(names)  # no temporary files left
-    assert_one_line_error(script(SCRIPT, "--model", models["red"], "--input-dir", tmp / "raw", "--output-dir",
+    assert_one_line_error(script(SCRIPT, "--model", models["track"], "--input-dir", tmp / "raw", "--output-dir",
                                  tmp / "raw", "--overwrite"), "output folder is an input folder")
 
 
@@ -283,11 +286,11 @@ def test_bad_inputs_one_line_error_and_no_output(script, models, folders, tmp_pa
     broken.write_bytes(b"not a zip file")
     assert_one_line_error(script(SCRIPT, "--model", broken, *base, "--threshold", "0.5"), "broken.keras", "cannot load")
     (tmp / "empty").mkdir()
-    assert_one_line_error(script(SCRIPT, "--model", models["red"], "--input-dir", tmp / "empty", "--output-dir", out),
-                          "empty", "no PNG files")
+    assert_one_line_error(script(SCRIPT, "--model", models["track"], "--input-dir", tmp / "empty", "--output-dir", out),
+                          "empty", "no .png files")
     Image.fromarray(np.zeros((112, 36, 3), np.uint8)).save(tmp / "raw" / "zz_rotated.png")  # 36 wide, 112 high
-    assert_one_line_error(script(SCRIPT, "--model", models["red"], *base), "zz_rotated.png", "36x112")
-    assert_one_line_error(script(SCRIPT, "--model", models["red"], *base, "--batch-size", "many"), "--batch-size",
+    assert_one_line_error(script(SCRIPT, "--model", models["track"], *base), "zz_rotated.png", "36x112")
+    assert_one_line_error(script(SCRIPT, "--model", models["track"], *base, "--batch-size", "many"), "--batch-size",
                           "invalid int value")
     assert not out.exists()
 
@@ -305,7 +308,7 @@ def test_bad_inputs_one_line_error_and_no_output(script, models, folders, tmp_pa
 ])
 def test_bad_settings_are_input_errors_before_any_output(models, folders, tmp_path, case, words):
     tmp, raw, truth, names = folders
-    args = ["--model", models["red"], "--input-dir", tmp / "raw", "--output-dir", tmp / "out"]
+    args = ["--model", models["track"], "--input-dir", tmp / "raw", "--output-dir", tmp / "out"]
     if case == "missing model":
         args[1] = tmp_path / "missing.keras"
     elif case == "run dir without best":
@@ -319,14 +322,14 @@ def test_bad_settings_are_input_errors_before_any_output(models, folders, tmp_pa
         args += ["--threshold", "1.5"]
     elif case == "no stored threshold":
         args[1] = tmp_path / "bare.keras"
-        shutil.copy(models["red"], args[1])  # a model without its sidecar JSON has no stored threshold
+        shutil.copy(models["track"], args[1])  # a model without its sidecar JSON has no stored threshold
     elif case == "both inputs":
         args += ["--data", tmp_path / "x.h5"]
     elif case == "decreasing bins":
         args += ["--evaluate", "--truth-dir", tmp / "truth", "--background-bins", "10,5"]
     elif case == "no model":
         args = args[2:]
-    with pytest.raises(pd.InputError) as err:
+    with pytest.raises(InputError) as err:
         run_main(*args)
     assert words in str(err.value)
     assert not (tmp / "out").exists()
@@ -338,10 +341,34 @@ def test_wrong_model_shape_is_refused(folders, tmp_path):
     tmp, *_ = folders
     inp = keras.Input((36, 112, 3))
     keras.Model(inp, keras.layers.Conv2D(3, 1, activation="sigmoid")(inp)).save(tmp_path / "small.keras")
-    with pytest.raises(pd.InputError, match=r"small.keras: model maps .*36, 112.* expected"):
+    with pytest.raises(InputError, match=r"small.keras: model maps .*36, 112.* expected"):
         run_main("--model", tmp_path / "small.keras", "--input-dir", tmp / "raw", "--output-dir", tmp / "out",
                  "--threshold", "0.5")
     assert not (tmp / "out").exists()
+
+
+def test_model_on_hit_maps_equals_the_padded_images_of_255_hits(tmp_path):
+    """KerasModel.probabilities(hit maps) gives what the generator gives on the padded PNG images / 255
+    (hits 255 on all channels), cropped, largest channel; a short batch after a long one is the same too."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((128, 128, 3))
+    keras.Model(inp, keras.layers.Conv2D(3, 3, padding="same", activation="sigmoid")(inp)).save(tmp_path / "g.keras")
+    model, info = Pix2Pix_denoise.load_model(tmp_path / "g.keras")
+    assert info == {}
+    raw, _ = make_events(7, seed=11)
+    images = ei.mask_to_image(ei.hit_mask(raw))  # the project's PNGs: hits 255 on all channels
+    direct = ei.crop_event(np.asarray(model.model.predict_on_batch(ei.pad_event(images) / np.float32(255)))).max(-1)
+    prob = model.probabilities(ei.hit_mask(raw))
+    assert prob.shape == (7, 36, 112) and prob.dtype == np.float32
+    np.testing.assert_allclose(prob, direct, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(model.probabilities(ei.hit_mask(raw[2:5])), direct[2:5], rtol=0, atol=1e-6)
+
+
+def test_old_mask_with_raw_flag_still_gates():
+    args = Pix2Pix_denoise.build_parser().parse_args(["--model", "m.keras", "--mask-with-raw"])
+    assert args.gate_by_raw_hits is True
 
 
 # --- The script on the HDF5 test split ---------------------------------------------------------------
@@ -382,16 +409,16 @@ def test_h5_test_split_denoised_and_scored(models, h5file, capsys):
     assert (path.parent / "test_denoised.report.png").is_file()
     # An existing output is refused; the input is never an output.
     capsys.readouterr()
-    with pytest.raises(pd.InputError, match="already exists"):
+    with pytest.raises(InputError, match="already exists"):
         run_main("--model", models["run"], "--data", path, "--output", out)
-    with pytest.raises(pd.InputError, match="output is the input file"):
+    with pytest.raises(InputError, match="output is the input file"):
         run_main("--model", models["run"], "--data", path, "--output", path, "--overwrite")
 
 
 def test_h5_bad_file_one_line_error(script, models, tmp_path):
     bad = tmp_path / "bad.h5"
     bad.write_bytes(b"not hdf5")
-    assert_one_line_error(script(SCRIPT, "--model", models["red"], "--data", bad), "bad.h5", "HDF5")
+    assert_one_line_error(script(SCRIPT, "--model", models["track"], "--data", bad), "bad.h5", "HDF5")
     assert not (tmp_path / "bad_denoised.h5").exists()
 
 
@@ -402,7 +429,7 @@ def test_cae_baseline_through_the_evaluation(models, h5file):
     cache = path.parent / "cae"
     cache.mkdir()
     out = path.parent / "den.h5"
-    assert run_main("--model", models["red"], "--data", path, "--output", out, "--evaluate", "--baseline-cae",
+    assert run_main("--model", models["track"], "--data", path, "--output", out, "--evaluate", "--baseline-cae",
                     "--cae-epochs", 1, "--cae-cache", cache, "--report", path.parent / "rep") == 0
     assert len(list(cache.glob("*.keras"))) == 1
     data = json.loads((path.parent / "rep.json").read_text())
@@ -412,7 +439,7 @@ def test_cae_baseline_through_the_evaluation(models, h5file):
     test = data_management.load_split(path)["test"]
     raw_m, truth_m = ei.hit_mask(raw[test]), ei.hit_mask(truth[test])
     cae = baselines.get_cae(path, cache, train_if_missing=False, epochs=1)
-    direct = pd.evaluate(raw_m, truth_m, {"CAE": baselines.cae_keep(cae, raw_m)})
+    direct = evaluation.evaluate(raw_m, truth_m, {"CAE": baselines.cae_keep(cae, raw_m)})
     assert data["methods"]["CAE"]["counts"] == direct["methods"]["CAE"]["counts"]
 
 
@@ -450,7 +477,7 @@ def test_killed_mid_run_leaves_only_complete_pngs(models, tmp_path, seed):
     raw, _ = make_events(1500, seed=seed)
     write_pngs(tmp_path / "raw", raw)
     out = tmp_path / "out"
-    proc = _start("--model", models["red"], "--input-dir", tmp_path / "raw", "--output-dir", out, "--batch-size", 4)
+    proc = _start("--model", models["track"], "--input-dir", tmp_path / "raw", "--output-dir", out, "--batch-size", 4)
     delay = float(np.random.default_rng(seed).uniform(0.0, 0.6))
     assert _kill_when(proc, lambda: out.is_dir() and any(out.glob("*.png")), delay), "finished before the kill"
     finals = sorted(out.glob("*.png"))
@@ -472,7 +499,7 @@ def test_killed_mid_run_leaves_no_hdf5_under_the_final_name(models, tmp_path, se
         f.create_dataset("raw", data=ei.pad_event(raw), chunks=(16, 128, 128, 3))
         f.create_dataset("truth", data=ei.pad_event(truth), chunks=(16, 128, 128, 3))
     out = tmp_path / "den.h5"
-    proc = _start("--model", models["red"], "--data", path, "--output", out, "--batch-size", 4, "--evaluate")
+    proc = _start("--model", models["track"], "--data", path, "--output", out, "--batch-size", 4, "--evaluate")
     delay = float(np.random.default_rng(seed).uniform(0.0, 0.5))
     assert _kill_when(proc, lambda: any(tmp_path.glob(".den.h5.*")), delay), "finished before the kill"
     assert not out.exists() and not (tmp_path / "den.report.json").exists()

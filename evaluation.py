@@ -1,0 +1,347 @@
+"""Hit-level scoring of a denoiser against the truth and the CLAS12 baselines, and its report.
+
+Used by Pix2Pix_denoise.py --evaluate and bench/score_probabilities.py; no TensorFlow or Keras
+(the CAE baseline imports them when asked for). On boolean hit masks (N, 36, 112):
+
+    keeps = {"model": prob > 0.5, **{m: keep(raw) for m, keep in baseline_keeps().items()}}
+    result = evaluate(raw, truth, keeps, prob)               # scores, per superlayer, sweep, verdict
+    finish_report(result, 0.5, "runs/pix2pix/test.report")   # table, verdict, .json, .png, .events.png
+"""
+
+import heapq
+import json
+import math
+import textwrap
+from pathlib import Path
+
+import numpy as np
+
+import event_image as ei
+from script_utils import atomic_output, check_output_path
+
+BACKGROUND_BINS = (0, 10, 20, 40, 60, 80, 100, 130, 160, 200, 300)  # lower edges of the background-hit bins
+GRID_EVENTS = 4  # worst and best events shown in the report
+METHODS = ("model", "keep-all", "SNR", "CAE")
+COLORS = dict(zip(METHODS, ("tab:red", "tab:gray", "tab:blue", "tab:green"), strict=True))
+
+
+def _empty_counts():
+    return dict.fromkeys(ei.COUNT_KEYS, 0)
+
+
+def event_f1(raw, truth, kept):
+    """Per-event F1 (N,) of boolean masks (N, 36, 112); 1.0 for an event with nothing to find or keep."""
+    track = raw & truth
+    kept_raw = kept & raw
+    tp = (kept_raw & track).sum(axis=(1, 2))
+    den = track.sum(axis=(1, 2)) + kept_raw.sum(axis=(1, 2))
+    return np.where(den > 0, 2.0 * tp / np.maximum(den, 1), 1.0)
+
+
+class HitEvaluation:
+    """Hit-level counts of several methods, accumulated batch by batch (memory stays flat).
+
+    Per method: overall, per superlayer and per bin of background hits in the event; for the
+    model also a sweep over output thresholds (from its probabilities) and the worst and best
+    events by F1 (only GRID_EVENTS of each are kept).
+    """
+
+    def __init__(self, methods, thresholds=ei.THRESHOLDS, background_bins=BACKGROUND_BINS,
+                 grid_events=GRID_EVENTS):
+        self.methods = list(methods)
+        self.thresholds = tuple(float(t) for t in thresholds)
+        self.bins = tuple(int(b) for b in background_bins)
+        self.grid_events = grid_events
+        self.total = {m: _empty_counts() for m in self.methods}
+        self.superlayer = {m: [_empty_counts() for _ in range(ei.SUPERLAYERS)] for m in self.methods}
+        self.background = {m: [_empty_counts() for _ in self.bins] for m in self.methods}
+        self.sweep = [_empty_counts() for _ in self.thresholds]
+        self.paired = {m: {"better": 0, "equal": 0, "worse": 0} for m in self.methods if m != "model"}
+        self.worst, self.best = [], []  # heaps of (key, -serial, event)
+        self.serial = 0
+
+    def add(self, raw, truth, keeps, probabilities=None, names=None):
+        """Count one batch: boolean masks (N, 36, 112); keeps = {method: kept mask}."""
+        raw, truth = np.asarray(raw, bool), np.asarray(truth, bool)
+        noise_per_event = (raw & ~truth).sum(axis=(1, 2))
+        bin_of_event = np.searchsorted(self.bins, noise_per_event, side="right") - 1
+        for m in self.methods:
+            kept = np.asarray(keeps[m], bool)
+            self.total[m] = ei.add_counts(self.total[m], ei.hit_counts(raw, truth, kept))
+            for s in range(ei.SUPERLAYERS):
+                rows = slice(s * ei.LAYERS_PER_SUPERLAYER, (s + 1) * ei.LAYERS_PER_SUPERLAYER)
+                c = ei.hit_counts(raw[:, rows], truth[:, rows], kept[:, rows])
+                self.superlayer[m][s] = ei.add_counts(self.superlayer[m][s], c)
+            for b in np.unique(bin_of_event[bin_of_event >= 0]):
+                sel = bin_of_event == b
+                self.background[m][b] = ei.add_counts(self.background[m][b],
+                                                      ei.hit_counts(raw[sel], truth[sel], kept[sel]))
+        if probabilities is not None:
+            for i, t in enumerate(self.thresholds):
+                self.sweep[i] = ei.add_counts(self.sweep[i], ei.hit_counts(raw, truth, probabilities > t))
+        if "model" in keeps:
+            f1, rows = self._compare_events(raw, truth, keeps)
+            if self.grid_events:
+                self._keep_extremes(raw, truth, keeps, names, f1, rows)
+
+    def _compare_events(self, raw, truth, keeps):
+        """Count the events (with track hits) where the model's F1 beats, ties or loses to each other method's."""
+        has_track = (raw & truth).any(axis=(1, 2))
+        f1 = event_f1(raw[has_track], truth[has_track], np.asarray(keeps["model"], bool)[has_track])
+        for m in self.methods:
+            if m != "model":
+                other = event_f1(raw[has_track], truth[has_track], np.asarray(keeps[m], bool)[has_track])
+                c = self.paired[m]
+                c["better"] += int((f1 > other).sum())
+                c["equal"] += int((f1 == other).sum())
+                c["worse"] += int((f1 < other).sum())
+        return f1, np.flatnonzero(has_track)
+
+    def _keep_extremes(self, raw, truth, keeps, names, f1, rows):
+        """Remember the GRID_EVENTS worst and best events by the model's F1 (events with track hits)."""
+        for score, i in zip(f1, rows, strict=True):
+            event = None
+            for heap, key in ((self.worst, -score), (self.best, score)):
+                item_key = (float(key), -self.serial)
+                if len(heap) < self.grid_events or item_key > heap[0][:2]:
+                    if event is None:  # copied only for the few events that are kept
+                        event = {"name": str(names[i]) if names is not None else str(self.serial),
+                                 "f1": float(score), "raw": raw[i].copy(), "truth": truth[i].copy(),
+                                 "keeps": {m: np.asarray(k[i], bool).copy() for m, k in keeps.items()}}
+                    push = heapq.heappush if len(heap) < self.grid_events else heapq.heapreplace
+                    push(heap, (*item_key, event))
+            self.serial += 1
+
+    def result(self):
+        """Everything measured (scores NaN where nothing was counted).
+
+        model_vs_per_event: for each other method, the events (with track hits) where the model's
+        F1 is better, equal or worse. worst_events/best_events hold the events' masks for the
+        picture; write_report keeps only their names and F1 in the JSON.
+        """
+        def entry(c):
+            return {"counts": dict(c), "scores": ei.scores_from_counts(c)}
+
+        edges = list(self.bins) + [None]
+        return {
+            "events": self.total[self.methods[0]]["events"],
+            "methods": {m: entry(self.total[m]) for m in self.methods},
+            "per_superlayer": {m: [dict(superlayer=s + 1, **entry(c)) for s, c in enumerate(self.superlayer[m])]
+                               for m in self.methods},
+            "vs_background_hits": {m: [dict(low=edges[b], high=edges[b + 1], **entry(c))
+                                       for b, c in enumerate(self.background[m])] for m in self.methods},
+            "threshold_sweep": [dict(threshold=t, **entry(c)) for t, c in zip(self.thresholds, self.sweep, strict=True)]
+            if any(c["events"] for c in self.sweep) else [],
+            "model_vs_per_event": self.paired if "model" in self.methods else {},
+            "worst_events": [e for _, _, e in sorted(self.worst, key=lambda x: (-x[0], x[1]))],
+            "best_events": [e for _, _, e in sorted(self.best, key=lambda x: (-x[0], x[1]))],
+        }
+
+
+def evaluate(raw_masks, truth_masks, keep_masks, probabilities=None, names=None, **settings):
+    """Hit-level scores of each method on one set of events, in one call.
+
+    raw_masks, truth_masks: boolean (N, 36, 112); keep_masks: {method: boolean (N, 36, 112)};
+    probabilities: optional (N, 36, 112) model output for the threshold sweep. Returns
+    HitEvaluation.result() plus the verdict.
+    """
+    ev = HitEvaluation(keep_masks, **settings)
+    ev.add(raw_masks, truth_masks, keep_masks, probabilities, names)
+    res = ev.result()
+    res["verdict"] = verdict(res)
+    return res
+
+
+def verdict(result):
+    """One sentence: does the model beat the best classical/CLAS12 baseline on F1, and how?"""
+    methods = result["methods"]
+    if "model" not in methods:
+        return "no model scores"
+    baselines = [m for m in ("SNR", "CAE") if m in methods and not math.isnan(methods[m]["scores"]["f1"])]
+    model = methods["model"]["scores"]
+    if not baselines or math.isnan(model["f1"]):
+        return "not enough track hits to compare"
+    best = max(baselines, key=lambda m: methods[m]["scores"]["f1"])
+    base = methods[best]["scores"]
+    d = {k: model[k] - base[k] for k in ("f1", "efficiency", "rejection")}
+    word = "BETTER than" if d["f1"] > 0 else ("EQUAL to" if d["f1"] == 0 else "WORSE than")
+    text = (f"On {result['events']} events the GAN is {word} the best CLAS12 baseline ({best}): "
+            f"F1 {model['f1']:.4f} vs {base['f1']:.4f} ({d['f1']:+.4f}), efficiency {d['efficiency']:+.4f}, "
+            f"rejection {d['rejection']:+.4f}.")
+    paired = result.get("model_vs_per_event", {}).get(best)
+    if paired and sum(paired.values()):
+        text += (f" Event by event (F1): better in {paired['better']}, equal in {paired['equal']}, "
+                 f"worse in {paired['worse']}.")
+    return text
+
+
+def format_table(result):
+    """The printed table: one row per method."""
+    cols = {"efficiency": "efficiency", "rejection": "rejection", "purity": "purity", "f1": "F1",
+            "invented_per_event": "invented/event"}
+    lines = [f"{'method':<10}" + "".join(f"{title:>16}" for title in cols.values())]
+    for m, e in result["methods"].items():
+        lines.append(f"{m:<10}" + "".join(f"{e['scores'][c]:>16.4f}" for c in cols))
+    return "\n".join(lines)
+
+
+def _json_ready(obj):
+    """NaN -> null and numpy -> Python, so the JSON is strict and readable everywhere."""
+    if isinstance(obj, dict):
+        return {k: _json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_ready(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def report_paths(prefix):
+    """The three report files for a prefix."""
+    prefix = str(prefix)
+    return {"json": Path(prefix + ".json"), "png": Path(prefix + ".png"), "events": Path(prefix + ".events.png")}
+
+
+
+# --- The report ------------------------------------------------------------------------------
+def plot_efficiency_rejection(ax, x, groups, method):
+    """One method's efficiency (solid) and rejection (dashed) over groups of events (bins, superlayers)."""
+    color = COLORS.get(method)
+    ax.plot(x, [g["scores"]["efficiency"] for g in groups], "o-", color=color, label=f"{method} efficiency")
+    ax.plot(x, [g["scores"]["rejection"] for g in groups], "s--", color=color, alpha=0.6, label=f"{method} rejection")
+
+
+def finish_axes(ax, xlabel, title, ncol=2):
+    """Label, score range and legend shared by the report's line panels."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylim(-0.02, 1.05)
+    ax.set_title(title)
+    ax.legend(fontsize=7, ncol=ncol)
+
+
+def plot_scores(ax, result):
+    """Score bars, the model next to the baselines."""
+    methods = list(result["methods"])
+    keys = ("efficiency", "rejection", "purity", "f1")
+    width = 0.8 / len(methods)
+    for i, m in enumerate(methods):
+        vals = [np.nan_to_num(result["methods"][m]["scores"][k]) for k in keys]
+        ax.bar(np.arange(len(keys)) + (i - (len(methods) - 1) / 2) * width, vals, width, label=m,
+               color=COLORS.get(m))
+    ax.set_xticks(range(len(keys)), keys)
+    ax.set_ylim(0, 1.05)
+    ax.set_title("hit-level scores")
+    ax.legend(fontsize=8, loc="lower right")
+
+
+def plot_vs_background(ax, result):
+    """Efficiency and rejection vs the background hits in the event (bins holding events only)."""
+    for m in result["methods"]:
+        bins = [b for b in result["vs_background_hits"][m] if b["counts"]["events"]]
+        x = [f"{b['low']}-{b['high'] - 1}" if b["high"] else f"{b['low']}+" for b in bins]
+        plot_efficiency_rejection(ax, x, bins, m)
+    finish_axes(ax, "background hits in the event", "efficiency (solid) and rejection (dashed) vs background")
+
+
+def plot_threshold_sweep(ax, result):
+    """The model's scores vs its output threshold, the threshold used and the baselines' F1."""
+    sweep = result["threshold_sweep"]
+    if sweep:
+        t = [s["threshold"] for s in sweep]
+        for k, style in (("efficiency", "o-"), ("rejection", "s-"), ("f1", "^-")):
+            ax.plot(t, [s["scores"][k] for s in sweep], style, label=f"model {k}")
+    if result.get("threshold") is not None:
+        ax.axvline(result["threshold"], color="k", ls=":", label=f"threshold used {result['threshold']:.2f}")
+    for m in result["methods"]:
+        if m != "model":
+            ax.axhline(np.nan_to_num(result["methods"][m]["scores"]["f1"]), color=COLORS.get(m), ls="--", lw=0.8,
+                       label=f"{m} F1")
+    finish_axes(ax, "model output threshold", "model scores vs threshold", ncol=1)
+
+
+def plot_superlayers(ax, result):
+    """Efficiency and rejection per superlayer."""
+    for m in result["methods"]:
+        plot_efficiency_rejection(ax, np.arange(1, ei.SUPERLAYERS + 1), result["per_superlayer"][m], m)
+    finish_axes(ax, "superlayer", "per superlayer")
+
+
+def write_plots(path, result, overwrite):
+    """PREFIX.png: the four panels, the verdict as title."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(13, 9))
+    plot_scores(axes[0, 0], result)
+    plot_vs_background(axes[0, 1], result)
+    plot_threshold_sweep(axes[1, 0], result)
+    plot_superlayers(axes[1, 1], result)
+    fig.suptitle(textwrap.fill(result.get("verdict", ""), 150), fontsize=10)
+    fig.tight_layout()
+    with atomic_output(path, overwrite) as tmp, open(tmp, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=90)
+    plt.close(fig)
+
+
+def write_event_grid(path, result, overwrite):
+    """PREFIX.events.png: the worst and best events, raw, truth and each method (none to draw: no file)."""
+    worst, shown = result["worst_events"], result["worst_events"] + result["best_events"]
+    if not shown:
+        return
+    columns = {"raw": [e["raw"] for e in shown], "truth": [e["truth"] for e in shown]}
+    for m in result["methods"]:
+        if m != "keep-all":
+            columns[m] = [e["keeps"][m] & e["raw"] if m == "model" else e["keeps"][m] for e in shown]
+    labels = [f"{'worst' if i < len(worst) else 'best'} {e['name'][:18]}\nF1 {e['f1']:.3f}"
+              for i, e in enumerate(shown)]
+    with atomic_output(path, overwrite) as tmp, open(tmp, "wb") as fh:
+        ei.save_event_grid(fh, columns, row_labels=labels,
+                           title="worst and best events by model F1 (model shown on the raw hits)")
+
+
+def write_report(result, prefix, overwrite=False, meta=None):
+    """Write PREFIX.json (every number), PREFIX.png (the plots) and PREFIX.events.png; return the paths."""
+    paths = report_paths(prefix)
+    for p in paths.values():
+        check_output_path(p, overwrite)
+    write_plots(paths["png"], result, overwrite)
+    write_event_grid(paths["events"], result, overwrite)
+    data = dict(result, **(meta or {}), report_files={k: str(v) for k, v in paths.items()})
+    for key in ("worst_events", "best_events"):
+        data[key] = [{"name": e["name"], "f1": e["f1"]} for e in result[key]]
+    with atomic_output(paths["json"], overwrite) as tmp:
+        tmp.write_text(json.dumps(_json_ready(data), indent=1))
+    return paths
+
+
+def finish_report(result, threshold, prefix, overwrite=False, meta=None):
+    """Add the threshold, verdict and table to result, print the table and verdict, write the report."""
+    result["threshold"] = threshold
+    result["verdict"] = verdict(result)
+    result["table"] = format_table(result)
+    print(result["table"])
+    print(result["verdict"])
+    paths = write_report(result, prefix, overwrite, meta)
+    print(f"report: {paths['json']}, {paths['png']}, {paths['events']}")
+    return paths
+
+
+# --- The baselines ---------------------------------------------------------------------------
+def baseline_keeps(cae_data=None, **cae_settings):
+    """{name: f(raw hit masks) -> kept masks} of the baselines: keep-all, SNR and, given cae_data, the CAE.
+
+    cae_data: the HDF5 file the CAE trains on (trained and cached if missing); cae_settings go
+    to baselines.get_cae (cae_cache=, epochs=, split_seed=; None = its default).
+    """
+    import baselines
+
+    keep = {"keep-all": lambda raw: raw.copy(), "SNR": baselines.snr_keep}
+    if cae_data is not None:
+        settings = {k: v for k, v in cae_settings.items() if v is not None}
+        cae = baselines.get_cae(cae_data, train_if_missing=True, **settings)
+        keep["CAE"] = lambda raw: baselines.cae_keep(cae, raw)
+    return keep
