@@ -1,29 +1,18 @@
 """Train the Pix2Pix conditional GAN that denoises CLAS12 drift-chamber event images.
 
-The model is the one of Isola et al. (2017) as the TensorFlow pix2pix tutorial builds it,
-adapted to the project's 128x128x3 images scaled to 0..1 (builders and losses: pix2pix_model.py):
-a U-Net generator with a sigmoid output, the 70x70 PatchGAN discriminator, and GAN loss +
-LAMBDA x L1 where the L1 of the hit pixels is weighted by HIT_WEIGHT (a track lights ~50 of
-16,384 pixels: plain L1 is smallest for an empty output).
+The model, its losses and its validation are in pix2pix_model.py, the run folder's files in
+training_files.py; the README's "Training" section describes both. Each epoch writes history.csv,
+TensorBoard logs (logs/), samples/epoch_NNN.png and a checkpoint; rerunning the same command
+resumes. The best and the final generator are exported as generator_best.keras and
+generator_final.keras, each with a JSON holding the output threshold chosen on validation.
+Several GPUs or a TF_CONFIG cluster of workers train together (only the chief writes).
 
-Each epoch logs the losses, the validation L1 and the hit-level scores (efficiency, rejection,
-purity, F1 at the validation-best output threshold) to history.csv and TensorBoard (logs/), and
-writes samples/epoch_NNN.png. Checkpoints (checkpoints/) are written every epoch and every
-CHECKPOINT_EVERY steps; rerunning the same command resumes where the last checkpoint stopped
-(weights, optimizers, step, epoch and data order). The best generator on validation and the final
-one are exported as generator_best.keras / generator_final.keras (float32, built-in layers only)
-with a sidecar JSON holding the chosen threshold and the validation scores.
-
-Several GPUs: MirroredStrategy; TF_CONFIG naming several workers: MultiWorkerMirroredStrategy
-(only the chief writes logs and exports). The global batch is BATCH_SIZE x replicas.
-
-    python Pix2Pix_training.py --data data/events.h5 --output-dir runs/pix2pix --base-filters 32
+    python Pix2Pix_training.py --data data/pairs.h5 --output-dir runs/pix2pix --base-filters 32
+    tensorboard --logdir runs/pix2pix/logs
 """
 
 import argparse
-import contextlib
-import csv
-import io
+import dataclasses
 import json
 import math
 import os
@@ -36,38 +25,50 @@ from pathlib import Path
 import numpy as np
 
 import data_management
-import event_image as ei
-from script_utils import InputError, atomic_output, import_tensorflow, progress, run_main
+from script_utils import ArgumentParser, InputError, import_keras, import_tensorflow, progress, run_main
 
 tf = import_tensorflow()  # first, so that its C++ start-up lines stay off stderr
-import keras  # noqa: E402
+keras = import_keras()
 
+import pix2pix_model  # noqa: E402
 from pix2pix_model import (  # noqa: E402
-    GENERATOR_BLOCKS,
     IMAGE_SHAPE,
     build_discriminator,
     build_generator,
     discriminator_loss,
-    evaluate,
+    dtype_policy,
     generator_loss,
     synchronize_batch_norm,
+    validate,
     with_raw_hit_gate,
 )
+from training_files import (  # noqa: E402
+    CSV_FIELDS,
+    Checkpoints,
+    append_history,
+    architecture,
+    check_output_dir,
+    export_generator,
+    restore_latest,
+    save_samples,
+    write_json,
+)
 
-# ----------------------------------------------------------------------------------------------
-H5_PATH = "data/pairs.h5"  # the HDF5 file written by Pix2Pix_data.py
+# --- Settings: each is the default of its flag (BATCH_SIZE -> --batch-size) -----------------------
+DATA = "data/pairs.h5"  # the HDF5 file of (raw, truth) pairs written by Pix2Pix_data.py
 OUTPUT_DIR = "runs/pix2pix"  # checkpoints, logs, samples and the exported generators
 EPOCHS = 20
 BATCH_SIZE = 32  # per replica; the global batch is BATCH_SIZE x replicas
-LAMBDA = 100.0  # weight of the L1 term against the GAN term (the paper's)
-HIT_WEIGHT = 10.0  # L1 weight of the truth's hit pixels (1 = plain L1, which learns a blank output)
+BASE_FILTERS = pix2pix_model.BASE_FILTERS  # width: filters of the first block (16-32 train fast on a CPU)
+LAMBDA = pix2pix_model.LAMBDA  # weight of the L1 term against the GAN term
+HIT_WEIGHT = pix2pix_model.HIT_WEIGHT  # L1 weight of the truth's hit pixels (1 = plain L1)
 WEIGHT_RAW_HITS = True  # weight the raw image's hits too (the noise hits the model must learn to remove)
 GATE_BY_RAW_HITS = True  # exported/validated generator x raw hit mask: it removes hits, never adds any
 GENERATOR_LR = 2e-4
 DISCRIMINATOR_LR = 2e-4
 BETA_1 = 0.5  # Adam's first-moment decay (the paper's)
-BASE_FILTERS = 64  # width knob: filters of the first block (the paper's 64; 16-32 train fast on a CPU)
 SEED = 1  # weight initialisation, dropout and the shuffling order of the training data
+SPLIT_SEED = data_management.SPLIT_SEED  # the train/validation/test split of DATA
 STEPS_PER_EPOCH = 0  # cap on training steps per epoch (0 = one full pass over the training split)
 VALIDATION_BATCHES = 0  # cap on validation batches per epoch (0 = the whole validation split)
 CHECKPOINT_EVERY = 500  # steps between mid-epoch checkpoints (one is also written every epoch)
@@ -79,16 +80,13 @@ LOGICAL_CPUS = 0  # split the CPU into this many logical devices (>1 trains with
 KEEP_WORKER_CHECKPOINTS = False  # multi-worker: other workers keep their checkpoints (OUTPUT_DIR/.worker_*_tmp)
 THRESHOLD_CRITERION = "balanced"  # balanced: the threshold with the best min(efficiency, rejection); f1: best F1
 D_SATURATED_LOSS = 0.1  # discriminator loss below this (balanced: 2 log 2 = 1.39) is flagged as winning
-# ----------------------------------------------------------------------------------------------
-
-CSV_FIELDS = ("epoch", "step", "gen_total", "gen_gan", "gen_l1", "disc", "val_l1", "threshold", "efficiency",
-              "rejection", "purity", "f1", "invented_per_event", "seconds", "images_per_s", "disc_winning")
+# ---------------------------------------------------------------------------------------------------
 
 
-# --- Training state -------------------------------------------------------------------------------
-def make_optimizer(learning_rate, precision):
-    """Adam(lr, beta_1=BETA_1); under float16, wrapped in dynamic loss scaling."""
-    opt = keras.optimizers.Adam(learning_rate, beta_1=BETA_1)
+# --- The trainer: models, optimizers, counters, the compiled steps ----------------------------------
+def make_optimizer(learning_rate, beta_1, precision):
+    """Adam(learning_rate, beta_1); under float16, wrapped in dynamic loss scaling."""
+    opt = keras.optimizers.Adam(learning_rate, beta_1=beta_1)
     return keras.optimizers.LossScaleOptimizer(opt) if precision == "float16" else opt
 
 
@@ -106,8 +104,8 @@ class Trainer:
             if strategy.num_replicas_in_sync > 1:
                 synchronize_batch_norm(self.generator)
                 synchronize_batch_norm(self.discriminator)
-            self.gen_opt = make_optimizer(s.generator_lr, precision)
-            self.disc_opt = make_optimizer(s.discriminator_lr, precision)
+            self.gen_opt = make_optimizer(s.generator_lr, s.beta_1, precision)
+            self.disc_opt = make_optimizer(s.discriminator_lr, s.beta_1, precision)
             # Build the optimizers' slots now, so that a checkpoint restores into them.
             self.gen_opt.build(self.generator.trainable_variables)
             self.disc_opt.build(self.discriminator.trainable_variables)
@@ -151,123 +149,12 @@ class Trainer:
         self.batch_in_epoch.assign_add(1)
         return losses
 
-
-# --- Samples -------------------------------------------------------------------------------------
-def save_samples(path, first, threshold, n):
-    """samples/epoch_NNN.png: a few validation events, raw | truth | output | kept raw hits."""
-    raw, truth, output = (ei.crop_event(a[:n]) for a in first)
-    to_u8 = lambda a: np.clip(np.rint(a * 255), 0, 255).astype(np.uint8)
-    kept = ei.hit_mask(output, threshold) & ei.hit_mask(raw, ei.SCALED_HIT_THRESHOLD)
-    columns = {"raw": list(to_u8(raw)), "truth": list(to_u8(truth)), "output": list(to_u8(output)),
-               f"kept (output > {threshold:.2f}, raw hits)": list(kept)}
-    buffer = io.BytesIO()
-    ei.save_event_grid(buffer, columns, title=path.stem)
-    write_atomic(path, lambda tmp: tmp.write_bytes(buffer.getvalue()))
+    def counters(self):
+        """(step, epoch, batch_in_epoch) as Python ints."""
+        return int(self.step.numpy()), int(self.epoch.numpy()), int(self.batch_in_epoch.numpy())
 
 
-# --- Files of a run -----------------------------------------------------------------------------
-def write_atomic(target, writer, ext=""):
-    """Write target through writer(temporary path ending with ext), renamed only when complete."""
-    with atomic_output(target, overwrite=True) as tmp:
-        if not ext:
-            writer(tmp)
-            return
-        named = tmp.with_name(tmp.name + ext)  # e.g. Keras insists on a name ending with .keras
-        try:
-            writer(named)
-            os.replace(named, tmp)
-        finally:
-            if named.exists():
-                named.unlink()
-
-
-def write_json(path, data):
-    """A small JSON file, written atomically."""
-    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, default=float) + "\n"))
-
-
-def architecture(s):
-    """What a checkpoint's weights depend on: a resume with anything else is refused."""
-    return {"model": "pix2pix-unet-patchgan70", "image_shape": list(IMAGE_SHAPE), "base_filters": s.base_filters,
-            "generator_blocks": GENERATOR_BLOCKS, "discriminator_patch_map": [14, 14, 1],
-            "gate_by_raw_hits": s.gate_by_raw_hits}
-
-
-def check_output_dir(out, s, chief=True):
-    """Refuse an output folder that holds something else than a run of this architecture.
-
-    Other workers of a multi-worker run share the chief's folder, which the chief may be filling.
-    """
-    config_path = out / "run_config.json"
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out}: is not a folder")
-    made_in = next(p for p in (out, *out.parents) if p.exists())  # the nearest folder that exists
-    if not made_in.is_dir():
-        raise InputError(f"{out}: {made_in} is not a folder")
-    if not os.access(made_in, os.W_OK | os.X_OK):
-        raise InputError(f"{out}: folder {made_in} is not writable")
-    if config_path.exists():
-        try:
-            saved = json.loads(config_path.read_text())["architecture"]
-        except (ValueError, KeyError) as exc:
-            raise InputError(f"{config_path}: not a run configuration ({exc})") from None
-        if saved != architecture(s):
-            diff = ", ".join(f"{k} {saved.get(k)} there, {v} asked" for k, v in architecture(s).items()
-                             if saved.get(k) != v)
-            raise InputError(f"{out}: holds a run with a different architecture ({diff}); "
-                             "use another --output-dir or the same settings")
-    elif chief and out.is_dir() and any(not is_worker_folder(p) for p in out.iterdir()):
-        raise InputError(f"{out}: exists and does not hold a training run (no run_config.json); "
-                         "use a new or empty --output-dir")
-
-
-def is_worker_folder(path):
-    """A multi-worker run's folder of another worker (it may be made before the chief's first file)."""
-    return path.name.startswith(".worker_") and path.name.endswith("_tmp") and path.is_dir()
-
-
-def append_history(path, row):
-    """Add an epoch's row to history.csv, replacing rows of that epoch or later (from a resume)."""
-    rows = []
-    if path.exists():
-        with open(path, newline="") as f:
-            rows = [r for r in csv.DictReader(f) if int(r["epoch"]) < row["epoch"]]
-    rows.append({k: row[k] for k in CSV_FIELDS})
-
-    def writer(tmp):
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-            w.writeheader()
-            w.writerows(rows)
-    write_atomic(path, writer)
-
-
-def export_generator(trainer, out, stem, scores, epoch, step, settings):
-    """generator_<stem>.keras (float32 copy of the weights, gated if so set) and its JSON with the threshold."""
-    with dtype_policy("float32"):
-        model = build_generator(trainer.s.base_filters)
-        model.set_weights(trainer.generator.get_weights())
-        if trainer.s.gate_by_raw_hits:
-            model = with_raw_hit_gate(model)
-    write_atomic(out / f"{stem}.keras", lambda tmp: model.save(tmp), ext=".keras")
-    validation = {k: v for k, v in scores.items() if k != "threshold"}
-    write_json(out / f"{stem}.json", {"threshold": scores["threshold"], "epoch": epoch, "step": step,
-                                      "base_filters": trainer.s.base_filters, "validation": validation,
-                                      "precision": trainer.precision, "settings": settings})
-
-
-# --- Set-up: devices, precision, strategy, checkpoints ---------------------------------------------
-@contextlib.contextmanager
-def dtype_policy(name):
-    """Build Keras layers under the global dtype policy name, then put the previous one back."""
-    before = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(name)
-    try:
-        yield
-    finally:
-        keras.mixed_precision.set_global_policy(before)
-
-
+# --- Devices, precision, strategy ---------------------------------------------------------------------
 def choose_precision(setting):
     """auto: mixed float16 on a GPU, mixed bfloat16 on a CPU with bf16 units, else float32."""
     if setting != "auto":
@@ -312,33 +199,31 @@ def choose_strategy(logical_cpus):
     return tf.distribute.get_strategy(), True, name
 
 
-def checkpoint_candidates(folder):
-    """Checkpoint prefixes in a folder, newest (highest step) first."""
-    found = [(int(p.name[len("ckpt-"):-len(".index")]), p) for p in Path(folder).glob("ckpt-*.index")
-             if p.name[len("ckpt-"):-len(".index")].isdigit()]
-    return [str(p)[:-len(".index")] for _, p in sorted(found, reverse=True)]
+# --- Stopping: Ctrl-C or a batch system's SIGTERM ------------------------------------------------------
+STOP_REQUESTED = []  # the signal that asked the run to stop (request_stop), if any
 
 
-def restore_latest(trainer, folder):
-    """Restore the newest readable checkpoint; a corrupted one is reported and the previous one tried."""
-    for prefix in checkpoint_candidates(folder):
-        try:
-            trainer.checkpoint.restore(prefix).assert_existing_objects_matched()
-        except Exception as exc:  # truncated or corrupted files raise OpError, IndexError, ValueError, ...
-            reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-            print(f"warning: checkpoint {prefix} is unreadable ({reason}); trying the previous one",
-                  file=sys.stderr, flush=True)
-            continue
-        iterations = {int(trainer.gen_opt.iterations.numpy()), int(trainer.disc_opt.iterations.numpy())}
-        if iterations != {int(trainer.step.numpy())}:
-            raise InputError(f"{prefix}: optimizers' iterations {sorted(iterations)} disagree with the step "
-                             f"counter {int(trainer.step.numpy())}")
-        return prefix
-    return None
+def request_stop(signum, frame):
+    """Ctrl-C or a batch system's SIGTERM (pre-emption, the end of a time slot): stop after the
+    current step, with a checkpoint of it, so that the same command resumes from there.
+
+    The signal only sets a flag that the training loop reads between steps (check_stop). A
+    KeyboardInterrupt raised wherever the signal lands can be lost: Python drops one raised in a
+    garbage-collector callback, and Keras imports JAX's when JAX is installed. A second signal
+    stops at once.
+    """
+    if STOP_REQUESTED:
+        raise KeyboardInterrupt
+    STOP_REQUESTED.append(signum)
+    print(f"\n{signal.Signals(signum).name}: stopping after the current step (again to stop at once)",
+          file=sys.stderr, flush=True)
 
 
-# --- The run ---------------------------------------------------------------------------------------
-STOP_REQUESTED = []  # the signal that asked the run to stop (main's request_stop), if any
+def catch_stop_signals():
+    """From now on Ctrl-C and SIGTERM go to request_stop."""
+    STOP_REQUESTED.clear()
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
 
 
 def check_stop():
@@ -347,23 +232,30 @@ def check_stop():
         raise KeyboardInterrupt
 
 
-def train(s):
-    """Train (or resume) a run with the settings s (an argparse.Namespace from parse_args).
+# --- The run -------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Run:
+    """What set_up() prepares for the loop: one process's trainer, data and files."""
 
-    Returns the final validation scores (a dict), or None on a worker that is not the chief.
+    s: argparse.Namespace  # the settings (parse_args')
+    trainer: Trainer
+    chief: bool  # this process validates, logs and exports (other workers only train)
+    multi_worker: bool
+    out: Path  # the run folder
+    split: dict  # data_management's {"train", "validation", "test"} indices
+    steps_per_epoch: int
+    validation: object  # the validation tf.data.Dataset
+    checkpoints: Checkpoints
+    log: object  # the chief's TensorBoard writer (logs/); None on other workers
+    started: float  # time.time() at the start
+
+
+def load_data(s, replicas):
+    """The split (data_management's saved one), the training steps per epoch and the validation dataset.
+
+    data_management's errors (InputError) pass through as they are.
     """
-    t_start = time.time()
-    if s.deterministic:
-        tf.config.experimental.enable_op_determinism()
-    keras.utils.set_random_seed(s.seed)
-    strategy, chief, worker_name = choose_strategy(s.logical_cpus)
-    precision = choose_precision(s.mixed_precision)
-    out = Path(s.output_dir)
-    check_output_dir(out, s, chief)
-
-    # Data: the saved split of data_management; its errors (InputError) pass through as they are.
-    split = data_management.load_split(s.data)
-    replicas = strategy.num_replicas_in_sync
+    split = data_management.load_split(s.data, split_seed=s.split_seed)
     global_batch = s.batch_size * replicas
     batches = len(split["train"]) // global_batch
     if batches == 0:
@@ -371,130 +263,168 @@ def train(s):
                          f"batch of {global_batch} (--batch-size {s.batch_size} x {replicas} replicas)")
     steps_per_epoch = min(batches, s.steps_per_epoch) if s.steps_per_epoch else batches
     validation = data_management.make_dataset(s.data, split["validation"], batch_size=global_batch)
-    options = tf.data.Options()  # several workers: each takes its share of every global batch
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+    return split, steps_per_epoch, validation
 
-    # Where this process writes: the chief into the output folder, other workers into a temporary one.
-    ckpt_dir = out / "checkpoints" if chief else out / f".worker_{worker_name}_tmp" / "checkpoints"
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    settings = dict(vars(s))
-    if chief and not (out / "run_config.json").exists():
-        write_json(out / "run_config.json", {"architecture": architecture(s), "settings": settings,
-                                             "precision": precision, "replicas": replicas})
 
-    policy = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}[precision]
-    with dtype_policy(policy):
+def set_up(s):
+    """Seeds, devices and the trainer; the run folder checked; the data; the newest checkpoint restored."""
+    started = time.time()
+    if s.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    keras.utils.set_random_seed(s.seed)
+    strategy, chief, worker_name = choose_strategy(s.logical_cpus)
+    precision = choose_precision(s.mixed_precision)
+    with dtype_policy({"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}[precision]):
         trainer = Trainer(s, strategy, precision)
+    out = Path(s.output_dir)
+    check_output_dir(out, architecture(trainer), chief)
+    replicas = strategy.num_replicas_in_sync
+    split, steps_per_epoch, validation = load_data(s, replicas)
+
     restored = restore_latest(trainer, out / "checkpoints")
-    manager = tf.train.CheckpointManager(trainer.checkpoint, ckpt_dir, max_to_keep=s.keep_checkpoints)
-    step, epoch, done_in_epoch = (int(v.numpy()) for v in (trainer.step, trainer.epoch, trainer.batch_in_epoch))
+    step, epoch, done_in_epoch = trainer.counters()
+    # Where this process writes: the chief into the run folder, other workers into a temporary one.
+    ckpt_dir = out / "checkpoints" if chief else out / f".worker_{worker_name}_tmp" / "checkpoints"
+    checkpoints = Checkpoints(trainer, ckpt_dir, s.keep_checkpoints, last_saved=step if restored else -1)
+    if chief and not (out / "run_config.json").exists():
+        write_json(out / "run_config.json", {"architecture": architecture(trainer), "settings": vars(s),
+                                             "precision": precision, "replicas": replicas})
     if restored:
         print(f"Resuming from {restored}: step {step}, epoch {epoch + 1} after {done_in_epoch} of its batches",
               flush=True)
-    print(f"Training {len(split['train'])} pairs ({steps_per_epoch} steps of {global_batch} per epoch, "
+    print(f"Training {len(split['train'])} pairs ({steps_per_epoch} steps of {trainer.global_batch} per epoch, "
           f"{replicas} replica(s), {precision}), validating on {len(split['validation'])}; "
           f"generator {trainer.generator.count_params():,} parameters, base filters {s.base_filters}", flush=True)
-
-    writer = tf.summary.create_file_writer(str(out / "logs")) if chief else None
-    samples = out / "samples"
     if chief:
-        samples.mkdir(parents=True, exist_ok=True)
-    last_saved = step if restored else -1
+        (out / "samples").mkdir(parents=True, exist_ok=True)
+    log = tf.summary.create_file_writer(str(out / "logs")) if chief else None
+    multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+    return Run(s, trainer, chief, multi_worker, out, split, steps_per_epoch, validation, checkpoints, log, started)
 
-    def save_checkpoint():
-        nonlocal last_saved
-        step_now = int(trainer.step.numpy())
-        if step_now != last_saved:
-            manager.save(checkpoint_number=step_now)
-            last_saved = step_now
 
-    scores = None
-    try:
-        while epoch < s.epochs:
-            check_stop()
-            t0 = time.time()
-            skip = done_in_epoch if done_in_epoch < steps_per_epoch else steps_per_epoch
-            data = (data_management.make_dataset(s.data, split["train"], batch_size=global_batch, shuffle=True,
-                                                 seed=s.seed, epoch=epoch, drop_remainder=True)
-                    .take(steps_per_epoch).skip(skip))
-            if multi_worker:
-                data = data.with_options(options)
-            sums, n_steps = np.zeros(4), 0
-            bar = progress(strategy.experimental_distribute_dataset(data), total=steps_per_epoch - skip,
-                           desc=f"epoch {epoch + 1}/{s.epochs}", unit="step", disable=None if chief else True)
-            for batch in bar:
-                losses = np.array([float(v) for v in trainer.train_step(batch)])
-                sums += losses
-                n_steps += 1
-                if n_steps % 5 == 0 or n_steps == 1:
-                    bar.set_postfix(G=f"{losses[0]:.3f}", L1=f"{losses[2]:.4f}", D=f"{losses[3]:.3f}")
-                last_batch = skip + n_steps == steps_per_epoch  # saved below, with the epoch counted
-                if s.checkpoint_every and int(trainer.step.numpy()) % s.checkpoint_every == 0 and not last_batch:
-                    save_checkpoint()
-                check_stop()
-            bar.close()
-            seconds = time.time() - t0
-            epoch += 1
-            done_in_epoch = 0
-            trainer.epoch.assign(epoch)
-            trainer.batch_in_epoch.assign(0)
-            step = int(trainer.step.numpy())
-            means = sums / n_steps if n_steps else np.full(4, np.nan)  # nan: the epoch was done before a resume
-            if chief:
-                scores, first = evaluate(trainer.predict, validation, s.validation_batches, s.threshold_criterion)
-                winning = bool(means[3] < D_SATURATED_LOSS)
-                row = {"epoch": epoch, "step": step, "gen_total": means[0], "gen_gan": means[1], "gen_l1": means[2],
-                       "disc": means[3], **scores, "seconds": round(seconds, 2),
-                       "images_per_s": round(n_steps * global_batch / max(seconds, 1e-9), 2),
-                       "disc_winning": int(winning)}
-                append_history(out / "history.csv", row)
-                with writer.as_default():
-                    for key in CSV_FIELDS[2:-1]:
-                        tf.summary.scalar(key, float(row[key]), step=epoch)
-                writer.flush()
-                if first is not None:
-                    save_samples(samples / f"epoch_{epoch:03d}.png", first, scores["threshold"], s.sample_events)
-                print(f"epoch {epoch}/{s.epochs} step {step}: G {means[0]:.4f} (GAN {means[1]:.3f}, "
-                      f"L1 {means[2]:.5f}) D {means[3]:.3f} | validation L1 {scores['val_l1']:.5f}, threshold "
-                      f"{scores['threshold']:.2f}: efficiency {scores['efficiency']:.3f} rejection "
-                      f"{scores['rejection']:.3f} purity {scores['purity']:.3f} F1 {scores['f1']:.3f} "
-                      f"({seconds:.0f} s)", flush=True)
-                if winning:
-                    print(f"note: the discriminator is winning (its loss {means[3]:.3f}, balanced 1.39; the "
-                          f"generator's GAN loss {means[1]:.2f}, balanced 0.69)", flush=True)
-                f1 = scores["f1"] if not math.isnan(scores["f1"]) else -1.0
-                if f1 > float(trainer.best_f1.numpy()):
-                    trainer.best_f1.assign(f1)
-                    export_generator(trainer, out, "generator_best", scores, epoch, step, settings)
-            save_checkpoint()
-    except KeyboardInterrupt:
-        save_checkpoint()
-        print(f"Stopped at step {int(trainer.step.numpy())}; checkpoint saved in {ckpt_dir}. "
-              "Run the same command again to resume.", file=sys.stderr, flush=True)
-        raise
+def epoch_batches(run, epoch, skip):
+    """The epoch's distributed training batches, less the first skip (done before a resume)."""
+    s, trainer = run.s, run.trainer
+    data = (data_management.make_dataset(s.data, run.split["train"], batch_size=trainer.global_batch, shuffle=True,
+                                         seed=s.seed, epoch=epoch, drop_remainder=True)
+            .take(run.steps_per_epoch).skip(skip))
+    if run.multi_worker:
+        options = tf.data.Options()  # several workers: each takes its share of every global batch
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        data = data.with_options(options)
+    return trainer.strategy.experimental_distribute_dataset(data)
 
-    if chief:
+
+def train_epoch(run):
+    """The epoch's steps (after a resume: the rest of them), with mid-epoch checkpoints.
+
+    Returns the sums of the four losses over the steps and the number of steps.
+    """
+    s, trainer = run.s, run.trainer
+    _, epoch, done_in_epoch = trainer.counters()
+    skip = min(done_in_epoch, run.steps_per_epoch)
+    sums, n_steps = np.zeros(4), 0
+    bar = progress(epoch_batches(run, epoch, skip), total=run.steps_per_epoch - skip,
+                   desc=f"epoch {epoch + 1}/{s.epochs}", unit="step", disable=None if run.chief else True)
+    for batch in bar:
+        losses = np.array([float(v) for v in trainer.train_step(batch)])
+        sums += losses
+        n_steps += 1
+        if n_steps % 5 == 0 or n_steps == 1:
+            bar.set_postfix(G=f"{losses[0]:.3f}", L1=f"{losses[2]:.4f}", D=f"{losses[3]:.3f}")
+        last_batch = skip + n_steps == run.steps_per_epoch  # saved by the loop, with the epoch counted
+        if s.checkpoint_every and int(trainer.step.numpy()) % s.checkpoint_every == 0 and not last_batch:
+            run.checkpoints.save()
+        check_stop()
+    bar.close()
+    trainer.epoch.assign(epoch + 1)
+    trainer.batch_in_epoch.assign(0)
+    return sums, n_steps
+
+
+def end_of_epoch(run, sums, n_steps, seconds):
+    """The chief's work after an epoch: validation, history.csv and TensorBoard, samples, the best export."""
+    s, trainer = run.s, run.trainer
+    step, epoch, _ = trainer.counters()
+    means = sums / n_steps if n_steps else np.full(4, np.nan)  # nan: the epoch was done before a resume
+    scores, first = validate(trainer.predict, run.validation, s.validation_batches, s.threshold_criterion)
+    row = {"epoch": epoch, "step": step, **dict(zip(CSV_FIELDS[2:6], means, strict=True)), **scores,
+           "seconds": round(seconds, 2), "images_per_s": round(n_steps * trainer.global_batch / max(seconds, 1e-9), 2),
+           "disc_winning": int(bool(means[3] < s.d_saturated_loss))}
+    append_history(run.out / "history.csv", row)
+    with run.log.as_default():
+        for key in CSV_FIELDS[2:-1]:
+            tf.summary.scalar(key, float(row[key]), step=epoch)
+    run.log.flush()
+    if first is not None:
+        save_samples(run.out / "samples" / f"epoch_{epoch:03d}.png", first, scores["threshold"], s.sample_events)
+    report_epoch(s, row, seconds)
+    f1 = scores["f1"] if not math.isnan(scores["f1"]) else -1.0
+    if f1 > float(trainer.best_f1.numpy()):
+        trainer.best_f1.assign(f1)
+        export_generator(trainer, run.out, "generator_best", scores, epoch, step, vars(s))
+    return scores
+
+
+def report_epoch(s, row, seconds):
+    """The epoch's line of the log, and a note when the discriminator wins outright."""
+    print(f"epoch {row['epoch']}/{s.epochs} step {row['step']}: G {row['gen_total']:.4f} (GAN {row['gen_gan']:.3f}, "
+          f"L1 {row['gen_l1']:.5f}) D {row['disc']:.3f} | validation L1 {row['val_l1']:.5f}, threshold "
+          f"{row['threshold']:.2f}: efficiency {row['efficiency']:.3f} rejection {row['rejection']:.3f} purity "
+          f"{row['purity']:.3f} F1 {row['f1']:.3f} ({seconds:.0f} s)", flush=True)
+    if row["disc_winning"]:
+        print(f"note: the discriminator is winning (its loss {row['disc']:.3f}, balanced 1.39; the "
+              f"generator's GAN loss {row['gen_gan']:.2f}, balanced 0.69)", flush=True)
+
+
+def finish(run, scores):
+    """After the last epoch: the chief exports the final generator; other workers delete their checkpoints."""
+    s, trainer = run.s, run.trainer
+    step, epoch, _ = trainer.counters()
+    if run.chief:
         if scores is None:  # nothing left to train: score the restored weights
-            scores, _ = evaluate(trainer.predict, validation, s.validation_batches, s.threshold_criterion)
-        export_generator(trainer, out, "generator_final", scores, epoch, step, settings)
-        print(f"Done: {epoch} epochs, {step} steps in {time.time() - t_start:.0f} s. Best F1 "
-              f"{float(trainer.best_f1.numpy()):.3f}: {out / 'generator_best.keras'}; final: "
-              f"{out / 'generator_final.keras'}", flush=True)
-    if multi_worker:  # wait for each other (the chief's exports), so that all workers leave together
-        strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.constant(1.0)), axis=None)
-    if not chief:
+            scores, _ = validate(trainer.predict, run.validation, s.validation_batches, s.threshold_criterion)
+        export_generator(trainer, run.out, "generator_final", scores, epoch, step, vars(s))
+        print(f"Done: {epoch} epochs, {step} steps in {time.time() - run.started:.0f} s. Best F1 "
+              f"{float(trainer.best_f1.numpy()):.3f}: {run.out / 'generator_best.keras'}; final: "
+              f"{run.out / 'generator_final.keras'}", flush=True)
+    if run.multi_worker:  # wait for each other (the chief's exports), so that all workers leave together
+        trainer.strategy.reduce(tf.distribute.ReduceOp.SUM, trainer.strategy.run(lambda: tf.constant(1.0)), axis=None)
+    if not run.chief:
         if not s.keep_worker_checkpoints:
-            shutil.rmtree(ckpt_dir.parent, ignore_errors=True)
+            shutil.rmtree(run.checkpoints.folder.parent, ignore_errors=True)
         return None
     return scores
 
 
-# --- Command line ----------------------------------------------------------------------------------
-def parse_args(argv=None):
+def train(s):
+    """Train (or resume) a run with the settings s (parse_args').
+
+    Returns the final validation scores (a dict), or None on a worker that is not the chief.
+    """
+    run = set_up(s)
+    scores = None
+    try:
+        while run.trainer.counters()[1] < s.epochs:
+            check_stop()
+            t0 = time.time()
+            sums, n_steps = train_epoch(run)
+            if run.chief:
+                scores = end_of_epoch(run, sums, n_steps, time.time() - t0)
+            run.checkpoints.save()
+    except KeyboardInterrupt:
+        run.checkpoints.save()
+        print(f"Stopped at step {int(run.trainer.step.numpy())}; checkpoint saved in {run.checkpoints.folder}. "
+              "Run the same command again to resume.", file=sys.stderr, flush=True)
+        raise
+    return finish(run, scores)
+
+
+# --- Command line ----------------------------------------------------------------------------------------
+def build_parser():
     """The settings above, each overridable on the command line."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default=H5_PATH, help="HDF5 file of (raw, truth) pairs (default %(default)s)")
+    p = ArgumentParser(description=__doc__)
+    p.add_argument("--data", default=DATA, help="HDF5 file of (raw, truth) pairs (default %(default)s)")
     p.add_argument("--output-dir", default=OUTPUT_DIR,
                    help="run folder; rerunning with the same folder resumes (default %(default)s)")
     p.add_argument("--epochs", type=int, default=EPOCHS, help="total epochs to train to (default %(default)s)")
@@ -513,7 +443,10 @@ def parse_args(argv=None):
                    help="L1 weight of the truth's hit pixels; 1 = plain L1 (default %(default)s)")
     p.add_argument("--generator-lr", type=float, default=GENERATOR_LR, help="(default %(default)s)")
     p.add_argument("--discriminator-lr", type=float, default=DISCRIMINATOR_LR, help="(default %(default)s)")
+    p.add_argument("--beta-1", type=float, default=BETA_1, help="Adam's first-moment decay (default %(default)s)")
     p.add_argument("--seed", type=int, default=SEED, help="initialisation, dropout, data order (default %(default)s)")
+    p.add_argument("--split-seed", type=int, default=SPLIT_SEED,
+                   help="the train/validation/test split, as data_management.py makes it (default %(default)s)")
     p.add_argument("--steps-per-epoch", type=int, default=STEPS_PER_EPOCH,
                    help="cap on steps per epoch, 0 = the whole training split (default %(default)s)")
     p.add_argument("--validation-batches", type=int, default=VALIDATION_BATCHES,
@@ -533,39 +466,31 @@ def parse_args(argv=None):
                    help="multi-worker: a worker that is not the chief keeps its copy of the checkpoints in "
                         "OUTPUT_DIR/.worker_<type>_<index>_tmp/checkpoints instead of deleting it at the end "
                         "(to check that the workers hold the same weights)")
-    s = p.parse_args(argv)
+    p.add_argument("--d-saturated-loss", type=float, default=D_SATURATED_LOSS,
+                   help="a discriminator loss below this (balanced: 2 log 2 = 1.39) is noted in the log and "
+                        "history.csv's disc_winning (default %(default)s)")
+    return p
+
+
+def parse_args(argv=None):
+    """The command line's settings, range-checked (InputError)."""
+    s = build_parser().parse_args(argv)
     for name in ("epochs", "batch_size", "base_filters", "sample_events", "keep_checkpoints"):
         if getattr(s, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(s, name)}")
-    for name in ("steps_per_epoch", "validation_batches", "checkpoint_every", "logical_cpus"):
+    for name in ("steps_per_epoch", "validation_batches", "checkpoint_every", "logical_cpus", "split_seed"):
         if getattr(s, name) < 0:
             raise InputError(f"--{name.replace('_', '-')} must not be negative, not {getattr(s, name)}")
     if not s.hit_weight > 0 or not s.lam >= 0:
         raise InputError("--hit-weight must be positive and --lambda not negative")
+    if not 0 <= s.beta_1 < 1:
+        raise InputError(f"--beta-1 must be in [0, 1), not {s.beta_1}")
     return s
-
-
-def request_stop(signum, frame):
-    """Ctrl-C or a batch system's SIGTERM (pre-emption, the end of a time slot): stop after the
-    current step, with a checkpoint of it, so that the same command resumes from there.
-
-    The signal only sets a flag that the training loop reads between steps (check_stop). A
-    KeyboardInterrupt raised wherever the signal lands can be lost: Python drops one raised in a
-    garbage-collector callback, and Keras imports JAX's when JAX is installed. A second signal
-    stops at once.
-    """
-    if STOP_REQUESTED:
-        raise KeyboardInterrupt
-    STOP_REQUESTED.append(signum)
-    print(f"\n{signal.Signals(signum).name}: stopping after the current step (again to stop at once)",
-          file=sys.stderr, flush=True)
 
 
 def main(argv=None):
     """Train from the command line."""
-    STOP_REQUESTED.clear()
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
+    catch_stop_signals()
     train(parse_args(argv))
     return 0
 

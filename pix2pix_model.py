@@ -1,5 +1,5 @@
 """The Pix2Pix model of the project, free of any one Keras backend: its builders, losses and the
-validation that chooses the output threshold.
+validation that chooses the output threshold (validate).
 
 Pix2Pix_training.py trains it with TensorFlow; everything here is plain Keras 3 (keras.layers,
 keras.ops) and numpy, so the same generator, discriminator and losses also run under Keras'
@@ -13,6 +13,7 @@ JAX backend (bench/train_jax.py, for GPU machines without TensorFlow).
   (a track lights ~50 of 16,384 pixels: plain L1 is smallest for an empty output).
 """
 
+import contextlib
 import math
 
 import keras
@@ -26,7 +27,6 @@ LAMBDA = 100.0  # weight of the L1 term against the GAN term (the paper's)
 HIT_WEIGHT = 10.0  # L1 weight of the hit pixels (1 = plain L1, which learns a blank output)
 IMAGE_SHAPE = (ei.PADDED_SIZE, ei.PADDED_SIZE, ei.CHANNELS)
 GENERATOR_BLOCKS = 7  # 128 -> 1 pixel at the bottleneck
-THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.05, 0.951, 0.05))  # output thresholds tried on validation
 
 
 # --- The model ---------------------------------------------------------------------------------
@@ -120,6 +120,17 @@ def build_discriminator(base_filters=BASE_FILTERS):
     return keras.Model([raw, target], logits, name="discriminator")
 
 
+@contextlib.contextmanager
+def dtype_policy(name):
+    """Build Keras layers under the global dtype policy name, then put the previous one back."""
+    before = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(name)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(before)
+
+
 def synchronize_batch_norm(model):
     """Several replicas: each batch norm of model uses the global batch's mean and variance (Keras'
     synchronized=True), so that every replica updates its moving statistics alike; otherwise each
@@ -169,8 +180,8 @@ def discriminator_loss(disc_real, disc_fake, global_batch):
 
 
 # --- Validation: the output threshold ----------------------------------------------------------------
-def evaluate(predict, dataset, max_batches=0, criterion="balanced"):
-    """Validation L1 and hit-level scores at every threshold of THRESHOLDS; the best one chosen.
+def validate(predict, dataset, max_batches=0, criterion="balanced"):
+    """Validation L1 and hit-level scores at every threshold of event_image.THRESHOLDS; the best one chosen.
 
     criterion "balanced" picks the threshold where the worse of efficiency and rejection is
     best (physicists want both high); "f1" the best F1 (which favours efficiency here).
@@ -178,7 +189,7 @@ def evaluate(predict, dataset, max_batches=0, criterion="balanced"):
     Returns {"val_l1", "threshold", "efficiency", "rejection", "purity", "f1", "invented_per_event",
     "f1_by_threshold"} and the first batch (raw, truth, output) for the sample picture.
     """
-    counts = {t: {} for t in THRESHOLDS}
+    counts = {t: {} for t in ei.THRESHOLDS}
     l1_sum, events, first = 0.0, 0, None
     for i, (raw, truth) in enumerate(dataset):
         if max_batches and i >= max_batches:
@@ -189,7 +200,7 @@ def evaluate(predict, dataset, max_batches=0, criterion="balanced"):
             first = (raw, truth, output)
         l1_sum += float(np.abs(truth - output).mean(axis=(1, 2, 3)).sum())
         events += len(raw)
-        for t in THRESHOLDS:
+        for t in ei.THRESHOLDS:
             counts[t] = ei.add_counts(counts[t], ei.counts_from_padded(raw, truth, output, t))
     scores = {t: ei.scores_from_counts(c) for t, c in counts.items()}
     f1 = {t: (sc["f1"] if not math.isnan(sc["f1"]) else -1.0) for t, sc in scores.items()}
@@ -198,6 +209,6 @@ def evaluate(predict, dataset, max_batches=0, criterion="balanced"):
         goodness = {t: (v if not math.isnan(v) else -1.0) for t, v in goodness.items()}
     else:
         goodness = f1
-    best = max(THRESHOLDS, key=lambda t: (goodness[t], -abs(t - 0.5)))  # ties: the one nearest 0.5
+    best = max(ei.THRESHOLDS, key=lambda t: (goodness[t], -abs(t - 0.5)))  # ties: the one nearest 0.5
     return {"val_l1": l1_sum / max(events, 1), "threshold": float(best), **scores[best],
             "f1_by_threshold": {str(t): v for t, v in f1.items()}}, first

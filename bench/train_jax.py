@@ -9,15 +9,14 @@ at validation, the threshold chosen on the validation split by min(efficiency, r
 best epoch by validation F1. It does not checkpoint, resume, distribute or export a .keras file.
 
 Input: the project's HDF5 file and the split data_management.py saved beside it
-(NAME.split.npz; run `python data_management.py FILE` first). Output, in OUTPUT_DIR:
+(NAME.split.npz; run `python data_management.py --data FILE` first). Output, in OUTPUT_DIR:
 history.csv (losses and validation scores per epoch), best.json (epoch, threshold, scores) and
 test_probabilities.npz: the best epoch's gated output of the test split, float16 (N_test, 36, 112),
 the largest channel per detector cell (compressed: the gate zeroes ~97 % of the cells), and the
 same for the test split of each --also-score file (test_probabilities_STEM.npz).
-bench/score_probabilities.py scores that file against the baselines with Pix2Pix_denoise's
-evaluation.
+bench/score_probabilities.py scores that file against the baselines.
 
-    KERAS_BACKEND=jax python bench/train_jax.py --data events.h5 --output-dir runs/jax64 --seconds 300
+    KERAS_BACKEND=jax python bench/train_jax.py --data data/pairs.h5 --output-dir runs/jax64 --seconds 300
 """
 
 import os
@@ -62,7 +61,7 @@ def load_pairs(h5_path):
     """(raw, truth) uint8 arrays of each split, from the file and its saved split."""
     split_path = Path(h5_path).with_suffix(".split.npz")
     if not split_path.is_file():
-        raise SystemExit(f"{split_path}: no saved split; run `python data_management.py {h5_path}` first")
+        raise SystemExit(f"{split_path}: no saved split; run `python data_management.py --data {h5_path}` first")
     split = np.load(split_path)
     with h5py.File(h5_path, "r") as f:
         raw, truth = f["raw"][:], f["truth"][:]
@@ -170,7 +169,7 @@ def train(s):
         total_steps += steps_per_epoch
         seconds = time.perf_counter() - t0
         predict_params = lambda raw, st=state: predict(st[0], st[1], jnp.asarray(raw))
-        scores, _ = pm.evaluate(predict_params, batches(val_raw, val_truth))
+        scores, _ = pm.validate(predict_params, batches(val_raw, val_truth))
         row = {"epoch": epoch, "step": total_steps, **dict(zip(fields[2:6], sums / steps_per_epoch, strict=True)),
                **{k: scores[k] for k in fields[6:12]}, "seconds": round(seconds, 2),
                "images_per_s": round(steps_per_epoch * s.batch_size / seconds, 1)}
@@ -204,7 +203,8 @@ def parse_args(argv=None):
     p.add_argument("--seconds", type=float, default=SECONDS, help="no epoch starts after this much training time")
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     p.add_argument("--base-filters", type=int, default=BASE_FILTERS)
-    p.add_argument("--lam", type=float, default=LAMBDA)
+    p.add_argument("--lambda", dest="lam", type=float, default=LAMBDA)
+    p.add_argument("--lam", dest="lam", type=float, default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # old name
     p.add_argument("--hit-weight", type=float, default=HIT_WEIGHT)
     p.add_argument("--weight-raw-hits", action=argparse.BooleanOptionalAction, default=WEIGHT_RAW_HITS)
     p.add_argument("--learning-rate", type=float, default=LEARNING_RATE)

@@ -18,6 +18,7 @@ import pytest
 from conftest import ROOT, assert_one_line_error, run_script
 from PIL import Image
 
+import data_management as dm
 import event_image as ei
 import make_events
 import pix2pix_model as pm
@@ -115,6 +116,18 @@ def test_losses_fall_on_a_fixed_batch_and_the_step_traces_once(tmp_path):
         trainer.disc_opt.iterations.numpy())
 
 
+def test_split_seed_and_beta_1_reach_the_split_and_the_optimizers(events_h5, tmp_path):
+    data = tmp_path / "events.h5"  # a copy: the split saved beside the shared file stays the default one
+    shutil.copy(events_h5, data)
+    s = settings(data, tmp_path / "run", "--split-seed", 7, "--beta-1", 0.8)
+    split, steps, _ = pt.load_data(s, replicas=1)
+    for name, indices in dm.make_split(48, 7).items():
+        np.testing.assert_array_equal(split[name], indices)
+    assert not np.array_equal(split["train"], dm.make_split(48, dm.SPLIT_SEED)["train"]) and steps == 27 // 4
+    trainer = pt.Trainer(s, tf.distribute.get_strategy(), "float32")
+    assert float(trainer.gen_opt.beta_1) == float(trainer.disc_opt.beta_1) == 0.8
+
+
 # --- A run's files --------------------------------------------------------------------------------
 RUN = ["--epochs", 2, "--steps-per-epoch", 3, "--validation-batches", 1, "--checkpoint-every", 2, "--deterministic"]
 
@@ -136,7 +149,7 @@ def test_run_writes_history_tensorboard_samples_and_reloadable_generators(tiny_r
     for r in rows:
         for key in ("gen_total", "gen_gan", "gen_l1", "disc", "val_l1", "efficiency", "rejection", "purity", "f1"):
             assert np.isfinite(float(r[key])), (key, r)
-        assert 0 <= float(r["efficiency"]) <= 1 and float(r["threshold"]) in pm.THRESHOLDS
+        assert 0 <= float(r["efficiency"]) <= 1 and float(r["threshold"]) in ei.THRESHOLDS
         assert float(r["gen_total"]) == pytest.approx(float(r["gen_gan"]) + 100 * float(r["gen_l1"]), rel=1e-4)
     # TensorBoard: the per-epoch scalars, readable with TensorFlow's own event reader.
     events = list((out / "logs").glob("events.out.tfevents.*"))
@@ -146,7 +159,10 @@ def test_run_writes_history_tensorboard_samples_and_reloadable_generators(tiny_r
     for n in (1, 2):
         with Image.open(out / "samples" / f"epoch_{n:03d}.png") as im:
             assert im.format == "PNG" and im.size[0] > 600 and im.size[1] > 150
-    assert json.loads((out / "run_config.json").read_text())["architecture"]["base_filters"] == 4
+    # The patch map is read from the discriminator now: the same record as before, so old runs still resume.
+    assert json.loads((out / "run_config.json").read_text())["architecture"] == {
+        "model": "pix2pix-unet-patchgan70", "image_shape": [128, 128, 3], "base_filters": 4, "generator_blocks": 7,
+        "discriminator_patch_map": [14, 14, 1], "gate_by_raw_hits": True}
     assert sorted(p.name for p in (out / "checkpoints").glob("*.index")) == ["ckpt-3.index", "ckpt-4.index",
                                                                                "ckpt-6.index"]
     x = np.zeros((3, 128, 128, 3), np.float32)
@@ -156,7 +172,7 @@ def test_run_writes_history_tensorboard_samples_and_reloadable_generators(tiny_r
         y = np.asarray(model.predict(x, verbose=0))
         assert y.shape == (3, 128, 128, 3) and y.dtype == np.float32 and y.min() >= 0 and y.max() <= 1
         side = json.loads((out / f"{stem}.json").read_text())
-        assert side["threshold"] in pm.THRESHOLDS and side["base_filters"] == 4
+        assert side["threshold"] in ei.THRESHOLDS and side["base_filters"] == 4
         assert {"efficiency", "rejection", "purity", "f1"} <= set(side["validation"]) and side["settings"]
     final = json.loads((out / "generator_final.json").read_text())
     assert final["epoch"] == 2 and final["step"] == 6
@@ -260,12 +276,14 @@ def test_bad_settings_and_foreign_folders_are_refused(tmp_path):
         pt.parse_args(["--epochs", "0"])
     with pytest.raises(InputError, match="--hit-weight"):
         pt.parse_args(["--hit-weight", "0"])
+    with pytest.raises(InputError, match="--beta-1"):
+        pt.parse_args(["--beta-1", "1"])
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
     with pytest.raises(InputError, match="no run_config.json"):
-        pt.check_output_dir(foreign, pt.parse_args([]))
-    pt.check_output_dir(tmp_path / "new", pt.parse_args([]))  # a new folder is fine
+        pt.check_output_dir(foreign, wanted=None)
+    pt.check_output_dir(tmp_path / "new", wanted=None)  # a new folder is fine
 
 
 def test_threshold_criterion_balanced_or_f1_on_a_known_output():
@@ -279,7 +297,7 @@ def test_threshold_criterion_balanced_or_f1_on_a_known_output():
     raw, truth, out = (ei.pad_event(a) for a in (raw, truth, out))
     dataset = [(tf.constant(raw), tf.constant(truth))]
     predict = lambda x: tf.constant(out)
-    f1, _ = pm.evaluate(predict, dataset, criterion="f1")  # keep the uncertain ones: F1 40/41
+    f1, _ = pm.validate(predict, dataset, criterion="f1")  # keep the uncertain ones: F1 40/41
     assert f1["threshold"] == 0.25 and f1["efficiency"] == 1 and f1["rejection"] == 0.8
-    balanced, _ = pm.evaluate(predict, dataset, criterion="balanced")  # min(eff, rej) 0.9 > 0.8
+    balanced, _ = pm.validate(predict, dataset, criterion="balanced")  # min(eff, rej) 0.9 > 0.8
     assert balanced["threshold"] == 0.5 and balanced["efficiency"] == 0.9 and balanced["rejection"] == 1

@@ -1,5 +1,5 @@
 """bench/train_jax.py (the model under Keras' JAX backend, for GPU machines without TensorFlow) and
-bench/score_probabilities.py (its outputs scored as Pix2Pix_denoise --evaluate scores a model)."""
+bench/score_probabilities.py (its outputs scored by evaluation.py, as Pix2Pix_denoise --evaluate scores a model)."""
 
 import csv
 import json
@@ -13,10 +13,9 @@ import pytest
 from conftest import ROOT
 
 import data_management as dm
+import evaluation
 import event_image as ei
 import make_events
-import Pix2Pix_denoise as pd
-import pix2pix_model as pm
 
 pytest.importorskip("jax")
 
@@ -55,7 +54,7 @@ def test_history_best_epoch_and_gated_outputs(jax_run):
         rows = list(csv.DictReader(f))
     assert [int(r["epoch"]) for r in rows] == [1, 2] and int(rows[-1]["step"]) == 2 * (len(split["train"]) // 4)
     for r in rows:
-        assert float(r["threshold"]) in pm.THRESHOLDS and 0 <= float(r["efficiency"]) <= 1
+        assert float(r["threshold"]) in ei.THRESHOLDS and 0 <= float(r["efficiency"]) <= 1
         assert float(r["gen_total"]) == pytest.approx(float(r["gen_gan"]) + 100 * float(r["gen_l1"]), rel=1e-4)
     assert float(rows[1]["gen_l1"]) < float(rows[0]["gen_l1"])  # it learns
     best = json.loads((tmp / "run" / "best.json").read_text())
@@ -80,12 +79,12 @@ def test_score_probabilities_scores_like_denoise_evaluate(jax_run):
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((tmp / "scored.json").read_text())
     assert set(report["methods"]) == {"model", "keep-all", "SNR"} and (tmp / "scored.png").is_file()
-    # The same numbers as Pix2Pix_denoise's evaluation of those outputs, computed here.
+    # The same numbers as evaluation.py's scores of those outputs, computed here.
     with h5py.File(tmp / "events.h5") as f:
         test = np.sort(split["test"])
         raw, truth = (ei.hit_mask(ei.crop_event(f[k][test])) for k in ("raw", "truth"))
     prob = np.load(tmp / "run" / "test_probabilities.npz")["probabilities"].astype(np.float32)
-    direct = pd.evaluate(raw, truth, {"model": prob > 0.3})
+    direct = evaluation.evaluate(raw, truth, {"model": prob > 0.3})
     for key in ("efficiency", "rejection", "f1"):
         got, want = report["methods"]["model"]["scores"][key], direct["methods"]["model"]["scores"][key]
         assert (np.isnan(got) and np.isnan(want)) if want != want else got == pytest.approx(want)

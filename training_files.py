@@ -1,0 +1,150 @@
+"""The files of a training run's folder (Pix2Pix_training.py): run_config.json and the checks of a
+folder before a run starts or resumes in it, checkpoints/, history.csv, samples/epoch_NNN.png and
+the exported generators (generator_best / generator_final .keras + .json).
+"""
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+import event_image as ei
+from script_utils import InputError, atomic_output, import_tensorflow, warn
+
+tf = import_tensorflow()  # first, so that its C++ start-up lines stay off stderr
+
+from pix2pix_model import GENERATOR_BLOCKS, IMAGE_SHAPE, build_generator, dtype_policy, with_raw_hit_gate  # noqa: E402
+
+CSV_FIELDS = ("epoch", "step", "gen_total", "gen_gan", "gen_l1", "disc", "val_l1", "threshold", "efficiency",
+              "rejection", "purity", "f1", "invented_per_event", "seconds", "images_per_s", "disc_winning")
+
+
+def write_json(path, data):
+    """A small JSON file, written atomically."""
+    with atomic_output(path, overwrite=True) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, default=float) + "\n")
+
+
+# --- run_config.json: what a checkpoint's weights fit ----------------------------------------------
+def architecture(trainer):
+    """What a checkpoint's weights depend on: a resume with anything else is refused."""
+    s = trainer.s
+    return {"model": "pix2pix-unet-patchgan70", "image_shape": list(IMAGE_SHAPE), "base_filters": s.base_filters,
+            "generator_blocks": GENERATOR_BLOCKS,
+            "discriminator_patch_map": list(trainer.discriminator.output_shape[1:]),
+            "gate_by_raw_hits": s.gate_by_raw_hits}
+
+
+def check_output_dir(out, wanted, chief=True):
+    """Refuse an output folder that holds something else than a run of the architecture wanted.
+
+    Other workers of a multi-worker run share the chief's folder, which the chief may be filling.
+    """
+    config_path = out / "run_config.json"
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: is not a folder")
+    made_in = next(p for p in (out, *out.parents) if p.exists())  # the nearest folder that exists
+    if not made_in.is_dir():
+        raise InputError(f"{out}: {made_in} is not a folder")
+    if not os.access(made_in, os.W_OK | os.X_OK):
+        raise InputError(f"{out}: folder {made_in} is not writable")
+    if config_path.exists():
+        try:
+            saved = json.loads(config_path.read_text())["architecture"]
+        except (ValueError, KeyError) as exc:
+            raise InputError(f"{config_path}: not a run configuration ({exc})") from None
+        if saved != wanted:
+            diff = ", ".join(f"{k} {saved.get(k)} there, {v} asked" for k, v in wanted.items() if saved.get(k) != v)
+            raise InputError(f"{out}: holds a run with a different architecture ({diff}); "
+                             "use another --output-dir or the same settings")
+    elif chief and out.is_dir() and any(not is_worker_folder(p) for p in out.iterdir()):
+        raise InputError(f"{out}: exists and does not hold a training run (no run_config.json); "
+                         "use a new or empty --output-dir")
+
+
+def is_worker_folder(path):
+    """A multi-worker run's folder of another worker (it may be made before the chief's first file)."""
+    return path.name.startswith(".worker_") and path.name.endswith("_tmp") and path.is_dir()
+
+
+# --- checkpoints/ ----------------------------------------------------------------------------------
+def checkpoint_candidates(folder):
+    """Checkpoint prefixes in a folder, newest (highest step) first."""
+    found = [(int(p.name[len("ckpt-"):-len(".index")]), p) for p in Path(folder).glob("ckpt-*.index")
+             if p.name[len("ckpt-"):-len(".index")].isdigit()]
+    return [str(p)[:-len(".index")] for _, p in sorted(found, reverse=True)]
+
+
+def restore_latest(trainer, folder):
+    """Restore the newest readable checkpoint; a corrupted one is reported and the previous one tried."""
+    for prefix in checkpoint_candidates(folder):
+        try:
+            trainer.checkpoint.restore(prefix).assert_existing_objects_matched()
+        except Exception as exc:  # truncated or corrupted files raise OpError, IndexError, ValueError, ...
+            reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            warn(f"checkpoint {prefix} is unreadable ({reason}); trying the previous one")
+            continue
+        iterations = {int(trainer.gen_opt.iterations.numpy()), int(trainer.disc_opt.iterations.numpy())}
+        if iterations != {int(trainer.step.numpy())}:
+            raise InputError(f"{prefix}: optimizers' iterations {sorted(iterations)} disagree with the step "
+                             f"counter {int(trainer.step.numpy())}")
+        return prefix
+    return None
+
+
+class Checkpoints:
+    """The checkpoints this process writes: the last `keep` of them, at most one per step."""
+
+    def __init__(self, trainer, folder, keep, last_saved=-1):
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder, self.trainer, self.last_saved = folder, trainer, last_saved
+        self.manager = tf.train.CheckpointManager(trainer.checkpoint, folder, max_to_keep=keep)
+
+    def save(self):
+        """Save the trainer's state unless this step is saved already."""
+        step = int(self.trainer.step.numpy())
+        if step != self.last_saved:
+            self.manager.save(checkpoint_number=step)
+            self.last_saved = step
+
+
+# --- history.csv, samples/, exports ------------------------------------------------------------------
+def append_history(path, row):
+    """Add an epoch's row to history.csv, replacing rows of that epoch or later (from a resume)."""
+    rows = []
+    if path.exists():
+        with open(path, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if int(r["epoch"]) < row["epoch"]]
+    rows.append({k: row[k] for k in CSV_FIELDS})
+    with atomic_output(path, overwrite=True) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def save_samples(path, first, threshold, n):
+    """samples/epoch_NNN.png: a few validation events, raw | truth | output | kept raw hits."""
+    raw, truth, output = (ei.crop_event(a[:n]) for a in first)
+    to_u8 = lambda a: np.clip(np.rint(a * 255), 0, 255).astype(np.uint8)
+    kept = ei.hit_mask(output, threshold) & ei.hit_mask(raw, ei.SCALED_HIT_THRESHOLD)
+    columns = {"raw": list(to_u8(raw)), "truth": list(to_u8(truth)), "output": list(to_u8(output)),
+               f"kept (output > {threshold:.2f}, raw hits)": list(kept)}
+    with atomic_output(path, overwrite=True, ext=".png") as tmp:  # matplotlib reads the format from the ending
+        ei.save_event_grid(tmp, columns, title=path.stem)
+
+
+def export_generator(trainer, out, stem, scores, epoch, step, settings):
+    """generator_<stem>.keras (float32 copy of the weights, gated if so set) and its JSON with the threshold."""
+    with dtype_policy("float32"):
+        model = build_generator(trainer.s.base_filters)
+        model.set_weights(trainer.generator.get_weights())
+        if trainer.s.gate_by_raw_hits:
+            model = with_raw_hit_gate(model)
+    with atomic_output(out / f"{stem}.keras", overwrite=True, ext=".keras") as tmp:  # Keras wants the ending
+        model.save(tmp)
+    validation = {k: v for k, v in scores.items() if k != "threshold"}
+    write_json(out / f"{stem}.json", {"threshold": scores["threshold"], "epoch": epoch, "step": step,
+                                      "base_filters": trainer.s.base_filters, "validation": validation,
+                                      "precision": trainer.precision, "settings": settings})
