@@ -365,13 +365,14 @@ def setup_case(script, kind, tmp, good):
             return [*args[:-1], output_place(tmp, kind, "pairs.h5")], ["pairs.h5", PLACE_KINDS[kind]]
         return ["--merge", bad_h5(), "--output", tmp / "merged.h5"], ["bad.h5"]  # an HDF5 that is not a part
     if script == "data_management.py":
-        return [bad_h5(), "--no-timing"], ["bad.h5", H5_KINDS[kind]]
+        return ["--data", bad_h5(), "--no-timing"], ["bad.h5", H5_KINDS[kind]]
     if script == "baselines.py":
         if kind in PLACE_KINDS:  # the folder the trained CAE is cached in (missing, a file, read-only)
             copy("good.h5")
             cache = output_place(tmp, kind, "cae").parent
-            return [tmp / "good.h5", "--methods", "cae", "--cache-dir", cache], [cache.name, PLACE_KINDS[kind]]
-        return [bad_h5(), "--methods", "snr"], ["bad.h5", H5_KINDS[kind]]
+            args = ["--data", tmp / "good.h5", "--methods", "cae", "--cae-cache", cache]
+            return args, [cache.name, PLACE_KINDS[kind]]
+        return ["--data", bad_h5(), "--methods", "snr"], ["bad.h5", H5_KINDS[kind]]
     if script == "Pix2Pix_training.py":
         run = ["--epochs", 1, "--batch-size", 4, *TINY]
         if kind in H5_KINDS:
@@ -405,7 +406,7 @@ def setup_case(script, kind, tmp, good):
             (tmp / "truth" / "event_0001.png").rename(tmp / "truth" / "Event_0001.png")
         return [*png_job, "--evaluate", "--truth-dir", tmp / "truth"], ["event_0001.png", "not found"]
     if kind == "missing folder":
-        return [*model, "--input-dir", tmp / "nope", "--output-dir", tmp / "out"], ["nope", "not found"]
+        return [*model, "--input-dir", tmp / "nope", "--output-dir", tmp / "out"], ["nope", "does not exist"]
     if kind in H5_KINDS:
         return [*model, "--data", bad_h5()], ["bad.h5", H5_KINDS[kind]]
     if kind == "output is a file":
