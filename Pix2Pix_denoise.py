@@ -25,7 +25,7 @@ import event_image as ei
 from script_utils import ArgumentParser, InputError, atomic_output, check_output_path, import_keras, progress, run_main
 
 # --- Settings (each one has its command-line flag) ---------------------------------------
-MODEL = None  # a .keras generator, or a training output directory (its generator_best.keras)
+MODEL = None  # a .keras generator, a training output directory (its generator_best.keras) or an exported .onnx
 INPUT_DIR = None  # folder of raw event PNGs
 OUTPUT_DIR = None  # where the denoised PNGs go (same file names)
 DATA = None  # the project's HDF5 file; its test split is denoised
@@ -67,7 +67,8 @@ def build_parser():
     """The command line; every default is a setting above."""
     p = ArgumentParser(description=__doc__)
     p.add_argument("--model", default=MODEL, required=MODEL is None,
-                   help="trained generator: a .keras file, or a training output directory (its generator_best.keras)")
+                   help="trained generator: a .keras file, a training output directory (its generator_best.keras) "
+                        "or an exported .onnx model (Pix2Pix_export.py; needs no TensorFlow)")
     src = p.add_argument_group("input (one of)")
     src.add_argument("--input-dir", default=INPUT_DIR, help="folder of raw event PNGs (112x36)")
     src.add_argument("--data", default=DATA, help="the project's HDF5 file; its test split is denoised")
@@ -167,7 +168,35 @@ class KerasModel:
         return ei.crop_event(out).max(axis=-1)
 
 
-MODEL_TYPES = {".keras": KerasModel}  # model file ending -> the class behind .probabilities()
+class OnnxModel:
+    """An exported model (Pix2Pix_export.py) run by onnxruntime: no TensorFlow involved.
+
+    Its interface is CLAS12 reconstruction's: [B, 1, 36, 112] hit maps in, hit probabilities out,
+    with the padding, the generator and the raw-hit gate inside the graph.
+    """
+
+    def __init__(self, path):
+        import onnxruntime
+
+        try:
+            self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        except Exception as exc:  # not ONNX, truncated, unsupported operators...
+            why = str(exc).splitlines()[0][:200] if str(exc) else ""
+            raise InputError(f"{path}: cannot load the ONNX model ({type(exc).__name__}: {why})") from None
+        want = [(ei.MODEL_INPUT, list(ei.MODEL_TENSOR_SHAPE[1:]))], [(ei.MODEL_OUTPUT, list(ei.MODEL_TENSOR_SHAPE[1:]))]
+        got = ([(t.name, t.shape[1:]) for t in self.session.get_inputs()],
+               [(t.name, t.shape[1:]) for t in self.session.get_outputs()])
+        if got != want:
+            raise InputError(f"{path}: not this project's export: maps {got[0]} -> {got[1]}, expected "
+                             f"{want[0]} -> {want[1]} (a batch dimension first)")
+
+    def probabilities(self, hit_maps):
+        """Hit probability (N, 36, 112) float32 of each cell of hit maps (N, 36, 112) (bool or 0/1)."""
+        maps = np.asarray(hit_maps, np.float32)[:, None]
+        return self.session.run([ei.MODEL_OUTPUT], {ei.MODEL_INPUT: maps})[0][:, 0]
+
+
+MODEL_TYPES = {".keras": KerasModel, ".onnx": OnnxModel}  # model file ending -> the class behind .probabilities()
 
 
 def resolve_model(path):

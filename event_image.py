@@ -59,6 +59,12 @@ LAYOUT = {  # recorded in every HDF5 file the project writes
     "region_rows": REGION_ROWS,
 }
 
+# The exported model's interface (Pix2Pix_export.py), as CLAS12 reconstruction feeds it: float32
+# [B, 1, 36, 112] with 1.0 at (layer-1, wire-1) of a hit in, a hit probability per wire out.
+MODEL_INPUT = "hits"
+MODEL_OUTPUT = "probabilities"
+MODEL_TENSOR_SHAPE = ("batch", 1, LAYERS, WIRES)
+
 
 def pad_event(event):
     """Place event image(s) of shape (..., 36, 112, C) into the 128x128 layout.

@@ -1,0 +1,290 @@
+"""Export a trained generator as a model file that CLAS12 reconstruction can load.
+
+The exported model takes the bare hit map of B sectors, float32 [B, 1, 36, 112] (1.0 where a
+wire has a hit), and returns a hit probability per wire of the same shape: the padding to the
+128x128 layout, the 3-channel copy, the generator, the raw-hit gate and the crop back are all
+inside the graph. A hit is kept where its probability is above the threshold chosen on
+validation (stored in the model's metadata and in the JSON sidecar beside it).
+
+After writing, the file is run with onnxruntime beside the Keras model on --verify-events
+events (from --data, else synthetic) and refused if any hit decision differs.
+
+    python Pix2Pix_export.py --model runs/pix2pix --output denoiser.onnx
+    python Pix2Pix_export.py --model runs/pix2pix --output denoiser.pt --format torchscript
+"""
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+import event_image as ei
+import Pix2Pix_denoise
+from script_utils import (
+    ArgumentParser,
+    InputError,
+    atomic_output,
+    check_output_path,
+    import_keras,
+    run_main,
+    start_pool,
+)
+
+# --- Settings (each one can be overridden on the command line) ----------------------------
+FORMAT = "onnx"  # onnx: for onnxruntime and DJL's OnnxRuntime engine; torchscript: DJL's PyTorch engine
+DATA = None  # HDF5 pairs file whose first events verify the export (None: synthetic events)
+VERIFY_EVENTS = 256  # events run through both models after writing
+THRESHOLD = None  # stored with the export; None = the one chosen on validation (the model's sidecar)
+OVERWRITE = False
+# ---------------------------------------------------------------------------------------------
+SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}
+
+
+# --- The model with CLAS12's interface -----------------------------------------------------------
+def pad_layers(image):
+    """(B, 36, W, C) -> (B, 128, W, C): the regions placed at event_image.REGION_ROWS, zeros around."""
+    from keras import ops
+
+    parts, end = [], 0
+    for r, start in enumerate(ei.REGION_ROWS):
+        region = image[:, r * ei.LAYERS_PER_REGION:(r + 1) * ei.LAYERS_PER_REGION]
+        bottom = ei.PADDED_SIZE - start - ei.LAYERS_PER_REGION if r == ei.REGIONS - 1 else 0
+        parts.append(ops.pad(region, [[0, 0], [start - end, bottom], [0, 0], [0, 0]]))
+        end = start + ei.LAYERS_PER_REGION
+    return ops.concatenate(parts, axis=1)
+
+
+def crop_layers(padded):
+    """(B, 128, 128, C) -> (B, 36, 112, C): the inverse of pad_layers and the column padding."""
+    from keras import ops
+
+    rows = ops.concatenate([padded[:, s:s + ei.LAYERS_PER_REGION] for s in ei.REGION_ROWS], axis=1)
+    return rows[:, :, ei.PAD_LEFT:ei.PAD_LEFT + ei.WIRES]
+
+
+def with_clas12_interface(generator):
+    """A keras.Model [B,1,36,112] hit map -> [B,1,36,112] probability, around a 128x128x3 generator."""
+    keras = import_keras()
+    from keras import ops
+
+    hits = keras.Input((1, ei.LAYERS, ei.WIRES), name=ei.MODEL_INPUT)
+    hit_map = ops.transpose(hits, (0, 2, 3, 1))  # (B, 36, 112, 1)
+    image = pad_layers(ops.concatenate([hit_map] * ei.CHANNELS, axis=-1))  # no Reshape: TorchScript traces it
+    image = ops.pad(image, [[0, 0], [0, 0], [ei.PAD_LEFT, ei.PAD_RIGHT], [0, 0]])
+    output = crop_layers(generator(image, training=False))
+    probability = ops.max(output, axis=-1, keepdims=True) * hit_map  # the raw-hit gate
+    return keras.Model(hits, ops.transpose(probability, (0, 3, 1, 2)), name="clas12_dc_denoiser")
+
+
+# --- Writing and checking the file -------------------------------------------------------------
+@contextlib.contextmanager
+def quiet():
+    """Keep the converters' own lines (tf2onnx's progress, warnings) off the user's terminal."""
+    import warnings
+
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+            contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        yield
+
+
+def write_onnx(model, path, metadata):
+    """model.export(format="onnx") to path, with CLAS12's tensor names, a named batch and metadata."""
+    import onnx
+
+    model(np.zeros((1, 1, ei.LAYERS, ei.WIRES), np.float32))  # Keras exports only a model that has run
+    with quiet():
+        model.export(str(path), format="onnx")
+    proto = onnx.load(str(path))
+    graph = proto.graph
+    old_name = graph.output[0].name
+    for node in graph.node:
+        node.output[:] = [ei.MODEL_OUTPUT if o == old_name else o for o in node.output]
+    graph.output[0].name = ei.MODEL_OUTPUT
+    for value in (graph.input[0], graph.output[0]):
+        value.type.tensor_type.shape.dim[0].dim_param = ei.MODEL_TENSOR_SHAPE[0]
+    onnx.helper.set_model_props(proto, {k: str(v) for k, v in metadata.items()})
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
+
+
+def write_torchscript(onnx_path, path):
+    """The ONNX graph converted to PyTorch (onnx2torch) and traced to TorchScript (DJL's PyTorch engine).
+
+    In a fresh process: onnx2torch's imports crash a process that has TensorFlow loaded.
+    """
+    import importlib.util
+
+    if not all(importlib.util.find_spec(m) for m in ("torch", "onnx2torch")):
+        raise InputError("--format torchscript needs torch and onnx2torch: pip install -r requirements-export.txt")
+    with start_pool(1) as pool:
+        pool.apply(trace_torchscript, (str(onnx_path), str(path)))
+
+
+def trace_torchscript(onnx_path, path):
+    """(In the worker of write_torchscript) convert, trace at a batch of 2, save."""
+    import torch
+    from onnx2torch import convert
+
+    with quiet():
+        module = convert(onnx_path).eval()
+        traced = torch.jit.trace(module, torch.zeros((2, 1, ei.LAYERS, ei.WIRES)))
+    traced.save(path)
+
+
+def run_exported(path, fmt, hits):
+    """Probabilities [B,1,36,112] of the written file on hits, by onnxruntime or TorchScript."""
+    if fmt == "torchscript":
+        import torch
+
+        with quiet():
+            module = torch.jit.load(str(path))
+        with torch.no_grad():
+            return module(torch.from_numpy(hits)).numpy()
+    return Pix2Pix_denoise.OnnxModel(path).probabilities(hits[:, 0])[:, None]
+
+
+def verification_hits(data, n):
+    """n hit maps [n,1,36,112] float32: the first events of an HDF5 pairs file, or synthetic ones."""
+    if data:
+        import h5py
+
+        import data_management
+
+        data_management.check_h5(data)
+        with h5py.File(data, "r") as f:
+            raw = ei.crop_event(f["raw"][:n])
+        masks = ei.hit_mask(raw)
+    else:
+        import make_events
+
+        masks = ei.hit_mask(make_events.generate_events(n, seed=0)[0])
+    return masks[:, None].astype(np.float32)
+
+
+def verify(path, fmt, keras_model, hits, threshold):
+    """Largest probability difference and count of differing hit decisions between the file and Keras."""
+    exported = run_exported(path, fmt, hits)
+    expected = np.asarray(keras_model.predict(hits, batch_size=32, verbose=0))
+    if exported.shape != hits.shape:
+        raise InputError(f"{path}: the exported model returns {exported.shape} for {hits.shape}")
+    invented = int(((exported > threshold) & (hits == 0)).sum())
+    differ = int(((exported > threshold) != (expected > threshold)).sum())
+    return float(np.abs(exported - expected).max()), differ, invented
+
+
+def sha256(path):
+    """Hex sha256 of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# --- Main ------------------------------------------------------------------------------------------
+def build_parser():
+    """The settings above, each overridable on the command line."""
+    p = ArgumentParser(description=__doc__)
+    p.add_argument("--model", required=True,
+                   help="trained generator: a .keras file, or a training output directory (its generator_best.keras)")
+    p.add_argument("--output", required=True, help="the model file to write (.onnx, or .pt for torchscript)")
+    p.add_argument("--format", choices=tuple(SUFFIXES), default=FORMAT,
+                   help="onnx, or torchscript for coatjava's DJL PyTorch engine (needs requirements-export.txt; "
+                        "default %(default)s)")
+    p.add_argument("--data", default=DATA, help="HDF5 pairs file whose first events verify the export "
+                                                "(default: synthetic events)")
+    p.add_argument("--verify-events", type=int, default=VERIFY_EVENTS,
+                   help="events run through the file and the Keras model (default %(default)s)")
+    p.add_argument("--threshold", type=float, default=THRESHOLD,
+                   help="hit threshold stored with the export (default: the one chosen on validation)")
+    p.add_argument("--overwrite", action="store_true", default=OVERWRITE, help="replace an existing output")
+    return p
+
+
+def parse_args(argv=None):
+    """Command-line settings, checked."""
+    args = build_parser().parse_args(argv)
+    if args.verify_events < 1:
+        raise InputError(f"--verify-events {args.verify_events}: must be at least 1")
+    output = Path(args.output)
+    if output.suffix != SUFFIXES[args.format]:
+        raise InputError(f"{output}: a {args.format} model file ends with {SUFFIXES[args.format]}")
+    return args
+
+
+def load_trained(args):
+    """The Keras generator, its training sidecar and the threshold to store."""
+    path = Pix2Pix_denoise.resolve_model(args.model)
+    if path.suffix != ".keras":
+        raise InputError(f"{path}: export needs the trained .keras generator")
+    model, info = Pix2Pix_denoise.load_model(path)
+    return path, model.model, info, Pix2Pix_denoise.choose_threshold(args.threshold, info, path)
+
+
+def sidecar_for(args, model_path, info, threshold, file_sha, check):
+    """What the JSON beside the export records: interface, threshold, provenance, verification."""
+    tensor = {"shape": list(ei.MODEL_TENSOR_SHAPE), "dtype": "float32"}
+    return {"format": args.format, "file": Path(args.output).name, "sha256": file_sha, "threshold": threshold,
+            "decision": "probability > threshold keeps a hit",
+            "input": dict(tensor, name=ei.MODEL_INPUT, meaning="1.0 at (layer-1, wire-1) of a hit, else 0.0"),
+            "output": dict(tensor, name=ei.MODEL_OUTPUT, meaning="hit probability per wire, 0 where no input hit"),
+            "layout": ei.LAYOUT, "source_model": str(model_path),
+            "training": {k: info.get(k) for k in ("epoch", "step", "base_filters", "validation", "settings")},
+            "verification": check}
+
+
+def export(args):
+    """Write the model file and its sidecar, verified against Keras; return the sidecar's content."""
+    output = Path(args.output)
+    sidecar = output.with_suffix(".json")
+    model_path = Pix2Pix_denoise.resolve_model(args.model)
+    inputs = {p.resolve() for p in (model_path, model_path.with_suffix(".json"), Path(args.data or model_path))}
+    for target in (output, sidecar):
+        if target.resolve() in inputs:
+            raise InputError(f"{target}: the export would replace one of its inputs")
+        check_output_path(target, args.overwrite)
+    model_path, generator, info, threshold = load_trained(args)
+    hits = verification_hits(args.data, args.verify_events)
+    wrapped = with_clas12_interface(generator)
+    metadata = {"threshold": threshold, "input": ei.MODEL_INPUT, "output": ei.MODEL_OUTPUT,
+                "layout": json.dumps(ei.LAYOUT), "source_model": model_path.name}
+    with atomic_output(output, args.overwrite, ext=SUFFIXES[args.format]) as tmp, \
+            atomic_output(sidecar, args.overwrite) as tmp_json:
+        onnx_tmp = tmp if args.format == "onnx" else tmp.with_name(tmp.name + ".onnx")
+        try:
+            write_onnx(wrapped, onnx_tmp, metadata)
+            if args.format == "torchscript":
+                write_torchscript(onnx_tmp, tmp)
+        finally:
+            if onnx_tmp != tmp:
+                onnx_tmp.unlink(missing_ok=True)
+        max_diff, differ, invented = verify(tmp, args.format, wrapped, hits, threshold)
+        check = {"events": len(hits), "max_probability_difference": max_diff, "decisions_differ": differ,
+                 "invented_hits": invented}
+        print(f"verified on {len(hits)} events: largest probability difference {max_diff:.2e}, "
+              f"{differ} hit decisions differ at threshold {threshold:.3f}, {invented} hits invented")
+        if differ or invented:
+            raise InputError(f"{output}: the exported model disagrees with the Keras model ({differ} decisions "
+                             f"differ, {invented} invented hits); nothing written")
+        content = sidecar_for(args, model_path, info, threshold, sha256(tmp), check)
+        tmp_json.write_text(json.dumps(content, indent=1, default=float) + "\n")
+    return content
+
+
+def main(argv=None):
+    """Export from the command line."""
+    args = parse_args(argv)
+    content = export(args)
+    print(f"wrote {args.output} ({args.format}, threshold {content['threshold']:.3f}) and "
+          f"{Path(args.output).with_suffix('.json')}")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    run_main(main)

@@ -1,0 +1,290 @@
+"""Pix2Pix_export.py: the ONNX model has CLAS12's [B,1,36,112] interface and decides as the Keras model does."""
+
+import hashlib
+import json
+
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+from conftest import assert_one_line_error, run_script
+
+import event_image as ei
+import make_events
+import Pix2Pix_export as export
+from script_utils import InputError, import_keras
+
+keras = import_keras()
+import pix2pix_model  # noqa: E402
+
+SCRIPT = "Pix2Pix_export.py"
+
+
+def hit_maps(n, seed=5):
+    """n synthetic events as [n,1,36,112] float32 hit maps."""
+    return ei.hit_mask(make_events.generate_events(n, seed=seed)[0])[:, None].astype(np.float32)
+
+
+def keras_probabilities(generator, hits):
+    """The project's own path: pad each event to 128x128x3, run the generator, crop, max over channels."""
+    padded = ei.pad_event(ei.mask_to_image(hits[:, 0] > 0)).astype(np.float32) / 255.0
+    return ei.crop_event(generator.predict(padded, verbose=0)).max(axis=-1)[:, None]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A training folder with a gated width-4 generator and a stored threshold that splits its outputs."""
+    folder = tmp_path_factory.mktemp("run")
+    keras.utils.set_random_seed(3)
+    generator = pix2pix_model.with_raw_hit_gate(pix2pix_model.build_generator(4))
+    hits = hit_maps(64, seed=9)
+    on_hits = keras_probabilities(generator, hits)[hits > 0]
+    threshold = round(float(np.median(on_hits)), 4)  # about half the hits kept: decisions are tested
+    generator.save(folder / "generator_best.keras")
+    (folder / "generator_best.json").write_text(json.dumps({"threshold": threshold, "epoch": 2, "base_filters": 4,
+                                                            "validation": {"f1": 0.5}}))
+    return folder, generator, threshold
+
+
+@pytest.fixture(scope="module")
+def exported(run, tmp_path_factory):
+    folder, _, _ = run
+    out = tmp_path_factory.mktemp("export") / "denoiser.onnx"
+    assert export.main(["--model", str(folder), "--output", str(out), "--verify-events", "64"]) == 0
+    return out
+
+
+def test_interface_shapes_and_gate(exported):
+    session = onnxruntime.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
+    (inp,), (out,) = session.get_inputs(), session.get_outputs()
+    assert (inp.name, out.name) == ("hits", "probabilities")
+    assert inp.shape[1:] == out.shape[1:] == [1, 36, 112] and isinstance(inp.shape[0], str)
+    for b in (1, 6, 37):
+        hits = hit_maps(b, seed=b)
+        prob = session.run(None, {"hits": hits})[0]
+        assert prob.shape == (b, 1, 36, 112) and prob.dtype == np.float32
+        assert (prob[hits == 0] == 0).all()  # nothing lit where the input has no hit
+        assert (prob[hits > 0] > 0).any()
+
+
+def test_decisions_equal_the_keras_model(run, exported):
+    _, generator, threshold = run
+    hits = hit_maps(300, seed=11)
+    session = onnxruntime.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
+    prob = session.run(None, {"hits": hits})[0]
+    expected = keras_probabilities(generator, hits) * hits  # the project's padding path, gated by the raw hits
+    assert np.abs(prob - expected).max() < 1e-5
+    kept, kept_keras = prob > threshold, expected > threshold
+    assert np.array_equal(kept, kept_keras)
+    assert 0.2 < kept.sum() / (hits > 0).sum() < 0.8  # the stored threshold really splits the hits
+
+
+def test_sidecar_and_metadata_carry_the_threshold(run, exported):
+    _, _, threshold = run
+    sidecar = json.loads(exported.with_suffix(".json").read_text())
+    assert sidecar["threshold"] == threshold
+    assert sidecar["sha256"] == hashlib.sha256(exported.read_bytes()).hexdigest()
+    assert sidecar["input"]["name"] == "hits" and sidecar["output"]["shape"] == ["batch", 1, 36, 112]
+    assert sidecar["verification"]["decisions_differ"] == 0 and sidecar["verification"]["events"] == 64
+    assert sidecar["training"]["epoch"] == 2
+    meta = {p.key: p.value for p in onnx.load(str(exported)).metadata_props}
+    assert float(meta["threshold"]) == threshold
+
+
+def test_threshold_override_is_stored(run, tmp_path):
+    folder, _, _ = run
+    out = tmp_path / "t.onnx"
+    assert export.main(["--model", str(folder), "--output", str(out), "--verify-events", "8",
+                        "--threshold", "0.3"]) == 0
+    assert json.loads(out.with_suffix(".json").read_text())["threshold"] == 0.3
+
+
+def test_refuses_an_export_that_disagrees(run, tmp_path, monkeypatch):
+    """If the written file decides differently from Keras, nothing is left behind."""
+    folder, _, _ = run
+    real = export.run_exported
+    monkeypatch.setattr(export, "run_exported", lambda *a: real(*a) * 0.5)  # a broken conversion
+    with pytest.raises(InputError, match="disagrees"):
+        export.main(["--model", str(folder), "--output", str(tmp_path / "bad.onnx"), "--verify-events", "16"])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_inputs(run, exported, tmp_path):
+    folder, _, _ = run
+    cases = [
+        (["--model", folder, "--output", tmp_path / "x.pt"], ["x.pt", ".onnx"]),
+        (["--model", tmp_path / "none.keras", "--output", tmp_path / "x.onnx"], ["none.keras", "not found"]),
+        (["--model", folder, "--output", exported], [exported.name, "exists"]),
+        (["--model", folder, "--output", tmp_path / "x.onnx", "--verify-events", "0"], ["verify-events"]),
+        (["--model", folder, "--output", folder / "generator_best.onnx", "--overwrite"], ["generator_best.json",
+                                                                                         "its inputs"]),
+        (["--model", folder, "--output", tmp_path / "x.onnx", "--data", tmp_path / "x.onnx"], ["x.onnx", "inputs"]),
+    ]
+    for args, words in cases:
+        assert_one_line_error(run_script(SCRIPT, *args), *words)
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- Pix2Pix_denoise.py with the exported model: the same results, no TensorFlow -------------------------
+@pytest.fixture(scope="module")
+def events(tmp_path_factory):
+    """48 synthetic events as PNG folders (raw/, truth/) and as a project HDF5 file."""
+    import h5py
+
+    folder = tmp_path_factory.mktemp("events")
+    raw, truth = make_events.generate_events(48, seed=21)
+    names = [f"ev{i:02d}.png" for i in range(48)]
+    for sub, images in (("raw", raw), ("truth", truth)):
+        (folder / sub).mkdir()
+        for name, image in zip(names, images, strict=True):
+            ei.write_event_png(folder / sub / name, image)
+    with h5py.File(folder / "events.h5", "w") as f:
+        f.create_dataset("raw", data=ei.pad_event(raw), chunks=(8, 128, 128, 3))
+        f.create_dataset("truth", data=ei.pad_event(truth), chunks=(8, 128, 128, 3))
+        f.create_dataset("names", data=names, dtype=h5py.string_dtype())
+    return folder
+
+
+def denoise_both_ways(model, events, out, *extra):
+    """Run Pix2Pix_denoise on the PNG folder and on the HDF5 test split with --evaluate; return the outputs."""
+    import h5py
+
+    import Pix2Pix_denoise
+
+    out.mkdir()
+    common = ["--model", str(model), "--evaluate", *extra]
+    assert Pix2Pix_denoise.main([*common, "--input-dir", str(events / "raw"), "--truth-dir", str(events / "truth"),
+                                 "--output-dir", str(out / "png")]) == 0
+    assert Pix2Pix_denoise.main([*common, "--data", str(events / "events.h5"), "--output", str(out / "d.h5")]) == 0
+    pngs = {p.name: ei.read_event_png(p) for p in sorted((out / "png").iterdir())}
+    with h5py.File(out / "d.h5", "r") as f:
+        h5 = f["denoised"][:]
+    reports = [json.loads(p.read_text()) for p in (out / "png.report.json", out / "d.report.json")]
+    return pngs, h5, [{k: r[k] for k in ("methods", "threshold_sweep", "per_superlayer", "threshold")}
+                      for r in reports]
+
+
+def test_denoise_gives_identical_outputs_and_scores_from_keras_and_onnx(run, exported, events, tmp_path):
+    folder, _, threshold = run
+    keras_out = denoise_both_ways(folder / "generator_best.keras", events, tmp_path / "keras")
+    onnx_out = denoise_both_ways(exported, events, tmp_path / "onnx")
+    assert keras_out[0].keys() == onnx_out[0].keys() and len(keras_out[0]) == 48
+    for name in keras_out[0]:
+        np.testing.assert_array_equal(keras_out[0][name], onnx_out[0][name])
+    np.testing.assert_array_equal(keras_out[1], onnx_out[1])
+    assert keras_out[2] == onnx_out[2]
+    assert keras_out[2][0]["threshold"] == threshold  # the stored threshold, read from the export's sidecar
+    kept = keras_out[2][0]["methods"]["model"]["counts"]["kept"]
+    assert 0 < kept < keras_out[2][0]["methods"]["keep-all"]["counts"]["kept"]
+
+
+TF_FREE = """
+import runpy, sys
+
+class NoTensorFlow:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("tensorflow", "keras"):
+            raise ImportError(f"{name} imported on the TensorFlow-free path")
+
+sys.meta_path.insert(0, NoTensorFlow())
+sys.argv = ["Pix2Pix_denoise.py"] + sys.argv[1:]
+try:
+    runpy.run_path("Pix2Pix_denoise.py", run_name="__main__")
+finally:
+    print("loaded:", sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras")))
+"""
+
+
+def test_onnx_denoising_and_evaluation_import_no_tensorflow(exported, events, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    args = ["--model", exported, "--data", events / "events.h5", "--output", tmp_path / "d.h5", "--evaluate"]
+    proc = subprocess.run([sys.executable, "-c", TF_FREE, *map(str, args)], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "loaded: []" in proc.stdout and (tmp_path / "d.report.json").is_file()
+    assert "SNR" in proc.stdout  # the baselines are scored too
+    keras_model = run_script("Pix2Pix_denoise.py", *args[:1], ROOT / "missing.keras", *args[2:])
+    assert keras_model.returncode == 2  # (a .keras model needs TensorFlow: that path is not this one)
+
+
+def test_denoise_refuses_onnx_files_that_are_not_this_projects_export(exported, events, tmp_path):
+    from onnx import TensorProto, helper
+
+    not_onnx = tmp_path / "text.onnx"
+    not_onnx.write_text("not a model")
+    node = helper.make_node("Identity", ["x"], ["y"])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 3])])
+    other = tmp_path / "other.onnx"
+    onnx.save(helper.make_model(graph), str(other))
+    no_sidecar = tmp_path / "copy.onnx"
+    no_sidecar.write_bytes(exported.read_bytes())
+    data = ["--data", events / "events.h5", "--output", tmp_path / "out.h5"]
+    for model, extra, words in ((not_onnx, ["--threshold", "0.5"], ["text.onnx", "cannot load"]),
+                                (other, ["--threshold", "0.5"], ["other.onnx", "not this project"]),
+                                (no_sidecar, [], ["copy.json", "threshold"])):
+        assert_one_line_error(run_script("Pix2Pix_denoise.py", "--model", model, *data, *extra), *words)
+    assert not (tmp_path / "out.h5").exists()
+
+
+# --- TorchScript (the optional extra: CI installs requirements-export.txt, so there it never skips) ------
+def need_export_extra():
+    """torch (onnx2torch must be there too, not imported here), or a skip (a failure under CI, which installs them)."""
+    import importlib.util
+    import os
+
+    if not all(importlib.util.find_spec(m) for m in ("torch", "onnx2torch")):
+        if os.environ.get("CI"):
+            pytest.fail("CI installs requirements-export.txt: torch and onnx2torch must be there")
+        pytest.skip("torch/onnx2torch not installed: pip install -r requirements-export.txt")
+    import torch
+
+    return torch
+
+
+def test_torchscript_export_runs_any_batch_and_agrees_with_onnx(run, exported, tmp_path):
+    torch = need_export_extra()
+    folder, generator, threshold = run
+    out = tmp_path / "denoiser.pt"
+    assert export.main(["--model", str(folder), "--output", str(out), "--format", "torchscript",
+                        "--verify-events", "32"]) == 0
+    sidecar = json.loads(out.with_suffix(".json").read_text())
+    assert sidecar["format"] == "torchscript" and sidecar["threshold"] == threshold
+    assert sidecar["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
+    with export.quiet():
+        module = torch.jit.load(str(out))
+    session = onnxruntime.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
+    for b in (1, 37):  # traced at 2
+        hits = hit_maps(b, seed=40 + b)
+        with torch.no_grad():
+            prob = module(torch.from_numpy(hits)).numpy()
+        assert prob.shape == (b, 1, 36, 112)
+        assert np.abs(prob - session.run(None, {"hits": hits})[0]).max() < 1e-5
+        assert np.array_equal(prob > threshold, (keras_probabilities(generator, hits) * hits) > threshold)
+
+
+@pytest.mark.slow
+def test_fresh_inference_environment_denoises_and_scores(exported, events, tmp_path):
+    """requirements-inference.txt alone (no TensorFlow in the environment) is enough for an exported model."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    pip = subprocess.run([venv / "bin" / "python", "-m", "pip", "install", "--quiet", "-r",
+                          ROOT / "requirements-inference.txt"], capture_output=True, text=True, timeout=900)
+    assert pip.returncode == 0, pip.stderr[-2000:]
+    has_tf = subprocess.run([venv / "bin" / "python", "-c", "import tensorflow"], capture_output=True)
+    assert has_tf.returncode != 0  # really without TensorFlow
+    proc = subprocess.run([venv / "bin" / "python", ROOT / "Pix2Pix_denoise.py", "--model", exported, "--data",
+                           events / "events.h5", "--output", tmp_path / "d.h5", "--evaluate"],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((tmp_path / "d.report.json").read_text())
+    assert list(report["methods"]) == ["model", "keep-all", "SNR"]
