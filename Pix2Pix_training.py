@@ -122,7 +122,7 @@ class Trainer:
             generator_optimizer=list(self.gen_opt.variables), discriminator_optimizer=list(self.disc_opt.variables),
             step=self.step, epoch=self.epoch, batch_in_epoch=self.batch_in_epoch, best_f1=self.best_f1)
         self.train_step = tf.function(self._train_step)
-        self.predict = tf.function(lambda raw: self.inference_model(raw, training=False),
+        self.predict = tf.function(lambda raw: self.inference_model(raw, training=False), autograph=False,
                                    input_signature=[tf.TensorSpec((None,) + IMAGE_SHAPE, tf.float32)])
 
     def _replica_step(self, raw, truth):
@@ -328,6 +328,10 @@ def train_epoch(run):
                    desc=f"epoch {epoch + 1}/{s.epochs}", unit="step", disable=None if run.chief else True)
     for batch in bar:
         losses = np.array([float(v) for v in trainer.train_step(batch)])
+        if not np.isfinite(losses).all():
+            raise InputError(f"step {int(trainer.step.numpy())}: the losses are not finite (generator "
+                             f"{losses[0]:g}, discriminator {losses[3]:g}); stopped without saving it, the newest "
+                             f"checkpoint in {run.checkpoints.folder} is the last good one (lower the learning rates?)")
         sums += losses
         n_steps += 1
         if n_steps % 5 == 0 or n_steps == 1:
@@ -481,8 +485,9 @@ def parse_args(argv=None):
     for name in ("steps_per_epoch", "validation_batches", "checkpoint_every", "logical_cpus", "split_seed"):
         if getattr(s, name) < 0:
             raise InputError(f"--{name.replace('_', '-')} must not be negative, not {getattr(s, name)}")
-    if not s.hit_weight > 0 or not s.lam >= 0:
-        raise InputError("--hit-weight must be positive and --lambda not negative")
+    for name in ("hit_weight", "generator_lr", "discriminator_lr"):
+        if not getattr(s, name) > 0:
+            raise InputError(f"--{name.replace('_', '-')} must be positive, not {getattr(s, name)}")
     if not 0 <= s.beta_1 < 1:
         raise InputError(f"--beta-1 must be in [0, 1), not {s.beta_1}")
     return s

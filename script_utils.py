@@ -11,6 +11,9 @@
 
 import argparse
 import contextlib
+import ctypes
+import errno
+import math
 import os
 import secrets
 import shutil
@@ -22,6 +25,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 EXIT_BAD_INPUT = 2
+AT_FDCWD, RENAME_NOREPLACE = -100, 1  # renameat2(2): paths relative to the working folder; refuse to replace
 
 
 class InputError(Exception):
@@ -44,14 +48,48 @@ def run_main(main, argv=None):
 class ArgumentParser(argparse.ArgumentParser):
     """argparse whose usage errors are the project's one-line InputError (exit 2), not a usage dump.
 
-    The description keeps its line breaks (a script's module docstring)."""
+    One rule for every numeric flag of every script: a value given as `type=float` or `type=int`
+    must be a finite number, 0 or more (nan, inf and negative numbers are refused before any
+    work); scripts add their narrower ranges. The description keeps its line breaks."""
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
         super().__init__(*args, **kwargs)
+        for kind in (float, int):  # argparse looks types up here, for the parser and its groups
+            self.register("type", kind, setting_number(kind))
 
     def error(self, message):
         raise InputError(f"{self.prog}: {message}")
+
+
+def setting_number(kind):
+    """argparse type: a finite number of this kind (float or int), not negative."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") \
+                from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text} is not a finite number")
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"{text} must not be negative")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def json_ready(obj):
+    """obj with NaN/inf -> None and numpy values -> Python ones: strict JSON that every reader takes."""
+    if isinstance(obj, dict):
+        return {k: json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_ready(v) for v in obj]
+    if hasattr(obj, "item") and getattr(obj, "shape", None) == ():  # a numpy scalar
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
 
 
 def warn(message):
@@ -59,16 +97,59 @@ def warn(message):
     print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
-def check_output_path(target, overwrite):
-    """Refuse an output that exists (unless overwrite) or whose folder is missing or read-only."""
+def check_output_path(target, overwrite, folder=False):
+    """Refuse an output path that is empty, exists (unless overwrite), is a folder where a file is
+    written (or a file where a folder is), or whose folder is missing or read-only."""
+    if not str(target).strip():
+        raise InputError("an output path is empty")
     target = Path(target)
+    if target.is_dir() and not folder:
+        raise InputError(f"{target}: is a folder, not a file")
+    if folder and target.exists() and not target.is_dir():
+        raise InputError(f"{target}: exists and is not a folder")
     if target.exists() and not overwrite:
         raise InputError(f"{target}: already exists (use --overwrite to replace it)")
-    folder = target.parent if str(target.parent) else Path(".")
-    if not folder.is_dir():
-        raise InputError(f"{target}: folder {folder} does not exist")
-    if not os.access(folder, os.W_OK):
-        raise InputError(f"{target}: folder {folder} is not writable")
+    parent = target.parent if str(target.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputError(f"{target}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise InputError(f"{target}: folder {parent} is not writable")
+
+
+def check_not_an_input(output, inputs):
+    """Refuse an output that is one of the inputs, lies inside an input folder, or links to an input."""
+    out = Path(output).resolve()
+    for given in inputs:
+        if given is None or not str(given):
+            continue
+        source = Path(given).resolve()
+        if out == source or source in out.parents:
+            raise InputError(f"{output}: the output would be written {'over' if out == source else 'inside'} the "
+                             f"input {given}")
+
+
+def rename_noreplace(source, target):
+    """Rename source to target unless target exists by now (another run wrote it): then InputError.
+
+    Linux's renameat2(RENAME_NOREPLACE) checks and renames in one step; where it is missing, a
+    file is hard-linked (which also refuses an existing name) and a folder checked, then renamed.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    if hasattr(libc, "renameat2"):
+        if libc.renameat2(AT_FDCWD, os.fsencode(source), AT_FDCWD, os.fsencode(target), RENAME_NOREPLACE) == 0:
+            return
+        err = ctypes.get_errno()
+        if err == errno.EEXIST:
+            raise InputError(f"{target}: appeared while this run was writing it (another run?); left as it is")
+        if err not in (errno.EINVAL, errno.ENOSYS):  # EINVAL: this filesystem does not know the flag
+            raise OSError(err, os.strerror(err), str(target))
+    if Path(target).exists() or Path(target).is_symlink():
+        raise InputError(f"{target}: appeared while this run was writing it (another run?); left as it is")
+    if Path(source).is_dir():
+        os.rename(source, target)
+    else:
+        os.link(source, target)
+        os.unlink(source)
 
 
 @contextlib.contextmanager
@@ -80,8 +161,8 @@ def atomic_output(target, overwrite=False, suffix="", ext="", folder=False):
     target (only with overwrite) is replaced at the very end, so an interrupted run leaves either
     the old output or the new one, never half of one.
     """
+    check_output_path(target, overwrite, folder)
     target = Path(target)
-    check_output_path(target, overwrite)
     tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}{suffix}.tmp{ext}")
     try:
         # Made inside the try: an interrupt (Ctrl-C, a batch system's SIGTERM) may fall on any line,
@@ -91,7 +172,9 @@ def atomic_output(target, overwrite=False, suffix="", ext="", folder=False):
         else:
             os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # O_EXCL refuses a clash
         yield tmp
-        if folder and target.is_dir():
+        if not overwrite:
+            rename_noreplace(tmp, target)  # a file that appeared meanwhile is never replaced
+        elif folder and target.is_dir():
             replace_folder(tmp, target)
         else:
             os.replace(tmp, target)

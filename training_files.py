@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 import event_image as ei
-from script_utils import InputError, atomic_output, import_tensorflow, warn
+from script_utils import InputError, atomic_output, import_tensorflow, json_ready, warn
 
 tf = import_tensorflow()  # first, so that its C++ start-up lines stay off stderr
 
@@ -24,7 +24,7 @@ CSV_FIELDS = ("epoch", "step", "gen_total", "gen_gan", "gen_l1", "disc", "val_l1
 def write_json(path, data):
     """A small JSON file, written atomically."""
     with atomic_output(path, overwrite=True) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, default=float) + "\n")
+        tmp.write_text(json.dumps(json_ready(data), indent=2, allow_nan=False) + "\n")
 
 
 # --- run_config.json: what a checkpoint's weights fit ----------------------------------------------
@@ -137,9 +137,12 @@ def save_samples(path, first, threshold, n):
 
 def export_generator(trainer, out, stem, scores, epoch, step, settings):
     """generator_<stem>.keras (float32 copy of the weights, gated if so set) and its JSON with the threshold."""
+    weights = trainer.generator.get_weights()
+    if not all(np.isfinite(w).all() for w in weights):
+        raise InputError(f"{out / stem}.keras: not written, the generator's weights are not finite (nan or inf)")
     with dtype_policy("float32"):
         model = build_generator(trainer.s.base_filters)
-        model.set_weights(trainer.generator.get_weights())
+        model.set_weights(weights)
         if trainer.s.gate_by_raw_hits:
             model = with_raw_hit_gate(model)
     with atomic_output(out / f"{stem}.keras", overwrite=True, ext=".keras") as tmp:  # Keras wants the ending

@@ -301,3 +301,20 @@ def test_threshold_criterion_balanced_or_f1_on_a_known_output():
     assert f1["threshold"] == 0.25 and f1["efficiency"] == 1 and f1["rejection"] == 0.8
     balanced, _ = pm.validate(predict, dataset, criterion="balanced")  # min(eff, rej) 0.9 > 0.8
     assert balanced["threshold"] == 0.5 and balanced["efficiency"] == 0.9 and balanced["rejection"] == 1
+
+
+def test_a_run_whose_losses_become_non_finite_stops_with_one_line_and_exports_nothing(events_h5, tmp_path):
+    out = tmp_path / "diverged"
+    proc = run_script("Pix2Pix_training.py", "--data", events_h5, "--output-dir", out, "--epochs", 1,
+                      "--steps-per-epoch", 4, "--generator-lr", "1e30", "--discriminator-lr", "1e30", *TINY)
+    assert_one_line_error(proc, "step", "not finite")
+    assert not list(out.glob("generator_*")) and not list((out / "checkpoints").glob("ckpt-*"))
+
+
+def test_sidecar_json_is_strict_even_with_nan_scores(tmp_path):
+    from training_files import write_json
+
+    write_json(tmp_path / "x.json", {"f1": float("nan"), "scores": [np.float32(0.5), np.inf]})
+    text = (tmp_path / "x.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"f1": None, "scores": [0.5, None]}

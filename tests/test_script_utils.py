@@ -1,0 +1,84 @@
+"""script_utils: the one rule for numeric flags, outputs that never replace another run's file, outputs
+that are inputs, empty and folder paths."""
+
+import argparse
+import importlib
+import os
+
+import pytest
+from test_settings import SCRIPTS
+
+from script_utils import InputError, atomic_output, check_not_an_input, check_output_path
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_numeric_flag_of_every_script_refuses_nan_inf_and_negatives(script):
+    parser = importlib.import_module(script).build_parser()
+    numeric = [a for a in parser._actions if a.option_strings and a.type in (float, int)]
+    for action in numeric:
+        convert = parser._registry_get("type", action.type, action.type)  # what argparse applies to the text
+        for bad in ("nan", "inf", "-inf", "-1"):
+            with pytest.raises(argparse.ArgumentTypeError):
+                convert(bad)
+        assert convert("0") == 0  # zero itself passes the common rule (scripts narrow it further)
+
+
+def test_a_bad_number_is_a_one_line_input_error_naming_the_flag():
+    import Pix2Pix_training
+
+    for bad in ("nan", "inf", "-1"):
+        with pytest.raises(InputError, match="--discriminator-lr"):
+            Pix2Pix_training.build_parser().parse_args(["--discriminator-lr", bad])
+
+
+def test_a_file_that_appears_while_writing_is_never_replaced(tmp_path):
+    target = tmp_path / "out.h5"
+    with pytest.raises(InputError, match="appeared while this run was writing"):
+        with atomic_output(target) as tmp:
+            tmp.write_text("ours")
+            target.write_text("the other run's")  # another run finished first
+    assert target.read_text() == "the other run's"
+    assert os.listdir(tmp_path) == ["out.h5"]  # our temporary is gone
+
+
+def test_a_folder_that_appears_while_writing_is_never_replaced(tmp_path):
+    target = tmp_path / "events"
+    with pytest.raises(InputError, match="appeared"):
+        with atomic_output(target, folder=True) as tmp:
+            (tmp / "a.png").write_text("ours")
+            target.mkdir()
+            (target / "b.png").write_text("theirs")
+    assert os.listdir(target) == ["b.png"] and os.listdir(tmp_path) == ["events"]
+
+
+def test_overwrite_replaces_and_plain_write_creates(tmp_path):
+    target = tmp_path / "x.txt"
+    with atomic_output(target) as tmp:
+        tmp.write_text("one")
+    with atomic_output(target, overwrite=True) as tmp:
+        tmp.write_text("two")
+    assert target.read_text() == "two" and os.listdir(tmp_path) == ["x.txt"]
+
+
+def test_output_paths_that_are_empty_or_of_the_wrong_kind(tmp_path):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(InputError, match="empty"):
+        check_output_path("", overwrite=True)
+    with pytest.raises(InputError, match="is a folder"):
+        check_output_path(tmp_path / "folder", overwrite=True)  # even with --overwrite
+    with pytest.raises(InputError, match="not a folder"):
+        check_output_path(tmp_path / "file", overwrite=True, folder=True)
+    check_output_path(tmp_path / "folder", overwrite=True, folder=True)
+
+
+def test_an_output_that_is_inside_or_links_to_an_input(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "a.png").write_text("x")
+    os.symlink(raw / "a.png", tmp_path / "link.png")
+    for output, inputs, word in ((raw / "a.png", [raw / "a.png"], "over"), (raw / "new.h5", [raw], "inside"),
+                                 (tmp_path / "link.png", [raw / "a.png", None], "over")):
+        with pytest.raises(InputError, match=word):
+            check_not_an_input(output, inputs)
+    check_not_an_input(tmp_path / "elsewhere.h5", [raw, None])
