@@ -389,8 +389,10 @@ def finish(run, scores):
         if scores is None:  # nothing left to train: score the restored weights
             scores, _ = validate(trainer.predict, run.validation, s.validation_batches, s.threshold_criterion)
         export_generator(trainer, run.out, "generator_final", scores, epoch, step, vars(s))
-        print(f"Done: {epoch} epochs, {step} steps in {time.time() - run.started:.0f} s. Best F1 "
-              f"{float(trainer.best_f1.numpy()):.3f}: {run.out / 'generator_best.keras'}; final: "
+        best = float(trainer.best_f1.numpy())
+        best_text = (f"best F1 {best:.3f}: {run.out / 'generator_best.keras'}" if best >= 0 else
+                     "no epoch scored a validation F1, so no generator_best.keras was written")
+        print(f"Done: {epoch} epochs, {step} steps in {time.time() - run.started:.0f} s; {best_text}; final: "
               f"{run.out / 'generator_final.keras'}", flush=True)
     if run.multi_worker:  # wait for each other (the chief's exports), so that all workers leave together
         trainer.strategy.reduce(tf.distribute.ReduceOp.SUM, trainer.strategy.run(lambda: tf.constant(1.0)), axis=None)

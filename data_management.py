@@ -80,6 +80,33 @@ def min_pairs(test_fraction=TEST_FRACTION, validation_fraction=VALIDATION_FRACTI
     return n
 
 
+def check_virtual_sources(path, key, ds):
+    """A merged (virtual) dataset reads zeros where a part file is missing: refuse that instead.
+
+    Each source file must exist (relative names are found beside path, as HDF5 does) and hold
+    the source dataset with the pair shape.
+    """
+    if not ds.is_virtual:
+        return
+    for source in ds.virtual_sources():
+        if source.file_name == ".":
+            continue  # a source inside this file
+        name = Path(source.file_name)
+        part = name if name.is_absolute() else path.parent / name
+        problem = None
+        try:
+            with h5py.File(part, "r") as f:
+                if source.dset_name not in f:
+                    problem = f"has no {source.dset_name}"
+                elif f[source.dset_name].shape[1:] != PAIR_SHAPE:
+                    problem = f"holds {source.dset_name} of shape {f[source.dset_name].shape}"
+        except OSError:
+            problem = "is missing or unreadable"
+        if problem:
+            raise InputError(f"{path}: '{key}' is merged from part files and {part} {problem} (a merged file "
+                             "needs its parts beside it; Pix2Pix_data.py --merge --copy makes a self-contained one)")
+
+
 def check_h5(h5_path, test_fraction=TEST_FRACTION, validation_fraction=VALIDATION_FRACTION):
     """Check the HDF5 file of pairs and return N; raise InputError naming the problem.
 
@@ -108,6 +135,7 @@ def check_h5(h5_path, test_fraction=TEST_FRACTION, validation_fraction=VALIDATIO
                 raise InputError(f"{path}: '{key}' has shape {ds.shape}, expected (N, {PADDED_SIZE}, {PADDED_SIZE}, "
                                  f"{CHANNELS})")
             lengths[key] = ds.shape[0]
+            check_virtual_sources(path, key, ds)
         if lengths["raw"] != lengths["truth"]:
             raise InputError(f"{path}: 'raw' has {lengths['raw']} pairs but 'truth' has {lengths['truth']}")
         n = lengths["raw"]

@@ -371,3 +371,35 @@ def test_fewest_pairs_follows_the_fractions(tmp_path):
         assert tuple(len(split[s]) for s in dm.SPLITS) == dm.split_sizes(n, 0.9, 0.5)
     with pytest.raises(InputError, match=f"at least {need}"):
         dm.check_h5(h5, 0.9, 0.5)
+
+
+def test_a_merged_file_moved_away_from_its_parts_is_refused_not_read_as_zeros(tmp_path, script):
+    """A virtual (merged) dataset whose part files are missing reads as zeros in h5py: one-line error instead."""
+    import shutil
+
+    import make_events
+    from event_image import pad_event
+
+    raw, truth = make_events.generate_events(12, seed=4)
+    parts = []
+    for k, (start, stop) in enumerate(((0, 6), (6, 12))):
+        parts.append(tmp_path / f"part{k}.h5")
+        with h5py.File(parts[-1], "w") as f:
+            f["raw"], f["truth"] = pad_event(raw[start:stop]), pad_event(truth[start:stop])
+    merged = tmp_path / "merged.h5"
+    with h5py.File(merged, "w") as f:
+        for key in ("raw", "truth"):
+            layout = h5py.VirtualLayout((12, 128, 128, 3), np.uint8)
+            for k, part in enumerate(parts):
+                layout[6 * k:6 * (k + 1)] = h5py.VirtualSource(part.name, key, (6, 128, 128, 3))
+            f.create_virtual_dataset(key, layout)
+    assert dm.check_h5(merged) == 12  # beside its parts: fine
+    elsewhere = tmp_path / "moved"
+    elsewhere.mkdir()
+    shutil.move(merged, elsewhere / "merged.h5")
+    with pytest.raises(InputError, match="part0.h5 is missing"):
+        dm.check_h5(elsewhere / "merged.h5")
+    assert_one_line_error(script("data_management.py", "--data", elsewhere / "merged.h5", "--no-timing"),
+                          "merged.h5", "missing")
+    assert_one_line_error(script("Pix2Pix_training.py", "--data", elsewhere / "merged.h5", "--output-dir",
+                                 tmp_path / "run", "--base-filters", 4), "merged.h5", "missing")
