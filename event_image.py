@@ -147,6 +147,8 @@ def read_event_png(path):
         with Image.open(path) as im:
             if im.format != "PNG":
                 raise InputError(f"{path}: not a PNG image (it is {im.format})")
+            if any(";16" in str(tile.args) for tile in im.tile):  # Pillow would keep only the high byte
+                raise InputError(f"{path}: 16-bit PNG (16 bits per channel); save the event as an 8-bit PNG (hits 255)")
             im.load()
             mode, size = im.mode, im.size
             if size != (WIRES, LAYERS):

@@ -164,3 +164,37 @@ def test_event_grid_is_written(tmp_path):
     ei.save_event_grid(tmp_path / "g.png", {"raw": [img, img], "mask": [img[..., 0] > 0] * 2}, row_labels=["a", "b"])
     with Image.open(tmp_path / "g.png") as im:
         assert im.size[0] > 300 and im.size[1] > 150
+
+
+def write_raw_png(path, rows, depth, color_type):
+    """A PNG written byte by byte (Pillow cannot write 16-bit RGB): rows of already packed pixel bytes."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 112, 36, depth, color_type, 0, 0, 0)
+    data = zlib.compress(b"".join(b"\0" + r for r in rows))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("color_type, channels", [(2, 3), (6, 4), (0, 1), (4, 2)])
+def test_16_bit_pngs_are_refused_not_read_as_their_high_byte(tmp_path, color_type, channels):
+    """Pillow opens a 16-bit RGB PNG as 8-bit RGB of the high bytes: hits stored as 0/255 would vanish."""
+    image = np.zeros((36, 112, channels), np.uint16)
+    image[..., -1] = 65535 if color_type in (4, 6) else 0  # opaque where there is alpha
+    image[5, 10, 0] = 255
+    path = tmp_path / "deep.png"
+    write_raw_png(path, [image[r].astype(">u2").tobytes() for r in range(36)], 16, color_type)
+    with pytest.raises(InputError, match="16-bit"):
+        ei.read_event_png(path)
+
+
+def test_low_bit_depth_grayscale_is_scaled_to_full_hits(tmp_path):
+    """A 4-bit grayscale PNG whose hits are 15 (its full scale) reads as hits of 255, not as dim pixels."""
+    values = np.zeros((36, 112), np.uint8)
+    values[5, 10] = 15
+    path = tmp_path / "gray4.png"
+    write_raw_png(path, [bytes(values[r, 0::2] << 4 | values[r, 1::2]) for r in range(36)], 4, 0)
+    assert np.argwhere(ei.hit_mask(ei.read_event_png(path))).tolist() == [[5, 10]]
