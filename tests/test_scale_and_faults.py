@@ -431,7 +431,8 @@ def setup_case(script, kind, tmp, good):
         return png_job, ["model.keras", "cannot load"]
     if kind == "data file as the model":
         copy("good.h5")
-        return ["--model", tmp / "good.h5", *png_job[2:], "--threshold", 0.5], ["good.h5", "not a .keras or .onnx model"]
+        return (["--model", tmp / "good.h5", *png_job[2:], "--threshold", 0.5],
+                ["good.h5", "not a .keras or .onnx model"])
     assert kind == "unreadable model sidecar"
     (tmp / "model.json").write_text("{threshold: 0.5")
     return png_job, ["model.json", "sidecar"]
