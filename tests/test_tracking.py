@@ -1,0 +1,247 @@
+"""tracking.py and its place in the evaluation: segments, reconstructable tracks and fake segments on
+hand-made events with known answers; track ids carried from make_events through Pix2Pix_data to the
+evaluation."""
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+import evaluation
+import event_image as ei
+import make_events
+import Pix2Pix_data
+import tracking
+from baselines import snr_keep
+from data_management import check_h5, load_split, read_track_ids
+from script_utils import InputError
+
+WIRE = 50  # where the hand-made tracks run
+
+
+def straight_track(layers_per_superlayer=6, wire=WIRE):
+    """One event (1, 36, 112) bool: a straight track with hits in the first layers_per_superlayer layers of each."""
+    mask = np.zeros((1, ei.LAYERS, ei.WIRES), bool)
+    for s in range(ei.SUPERLAYERS):
+        rows = s * ei.LAYERS_PER_SUPERLAYER + np.arange(layers_per_superlayer)
+        mask[0, rows, wire] = True
+    return mask
+
+
+def scores(raw, truth, kept, track_ids=None):
+    counts = tracking.event_counts(raw, truth, kept, track_ids)
+    return tracking.scores_from_counts({k: int(v.sum()) for k, v in counts.items()}), counts
+
+
+# --- Segments and reconstructable tracks -------------------------------------------------------------
+@pytest.mark.parametrize("layers, has_segment", [(3, False), (4, True), (5, True), (6, True)])
+def test_a_segment_needs_hits_in_four_of_six_layers(layers, has_segment):
+    track = straight_track(layers)
+    assert tracking.segments(track).tolist() == [[has_segment] * 6]
+    s, c = scores(track, track, track)
+    assert c["tracks"].tolist() == [1]
+    assert s["raw_6"] == s["raw_ge5"] == s["raw_ge4"] == float(has_segment)
+    double = track.copy()
+    double[0, :, WIRE + 1] = track[0, :, WIRE]  # a second hit in the same layers adds no layer
+    assert tracking.segments(double).tolist() == [[has_segment] * 6]
+
+
+def test_removing_one_superlayer_moves_a_track_from_six_to_five():
+    track = straight_track()
+    kept = track.copy()
+    kept[0, 12:18] = False  # superlayer 3 lost
+    s, c = scores(track, track, kept)
+    assert (c["raw_6"], c["after_6"], c["after_ge5"], c["after_ge4"]) == (1, 0, 1, 1)
+    assert s["kept_6"] == 0 and s["kept_ge5"] == 1 and s["kept_ge4"] == 1
+    kept[0, 24:30] = False  # and superlayer 5: 4 of 6 left
+    s, _ = scores(track, track, kept)
+    assert (s["after_6"], s["after_ge5"], s["after_ge4"]) == (0, 0, 1)
+    kept = track.copy()
+    kept[0, [12, 13]] = False  # two layers of superlayer 3 lost: 4 left, still a segment
+    assert scores(track, track, kept)[0]["kept_6"] == 1
+    kept[0, 14] = False  # a third: 3 left, the segment is gone
+    assert scores(track, track, kept)[0]["kept_6"] == 0
+
+
+def test_track_ids_score_each_track_and_without_them_the_truth_is_one_track():
+    a, b = straight_track(wire=20), straight_track(wire=80)
+    truth = a | b
+    ids = np.where(a, 1, 0) + np.where(b, 2, 0)
+    raw = truth.copy()
+    raw[0, 3, 60] = True  # a noise hit
+    kept = truth.copy()
+    kept[0, :6, 80] = False  # track 2 loses superlayer 1
+    s, c = scores(raw, truth, kept, ids.astype(np.uint8))
+    assert c["tracks"].tolist() == [2] and (c["raw_6"][0], c["after_6"][0], c["after_ge5"][0]) == (2, 1, 2)
+    assert s["kept_6"] == 0.5 and s["kept_ge5"] == 1
+    s, c = scores(raw, truth, kept)  # no ids: one track, whose superlayer 1 still has track 1's hits
+    assert c["tracks"].tolist() == [1] and s["kept_6"] == 1
+    s, c = scores(raw, truth, kept, np.zeros_like(ids))  # ids that name no track: no track
+    assert c["tracks"].tolist() == [0] and np.isnan(s["kept_ge5"])
+
+
+def test_only_kept_raw_track_hits_count():
+    track = straight_track()
+    raw = track.copy()
+    raw[0, 12:18] = False  # the truth names hits that are not in the raw event
+    invented = np.ones_like(track)  # a denoiser lighting every cell invents what raw lacks
+    for ids in (None, track.astype(np.uint8)):
+        s, c = scores(raw, track, invented, ids)
+        assert (c["raw_6"][0], c["after_6"][0], c["after_ge5"][0]) == (0, 0, 1)
+
+
+# --- Fake segments ----------------------------------------------------------------------------------
+def background(cells):
+    """One event (1, 36, 112) bool with hits at (layer, wire) cells."""
+    mask = np.zeros((1, ei.LAYERS, ei.WIRES), bool)
+    for layer, wire in cells:
+        mask[0, layer, wire] = True
+    return mask
+
+
+CLUSTER = [(12, 30), (13, 30), (14, 31), (15, 31)]  # superlayer 3, layers 1-4, leaning like a track
+
+
+def test_a_background_cluster_over_four_layers_in_the_road_is_one_fake_segment():
+    assert tracking.fake_segments(background(CLUSTER)).tolist() == [[0, 0, 1, 0, 0, 0]]
+    leaning_back = [(12, 30), (13, 30), (14, 29), (16, 27)]  # the other direction, one layer missing
+    assert tracking.fake_segments(background(leaning_back)).sum() == 1
+    spread = [(12, 10), (13, 40), (14, 70), (15, 100)]  # the same layers, hits across the chamber
+    assert tracking.fake_segments(background(spread)).sum() == 0
+    three = CLUSTER[:3]  # three layers: no segment
+    assert tracking.fake_segments(background(three)).sum() == 0
+    too_wide = [(12, 30), (13, 30), (14, 34), (15, 35)]  # layers 3-4 outside their 2-wire bucket
+    assert tracking.fake_segments(background(too_wide)).sum() == 0
+    two = CLUSTER + [(layer, wire + 40) for layer, wire in CLUSTER] + [(0, 5), (1, 5), (2, 6), (3, 6)]
+    assert tracking.fake_segments(background(two)).tolist() == [[1, 0, 2, 0, 0, 0]]
+    crossing = CLUSTER + [(16, 32), (17, 33)]  # one cluster over six layers: still one
+    assert tracking.fake_segments(background(crossing)).sum() == 1
+
+
+def test_fake_segments_are_counted_on_the_kept_background_hits_only():
+    track = straight_track()
+    raw = track | background(CLUSTER)
+    s, c = scores(raw, track, raw)  # keep-all: the cluster stays
+    assert c["fake_segments"].tolist() == [1] and c["raw_fake_segments"].tolist() == [1]
+    kept = raw.copy()
+    kept[0, 15, 31] = False  # one of its hits removed: three layers left
+    s, c = scores(raw, track, kept)
+    assert c["fake_segments"].tolist() == [0] and s["raw_fake_segments_per_event"] == 1
+    near_track = background([(12, WIRE + 1), (13, WIRE + 1), (14, WIRE + 2)])  # 3 noise hits beside the track
+    s, c = scores(raw | near_track, track, raw | near_track)
+    assert c["fake_segments"].tolist() == [1]  # track hits are not background: they make no fake segment
+
+
+def test_the_road_finds_the_segments_of_real_tracks():
+    """The road is SNR's, sized for the slope and stagger of tracks: it finds (almost) every true segment."""
+    raw, truth, ids = make_events.generate_masks(400, seed=11, track_ids=True)
+    found = total = 0
+    for k in (1, 2, 3):
+        hits = raw & truth & (ids == k)
+        segment = tracking.segments(hits)
+        total += segment.sum()
+        found += (segment & (tracking.fake_segments(hits) == 1)).sum()
+    assert total > 3000 and found / total > 0.999
+
+
+# --- In the evaluation --------------------------------------------------------------------------------
+def test_evaluation_columns_bins_and_batches():
+    raw, truth, ids = make_events.generate_masks(40, seed=12, luminosity=2, track_ids=True)
+    kept = truth.copy()
+    kept[::4, 12:18] = False  # every 4th event loses superlayer 3 of all its tracks
+    keeps = {"model": kept, "keep-all": raw, "SNR": snr_keep(raw)}
+    bins = (0, int(np.median((raw & ~truth).sum(axis=(1, 2)))))  # two bins holding events
+    one = evaluation.evaluate(raw, truth, keeps, track_ids=ids, background_bins=bins)
+    ev = evaluation.HitEvaluation(keeps, background_bins=bins)
+    for sl in (slice(0, 13), slice(13, 40)):
+        ev.add(raw[sl], truth[sl], {m: k[sl] for m, k in keeps.items()}, track_ids=ids[sl])
+    batched = ev.result()
+    assert batched["methods"] == one["methods"] and batched["track_ids"] == {"with": 40, "without": 0}
+    t = one["methods"]["model"]["tracking"]
+    assert t["counts"]["tracks"] == sum(len(np.unique(e[e > 0])) for e in ids)
+    six_in_cut_events = int(tracking.event_counts(raw[::4], truth[::4], raw[::4], ids[::4])["raw_6"].sum())
+    assert six_in_cut_events > 0 and t["counts"]["after_6"] == t["counts"]["raw_6"] - six_in_cut_events
+    assert one["methods"]["keep-all"]["tracking"]["scores"]["kept_ge5"] == 1
+    assert t["scores"]["fake_segments_per_event"] == 0
+    for m in keeps:  # the bins add up to the whole
+        per_bin = one["vs_background_hits"][m]
+        assert min(b["tracking"]["counts"]["events"] for b in per_bin) > 0
+        for key in tracking.COUNT_KEYS:
+            assert sum(b["tracking"]["counts"][key] for b in per_bin) == one["methods"][m]["tracking"]["counts"][key]
+    table = evaluation.format_table(one)
+    assert "tracks >=5/6" in table.splitlines()[0] and "fake seg/event" in table.splitlines()[0]
+    assert "without track ids" not in table
+    assert "Tracking: the GAN keeps 100.00 % of the tracks reconstructable (>= 5 of 6 superlayers) in the raw events " \
+           "(SNR 100.00 %) and leaves 0.00 fake segments per event (raw " in one["verdict"]
+    snr = one["methods"]["SNR"]["tracking"]["counts"]  # SNR keeps every hit of a candidate: all fake segments stay
+    assert snr["fake_segments"] == snr["raw_fake_segments"] > 0
+    no_ids = evaluation.evaluate(raw, truth, keeps)
+    assert no_ids["track_ids"] == {"with": 0, "without": 40}
+    assert "40 events without track ids: the truth of each counts as one track" in evaluation.format_table(no_ids)
+    assert "without track ids" in no_ids["verdict"]
+
+
+def test_report_json_and_png_carry_the_tracking(tmp_path):
+    raw, truth, ids = make_events.generate_masks(30, seed=13, track_ids=True)
+    res = evaluation.evaluate(raw, truth, {"model": truth, "keep-all": raw}, track_ids=ids)
+    res["threshold"] = 0.5
+    paths = evaluation.write_report(res, tmp_path / "r")
+    data = json.loads(paths["json"].read_text())
+    t = data["methods"]["model"]["tracking"]
+    assert set(t["counts"]) == set(tracking.COUNT_KEYS) and t["scores"]["kept_ge5"] == 1
+    assert "tracking" in data["vs_background_hits"]["keep-all"][0] and data["track_ids"]["with"] == 30
+    assert paths["png"].stat().st_size > 10000
+
+
+# --- Track ids from make_events through Pix2Pix_data to the evaluation ------------------------------------
+@pytest.mark.parametrize("layout", ["folders", "tagged"])
+def test_track_ids_survive_make_events_pix2pix_data_and_the_evaluation(tmp_path, layout):
+    import Pix2Pix_denoise
+
+    out = tmp_path / "events"
+    assert make_events.main(["--out", str(out), "-n", "40", "--seed", "21", "--workers", "1",
+                             "--layout", layout]) == 0
+    h5 = tmp_path / "events.h5"
+    if layout == "folders":
+        Pix2Pix_data.convert(out / "raw", out / "truth", h5, workers=1, chunk_events=8)
+    else:
+        Pix2Pix_data.convert(out, None, h5, layout="tagged", workers=1, chunk_events=8)
+    check_h5(h5)
+    raw, truth, ids = make_events.generate_masks(40, seed=21, track_ids=True)
+    test = load_split(h5)["test"]
+    np.testing.assert_array_equal(read_track_ids(h5, test), ids[test])
+    ev = evaluation.HitEvaluation(["keep-all"])
+    for names, r, t, i in Pix2Pix_denoise.H5SplitReader(h5, batch_size=3):
+        ev.add(r, t, {"keep-all": r}, names=names, track_ids=i)
+    res = ev.result()
+    expected = evaluation.evaluate(raw[test], truth[test], {"keep-all": raw[test]}, track_ids=ids[test])
+    assert res["track_ids"] == {"with": len(test), "without": 0}
+    assert res["methods"]["keep-all"]["tracking"] == expected["methods"]["keep-all"]["tracking"]
+    assert res["methods"]["keep-all"]["tracking"]["counts"]["tracks"] == sum(len(np.unique(e[e > 0]))
+                                                                             for e in ids[test])
+    if layout == "folders":  # the PNG reader finds the tracks folder beside the truth folder
+        reader = Pix2Pix_denoise.PngFolderReader(out / "raw", out / "truth", 16, ei.default_tracks_dir(out / "truth"))
+        batches = list(reader)
+        np.testing.assert_array_equal(np.concatenate([b[3] for b in batches]), ids)
+
+
+def test_pairs_without_track_ids_stay_as_they_were_and_missing_ones_are_named(tmp_path):
+    out = tmp_path / "events"
+    assert make_events.main(["--out", str(out), "-n", "6", "--seed", "2", "--workers", "1"]) == 0
+    (out / "tracks" / make_events.event_name(4)).unlink()
+    with pytest.raises(InputError, match="no track-id file"):
+        Pix2Pix_data.convert(out / "raw", out / "truth", tmp_path / "a.h5", workers=1)
+    summary = Pix2Pix_data.convert(out / "raw", out / "truth", tmp_path / "b.h5", workers=1, skip_bad=True)
+    assert summary["pairs"] == 5
+    for p in (out / "tracks").iterdir():
+        p.unlink()
+    (out / "tracks").rmdir()
+    Pix2Pix_data.convert(out / "raw", out / "truth", tmp_path / "c.h5", workers=1)
+    with h5py.File(tmp_path / "c.h5") as f:
+        assert "track_ids" not in f and not f.attrs["track_ids"] and len(f["raw"]) == 6
+    with h5py.File(tmp_path / "b.h5", "a") as f:  # a damaged track_ids dataset is refused
+        del f["track_ids"]
+        f.create_dataset("track_ids", data=np.zeros((5, 36, 111), np.uint8))
+    with pytest.raises(InputError, match="track_ids"):
+        check_h5(tmp_path / "b.h5", test_fraction=0.2, validation_fraction=0.25)
