@@ -1,10 +1,10 @@
-"""Hit-level scoring of a denoiser against the truth and the CLAS12 baselines, and its report.
+"""Hit-level and tracking-level scoring of a denoiser against the truth and the CLAS12 baselines, and its report.
 
 Used by Pix2Pix_denoise.py --evaluate and bench/score_probabilities.py; no TensorFlow or Keras
 (the CAE baseline imports them when asked for). On boolean hit masks (N, 36, 112):
 
     keeps = {"model": prob > 0.5, **{m: keep(raw) for m, keep in baseline_keeps().items()}}
-    result = evaluate(raw, truth, keeps, prob)               # scores, per superlayer, sweep, verdict
+    result = evaluate(raw, truth, keeps, prob, track_ids=ids)  # scores, tracks, per superlayer, sweep, verdict
     finish_report(result, 0.5, "runs/pix2pix/test.report")   # table, verdict, .json, .png, .events.png
 """
 
@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 import event_image as ei
-from script_utils import atomic_output, check_output_path
+import tracking
+from script_utils import atomic_output, check_output_path, json_ready
 
 BACKGROUND_BINS = (0, 10, 20, 40, 60, 80, 100, 130, 160, 200, 300)  # lower edges of the background-hit bins
 GRID_EVENTS = 4  # worst and best events shown in the report
@@ -41,8 +42,9 @@ def event_f1(raw, truth, kept):
 class HitEvaluation:
     """Hit-level counts of several methods, accumulated batch by batch (memory stays flat).
 
-    Per method: overall, per superlayer and per bin of background hits in the event; for the
-    model also a sweep over output thresholds (from its probabilities) and the worst and best
+    Per method: overall, per superlayer and per bin of background hits in the event, with the
+    tracking counts (tracking.py: reconstructable tracks, fake segments) overall and per bin; for
+    the model also a sweep over output thresholds (from its probabilities) and the worst and best
     events by F1 (only GRID_EVENTS of each are kept).
     """
 
@@ -55,13 +57,20 @@ class HitEvaluation:
         self.total = {m: _empty_counts() for m in self.methods}
         self.superlayer = {m: [_empty_counts() for _ in range(ei.SUPERLAYERS)] for m in self.methods}
         self.background = {m: [_empty_counts() for _ in self.bins] for m in self.methods}
+        self.tracking = {m: tracking.add_counts({}, {}) for m in self.methods}
+        self.tracking_background = {m: [tracking.add_counts({}, {}) for _ in self.bins] for m in self.methods}
+        self.track_id_events = {"with": 0, "without": 0}  # events scored with and without track ids
         self.sweep = [_empty_counts() for _ in self.thresholds]
         self.paired = {m: {"better": 0, "equal": 0, "worse": 0} for m in self.methods if m != "model"}
         self.worst, self.best = [], []  # heaps of (key, -serial, event)
         self.serial = 0
 
-    def add(self, raw, truth, keeps, probabilities=None, names=None):
-        """Count one batch: boolean masks (N, 36, 112); keeps = {method: kept mask}."""
+    def add(self, raw, truth, keeps, probabilities=None, names=None, track_ids=None):
+        """Count one batch: boolean masks (N, 36, 112); keeps = {method: kept mask}.
+
+        track_ids: (N, 36, 112) track number of each truth hit (0 = none), or None: then the truth
+        of each event counts as one track.
+        """
         raw, truth = np.asarray(raw, bool), np.asarray(truth, bool)
         noise_per_event = (raw & ~truth).sum(axis=(1, 2))
         bin_of_event = np.searchsorted(self.bins, noise_per_event, side="right") - 1
@@ -76,6 +85,7 @@ class HitEvaluation:
                 sel = bin_of_event == b
                 self.background[m][b] = ei.add_counts(self.background[m][b],
                                                       ei.hit_counts(raw[sel], truth[sel], kept[sel]))
+        self._add_tracking(raw, truth, keeps, track_ids, bin_of_event)
         if probabilities is not None:
             for i, t in enumerate(self.thresholds):
                 self.sweep[i] = ei.add_counts(self.sweep[i], ei.hit_counts(raw, truth, probabilities > t))
@@ -83,6 +93,17 @@ class HitEvaluation:
             f1, rows = self._compare_events(raw, truth, keeps)
             if self.grid_events:
                 self._keep_extremes(raw, truth, keeps, names, f1, rows)
+
+    def _add_tracking(self, raw, truth, keeps, track_ids, bin_of_event):
+        """Add each method's tracking counts (tracking.event_counts) overall and per background bin."""
+        self.track_id_events["without" if track_ids is None else "with"] += len(raw)
+        for m in self.methods:
+            per_event = tracking.event_counts(raw, truth, keeps[m], track_ids)
+            self.tracking[m] = tracking.add_counts(self.tracking[m], {k: v.sum() for k, v in per_event.items()})
+            for b in np.unique(bin_of_event[bin_of_event >= 0]):
+                sel = bin_of_event == b
+                self.tracking_background[m][b] = tracking.add_counts(
+                    self.tracking_background[m][b], {k: v[sel].sum() for k, v in per_event.items()})
 
     def _compare_events(self, raw, truth, keeps):
         """Count the events (with track hits) where the model's F1 beats, ties or loses to each other method's."""
@@ -117,19 +138,26 @@ class HitEvaluation:
 
         model_vs_per_event: for each other method, the events (with track hits) where the model's
         F1 is better, equal or worse. worst_events/best_events hold the events' masks for the
-        picture; write_report keeps only their names and F1 in the JSON.
+        picture; write_report keeps only their names and F1 in the JSON. Each method's entry and
+        background bin has "tracking": tracking.py's counts and scores; "track_ids" says how many
+        events had track ids (without them the truth of an event counts as one track).
         """
-        def entry(c):
-            return {"counts": dict(c), "scores": ei.scores_from_counts(c)}
+        def entry(c, t=None):
+            out = {"counts": dict(c), "scores": ei.scores_from_counts(c)}
+            if t is not None:
+                out["tracking"] = {"counts": dict(t), "scores": tracking.scores_from_counts(t)}
+            return out
 
         edges = list(self.bins) + [None]
         return {
             "events": self.total[self.methods[0]]["events"],
-            "methods": {m: entry(self.total[m]) for m in self.methods},
+            "methods": {m: entry(self.total[m], self.tracking[m]) for m in self.methods},
+            "track_ids": dict(self.track_id_events),
             "per_superlayer": {m: [dict(superlayer=s + 1, **entry(c)) for s, c in enumerate(self.superlayer[m])]
                                for m in self.methods},
-            "vs_background_hits": {m: [dict(low=edges[b], high=edges[b + 1], **entry(c))
-                                       for b, c in enumerate(self.background[m])] for m in self.methods},
+            "vs_background_hits": {m: [dict(low=edges[b], high=edges[b + 1], **entry(c, t)) for b, (c, t)
+                                       in enumerate(zip(self.background[m], self.tracking_background[m], strict=True))]
+                                   for m in self.methods},
             "threshold_sweep": [dict(threshold=t, **entry(c)) for t, c in zip(self.thresholds, self.sweep, strict=True)]
             if any(c["events"] for c in self.sweep) else [],
             "model_vs_per_event": self.paired if "model" in self.methods else {},
@@ -138,15 +166,16 @@ class HitEvaluation:
         }
 
 
-def evaluate(raw_masks, truth_masks, keep_masks, probabilities=None, names=None, **settings):
-    """Hit-level scores of each method on one set of events, in one call.
+def evaluate(raw_masks, truth_masks, keep_masks, probabilities=None, names=None, track_ids=None, **settings):
+    """Hit-level and tracking scores of each method on one set of events, in one call.
 
     raw_masks, truth_masks: boolean (N, 36, 112); keep_masks: {method: boolean (N, 36, 112)};
-    probabilities: optional (N, 36, 112) model output for the threshold sweep. Returns
+    probabilities: optional (N, 36, 112) model output for the threshold sweep; track_ids:
+    optional (N, 36, 112) track numbers of the truth hits (None: one track per event). Returns
     HitEvaluation.result() plus the verdict.
     """
     ev = HitEvaluation(keep_masks, **settings)
-    ev.add(raw_masks, truth_masks, keep_masks, probabilities, names)
+    ev.add(raw_masks, truth_masks, keep_masks, probabilities, names, track_ids)
     res = ev.result()
     res["verdict"] = verdict(res)
     return res
@@ -172,30 +201,58 @@ def verdict(result):
     if paired and sum(paired.values()):
         text += (f" Event by event (F1): better in {paired['better']}, equal in {paired['equal']}, "
                  f"worse in {paired['worse']}.")
-    return text
+    return text + tracking_verdict(result)
+
+
+def tracking_verdict(result):
+    """' Tracking: ...': the model's share of the raw-reconstructable tracks kept, its fake segments, the baselines'."""
+    methods = result["methods"]
+    if "tracking" not in methods["model"]:
+        return ""
+    scores = {m: e["tracking"]["scores"] for m, e in methods.items()}
+    others = [m for m in ("SNR", "CAE") if m in scores]
+    kept = ", ".join(f"{m} {100 * scores[m]['kept_ge5']:.2f} %" for m in others)
+    fake = ", ".join(f"{m} {scores[m]['fake_segments_per_event']:.2f}" for m in others)
+    model = scores["model"]
+    text = (f" Tracking: the GAN keeps {100 * model['kept_ge5']:.2f} % of the tracks reconstructable (>= 5 of 6 "
+            f"superlayers) in the raw events{f' ({kept})' if kept else ''} and leaves "
+            f"{model['fake_segments_per_event']:.2f} fake segments per event (raw "
+            f"{model['raw_fake_segments_per_event']:.2f}{', ' + fake if fake else ''}).")
+    return text + track_ids_note(result, " ")
+
+
+def track_ids_note(result, lead=""):
+    """What counted as a track when some events had no track ids ('' when all had them)."""
+    without = result.get("track_ids", {}).get("without", 0)
+    if not without:
+        return ""
+    return f"{lead}({without} events without track ids: the truth of each counts as one track.)"
+
+
+TABLE_COLUMNS = {"efficiency": "efficiency", "rejection": "rejection", "purity": "purity", "f1": "F1",
+                 "invented_per_event": "invented/event"}
+TRACKING_COLUMNS = {"kept_ge5": "tracks >=5/6", "fake_segments_per_event": "fake seg/event"}
 
 
 def format_table(result):
-    """The printed table: one row per method."""
-    cols = {"efficiency": "efficiency", "rejection": "rejection", "purity": "purity", "f1": "F1",
-            "invented_per_event": "invented/event"}
+    """The printed table: one row per method (tracking columns from tracking.py), then what they count."""
+    cols = dict(TABLE_COLUMNS, **TRACKING_COLUMNS)
     lines = [f"{'method':<10}" + "".join(f"{title:>16}" for title in cols.values())]
     for m, e in result["methods"].items():
-        lines.append(f"{m:<10}" + "".join(f"{e['scores'][c]:>16.4f}" for c in cols))
+        scores = dict(e["scores"], **e.get("tracking", {}).get("scores", {}))
+        lines.append(f"{m:<10}" + "".join(f"{scores.get(c, math.nan):>16.4f}" for c in cols))
+    first = next(iter(result["methods"].values()), {})
+    if "tracking" in first:
+        c, s = first["tracking"]["counts"], first["tracking"]["scores"]
+        lines.append("tracks >=5/6: share of the tracks reconstructable in the raw event (segments in >= 5 of 6 "
+                     "superlayers) that still are; fake seg/event: background segments left")
+        lines.append(f"raw events: {c['tracks']} tracks, reconstructable from 6/6 {s['raw_6']:.4f}, "
+                     f">=5/6 {s['raw_ge5']:.4f}, >=4/6 {s['raw_ge4']:.4f}; "
+                     f"{s['raw_fake_segments_per_event']:.4f} fake segments/event")
+        note = track_ids_note(result)
+        if note:
+            lines.append(note)
     return "\n".join(lines)
-
-
-def _json_ready(obj):
-    """NaN -> null and numpy -> Python, so the JSON is strict and readable everywhere."""
-    if isinstance(obj, dict):
-        return {k: _json_ready(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_ready(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 def report_paths(prefix):
@@ -268,19 +325,54 @@ def plot_superlayers(ax, result):
     finish_axes(ax, "superlayer", "per superlayer")
 
 
+def tracking_bins(result, method):
+    """(labels, bins) of one method's background-hit bins holding events, each with its tracking scores."""
+    bins = [b for b in result["vs_background_hits"][method] if b["counts"]["events"] and "tracking" in b]
+    return [f"{b['low']}-{b['high'] - 1}" if b["high"] else f"{b['low']}+" for b in bins], bins
+
+
+def plot_tracks_vs_background(ax, result):
+    """Share of the raw-reconstructable tracks still reconstructable (>= 5/6 solid, 6/6 dotted) vs background."""
+    shown = [1.0]
+    for m in result["methods"]:
+        x, bins = tracking_bins(result, m)
+        for key, style, label in (("kept_ge5", "o-", ">=5/6"), ("kept_6", "s:", "6/6")):
+            values = [b["tracking"]["scores"][key] for b in bins]
+            shown += [v for v in values if math.isfinite(v)]
+            ax.plot(x, values, style, color=COLORS.get(m), alpha=1.0 if key == "kept_ge5" else 0.6,
+                    label=f"{m} {label}")
+    finish_axes(ax, "background hits in the event", "tracks still reconstructable (of those in the raw event)")
+    low = min(shown)  # zoomed in: the differences that matter are a few per cent
+    ax.set_ylim(low - 0.05 * (1.0 - low) - 0.005, 1.0 + 0.05 * (1.0 - low) + 0.005)
+
+
+def plot_fake_segments_vs_background(ax, result):
+    """Fake segments per event left by each method vs the background hits in the event."""
+    for m in result["methods"]:
+        x, bins = tracking_bins(result, m)
+        ax.plot(x, [b["tracking"]["scores"]["fake_segments_per_event"] for b in bins], "o-", color=COLORS.get(m),
+                label=m)
+    ax.set_yscale("symlog", linthresh=0.01)  # the denoisers' few hundredths beside the raw event's several
+    ax.set_xlabel("background hits in the event")
+    ax.set_title("fake segments per event (background, >= 4 of 6 layers in an SNR road)")
+    ax.legend(fontsize=7)
+
+
 def write_plots(path, result, overwrite):
-    """PREFIX.png: the four panels, the verdict as title."""
+    """PREFIX.png: the six panels, the verdict as title."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 2, figsize=(13, 9))
+    fig, axes = plt.subplots(2, 3, figsize=(19, 9))
     plot_scores(axes[0, 0], result)
     plot_vs_background(axes[0, 1], result)
+    plot_tracks_vs_background(axes[0, 2], result)
     plot_threshold_sweep(axes[1, 0], result)
     plot_superlayers(axes[1, 1], result)
-    fig.suptitle(textwrap.fill(result.get("verdict", ""), 150), fontsize=10)
+    plot_fake_segments_vs_background(axes[1, 2], result)
+    fig.suptitle(textwrap.fill(result.get("verdict", ""), 200), fontsize=10)
     fig.tight_layout()
     with atomic_output(path, overwrite) as tmp, open(tmp, "wb") as fh:
         fig.savefig(fh, format="png", dpi=90)
@@ -314,7 +406,7 @@ def write_report(result, prefix, overwrite=False, meta=None):
     for key in ("worst_events", "best_events"):
         data[key] = [{"name": e["name"], "f1": e["f1"]} for e in result[key]]
     with atomic_output(paths["json"], overwrite) as tmp:
-        tmp.write_text(json.dumps(_json_ready(data), indent=1))
+        tmp.write_text(json.dumps(json_ready(data), indent=1, allow_nan=False))
     return paths
 
 

@@ -51,7 +51,7 @@ def main(argv=None):
     cae_data = (args.cae_data or args.data) if args.baseline_cae else None
     keep = {"model": prob > threshold,
             **{m: f(raw) for m, f in evaluation.baseline_keeps(cae_data, epochs=args.cae_epochs).items()}}
-    result = evaluation.evaluate(raw, truth, keep, prob)
+    result = evaluation.evaluate(raw, truth, keep, prob, track_ids=data_management.read_track_ids(args.data, test))
     print(f"{run}: epoch {info['epoch']}, width {info['base_filters']}, threshold {threshold:.2f} (validation)")
     report = Path(args.report or run / (Path(args.probabilities).stem + ".report"))
     evaluation.finish_report(result, threshold, report, args.overwrite,
