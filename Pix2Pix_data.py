@@ -4,13 +4,15 @@ Pairs are found by name, never by sort order: two folders of equal file names (-
 folders) or one folder whose names carry a raw and a truth tag (--layout tagged). Every image
 is checked and padded in worker processes; the file (see pairs_h5) appears under its name only
 when complete. --shard K/N converts the K-th of N slices of the sorted pairs into a part file,
---merge joins the parts into one file.
+--merge joins the parts into one file. --hipo converts CLAS12 HIPO files instead (hipo_pairs.py):
+one pair per sector image, raw from DC::tot/DC::tdc, truth from TimeBasedTrkg::TBHits.
 
     python Pix2Pix_data.py                                    # data/raw + data/truth -> data/pairs.h5
     python Pix2Pix_data.py --raw-dir events/raw --truth-dir events/truth --output data/pairs.h5
     python Pix2Pix_data.py --layout tagged --raw-dir original_pngs --output data/pairs.h5
     python Pix2Pix_data.py --raw-dir events/raw --truth-dir events/truth --shard 3/8 --output parts/part3.h5
     python Pix2Pix_data.py --merge parts/part*.h5 --output data/pairs.h5
+    python Pix2Pix_data.py --hipo sim1.hipo sim2.hipo --output data/pairs.h5
 """
 
 import contextlib
@@ -26,6 +28,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+import clas12_hipo
 import event_image as ei
 import pairs_h5
 from pairs_h5 import EVENT_SHAPE, ChunkWriter, compress_chunk, create_names, write_attrs
@@ -47,11 +50,16 @@ OUTPUT = "data/pairs.h5"
 LAYOUT = "folders"  # "folders": RAW_DIR/NAME + TRUTH_DIR/NAME; "tagged": one folder, tags in names
 RAW_TAG = "_all_"  # tagged layout: a raw file's name carries this ...
 TRUTH_TAG = "_truth_"  # ... and its truth file's name this instead
+TRACKS_DIR = None  # track-id PNGs, same names as in RAW_DIR (None: a `tracks` folder beside TRUTH_DIR, if any)
+TRACKS_TAG = "_tracks_"  # tagged layout: a track-id file's name carries this instead of the raw tag
 WORKERS = os.cpu_count() or 1  # decoding processes (1: no extra processes)
 CHUNK_EVENTS = pairs_h5.CHUNK_EVENTS  # events per HDF5 chunk along axis 0
 COMPRESSION_LEVEL = pairs_h5.COMPRESSION_LEVEL  # ISA-L deflate level 0-3
 SKIP_BAD = False  # True: leave bad pairs out with a warning and list them in OUTPUT.skipped.txt
 OVERWRITE = False
+HIPO = None  # CLAS12 HIPO files to convert instead of PNG pairs (one pair per sector image)
+RAW_ORDERS = clas12_hipo.RAW_ORDERS  # --hipo: DC::tdc/DC::tot order tens digits that are raw hits
+KEEP_SECTORS_WITHOUT_TRUTH = False  # --hipo: also sectors with raw hits but no TBHits hits (empty truth)
 
 # --- Fixed ---------------------------------------------------------------------------------
 IN_FLIGHT_PER_WORKER = 4  # chunks queued or decoded per worker process: bounds the memory
@@ -59,7 +67,7 @@ SKIPPED_SUFFIX = ".skipped.txt"  # the list of skipped pairs, beside the output
 PROBLEMS_SHOWN = 3  # files named in a one-line error before "and N more"
 HIT_COUNTS = ("raw_hits", "truth_hits", "stray_hits", "stray_pairs")  # summed over the chunks
 
-Pair = namedtuple("Pair", "raw_name truth_name raw_path truth_path")
+Pair = namedtuple("Pair", "raw_name truth_name raw_path truth_path tracks_path", defaults=(None,))
 
 
 # --- Finding the pairs ---------------------------------------------------------------------
@@ -69,8 +77,22 @@ def case_hint(name, others_by_lower):
     return f" ({other} differs only in case)" if other is not None else ""
 
 
-def pair_folders(raw_dir, truth_dir):
-    """Pairs of equal file names in two folders, and the unpaired files as (path, reason)."""
+def with_tracks(pairs, tracks, key, where):
+    """Each pair with its track-id PNG, and the problems: a pair without one, a track-id file without a pair.
+
+    tracks: {key: path} ({} or None: the pairs as they are); key(pair) finds a pair's entry, where(pair)
+    names the file it lacks."""
+    if not tracks:
+        return pairs, []
+    keys = {key(p) for p in pairs}
+    problems = [(Path(p.raw_path), f"no track-id file {where(p)}") for p in pairs if key(p) not in tracks]
+    problems += [(Path(path), "track-id file without a raw/truth pair") for k, path in tracks.items() if k not in keys]
+    return [p._replace(tracks_path=tracks[key(p)]) for p in pairs if key(p) in tracks], problems
+
+
+def pair_folders(raw_dir, truth_dir, tracks_dir=None):
+    """Pairs of equal file names in two folders (with their track-id PNG from a third, if given), and the
+    unpaired files as (path, reason)."""
     raw_dir, truth_dir = Path(raw_dir), Path(truth_dir)
     raw_str, truth_str = str(raw_dir), str(truth_dir)
     if raw_dir.resolve() == truth_dir.resolve():
@@ -84,25 +106,37 @@ def pair_folders(raw_dir, truth_dir):
     problems += [(truth_dir / n, f"no raw file {raw_dir / n}{case_hint(n, raw_lower)}")
                  for n in truth if n not in raw_set]
     pairs = [Pair(n, n, os.path.join(raw_str, n), os.path.join(truth_str, n)) for n in raw if n in truth_set]
+    if tracks_dir is not None:
+        tracks_dir = Path(tracks_dir)
+        if tracks_dir.resolve() in (raw_dir.resolve(), truth_dir.resolve()):
+            raise InputError(f"{tracks_dir}: the track-id folder is the raw or truth folder")
+        tracks = {n: os.path.join(str(tracks_dir), n) for n in ei.list_pngs(tracks_dir, "track-id")}
+        pairs, more = with_tracks(pairs, tracks, lambda p: p.raw_name, lambda p: tracks_dir / p.raw_name)
+        problems += more
     return pairs, problems
 
 
-def pair_tagged(folder, raw_tag=RAW_TAG, truth_tag=TRUTH_TAG):
-    """Pairs in one folder whose names differ only by the raw and truth tags, and the problems."""
-    if not raw_tag or not truth_tag or raw_tag == truth_tag:
-        raise InputError(f"raw tag {raw_tag!r} and truth tag {truth_tag!r} must be two different non-empty strings")
+def pair_tagged(folder, raw_tag=RAW_TAG, truth_tag=TRUTH_TAG, tracks_tag=TRACKS_TAG):
+    """Pairs in one folder whose names differ only by the raw and truth tags, and the problems.
+
+    Files carrying tracks_tag instead are the pairs' track-id PNGs (optional: none, or one per pair)."""
+    if not raw_tag or not truth_tag or raw_tag == truth_tag or tracks_tag in (raw_tag, truth_tag):
+        raise InputError(f"raw tag {raw_tag!r}, truth tag {truth_tag!r} and tracks tag {tracks_tag!r} must be "
+                         "different non-empty strings")
     folder = Path(folder)
-    raw, truth, problems = {}, {}, []  # key (the name with its tag cut out) -> file name
+    raw, truth, tracks, problems = {}, {}, {}, []  # key (the name with its tag cut out) -> file name
     for name in ei.list_pngs(folder, "tagged"):
-        n_raw, n_truth = name.count(raw_tag), name.count(truth_tag)
-        if n_raw + n_truth == 0:
+        n_raw, n_truth, n_tracks = name.count(raw_tag), name.count(truth_tag), name.count(tracks_tag or "\0")
+        if n_raw + n_truth + n_tracks == 0:
             problems.append((folder / name, f"name carries neither tag {raw_tag!r} nor {truth_tag!r}"))
-        elif n_raw + n_truth > 1:
+        elif n_raw + n_truth + n_tracks > 1:
             problems.append((folder / name, "name carries more than one tag: raw or truth?"))
         elif n_raw:
             raw[name.replace(raw_tag, "\0")] = name
-        else:
+        elif n_truth:
             truth[name.replace(truth_tag, "\0")] = name
+        else:
+            tracks[name.replace(tracks_tag, "\0")] = os.path.join(folder, name)
     raw_lower = {k.lower(): n for k, n in raw.items() if k not in truth}
     truth_lower = {k.lower(): n for k, n in truth.items() if k not in raw}
     problems += [(folder / n, f"no truth file {k.replace(chr(0), truth_tag)}{case_hint(k, truth_lower)}")
@@ -112,17 +146,26 @@ def pair_tagged(folder, raw_tag=RAW_TAG, truth_tag=TRUTH_TAG):
     pairs = sorted((Pair(n, truth[k], os.path.join(folder, n), os.path.join(folder, truth[k]))
                     for k, n in raw.items() if k in truth),
                    key=lambda p: p.raw_name)
-    return pairs, sorted(problems)
+    key = lambda p: p.raw_name.replace(raw_tag, "\0")
+    pairs, more = with_tracks(pairs, tracks, key, lambda p: key(p).replace("\0", tracks_tag))
+    return pairs, sorted(problems + more)
 
 
-def find_pairs(raw_dir, truth_dir=None, layout=LAYOUT, raw_tag=RAW_TAG, truth_tag=TRUTH_TAG):
-    """The sorted pair list and the problems (unpaired files, unusable names) of either layout."""
+def find_pairs(raw_dir, truth_dir=None, layout=LAYOUT, raw_tag=RAW_TAG, truth_tag=TRUTH_TAG, tracks_dir=TRACKS_DIR,
+               tracks_tag=TRACKS_TAG):
+    """The sorted pair list and the problems (unpaired files, unusable names) of either layout.
+
+    Track-id PNGs: from tracks_dir (folders; None: event_image.default_tracks_dir) or tracks_tag (tagged), if any."""
     if layout == "folders":
-        pairs, problems = pair_folders(raw_dir, TRUTH_DIR if truth_dir is None else truth_dir)
+        truth_dir = TRUTH_DIR if truth_dir is None else truth_dir
+        tracks_dir = ei.default_tracks_dir(truth_dir) if tracks_dir is None else tracks_dir
+        pairs, problems = pair_folders(raw_dir, truth_dir, tracks_dir)
     elif layout == "tagged":
         if truth_dir is not None and Path(truth_dir).resolve() != Path(raw_dir).resolve():
             raise InputError(f"{truth_dir}: --layout tagged reads one folder (--raw-dir); do not give --truth-dir")
-        pairs, problems = pair_tagged(raw_dir, raw_tag, truth_tag)
+        if tracks_dir is not None:
+            raise InputError(f"{tracks_dir}: --layout tagged finds track-id files by their tag (--tracks-tag)")
+        pairs, problems = pair_tagged(raw_dir, raw_tag, truth_tag, tracks_tag)
     else:
         raise InputError(f"unknown pair layout {layout!r} (expected 'folders' or 'tagged')")
     good = []
@@ -188,21 +231,33 @@ def chunk_buffers(chunk_events):
     return _BUFFERS[chunk_events]
 
 
+def padded_blobs(raw, truth, level):
+    """One chunk's raw and truth images (chunk_events, 36, 112, 3), padded (event_image.pad_event's
+    placement, into the reused buffers) and compressed: (raw blob, truth blob)."""
+    _, _, raw_padded, truth_padded = chunk_buffers(len(raw))
+    raw_padded[:, ei.LAYER_ROWS, ei.WIRE_COLUMNS] = raw
+    truth_padded[:, ei.LAYER_ROWS, ei.WIRE_COLUMNS] = truth
+    return compress_chunk(raw_padded, level), compress_chunk(truth_padded, level)
+
+
 def decode_chunk(task):
     """Read, check, pad and compress one chunk of pairs (runs in a worker process).
 
-    task: (chunk_events, level, [(raw_path, truth_path), ...]) with at most chunk_events pairs.
-    The good pairs are packed at the front of one zero-filled (chunk_events, 128, 128, 3) chunk
-    per dataset, compressed as a zlib stream (what the HDF5 gzip filter stores).
+    task: (chunk_events, level, [(raw_path, truth_path[, tracks_path]), ...]) with at most chunk_events
+    pairs. The good pairs are packed at the front of one zero-filled (chunk_events, 128, 128, 3) chunk
+    per dataset, compressed as a zlib stream (what the HDF5 gzip filter stores). With track-id
+    paths, "track_ids" holds the good pairs' ids, uint8 (good, 36, 112), kept on truth hits only.
     """
     chunk_events, level, paths = task
-    raw, truth, raw_padded, truth_padded = chunk_buffers(chunk_events)
+    raw, truth, _, _ = chunk_buffers(chunk_events)
+    ids = np.zeros((chunk_events, ei.LAYERS, ei.WIRES), np.uint8)
     good, bad = [], []
-    for i, (raw_path, truth_path) in enumerate(paths):
+    for i, (raw_path, truth_path, *tracks_path) in enumerate(paths):
         errors = []
-        for path, images in ((raw_path, raw), (truth_path, truth)):
+        reads = [(raw_path, raw, ei.read_event_png), (truth_path, truth, ei.read_event_png)]
+        for path, images, read in reads + [(p, ids, ei.read_track_ids_png) for p in tracks_path]:
             try:
-                images[len(good)] = ei.read_event_png(path)
+                images[len(good)] = read(path)
             except InputError as exc:
                 errors.append(str(exc))
         if errors:
@@ -213,18 +268,17 @@ def decode_chunk(task):
     raw[k:], truth[k:] = 0, 0  # rows of an earlier chunk or of a bad pair
     raw_hits, truth_hits = ei.hit_mask(raw[:k]), ei.hit_mask(truth[:k])
     stray = truth_hits & ~raw_hits  # truth hits that are not raw hits: swapped folders?
-    # event_image.pad_event's placement, into the reused buffers
-    raw_padded[:, ei.LAYER_ROWS, ei.WIRE_COLUMNS] = raw
-    truth_padded[:, ei.LAYER_ROWS, ei.WIRE_COLUMNS] = truth
+    raw_blob, truth_blob = padded_blobs(raw, truth, level)
     return {
         "good": good,
         "bad": bad,
-        "raw": compress_chunk(raw_padded, level),
-        "truth": compress_chunk(truth_padded, level),
+        "raw": raw_blob,
+        "truth": truth_blob,
         "raw_hits": int(raw_hits.sum()),
         "truth_hits": int(truth_hits.sum()),
         "stray_hits": int(stray.sum()),
         "stray_pairs": int(stray.any(axis=(1, 2)).sum()),
+        **({"track_ids": np.where(truth_hits, ids[:k], 0).astype(np.uint8)} if paths and len(paths[0]) > 2 else {}),
     }
 
 
@@ -300,22 +354,28 @@ def good_pairs(result, pairs, skipped, skip_bad):
     return [pairs[i] for i in result["good"]]
 
 
-def write_pairs(f, pairs, skipped, *, workers, skip_bad, chunk_events, level, desc):
+def write_pairs(f, pairs, skipped, *, workers, skip_bad, chunk_events, level, desc, track_ids=False):
     """Decode the pairs chunk by chunk (on workers) and write the good ones in order into the open file f.
 
     Bad pairs are added to skipped (skip_bad) or stop the run. Returns (pairs written, hit counts).
+    track_ids: write the `track_ids` dataset (every pair has a tracks_path; even an empty shard has it).
     """
     writer = ChunkWriter(f, len(pairs), chunk_events, level)
     names = create_names(f, len(pairs))
+    if track_ids:
+        names.append(pairs_h5.create_track_ids(f, len(pairs), chunk_events, level))
     counts = dict.fromkeys(HIT_COUNTS, 0)
     starts = range(0, len(pairs), chunk_events)
-    tasks = ((chunk_events, level, [(p.raw_path, p.truth_path) for p in pairs[i:i + chunk_events]]) for i in starts)
+    tasks = ((chunk_events, level, [(p.raw_path, p.truth_path, *([p.tracks_path] if p.tracks_path else []))
+                                    for p in pairs[i:i + chunk_events]]) for i in starts)
     with worker_pool(workers) as pool, progress(total=len(pairs), unit="pair", desc=desc) as bar, \
             contextlib.closing(ordered_results(pool, decode_chunk, tasks, workers * IN_FLIGHT_PER_WORKER)) as results:
         for start, result in zip(starts, results, strict=True):
             good = good_pairs(result, pairs[start:start + chunk_events], skipped, skip_bad)
-            for ds, key in zip(names, ("raw_name", "truth_name"), strict=True):
+            for ds, key in zip(names, ("raw_name", "truth_name"), strict=False):
                 ds[writer.count:writer.count + len(good)] = [getattr(p, key) for p in good]
+            if "track_ids" in result:
+                names[2][writer.count:writer.count + len(good)] = result["track_ids"]
             writer.add_chunk(result, len(good), packed=not result["bad"])
             for key in counts:
                 counts[key] += result[key]
@@ -344,11 +404,12 @@ def warn_at_end(skipped, skip_path, counts):
 
 def convert(raw_dir, truth_dir, output, *, layout=LAYOUT, raw_tag=RAW_TAG, truth_tag=TRUTH_TAG,
             workers=WORKERS, shard=None, skip_bad=SKIP_BAD, overwrite=OVERWRITE, chunk_events=CHUNK_EVENTS,
-            compression_level=COMPRESSION_LEVEL):
+            compression_level=COMPRESSION_LEVEL, tracks_dir=TRACKS_DIR, tracks_tag=TRACKS_TAG):
     """Convert the PNG pairs of raw_dir/truth_dir (or one tagged folder) into one HDF5 file.
 
-    truth_dir is None for layout="tagged". shard: None, "K/N" or (K, N). Raises InputError on
-    any bad input (nothing is written then). Returns a summary dict (see summary_line).
+    truth_dir is None for layout="tagged". shard: None, "K/N" or (K, N). Track-id PNGs (tracks_dir,
+    or tracks_tag in a tagged folder), when there are any, go into the `track_ids` dataset. Raises
+    InputError on any bad input (nothing is written then). Returns a summary dict (see summary_line).
     """
     t0 = time.perf_counter()
     output = Path(output)
@@ -356,7 +417,7 @@ def convert(raw_dir, truth_dir, output, *, layout=LAYOUT, raw_tag=RAW_TAG, truth
     if layout == "folders" and truth_dir is None:
         truth_dir = TRUTH_DIR
     skip_path = check_outputs(output, overwrite, skip_bad)
-    pairs, problems = find_pairs(raw_dir, truth_dir, layout, raw_tag, truth_tag)
+    pairs, problems = find_pairs(raw_dir, truth_dir, layout, raw_tag, truth_tag, tracks_dir, tracks_tag)
     if problems and not skip_bad:
         raise InputError(f"unpaired or unusable files: {describe_problems(problems)} (--skip-bad leaves them out)")
     if not pairs:
@@ -370,7 +431,7 @@ def convert(raw_dir, truth_dir, output, *, layout=LAYOUT, raw_tag=RAW_TAG, truth
         with h5py.File(tmp, "w") as f:
             written, counts = write_pairs(f, mine, skipped, workers=min(workers, -(-len(mine) // chunk_events)),
                                           skip_bad=skip_bad, chunk_events=chunk_events, level=compression_level,
-                                          desc=output.name)
+                                          desc=output.name, track_ids=bool(pairs[0].tracks_path))
             if written == 0 and n == 1:
                 raise InputError(f"{raw_dir}: no good pairs: {describe_problems(skipped)}")
             write_attrs(f, pair_layout=layout, raw_tag=raw_tag, truth_tag=truth_tag,
@@ -378,7 +439,8 @@ def convert(raw_dir, truth_dir, output, *, layout=LAYOUT, raw_tag=RAW_TAG, truth
                         source_truth_dir=str(Path(truth_dir or raw_dir).resolve()),
                         pairs=written, skipped=len(skipped), shard_index=k, shard_count=n, total_pairs=len(pairs),
                         pair_start=start, pair_stop=stop, pair_list_sha256=pair_list_digest(pairs),
-                        chunk_events=chunk_events)
+                        chunk_events=chunk_events, track_ids=bool(pairs[0].tracks_path),
+                        source_tracks=str(Path(pairs[0].tracks_path).parent.resolve()) if pairs[0].tracks_path else "")
         if skip_bad:
             write_skipped_list(skip_path, skipped, output, overwrite)
     warn_at_end(skipped, skip_path, counts)
@@ -399,7 +461,7 @@ def summary_line(s):
     skipped = f", {s['skipped']} skipped" if s["skipped"] else ""
     return (f"wrote {s['pairs']} pairs{shard}{skipped} to {s['output']} ({s['bytes'] / 1e6:.1f} MB{ratio}); "
             f"hits per event raw {s['raw_hits_per_event']:.1f} truth {s['truth_hits_per_event']:.1f}; "
-            f"{s['seconds']:.1f} s, {s['pairs_per_second']:.0f} pairs/s")
+            f"{s['seconds']:.1f} s, {s['pairs_per_second']:.0f} pairs/s" + s.get("note", ""))
 
 
 # --- Command line ---------------------------------------------------------------------------------------
@@ -417,6 +479,11 @@ def build_parser():
                         "(default %(default)s)")
     p.add_argument("--raw-tag", default=RAW_TAG, help="tagged layout: raw files' tag (default %(default)s)")
     p.add_argument("--truth-tag", default=TRUTH_TAG, help="tagged layout: truth files' tag (default %(default)s)")
+    p.add_argument("--tracks-dir", default=TRACKS_DIR,
+                   help="folder of track-id PNGs (each truth hit's track number), same file names as the raw ones; "
+                        "default: a `tracks` folder beside --truth-dir when there is one (folders layout)")
+    p.add_argument("--tracks-tag", default=TRACKS_TAG,
+                   help="tagged layout: track-id files' tag; such files are optional (default %(default)s)")
     p.add_argument("--workers", type=int, default=WORKERS, help="decoding processes (default: the CPUs, %(default)s)")
     p.add_argument("--chunk-events", type=int, default=CHUNK_EVENTS,
                    help="events per HDF5 chunk (default %(default)s)")
@@ -428,6 +495,14 @@ def build_parser():
     p.add_argument("--shard", metavar="K/N", help="convert only the K-th of N slices of the sorted pairs (1 <= K <= N)")
     p.add_argument("--merge", nargs="+", metavar="PART", help="join the part files of --shard runs into --output")
     p.add_argument("--copy", action="store_true", help="with --merge: copy the data instead of a virtual dataset")
+    h = p.add_argument_group("CLAS12 HIPO files (instead of PNG pairs)")
+    h.add_argument("--hipo", nargs="+", default=HIPO, metavar="FILE.hipo",
+                   help="convert these HIPO files, in this order: one pair per sector image, named FILE:EVENT:SECTOR")
+    h.add_argument("--raw-orders", nargs="+", type=int, default=RAW_ORDERS, metavar="ORDER",
+                   help="DC order tens digits that are raw hits (default: %(default)s, nominal and background)")
+    h.add_argument("--keep-sectors-without-truth", action="store_true", default=KEEP_SECTORS_WITHOUT_TRUTH,
+                   help="also write sectors with raw hits but no TBHits hits (empty truth); by default only sectors "
+                        "with TBHits hits, as the CLAS12 AI group does")
     return p
 
 
@@ -438,6 +513,9 @@ def parse_args(argv=None):
         raise InputError("--merge cannot be combined with --shard or --skip-bad")
     if args.copy and not args.merge:
         raise InputError("--copy only goes with --merge")
+    import hipo_pairs  # it imports this module's helpers: not at the top
+
+    hipo_pairs.check_args(args)
     if args.layout == "tagged" and args.truth_dir == TRUTH_DIR:
         args.truth_dir = None  # the default truth folder is not one the user gave
     return args
@@ -451,10 +529,19 @@ def main(argv=None):
         print(pairs_h5.merge(args.merge, args.output, copy=args.copy, overwrite=args.overwrite,
                              chunk_events=args.chunk_events, compression_level=args.compression_level))
         return 0
+    if args.hipo:
+        import hipo_pairs
+
+        summary = hipo_pairs.convert_hipo(
+            args.hipo, args.output, raw_orders=tuple(args.raw_orders),
+            keep_sectors_without_truth=args.keep_sectors_without_truth, workers=args.workers, shard=args.shard,
+            overwrite=args.overwrite, chunk_events=args.chunk_events, compression_level=args.compression_level)
+        print(summary_line(summary))
+        return 0
     summary = convert(args.raw_dir, args.truth_dir, args.output, layout=args.layout, raw_tag=args.raw_tag,
                       truth_tag=args.truth_tag, workers=args.workers, shard=args.shard, skip_bad=args.skip_bad,
                       overwrite=args.overwrite, chunk_events=args.chunk_events,
-                      compression_level=args.compression_level)
+                      compression_level=args.compression_level, tracks_dir=args.tracks_dir, tracks_tag=args.tracks_tag)
     print(summary_line(summary))
     return 0
 

@@ -1,12 +1,14 @@
 """Denoise drift-chamber events with a trained Pix2Pix generator, and score it against the baselines.
 
-Input: a folder of raw event PNGs (one denoised PNG per event, same name, into --output-dir) or
-the project's HDF5 file (its test split, into a new HDF5 file). The output threshold defaults to
-the one chosen on validation and stored with the model. --evaluate scores the result hit by hit
-against the truth and the CLAS12 baselines (evaluation.py) and writes a report.
+Input: a folder of raw event PNGs (one denoised PNG per event, same name, into --output-dir), the
+project's HDF5 file (its test split, into a new HDF5 file) or a CLAS12 HIPO file (a copy with the
+rejected hits' DC order marked, as coatjava's denoiser does: hipo_denoise.py). The output
+threshold defaults to the one chosen on validation and stored with the model. --evaluate scores
+the result hit by hit against the truth and the CLAS12 baselines (evaluation.py) and writes a report.
 
     python Pix2Pix_denoise.py --model runs/pix2pix --data data/pairs.h5 --output test_denoised.h5 --evaluate
     python Pix2Pix_denoise.py --model runs/pix2pix --input-dir raw/ --output-dir denoised/ --evaluate --truth-dir truth/
+    python Pix2Pix_denoise.py --model runs/pix2pix --hipo run.hipo --output run_denoised.hipo --evaluate
 """
 
 import argparse
@@ -22,6 +24,7 @@ import numpy as np
 import data_management
 import evaluation
 import event_image as ei
+import hipo_denoise
 from script_utils import ArgumentParser, InputError, atomic_output, check_output_path, import_keras, progress, run_main
 
 # --- Settings (each one has its command-line flag) ---------------------------------------
@@ -29,13 +32,15 @@ MODEL = None  # a .keras generator, a training output directory (its generator_b
 INPUT_DIR = None  # folder of raw event PNGs
 OUTPUT_DIR = None  # where the denoised PNGs go (same file names)
 DATA = None  # the project's HDF5 file; its test split is denoised
-OUTPUT = None  # the HDF5 file written from --data (default: DATA_denoised.h5 beside it)
+HIPO = None  # a CLAS12 HIPO file, denoised into a copy (--output) with the rejected hits' DC order marked
+OUTPUT = None  # the file written from --data (default DATA_denoised.h5) or --hipo (default IN_denoised.hipo)
 THRESHOLD = None  # output > THRESHOLD is a hit; None = the one stored with the model
 GATE_BY_RAW_HITS = False  # keep only pixels that were hits in the raw image (no invented hits)
 BATCH_SIZE = 32
 SPLIT_SEED = data_management.SPLIT_SEED  # the train/validation/test split of --data
 EVALUATE = False
 TRUTH_DIR = None  # truth PNGs (same names as the inputs) for --evaluate on a folder
+TRACKS_DIR = None  # track-id PNGs (same names) for --evaluate on a folder (None: a `tracks` folder beside TRUTH_DIR)
 BASELINE_CAE = False  # also score the CLAS12 AI group's convolutional auto-encoder
 CAE_DATA = None  # HDF5 file the CAE is trained on (default: --data)
 CAE_CACHE = None  # where the trained CAE is cached (default: baselines' choice, beside the HDF5)
@@ -72,10 +77,14 @@ def build_parser():
     src = p.add_argument_group("input (one of)")
     src.add_argument("--input-dir", default=INPUT_DIR, help="folder of raw event PNGs (112x36)")
     src.add_argument("--data", default=DATA, help="the project's HDF5 file; its test split is denoised")
+    src.add_argument("--hipo", default=HIPO, metavar="IN.hipo",
+                     help="a CLAS12 HIPO file: written to --output as a copy where only the DC::tdc/DC::tot order of "
+                          "rejected hits changes (0 -> 40, 10 -> 70); --evaluate scores against its TBHits")
     out = p.add_argument_group("output")
     out.add_argument("--output-dir", default=OUTPUT_DIR, help="folder for the denoised PNGs (with --input-dir)")
     out.add_argument("--output", default=OUTPUT,
-                     help="HDF5 file for the denoised test split (with --data; default DATA_denoised.h5)")
+                     help="HDF5 file for the denoised test split (with --data; default DATA_denoised.h5) or the "
+                          "denoised HIPO file (with --hipo; default IN_denoised.hipo)")
     out.add_argument("--overwrite", action="store_true", default=OVERWRITE, help="replace existing output files")
     p.add_argument("--threshold", type=float, default=THRESHOLD,
                    help="output > threshold is a hit (default: the one chosen on validation, stored with the model)")
@@ -89,6 +98,10 @@ def build_parser():
     ev.add_argument("--evaluate", action="store_true", default=EVALUATE,
                     help="score hit by hit against the truth and the baselines (keep-all, SNR, optionally CAE)")
     ev.add_argument("--truth-dir", default=TRUTH_DIR, help="truth PNGs with the input's file names (--input-dir)")
+    ev.add_argument("--tracks-dir", default=TRACKS_DIR,
+                    help="track-id PNGs (each truth hit's track number) with the input's file names (--input-dir; "
+                         "default: a `tracks` folder beside --truth-dir when there is one; without track ids the "
+                         "truth of each event counts as one track)")
     ev.add_argument("--baseline-cae", action="store_true", default=BASELINE_CAE,
                     help="also score the CLAS12 AI convolutional auto-encoder (trained and cached if missing)")
     ev.add_argument("--cae-data", default=CAE_DATA, help="HDF5 file the CAE trains on (default: --data)")
@@ -110,8 +123,11 @@ def build_parser():
 def parse_args(argv=None):
     """The settings, with contradictory or impossible ones refused before anything is read or written."""
     args = build_parser().parse_args(argv)
-    if bool(args.input_dir) == bool(args.data):
-        raise InputError("give exactly one input: --input-dir (PNG folder) or --data (HDF5 file)")
+    if sum(map(bool, (args.input_dir, args.data, args.hipo))) != 1:
+        raise InputError("give exactly one input: --input-dir (PNG folder), --data (HDF5 file) or --hipo (HIPO file)")
+    if args.hipo and (args.output_dir or args.truth_dir):
+        raise InputError(f"--hipo reads its truth from the file and writes --output; do not give "
+                         f"{'--output-dir' if args.output_dir else '--truth-dir'}")
     if args.input_dir and not args.output_dir:
         raise InputError("--input-dir needs --output-dir")
     if args.data and args.output_dir:
@@ -124,12 +140,15 @@ def parse_args(argv=None):
         raise InputError(f"--batch-size {args.batch_size}: must be at least 1")
     if args.truth_dir and not args.evaluate:
         raise InputError("--truth-dir is only used with --evaluate")
+    if args.tracks_dir and not (args.evaluate and args.input_dir):
+        raise InputError("--tracks-dir is only used with --evaluate on --input-dir")
     if args.evaluate and args.input_dir and not args.truth_dir:
         raise InputError("--evaluate on a PNG folder needs --truth-dir")
     if args.baseline_cae and not args.evaluate:
         raise InputError("--baseline-cae is only used with --evaluate")
     if args.baseline_cae and not (args.cae_data or args.data):
-        raise InputError("--baseline-cae on a PNG folder needs --cae-data (the HDF5 file the CAE trains on)")
+        raise InputError("--baseline-cae on a PNG folder or a HIPO file needs --cae-data (the HDF5 file the CAE "
+                         "trains on)")
     return args
 
 
@@ -149,6 +168,8 @@ class KerasModel:
         shapes = [tuple(model.input_shape), tuple(model.output_shape)] if hasattr(model, "input_shape") else []
         if shapes != [want, want]:
             raise InputError(f"{path}: model maps {shapes[:1]} -> {shapes[1:]}, expected {want} -> {want}")
+        if not all(np.isfinite(w).all() for w in self.model.get_weights()):
+            raise InputError(f"{path}: the model's weights are not finite (nan or inf): a training run that diverged")
         self.batch_size = 0  # the largest batch predicted so far
 
     def probabilities(self, hit_maps):
@@ -246,14 +267,17 @@ def choose_threshold(threshold, info, model_path):
 
 # --- Readers: batches of (names, raw hit masks, truth hit masks or None) --------------------
 class PngFolderReader:
-    """Event PNGs of a folder, with the truth PNGs of the same names from truth_dir if given."""
+    """Event PNGs of a folder, with the truth PNGs of the same names from truth_dir and the track-id
+    PNGs (each truth hit's track number) from tracks_dir, if given."""
 
-    def __init__(self, input_dir, truth_dir=None, batch_size=BATCH_SIZE):
+    def __init__(self, input_dir, truth_dir=None, batch_size=BATCH_SIZE, tracks_dir=None):
         self.folder = Path(input_dir)
         self.names = ei.list_pngs(self.folder)
         self.truth_dir = Path(truth_dir) if truth_dir else None
-        if self.truth_dir and not self.truth_dir.is_dir():
-            raise InputError(f"{self.truth_dir}: truth folder not found")
+        self.tracks_dir = Path(tracks_dir) if tracks_dir else None
+        for folder, what in ((self.truth_dir, "truth"), (self.tracks_dir, "track-id")):
+            if folder and not folder.is_dir():
+                raise InputError(f"{folder}: {what} folder not found")
         self.batch_size = batch_size
 
     def __len__(self):
@@ -265,12 +289,14 @@ class PngFolderReader:
             self.read([name])
 
     def read(self, names):
-        """(names, raw hit masks, truth hit masks or None) of these events."""
+        """(names, raw hit masks, truth hit masks or None, track ids or None) of these events."""
         raw = ei.hit_mask(np.stack([ei.read_event_png(self.folder / n) for n in names]))
-        truth = None
+        truth = ids = None
         if self.truth_dir:
             truth = ei.hit_mask(np.stack([ei.read_event_png(self.truth_dir / n) for n in names]))
-        return names, raw, truth
+        if self.tracks_dir:
+            ids = np.stack([ei.read_track_ids_png(self.tracks_dir / n) for n in names])
+        return names, raw, truth, ids
 
     def __iter__(self):
         for start in range(0, len(self.names), self.batch_size):
@@ -278,7 +304,8 @@ class PngFolderReader:
 
 
 class H5SplitReader:
-    """The test split of the project's HDF5 file, in file order (names from its `names`, else indices)."""
+    """The test split of the project's HDF5 file, in file order (names from its `names`, else indices),
+    with the track ids of its optional `track_ids` dataset (else None)."""
 
     def __init__(self, data, split_seed=SPLIT_SEED, batch_size=BATCH_SIZE):
         self.data, self.batch_size = data, batch_size
@@ -296,7 +323,8 @@ class H5SplitReader:
         start = 0
         for raw, truth in data_management.iterate_uint8(self.data, self.indices, batch_size=self.batch_size):
             stop = start + len(raw)
-            yield self.names[start:stop], ei.hit_mask(ei.crop_event(raw)), ei.hit_mask(ei.crop_event(truth))
+            ids = data_management.read_track_ids(self.data, self.indices[start:stop])
+            yield self.names[start:stop], ei.hit_mask(ei.crop_event(raw)), ei.hit_mask(ei.crop_event(truth)), ids
             start = stop
         if start != len(self):
             raise InputError(f"{self.data}: read {start} test events, expected {len(self)}")
@@ -380,13 +408,16 @@ def denoise(model, threshold, reader, writer, evaluation=None, baselines=None, g
 
     Two helper threads read the next batch and write the previous one while the model predicts
     the current one. evaluation: a HitEvaluation fed the model and the baselines ({name: keep
-    function of the raw hit masks}).
+    function of the raw hit masks}), with the reader's track ids when it has them.
     """
     bar = progress(total=len(reader), desc="denoising", unit="event")
     n, writing = 0, None
     with writer, ThreadPoolExecutor(max_workers=2) as pool:
-        for names, raw, truth in prefetched(reader, pool):
+        for names, raw, truth, *track_ids in prefetched(reader, pool):  # readers may give no track ids
             prob = model.probabilities(raw)
+            if not np.isfinite(prob).all():
+                raise InputError(f"{names[0]}: the model gives non-finite hit probabilities (nan or inf): it is "
+                                 "broken (a training run that diverged?)")
             kept = prob > threshold
             if gate:
                 kept &= raw
@@ -395,7 +426,7 @@ def denoise(model, threshold, reader, writer, evaluation=None, baselines=None, g
             writing = pool.submit(writer.write, names, kept)
             if evaluation is not None:
                 keeps = {"model": kept, **{m: keep(raw) for m, keep in (baselines or {}).items()}}
-                evaluation.add(raw, truth, keeps, prob, names)
+                evaluation.add(raw, truth, keeps, prob, names, track_ids[0] if track_ids else None)
             n += len(names)
             bar.update(len(names))
         if writing is not None:
@@ -410,6 +441,9 @@ def output_paths(args):
     if args.input_dir:
         out = Path(args.output_dir)
         report = out.parent / (out.name + ".report")
+    elif args.hipo:
+        out = Path(args.output or Path(args.hipo).with_name(Path(args.hipo).stem + "_denoised.hipo"))
+        report = out.with_suffix(".report")
     else:
         out = Path(args.output or Path(args.data).with_name(Path(args.data).stem + "_denoised.h5"))
         report = out.with_suffix(".report")
@@ -418,9 +452,10 @@ def output_paths(args):
 
 def png_job(args, out):
     """Reader and writer of a PNG folder, every input and output checked."""
-    reader = PngFolderReader(args.input_dir, args.truth_dir, args.batch_size)
+    tracks_dir = args.tracks_dir or (ei.default_tracks_dir(args.truth_dir) if args.truth_dir else None)
+    reader = PngFolderReader(args.input_dir, args.truth_dir, args.batch_size, tracks_dir)
     writer = PngFolderWriter(out, args.overwrite)
-    writer.check(reader.names, (args.input_dir, args.truth_dir))
+    writer.check(reader.names, (args.input_dir, args.truth_dir, tracks_dir))
     reader.check()
     return reader, writer
 
@@ -446,7 +481,10 @@ def main(argv=None):
     info = read_sidecar(model_path)
     threshold = choose_threshold(args.threshold, info, model_path)
     out, report = output_paths(args)
-    reader, writer = png_job(args, out) if args.input_dir else h5_job(args, out, model_path, threshold)
+    if args.hipo:
+        hipo_denoise.check_job(args.hipo, out, args.overwrite, args.evaluate)
+    else:
+        reader, writer = png_job(args, out) if args.input_dir else h5_job(args, out, model_path, threshold)
     if args.evaluate:
         for p in evaluation.report_paths(report).values():
             check_output_path(p, args.overwrite)
@@ -460,10 +498,16 @@ def main(argv=None):
                                               split_seed=args.split_seed)
         scoring = evaluation.HitEvaluation(["model", *baselines], args.sweep_thresholds, args.background_bins,
                                            args.grid_events)
-    n = denoise(model, threshold, reader, writer, scoring, baselines, args.gate_by_raw_hits)
-    print(f"wrote {n} denoised events to {out}")
+    if args.hipo:
+        counts = hipo_denoise.denoise_hipo(model, threshold, args.hipo, out, batch_size=args.batch_size,
+                                           gate=args.gate_by_raw_hits, overwrite=args.overwrite, evaluation=scoring,
+                                           baselines=baselines)
+        print(hipo_denoise.summary_line(counts, out))
+    else:
+        n = denoise(model, threshold, reader, writer, scoring, baselines, args.gate_by_raw_hits)
+        print(f"wrote {n} denoised events to {out}")
     if scoring is not None:
-        meta = {"model": str(model_path), "model_info": info, "input": str(args.input_dir or args.data),
+        meta = {"model": str(model_path), "model_info": info, "input": str(args.input_dir or args.data or args.hipo),
                 "output": str(out), "mask_with_raw": args.gate_by_raw_hits}
         evaluation.finish_report(scoring.result(), threshold, report, args.overwrite, meta)
     return 0

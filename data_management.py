@@ -29,7 +29,7 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 from sklearn.utils import shuffle as sklearn_shuffle
 
-from event_image import CHANNELS, PADDED_SIZE, PNG_HIT_THRESHOLD, crop_event, hit_mask
+from event_image import CHANNELS, LAYERS, PADDED_SIZE, PNG_HIT_THRESHOLD, WIRES, crop_event, hit_mask
 from script_utils import ArgumentParser, InputError, atomic_output, import_tensorflow, progress, run_main, warn
 
 # --- Settings (each one has a command-line option) ------------------------------------------
@@ -141,6 +141,9 @@ def check_h5(h5_path, test_fraction=TEST_FRACTION, validation_fraction=VALIDATIO
         n = lengths["raw"]
         if "names" in f and len(f["names"]) != n:
             raise InputError(f"{path}: 'names' has {len(f['names'])} entries but 'raw' and 'truth' have {n}")
+        ids = f.get("track_ids")
+        if ids is not None and (ids.dtype != np.uint8 or ids.shape != (n, LAYERS, WIRES)):
+            raise InputError(f"{path}: 'track_ids' is {ids.dtype} {ids.shape}, expected uint8 ({n}, {LAYERS}, {WIRES})")
     need = min_pairs(test_fraction, validation_fraction)
     if n < need:
         raise InputError(f"{path}: only {n} pairs; at least {need} are needed to make train, validation and "
@@ -411,6 +414,24 @@ def load_datasets(h5_path, batch_size=BATCH_SIZE, seed=SPLIT_SEED, drop_remainde
         make_dataset(h5_path, split["validation"], **common),
         make_dataset(h5_path, split["test"], **common),
     )
+
+
+def read_track_ids(h5_path, indices):
+    """Track ids uint8 (n, 36, 112) of the given sorted pair indices, or None when the file has none.
+
+    The optional `track_ids` dataset (Pix2Pix_data.py from track-id PNGs, or HIPO's TBHits trkID):
+    each truth hit's track number, 0 elsewhere. Each group of 1024 indices is read as one
+    contiguous block, from its first to its last index.
+    """
+    indices = np.asarray(indices, np.int64)
+    with h5py.File(h5_path, "r") as f:
+        if "track_ids" not in f:
+            return None
+        out = np.empty((len(indices), LAYERS, WIRES), np.uint8)
+        for lo in range(0, len(indices), 1024):
+            group = indices[lo:lo + 1024]
+            out[lo:lo + len(group)] = f["track_ids"][int(group[0]):int(group[-1]) + 1][group - group[0]]
+    return out
 
 
 # --- The summary (run as a script) ------------------------------------------------------

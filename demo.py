@@ -6,6 +6,9 @@
 4. Pix2Pix_training.py   the Pix2Pix GAN, sized for a 2-core CPU
 5. Pix2Pix_denoise.py    the test split denoised and scored hit by hit against the baselines
                          (keep-everything, SNR, the CLAS12 convolutional auto-encoder)
+With --hipo (and --tiny) the same events also go the CLAS12 way: a HIPO file (make_events.py
+--format hipo), its HDF5 pairs (checked equal to the PNG route's) and the file denoised into a
+HIPO file with the rejected hits' DC order marked, scored against its TBHits.
 
 Each step is run as a user would run it, and its command line is printed first, so the demo
 doubles as a worked example. Everything is written to a new folder under OUTPUT_ROOT.
@@ -28,8 +31,9 @@ EPOCHS = 16
 BASE_FILTERS = 16  # generator width: 64 is the paper's, 16 trains in minutes on a CPU
 CAE_EPOCHS = 3  # the auto-encoder baseline's epochs (10 in the clas12ai recipe; 3 fit the demo's time)
 TINY = False  # a seconds-long smoke run (CI), with the sizes of TINY_SIZES
+HIPO = False  # also run the HIPO route on the same events (events.hipo -> HDF5 pairs, denoised HIPO file)
 # ---------------------------------------------------------------------------------------------
-TINY_SIZES = dict(events=96, epochs=1, base_filters=4, cae_epochs=1)
+TINY_SIZES = dict(events=96, epochs=1, base_filters=4, cae_epochs=1, hipo=True)
 
 HERE = Path(__file__).resolve().parent
 
@@ -56,7 +60,34 @@ def build_parser():
     p.add_argument("--seed", type=int, default=SEED,
                    help="the events' seed and the training's initialisation (default %(default)s)")
     p.add_argument("--tiny", action="store_true", default=TINY, help=f"a seconds-long smoke run (CI): {TINY_SIZES}")
+    p.add_argument("--hipo", action="store_true", default=HIPO,
+                   help="also run the HIPO route on the same events: a HIPO file, its HDF5 pairs, the file denoised")
     return p
+
+
+def same_pairs(a, b):
+    """Whether two HDF5 pair files hold the same raw and truth images, in the same order."""
+    import h5py
+    import numpy as np
+
+    with h5py.File(a, "r") as fa, h5py.File(b, "r") as fb:
+        if fa["raw"].shape != fb["raw"].shape:
+            return False
+        return all(np.array_equal(fa[k][i:i + 256], fb[k][i:i + 256])
+                   for k in ("raw", "truth") for i in range(0, len(fa["raw"]), 256))
+
+
+def hipo_route(a, out, h5, run):
+    """The same events as a HIPO file, its HDF5 pairs (checked against the PNG route's) and the file denoised."""
+    hipo, hipo_h5, denoised = out / "events.hipo", out / "events_hipo.h5", out / "events_denoised.hipo"
+    step("HIPO 1/3 the same events as a CLAS12 HIPO file (2 sectors per event)", "make_events.py", "--format", "hipo",
+         "--out", hipo, "-n", a.events, "--seed", a.seed, "--luminosity", a.luminosity)
+    step("HIPO 2/3 HIPO -> HDF5 pairs", "Pix2Pix_data.py", "--hipo", hipo, "--output", hipo_h5)
+    if not same_pairs(h5, hipo_h5):
+        sys.exit(f"demo: {hipo_h5} does not hold the same pairs as {h5}")
+    print(f"{hipo_h5.name}: the same raw and truth images as {h5.name}, event for event")
+    step("HIPO 3/3 denoise the HIPO file (every event, training ones too: a check of the route, not a score)",
+         "Pix2Pix_denoise.py", "--model", run, "--hipo", hipo, "--output", denoised, "--evaluate")
 
 
 def main(argv=None):
@@ -77,10 +108,14 @@ def main(argv=None):
          "--base-filters", a.base_filters, "--seed", a.seed)
     step("5/5 denoise the test split and score it against the baselines", "Pix2Pix_denoise.py", "--model", run,
          "--data", h5, "--output", denoised, "--evaluate", "--baseline-cae", "--cae-epochs", a.cae_epochs)
+    if a.hipo:
+        hipo_route(a, out, h5, run)
     print(f"\nDemo finished in {(time.time() - t0) / 60:.1f} min. Everything is in {out}/:")
     print("  events/preview.png          a few synthetic raw/truth pairs")
     print("  training/history.csv        losses and validation scores per epoch (samples/ has image grids)")
     print("  test_denoised.report.png    the score report (model vs baselines)")
+    if a.hipo:
+        print("  events_denoised.hipo        the HIPO file denoised (DC order 40/70 on rejected hits)")
     return 0
 
 

@@ -148,7 +148,8 @@ def read_event_png(path):
             if im.format != "PNG":
                 raise InputError(f"{path}: not a PNG image (it is {im.format})")
             if any(";16" in str(tile.args) for tile in im.tile):  # Pillow would keep only the high byte
-                raise InputError(f"{path}: 16-bit PNG (16 bits per channel); save the event as an 8-bit PNG (hits 255)")
+                raise InputError(f"{path}: 16-bit PNG: more than 8 bits per channel is not supported; "
+                                 "save it as 8-bit (hits 255)")
             im.load()
             mode, size = im.mode, im.size
             if size != (WIRES, LAYERS):
@@ -177,6 +178,31 @@ def write_event_png(path, image):
     if image.shape != (LAYERS, WIRES, CHANNELS):
         raise ValueError(f"expected ({LAYERS}, {WIRES}, {CHANNELS}), got {image.shape}")
     Image.fromarray(image, "RGB").save(path, format="PNG")
+
+
+def write_track_ids_png(path, track_ids):
+    """Write uint8 (36, 112) track ids (1..k per track, 0 = no track hit) as a grayscale PNG of those values."""
+    track_ids = np.asarray(track_ids)
+    if track_ids.shape != (LAYERS, WIRES) or track_ids.min(initial=0) < 0 or track_ids.max(initial=0) > 255:
+        raise ValueError(f"expected ({LAYERS}, {WIRES}) track ids in 0..255, got {track_ids.shape}")
+    Image.fromarray(track_ids.astype(np.uint8), "L").save(path, format="PNG")
+
+
+TRACKS_FOLDER = "tracks"  # make_events.py's folders layout: DIR/raw, DIR/truth and DIR/tracks (track-id PNGs)
+
+
+def default_tracks_dir(truth_dir):
+    """The track-id folder beside a truth folder (DIR/tracks for DIR/truth), or None when there is none."""
+    folder = Path(truth_dir).parent / TRACKS_FOLDER
+    return folder if folder.is_dir() and folder.resolve() != Path(truth_dir).resolve() else None
+
+
+def read_track_ids_png(path):
+    """Track ids uint8 (36, 112) of a track-id PNG: the pixel value (largest channel; grayscale or RGB).
+
+    Checked as read_event_png checks an event image (InputError naming the file).
+    """
+    return read_event_png(path).max(axis=-1)
 
 
 # --- Hit-level scores ----------------------------------------------------------------------

@@ -4,10 +4,12 @@ One event is one sector, 36 layers (rows) x 112 wires (columns): 1-3 tracks that
 layers, plus background hits that scale with --luminosity (the README describes the model).
 The raw image holds every hit, the truth image only the track hits. Event i of a set uses its
 own generator np.random.default_rng([seed, i]), so any slice of a set can be made on its own
-(generate_events(n, seed, luminosity, start) gives them as arrays, with no files).
+(generate_events(n, seed, luminosity, start) gives them as arrays, with no files). --format hipo
+writes the same events as one CLAS12 HIPO file, SECTORS sector images per HIPO event.
 
     python make_events.py --out data/synth                     # 1000 pairs, seed 0, luminosity 1
     python make_events.py --out data/synth -n 20000 --seed 1 --preview
+    python make_events.py --format hipo --out data/synth.hipo -n 20000 --seed 1
 """
 
 import math
@@ -18,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+import clas12_hipo as ch
 import event_image as ei
 from script_utils import ArgumentParser, InputError, atomic_output, check_output_path, progress, run_main, start_pool
 
@@ -27,14 +30,20 @@ SEED = 0
 LUMINOSITY = 1.0  # background scale: 2 = about twice the background hits
 WORKERS = min(4, os.cpu_count() or 1)  # processes writing PNGs
 LAYOUT = "folders"  # folders: DIR/raw/NAME.png + DIR/truth/NAME.png; tagged: DIR/dc_all_N.png + DIR/dc_truth_N.png
+FORMAT = "png"  # png: PNG pairs in a folder; hipo: one CLAS12 HIPO file (DC::tdc, TBHits, RUN::config)
+SECTORS = 2  # hipo: sectors per HIPO event (event i of the set is one sector of HIPO event i // SECTORS)
 PREVIEW_EVENTS = 6  # raw|truth pairs shown by --preview
 OVERWRITE = False
 
 # --- Fixed ----------------------------------------------------------------------------------
 PREVIEW_NAME = "preview.png"  # the preview's file name when --preview gives none
+TRACKS_FOLDER = ei.TRACKS_FOLDER  # folders layout: DIR/tracks/NAME.png, each truth hit's track number (1..k; 0 = none)
+TRACKS_TAG = "_tracks_"  # tagged layout: DIR/dc_tracks_N.png
 CHUNK_EVENTS = 1024  # events generated at once (bounds the memory of generate_events)
 JOB_EVENTS = 1000  # at most this many events per job handed to a worker
 JOBS_PER_WORKER = 4  # jobs handed to each worker process (fewer when that would exceed JOB_EVENTS)
+HIPO_RUN = 1  # RUN::config run number of a --format hipo file
+SECTOR_STREAM = 0x5EC7  # seeds the sector draw of HIPO event j: default_rng([SECTOR_STREAM, seed, j])
 
 # --- Tracks ---------------------------------------------------------------------------------
 TRACK_COUNT_PROBS = (0.50, 0.35, 0.15)  # probability of 1, 2, 3 tracks in an event
@@ -172,8 +181,11 @@ def light(masks, layer, wire, lit):
     masks[event[lit], layer[lit], wire[lit]] = True
 
 
-def render_events(u, luminosity=LUMINOSITY):
-    """Raw and truth hit masks (E, 36, 112) of events from their uniform blocks (E, N_DRAWS)."""
+def render_events(u, luminosity=LUMINOSITY, track_ids=False):
+    """Raw and truth hit masks (E, 36, 112) of events from their uniform blocks (E, N_DRAWS).
+
+    track_ids: also return the track number (1..k, uint8; 0 = no track hit) of each truth hit;
+    where two tracks share a wire, the higher number."""
     check_luminosity(luminosity)
     d = split_draws(u)
     n = len(u)
@@ -187,7 +199,15 @@ def render_events(u, luminosity=LUMINOSITY):
     raw = truth | (d["noise"] < occupancy.astype(np.float32))
     light(raw, *background_segments(d, luminosity))
     light(raw, *crosstalk_runs(d, luminosity))
-    return raw, truth
+    if not track_ids:
+        return raw, truth
+    ids = np.zeros(truth.shape, np.uint8)
+    for t in range(MAX_TRACKS):  # in increasing number: a shared wire keeps the higher one
+        track = np.zeros_like(truth)
+        light(track, layers[:, t], wire[:, t], fired[:, t])
+        light(track, layers[:, t], second[:, t], second_fired[:, t])
+        ids[track] = t + 1
+    return raw, truth, ids
 
 
 def generate_event(rng, luminosity=LUMINOSITY):
@@ -197,7 +217,9 @@ def generate_event(rng, luminosity=LUMINOSITY):
 
 
 def fill_events(outputs, seed, luminosity, start, convert):
-    """Fill (raw, truth) output arrays with events start..start+len-1, chunk by chunk."""
+    """Fill (raw, truth[, track ids]) output arrays with events start..start+len-1, chunk by chunk.
+
+    convert maps the raw and truth masks to what their outputs hold; track ids go in as they are."""
     check_luminosity(luminosity)
     n = len(outputs[0])
     u = np.empty((min(n, CHUNK_EVENTS), N_DRAWS), np.float32)
@@ -205,27 +227,33 @@ def fill_events(outputs, seed, luminosity, start, convert):
         size = min(CHUNK_EVENTS, n - at)
         for k in range(size):
             np.random.default_rng([seed, start + at + k]).random(dtype=np.float32, out=u[k])
-        for out, mask in zip(outputs, render_events(u[:size], luminosity), strict=True):
-            out[at:at + size] = convert(mask)
+        rendered = render_events(u[:size], luminosity, track_ids=len(outputs) > 2)
+        for k, (out, mask) in enumerate(zip(outputs, rendered, strict=True)):
+            out[at:at + size] = convert(mask) if k < 2 else mask
     return outputs
 
 
-def generate_masks(n, seed=SEED, luminosity=LUMINOSITY, start=0):
-    """Raw and truth hit masks (n, 36, 112) of events start..start+n-1 of the set `seed`."""
+def generate_masks(n, seed=SEED, luminosity=LUMINOSITY, start=0, track_ids=False):
+    """Raw and truth hit masks (n, 36, 112) of events start..start+n-1 of the set `seed`
+    (and with track_ids their track ids, as generate_events gives them)."""
     shape = (n, ei.LAYERS, ei.WIRES)
-    return fill_events((np.empty(shape, bool), np.empty(shape, bool)), seed, luminosity, start, lambda m: m)
+    outputs = (np.empty(shape, bool), np.empty(shape, bool)) + ((np.empty(shape, np.uint8),) if track_ids else ())
+    return fill_events(outputs, seed, luminosity, start, lambda m: m)
 
 
-def generate_events(n, seed=SEED, luminosity=LUMINOSITY, start=0):
+def generate_events(n, seed=SEED, luminosity=LUMINOSITY, start=0, track_ids=False):
     """Events start..start+n-1 of the set `seed`: (raw, truth) uint8 (n, 36, 112, 3), hits = 255.
 
     Event i uses np.random.default_rng([seed, start + i]) and a fixed number of draws, exactly as
     generate_event does: a slice equals the same events of the whole set, and the same seed at a
     higher luminosity gives the same tracks with a background that holds the lower one's.
+    track_ids: (raw, truth, ids) with ids uint8 (n, 36, 112), the track number 1..k of each truth
+    hit (0 = no track hit; a wire two tracks share has the higher number).
     """
     shape = (n, ei.LAYERS, ei.WIRES, ei.CHANNELS)
-    return fill_events((np.empty(shape, np.uint8), np.empty(shape, np.uint8)), seed, luminosity, start,
-                       ei.mask_to_image)
+    outputs = (np.empty(shape, np.uint8), np.empty(shape, np.uint8))
+    outputs += (np.empty(shape[:3], np.uint8),) if track_ids else ()
+    return fill_events(outputs, seed, luminosity, start, ei.mask_to_image)
 
 
 def event_name(i):
@@ -239,11 +267,11 @@ def tagged_names(i):
 
 
 def pair_paths(folder, layout, i):
-    """Where the raw and truth PNGs of event i go inside the output folder."""
+    """Where the raw, truth and track-id PNGs of event i go inside the output folder."""
     if layout == "tagged":
         raw_name, truth_name = tagged_names(i)
-        return folder / raw_name, folder / truth_name
-    return folder / "raw" / event_name(i), folder / "truth" / event_name(i)
+        return folder / raw_name, folder / truth_name, folder / f"dc{TRACKS_TAG}{i:06d}.png"
+    return folder / "raw" / event_name(i), folder / "truth" / event_name(i), folder / TRACKS_FOLDER / event_name(i)
 
 
 def write_chunk(job):
@@ -252,12 +280,13 @@ def write_chunk(job):
     Returns (count, raw hits, truth hits, background hits per region (3,)).
     """
     folder, layout, seed, luminosity, start, count = job
-    raw, truth = generate_masks(count, seed, luminosity, start)
+    raw, truth, ids = generate_masks(count, seed, luminosity, start, track_ids=True)
     raw_img, truth_img = ei.mask_to_image(raw), ei.mask_to_image(truth)
     for k in range(count):
-        raw_path, truth_path = pair_paths(Path(folder), layout, start + k)
+        raw_path, truth_path, tracks_path = pair_paths(Path(folder), layout, start + k)
         ei.write_event_png(raw_path, raw_img[k])
         ei.write_event_png(truth_path, truth_img[k])
+        ei.write_track_ids_png(tracks_path, ids[k])
     background = (raw & ~truth).sum(axis=(0, 2)).reshape(ei.REGIONS, -1).sum(axis=1)
     return count, int(raw.sum()), int(truth.sum()), background
 
@@ -267,6 +296,7 @@ def write_events(folder, args):
     if args.layout == "folders":
         (folder / "raw").mkdir()
         (folder / "truth").mkdir()
+        (folder / TRACKS_FOLDER).mkdir()
     n, workers = args.events, min(args.workers, args.events)
     size = max(1, min(JOB_EVENTS, math.ceil(n / (JOBS_PER_WORKER * workers))))
     jobs = [(str(folder), args.layout, args.seed, args.luminosity, s, min(size, n - s)) for s in range(0, n, size)]
@@ -283,6 +313,47 @@ def write_events(folder, args):
             if pool:
                 pool.terminate()
                 pool.join()
+    return totals
+
+
+def hipo_sectors(seed, j, sectors):
+    """The sectors (1-6, increasing) that HIPO event j of the set `seed` fills, drawn without repeats."""
+    rng = np.random.default_rng([SECTOR_STREAM, seed, j])
+    return np.sort(rng.choice(np.arange(1, ch.N_SECTORS + 1), sectors, replace=False)).tolist()
+
+
+def hipo_events(n, seed, luminosity, sectors, totals):
+    """The set's n events as HIPO events for clas12_hipo.write_events; adds their hit counts to totals.
+
+    Event i of the set (the PNG route's event_00000i) is the k-th smallest of the sectors of
+    HIPO event j = i // sectors (k = i % sectors; RUN::config event j): read in file order, the
+    sector images come back in the set's order. Track hits get order 0 and TBHits rows with their
+    track number as trkID, background hits order 10."""
+    step = sectors * max(1, CHUNK_EVENTS // sectors)
+    for at in range(0, n, step):
+        raw, truth, ids = generate_masks(min(step, n - at), seed, luminosity, at, track_ids=True)
+        background = (raw & ~truth).sum(axis=(0, 2)).reshape(ei.REGIONS, -1).sum(axis=1)
+        totals[:] = [totals[0] + len(raw), totals[1] + int(raw.sum()), totals[2] + int(truth.sum()),
+                     totals[3] + background]
+        for first in range(0, len(raw), sectors):
+            j = (at + first) // sectors
+            members = range(first, min(first + sectors, len(raw)))
+            chosen = hipo_sectors(seed, j, sectors)
+            yield {"run": HIPO_RUN, "event": j,
+                   "sectors": {s: (raw[k], truth[k], ids[k]) for s, k in zip(chosen, members, strict=False)}}
+
+
+def write_hipo(path, args):
+    """Write the set as one HIPO file (atomically) at path; return write_chunk's sums."""
+    totals = [0, 0, 0, np.zeros(ei.REGIONS, np.int64)]
+    with progress(total=args.events, unit="event", desc="events") as bar:
+        def counted(events):
+            for event in events:
+                bar.update(len(event["sectors"]))
+                yield event
+
+        ch.write_events(path, counted(hipo_events(args.events, args.seed, args.luminosity, args.sectors, totals)),
+                        overwrite=args.overwrite)
     return totals
 
 
@@ -303,7 +374,7 @@ def check_output_folder(out, overwrite):
         raise InputError(f"{out}: folder is not empty (use --overwrite to replace it)")
     if out.is_dir() and Path.cwd().resolve().is_relative_to(out.resolve()):
         raise InputError(f"{out}: refusing to replace a folder that holds the current directory")
-    check_output_path(out, overwrite=True)  # its parent folder exists and is writable
+    check_output_path(out, overwrite=True, folder=True)  # its parent folder exists and is writable
 
 
 def preview_path(args):
@@ -313,6 +384,8 @@ def preview_path(args):
     out = args.out
     # In the tagged layout the folder holds only tagged event PNGs (Pix2Pix_data refuses others).
     default = out / PREVIEW_NAME if args.layout == "folders" else out.parent / f"{out.name}_{PREVIEW_NAME}"
+    if args.format == "hipo":
+        default = out.parent / f"{out.stem}_{PREVIEW_NAME}"
     preview = Path(args.preview or default)
     if preview.suffix.lower() != ".png":
         raise InputError(f"{preview}: the preview must be a .png file")
@@ -327,7 +400,9 @@ def summary_line(args, seconds, totals, preview):
     count, raw_hits, truth_hits, background = totals
     cells = count * ei.LAYERS * ei.WIRES
     per_region = background / (cells / ei.REGIONS)
-    return (f"wrote {count} pairs to {args.out} ({args.layout}) in {seconds:.1f} s: "
+    where = (f"{count} pairs to {args.out} ({args.layout})" if args.format == "png" else
+             f"{count} events to {args.out} ({-(-count // args.sectors)} HIPO events of {args.sectors} sectors)")
+    return (f"wrote {where} in {seconds:.1f} s: "
             f"mean {raw_hits / count:.1f} raw / {truth_hits / count:.1f} truth hits per event, "
             f"occupancy {100 * raw_hits / cells:.2f} %, background {100 * background.sum() / cells:.2f} % "
             f"(R1 {100 * per_region[0]:.2f}, R2 {100 * per_region[1]:.2f}, R3 {100 * per_region[2]:.2f} %)"
@@ -338,7 +413,14 @@ def build_parser():
     """The command line: every setting above, and the output folder."""
     p = ArgumentParser(description=__doc__)
     p.add_argument("--out", required=True, type=Path,
-                   help="output folder, made at the end; an existing non-empty one needs --overwrite")
+                   help="output folder (--format hipo: the .hipo file), made at the end; an existing non-empty "
+                        "one needs --overwrite")
+    p.add_argument("--format", choices=("png", "hipo"), default=FORMAT,
+                   help="png: raw/truth PNG pairs in a folder; hipo: one CLAS12 HIPO file with DC::tdc, "
+                        "TimeBasedTrkg::TBHits and RUN::config (default %(default)s)")
+    p.add_argument("--sectors", type=int, default=SECTORS,
+                   help="--format hipo: sectors per HIPO event, drawn from 1-6; event i of the set is a sector "
+                        "of HIPO event i // SECTORS (default %(default)s)")
     p.add_argument("-n", "--events", type=int, default=EVENTS, help="number of raw/truth pairs (default %(default)s)")
     p.add_argument("--seed", type=int, default=SEED,
                    help="event i uses np.random.default_rng([seed, i]) (default %(default)s)")
@@ -347,8 +429,9 @@ def build_parser():
                         f"at most {MAX_LUMINOSITY:g} (default %(default)s)")
     p.add_argument("--workers", type=int, default=WORKERS, help="processes writing PNGs (default %(default)s)")
     p.add_argument("--layout", choices=("folders", "tagged"), default=LAYOUT,
-                   help="folders: OUT/raw/event_000123.png + OUT/truth/event_000123.png; "
-                        "tagged: OUT/dc_all_000123.png + OUT/dc_truth_000123.png (default %(default)s)")
+                   help="folders: OUT/raw/event_000123.png + OUT/truth/event_000123.png + OUT/tracks/event_000123.png; "
+                        "tagged: OUT/dc_all_000123.png + OUT/dc_truth_000123.png + OUT/dc_tracks_000123.png; the "
+                        "tracks image holds each truth hit's track number 1..k (default %(default)s)")
     p.add_argument("--preview", nargs="?", const="", default=None, metavar="PNG",
                    help="also write a grid of the first raw|truth pairs, enlarged, to PNG "
                         f"(default path OUT/{PREVIEW_NAME}; tagged layout: OUT_{PREVIEW_NAME} beside OUT)")
@@ -370,6 +453,10 @@ def parse_args(argv=None):
         raise InputError(f"--workers {args.workers}: need at least one")
     if args.preview_events < 1:
         raise InputError(f"--preview-events {args.preview_events}: need at least one")
+    if not 1 <= args.sectors <= ch.N_SECTORS:
+        raise InputError(f"--sectors {args.sectors}: must be between 1 and {ch.N_SECTORS}")
+    if args.format == "hipo" and args.layout != LAYOUT:
+        raise InputError(f"--layout {args.layout}: a PNG layout; --format hipo writes one file")
     check_luminosity(args.luminosity)
     return args
 
@@ -378,14 +465,23 @@ def main(argv=None):
     """Make the events as the command line says and print the one-line summary."""
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # a batch system's stop: as Ctrl-C, no temporary left
     args = parse_args(argv)
-    check_output_folder(args.out, args.overwrite)
+    if args.format == "hipo":
+        if args.out.is_dir():
+            raise InputError(f"{args.out}: is a folder; --format hipo writes one file")
+        check_output_path(args.out, args.overwrite)
+    else:
+        check_output_folder(args.out, args.overwrite)
     preview, preview_inside = preview_path(args)
+    replace = args.out.exists()  # checked above; a folder another run makes meanwhile is never replaced
     shown = min(args.preview_events, args.events)
     t0 = time.perf_counter()
-    with atomic_output(args.out, overwrite=True, folder=True) as tmp:  # replaced only when complete
-        totals = write_events(tmp, args)
-        if preview_inside:
-            write_preview(tmp / preview.name, args.seed, args.luminosity, shown)
+    if args.format == "hipo":
+        totals = write_hipo(args.out, args)  # atomically, by clas12_hipo
+    else:
+        with atomic_output(args.out, overwrite=replace, folder=True) as tmp:  # replaced only when complete
+            totals = write_events(tmp, args)
+            if preview_inside:
+                write_preview(tmp / preview.name, args.seed, args.luminosity, shown)
     if preview is not None and not preview_inside:
         with atomic_output(preview, args.overwrite) as tmp:
             write_preview(tmp, args.seed, args.luminosity, shown)

@@ -3,6 +3,7 @@
     raw, truth    uint8 (N, 128, 128, 3), chunked along axis 0, gzip (written as ISA-L deflate)
     names         the raw file names
     truth_names   the truth file names
+    track_ids     (optional) uint8 (N, 36, 112): the track number of each truth hit (HIPO conversions)
     attrs         layout (event_image.LAYOUT as JSON), created, created_by and the writer's facts
 
 - ChunkWriter appends events to `raw` and `truth` one whole compressed chunk at a time;
@@ -32,6 +33,7 @@ COMPRESSION_LEVEL = 1  # ISA-L deflate level 0-3
 EVENT_SHAPE = (ei.PADDED_SIZE, ei.PADDED_SIZE, ei.CHANNELS)
 EVENT_KEYS = ("raw", "truth")
 NAME_KEYS = ("names", "truth_names")
+OPTIONAL_KEYS = {"track_ids": (ei.LAYERS, ei.WIRES)}  # uint8 per-event datasets merged when every part has them
 NAMES_BLOCK = 65536  # names copied at once when merging
 PART_ATTRS = ("shard_index", "shard_count", "total_pairs", "pair_start", "pair_stop", "pair_list_sha256")
 
@@ -128,6 +130,13 @@ def create_names(f, capacity):
                              chunks=(min(max(capacity, 1), 4096),)) for key in NAME_KEYS]
 
 
+def create_track_ids(f, capacity, chunk_events=CHUNK_EVENTS, level=COMPRESSION_LEVEL):
+    """The optional track_ids dataset, uint8 (N, 36, 112), to be cut to size at the end."""
+    shape = OPTIONAL_KEYS["track_ids"]
+    return f.create_dataset("track_ids", shape=(capacity, *shape), maxshape=(None, *shape), dtype=np.uint8,
+                            chunks=(chunk_events, *shape), compression="gzip", compression_opts=level)
+
+
 def write_attrs(f, created_by="Pix2Pix_data.py", **attrs):
     """Record the 128x128 layout, the creation time, the writer and the given facts as file attributes."""
     f.attrs["layout"] = json.dumps(ei.LAYOUT)
@@ -154,6 +163,7 @@ def read_part(path):
             raise InputError(f"{path}: not a part written by Pix2Pix_data.py (no {', '.join(missing)})")
         part = {key: f.attrs[key] for key in (*PART_ATTRS, "layout", "pairs", "skipped")}
         part.update(path=path, n=len(f["raw"]), attrs=dict(f.attrs))
+        part["optional"] = {key for key in OPTIONAL_KEYS if key in f and len(f[key]) == part["n"]}
         if part["layout"] != json.dumps(ei.LAYOUT):
             raise InputError(f"{path}: made with another 128x128 layout ({part['layout']})")
         if not len(f["truth"]) == len(f["names"]) == len(f["truth_names"]) == part["n"] == part["pairs"]:
@@ -196,16 +206,32 @@ def copy_events(f, parts, total, chunk_events, level, desc):
     writer.close()
 
 
-def link_events(f, parts, total, output):
-    """raw and truth as virtual datasets over the parts, found relative to output's folder."""
-    for key in EVENT_KEYS:
-        layout = h5py.VirtualLayout(shape=(total, *EVENT_SHAPE), dtype=np.uint8)
+def link_events(f, parts, total, output, keys=EVENT_KEYS):
+    """raw and truth (or the optional keys) as virtual datasets over the parts, found relative to output's folder."""
+    for key in keys:
+        shape = OPTIONAL_KEYS.get(key, EVENT_SHAPE)
+        layout = h5py.VirtualLayout(shape=(total, *shape), dtype=np.uint8)
         at = 0
         for part in parts:
             source = os.path.relpath(part["path"].resolve(), Path(output).resolve().parent)
-            layout[at:at + part["n"]] = h5py.VirtualSource(source, key, shape=(part["n"], *EVENT_SHAPE))
+            layout[at:at + part["n"]] = h5py.VirtualSource(source, key, shape=(part["n"], *shape))
             at += part["n"]
         f.create_virtual_dataset(key, layout, fillvalue=0)
+
+
+def copy_optional(f, parts, total, keys, chunk_events, level):
+    """The optional per-event datasets of the parts, copied into f in order, a block at a time."""
+    for key in keys:
+        shape = OPTIONAL_KEYS[key]
+        ds = f.create_dataset(key, shape=(total, *shape), dtype=np.uint8, chunks=(chunk_events, *shape),
+                              compression="gzip", compression_opts=level)
+        at = 0
+        for part in parts:
+            with h5py.File(part["path"], "r") as src:
+                for a in range(0, part["n"], NAMES_BLOCK):
+                    block = src[key][a:a + NAMES_BLOCK]
+                    ds[at + a:at + a + len(block)] = block
+            at += part["n"]
 
 
 def copy_names(f, parts, total):
@@ -244,10 +270,12 @@ def merge(part_paths, output, *, copy=False, overwrite=False, chunk_events=CHUNK
     total = sum(p["n"] for p in parts)
     with atomic_output(output, overwrite) as tmp:
         with h5py.File(tmp, "w", libver=("v110", "latest")) as f:
+            optional = sorted(set.intersection(*(p["optional"] for p in parts)))
             if copy:
                 copy_events(f, parts, total, chunk_events, compression_level, output.name)
+                copy_optional(f, parts, total, optional, chunk_events, compression_level)
             else:
-                link_events(f, parts, total, output)
+                link_events(f, parts, total, output, (*EVENT_KEYS, *optional))
             copy_names(f, parts, total)
             write_attrs(f, **merged_attrs(parts, total, copy, chunk_events))
     how = "copied into" if copy else "as virtual datasets (keep the parts beside it) in"

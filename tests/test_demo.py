@@ -5,6 +5,8 @@ import json
 import pytest
 from conftest import run_script
 
+import clas12_hipo
+
 
 @pytest.mark.slow
 def test_tiny_demo_runs_the_whole_chain(tmp_path):
@@ -23,3 +25,17 @@ def test_tiny_demo_runs_the_whole_chain(tmp_path):
     assert list(report["methods"]) == ["model", "keep-all", "SNR", "CAE"]
     keep_all = report["methods"]["keep-all"]["scores"]
     assert keep_all["efficiency"] == 1.0 and keep_all["rejection"] == 0.0
+    # The same events through HIPO: a HIPO file, its HDF5 pairs equal to the PNG route's, the file denoised.
+    for step in ("HIPO 1/3", "HIPO 2/3", "HIPO 3/3"):
+        assert f"=== {step}" in proc.stdout
+    assert "events_hipo.h5: the same raw and truth images as events.h5, event for event" in proc.stdout
+    for name in ("events.hipo", "events_hipo.h5", "events_denoised.hipo", "events_denoised.report.png"):
+        assert (run / name).is_file(), name
+    # Kept (orders 0/10) and rejected (40/70) hits of the denoised file together are the raw hits.
+    marked = list(clas12_hipo.read_sector_events(run / "events_denoised.hipo", raw_orders=(0, 10, 40, 70)))
+    before = list(clas12_hipo.read_sector_events(run / "events.hipo"))
+    assert len(marked) == len(before) == 96
+    assert all((m.raw == b.raw).all() and (m.event, m.sector) == (b.event, b.sector)
+               for m, b in zip(marked, before, strict=True))
+    hipo_report = json.loads((run / "events_denoised.report.json").read_text())
+    assert hipo_report["events"] == 96 and list(hipo_report["methods"]) == ["model", "keep-all", "SNR"]

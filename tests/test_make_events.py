@@ -135,6 +135,21 @@ def test_deterministic_and_sliceable(monkeypatch):
         np.testing.assert_array_equal(a, b)
 
 
+def test_track_ids_number_the_truth_hits_and_change_nothing_else():
+    raw, truth = me.generate_events(200, seed=4, luminosity=2)
+    raw_i, truth_i, ids = me.generate_events(200, seed=4, luminosity=2, track_ids=True)
+    np.testing.assert_array_equal(raw, raw_i)  # the default path is bit-identical
+    np.testing.assert_array_equal(truth, truth_i)
+    assert ids.dtype == np.uint8 and ids.shape == (200, 36, 112)
+    np.testing.assert_array_equal(ids > 0, ei.hit_mask(truth))  # every truth hit has a track, nothing else
+    n_tracks = ids.max(axis=(1, 2))
+    assert set(n_tracks) == {1, 2, 3}
+    for i in range(200):  # numbered 1..k, each track seen in most layers (a shared wire shows the higher number)
+        assert set(np.unique(ids[i])) == set(range(n_tracks[i] + 1))
+        for k in range(1, n_tracks[i] + 1):
+            assert (ids[i] == k).any(axis=1).sum() >= 20
+
+
 def test_luminosity_scales_the_background_only():
     n = 200
     raw1, truth1 = (ei.hit_mask(a) for a in me.generate_events(n, seed=2, luminosity=1))
@@ -166,10 +181,12 @@ def test_cli_folders_layout_with_preview(script, tmp_path):
     names = sorted(p.name for p in (out / "raw").iterdir())
     assert names == [me.event_name(i) for i in range(13)]
     assert sorted(p.name for p in (out / "truth").iterdir()) == names
-    raw, truth = me.generate_events(13, seed=5)
+    assert sorted(p.name for p in (out / "tracks").iterdir()) == names
+    raw, truth, ids = me.generate_events(13, seed=5, track_ids=True)
     for i in (0, 7, 12):
         np.testing.assert_array_equal(ei.read_event_png(out / "raw" / me.event_name(i)), raw[i])
         np.testing.assert_array_equal(ei.read_event_png(out / "truth" / me.event_name(i)), truth[i])
+        np.testing.assert_array_equal(ei.read_track_ids_png(out / "tracks" / me.event_name(i)), ids[i])
     with Image.open(out / "preview.png") as im:
         assert im.format == "PNG" and im.size[0] >= 4 * 112 and im.size[1] >= 6 * 36 * 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["synth"]  # no temporary folder left
@@ -189,17 +206,18 @@ def test_cli_tagged_layout_and_overwrite(script, tmp_path):
                   "--luminosity", 2, "--overwrite", "--preview", preview)
     assert proc.returncode == 0, proc.stderr
     names = sorted(p.name for p in out.iterdir())
-    assert names == sorted(sum((list(me.tagged_names(i)) for i in range(4)), []))
-    raw, truth = me.generate_events(4, seed=0, luminosity=2)
+    assert names == sorted(sum(([*me.tagged_names(i), f"dc_tracks_{i:06d}.png"] for i in range(4)), []))
+    raw, truth, ids = me.generate_events(4, seed=0, luminosity=2, track_ids=True)
     np.testing.assert_array_equal(ei.read_event_png(out / "dc_all_000003.png"), raw[3])
     np.testing.assert_array_equal(ei.read_event_png(out / "dc_truth_000003.png"), truth[3])
+    np.testing.assert_array_equal(ei.read_track_ids_png(out / "dc_tracks_000003.png"), ids[3])
     assert preview.stat().st_size > 1000
     assert sorted(p.name for p in tmp_path.iterdir()) == ["look.png", "tagged"]
 
 
 @pytest.mark.parametrize("args, words", [
     (["-n", "0"], ["-n 0", "at least one"]),
-    (["--luminosity", "-1"], ["luminosity", "outside"]),
+    (["--luminosity", "-1"], ["luminosity", "negative"]),
     (["--seed", "-3"], ["seed", "negative"]),
     (["--workers", "0"], ["workers"]),
     (["--preview", "look.jpg"], ["look.jpg", ".png"]),
@@ -245,7 +263,7 @@ def test_tagged_layout_keeps_its_default_preview_out_of_the_event_folder(script,
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "tagged_preview.png").is_file()
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        [f"dc_all_{i:06d}.png" for i in range(4)] + [f"dc_truth_{i:06d}.png" for i in range(4)])
+        [f"dc_{tag}_{i:06d}.png" for i in range(4) for tag in ("all", "truth", "tracks")])
     proc = script("Pix2Pix_data.py", "--layout", "tagged", "--raw-dir", out, "--output", tmp_path / "t.h5",
                   "--workers", 1)
     assert proc.returncode == 0, proc.stderr

@@ -117,7 +117,8 @@ def test_evaluation_perfect_empty_and_keep_all():
     res = evaluation.evaluate(raw, truth, {"model": truth, "SNR": np.zeros_like(raw)})
     assert "BETTER than the best CLAS12 baseline (SNR): F1 1.0000 vs 0.0000 (+1.0000)" in res["verdict"]
     assert res["model_vs_per_event"] == {"SNR": {"better": 6, "equal": 0, "worse": 0}}
-    assert res["verdict"].endswith("Event by event (F1): better in 6, equal in 0, worse in 0.")
+    assert "better in 6, equal in 0, worse in 0. Tracking: the GAN keeps 100.00 %" in res["verdict"]
+    assert res["verdict"].endswith("(6 events without track ids: the truth of each counts as one track.)")
 
 
 def test_evaluation_half_the_track_and_half_the_noise():
@@ -241,6 +242,22 @@ def test_png_evaluate_report_and_table(models, folders, capsys):
     assert (tmp / "out.report.png").is_file() and (tmp / "out.report.events.png").is_file()
 
 
+def test_png_evaluate_with_track_ids_from_the_tracks_folder(models, folders):
+    tmp, raw, truth, names = folders
+    (tmp / "tracks").mkdir()  # beside truth/: found without a flag
+    for name, t in zip(names, truth, strict=True):
+        ei.write_track_ids_png(tmp / "tracks" / name, ei.hit_mask(t).astype(np.uint8) * 7)
+    assert run_main("--model", models["track"], "--input-dir", tmp / "raw", "--output-dir", tmp / "out",
+                    "--evaluate", "--truth-dir", tmp / "truth") == 0
+    data = json.loads((tmp / "out.report.json").read_text())
+    assert data["track_ids"] == {"with": 12, "without": 0}
+    t = data["methods"]["model"]["tracking"]
+    assert t["counts"]["tracks"] == 12 and t["scores"]["kept_6"] == 1 and t["scores"]["fake_segments_per_event"] == 0
+    with pytest.raises(InputError, match="--tracks-dir is only used with --evaluate"):
+        run_main("--model", models["track"], "--input-dir", tmp / "raw", "--output-dir", tmp / "o2",
+                 "--tracks-dir", tmp / "tracks")
+
+
 def run_main(*args):
     """Pix2Pix_denoise.main in this process (the model loads once per test session, not per run)."""
     return Pix2Pix_denoise.main([str(a) for a in args])
@@ -291,7 +308,7 @@ def test_bad_inputs_one_line_error_and_no_output(script, models, folders, tmp_pa
     Image.fromarray(np.zeros((112, 36, 3), np.uint8)).save(tmp / "raw" / "zz_rotated.png")  # 36 wide, 112 high
     assert_one_line_error(script(SCRIPT, "--model", models["track"], *base), "zz_rotated.png", "36x112")
     assert_one_line_error(script(SCRIPT, "--model", models["track"], *base, "--batch-size", "many"), "--batch-size",
-                          "invalid int value")
+                          "not an integer")
     assert not out.exists()
 
 
@@ -503,3 +520,20 @@ def test_killed_mid_run_leaves_no_hdf5_under_the_final_name(models, tmp_path, se
     delay = float(np.random.default_rng(seed).uniform(0.0, 0.5))
     assert _kill_when(proc, lambda: any(tmp_path.glob(".den.h5.*")), delay), "finished before the kill"
     assert not out.exists() and not (tmp_path / "den.report.json").exists()
+
+
+def test_a_model_with_non_finite_weights_is_refused(script, folders):
+    """A generator exported from a diverged run (NaN weights) would write empty events: refused up front."""
+    import keras
+
+    tmp_path = folders[0]
+    inp = keras.Input((128, 128, 3))
+    conv = keras.layers.Conv2D(3, 1, activation="sigmoid")
+    model = keras.Model(inp, conv(inp))
+    conv.set_weights([np.full((1, 1, 3, 3), np.nan, np.float32), np.zeros(3, np.float32)])
+    model.save(tmp_path / "nan.keras")
+    (tmp_path / "nan.json").write_text('{"threshold": 0.5}')
+    proc = script(SCRIPT, "--model", tmp_path / "nan.keras", "--input-dir", tmp_path / "raw",
+                  "--output-dir", tmp_path / "out")
+    assert_one_line_error(proc, "nan.keras", "not finite")
+    assert not (tmp_path / "out").exists()
