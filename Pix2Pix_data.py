@@ -36,6 +36,7 @@ from script_utils import (
     ArgumentParser,
     InputError,
     atomic_output,
+    check_not_an_input,
     check_output_path,
     progress,
     run_main,
@@ -332,11 +333,14 @@ def check_settings(workers, chunk_events, compression_level, shard):
     return parse_shard(shard if isinstance(shard, str) else "{}/{}".format(*shard))
 
 
-def check_outputs(output, overwrite, skip_bad):
-    """Refuse outputs we must not write, mention stale temporary files; return the skipped list's path."""
+def check_outputs(output, overwrite, skip_bad, inputs=()):
+    """Refuse outputs we must not write (also one that is, is inside or holds one of the inputs, files or
+    folders, --overwrite or not), mention stale temporary files; return the skipped list's path."""
+    check_not_an_input(output, inputs)
     check_output_path(output, overwrite)
     skip_path = skipped_list_path(output)
     if skip_bad:
+        check_not_an_input(skip_path, inputs)
         check_output_path(skip_path, overwrite)
     stale = stale_temp_files(output)
     if stale:
@@ -412,11 +416,14 @@ def convert(raw_dir, truth_dir, output, *, layout=LAYOUT, raw_tag=RAW_TAG, truth
     InputError on any bad input (nothing is written then). Returns a summary dict (see summary_line).
     """
     t0 = time.perf_counter()
+    if not str(output).strip():
+        raise InputError("an output path is empty")
     output = Path(output)
     k, n = check_settings(workers, chunk_events, compression_level, shard)
     if layout == "folders" and truth_dir is None:
         truth_dir = TRUTH_DIR
-    skip_path = check_outputs(output, overwrite, skip_bad)
+    default_tracks = ei.default_tracks_dir(truth_dir) if layout == "folders" and tracks_dir is None else None
+    skip_path = check_outputs(output, overwrite, skip_bad, (raw_dir, truth_dir, tracks_dir, default_tracks))
     pairs, problems = find_pairs(raw_dir, truth_dir, layout, raw_tag, truth_tag, tracks_dir, tracks_tag)
     if problems and not skip_bad:
         raise InputError(f"unpaired or unusable files: {describe_problems(problems)} (--skip-bad leaves them out)")
@@ -509,6 +516,8 @@ def build_parser():
 def parse_args(argv=None):
     """The command line, with the combinations that make no sense refused."""
     args = build_parser().parse_args(argv)
+    if not args.output.strip():
+        raise InputError("--output: the output path is empty")
     if args.merge and (args.shard or args.skip_bad):
         raise InputError("--merge cannot be combined with --shard or --skip-bad")
     if args.copy and not args.merge:

@@ -14,6 +14,7 @@ the result hit by hit against the truth and the CLAS12 baselines (evaluation.py)
 import argparse
 import contextlib
 import json
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,7 +26,16 @@ import data_management
 import evaluation
 import event_image as ei
 import hipo_denoise
-from script_utils import ArgumentParser, InputError, atomic_output, check_output_path, import_keras, progress, run_main
+from script_utils import (
+    ArgumentParser,
+    InputError,
+    atomic_output,
+    check_not_an_input,
+    check_output_path,
+    import_keras,
+    progress,
+    run_main,
+)
 
 # --- Settings (each one has its command-line flag) ---------------------------------------
 MODEL = None  # a .keras generator, a training output directory (its generator_best.keras) or an exported .onnx
@@ -62,6 +72,8 @@ def number_list(kind):
             values = tuple(kind(v) for v in text.split(","))
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated {kind.__name__} values") from None
+        if not all(math.isfinite(v) and v >= 0 for v in values):  # the one rule of every numeric flag
+            raise argparse.ArgumentTypeError(f"{text!r}: every value must be a finite number, 0 or more")
         if list(values) != sorted(set(values)):
             raise argparse.ArgumentTypeError(f"{text!r}: values must increase")
         return values
@@ -125,6 +137,9 @@ def parse_args(argv=None):
     args = build_parser().parse_args(argv)
     if sum(map(bool, (args.input_dir, args.data, args.hipo))) != 1:
         raise InputError("give exactly one input: --input-dir (PNG folder), --data (HDF5 file) or --hipo (HIPO file)")
+    for flag in ("output", "output_dir", "report", "truth_dir", "tracks_dir", "cae_cache", "cae_data"):
+        if getattr(args, flag) is not None and not getattr(args, flag).strip():
+            raise InputError(f"--{flag.replace('_', '-')}: the path is empty")
     if args.hipo and (args.output_dir or args.truth_dir):
         raise InputError(f"--hipo reads its truth from the file and writes --output; do not give "
                          f"{'--output-dir' if args.output_dir else '--truth-dir'}")
@@ -134,6 +149,9 @@ def parse_args(argv=None):
         raise InputError("--output-dir is for --input-dir; with --data use --output")
     if args.threshold is not None and not 0.0 <= args.threshold < 1.0:
         raise InputError(f"--threshold {args.threshold}: must be in [0, 1)")
+    if not all(0.0 < t < 1.0 for t in args.sweep_thresholds):
+        raise InputError(f"--sweep-thresholds {','.join(map(str, args.sweep_thresholds))}: each must be between 0 "
+                         "and 1 (exclusive)")
     if args.grid_events < 0:
         raise InputError(f"--grid-events {args.grid_events}: must be 0 or more")
     if args.batch_size < 1:
@@ -337,11 +355,11 @@ class PngFolderWriter:
     def __init__(self, folder, overwrite=False):
         self.folder, self.overwrite = Path(folder), overwrite
 
-    def check(self, names, input_folders):
-        """Refuse an output folder that is an input, not a folder or not writable, and existing outputs."""
+    def check(self, names, inputs):
+        """Refuse an output folder that is, is inside or holds an input, is not a folder or not writable,
+        and existing outputs."""
+        check_not_an_input(self.folder, inputs)
         out = self.folder.resolve()
-        if any(folder and out == Path(folder).resolve() for folder in input_folders):
-            raise InputError(f"{self.folder}: output folder is an input folder")
         if out.exists() and not out.is_dir():
             raise InputError(f"{self.folder}: exists and is not a folder")
         if not out.parent.is_dir():
@@ -354,7 +372,9 @@ class PngFolderWriter:
                 raise InputError(f"{self.folder / name}: already exists (use --overwrite to replace it)")
 
     def __enter__(self):
+        self.made_folder = not self.folder.exists()
         self.folder.mkdir(exist_ok=True)
+        self.written = []
         return self
 
     def __exit__(self, *exc):
@@ -364,6 +384,15 @@ class PngFolderWriter:
         for name, image in zip(names, ei.mask_to_image(kept), strict=True):
             with atomic_output(self.folder / name, self.overwrite, suffix=".png") as tmp:
                 ei.write_event_png(tmp, image)
+            self.written.append(self.folder / name)
+
+    def discard(self):
+        """Remove what this run wrote (a run that failed after writing)."""
+        for path in getattr(self, "written", ()):
+            path.unlink(missing_ok=True)
+        if getattr(self, "made_folder", False):
+            with contextlib.suppress(OSError):
+                self.folder.rmdir()  # only if empty
 
 
 class H5Writer:
@@ -386,7 +415,14 @@ class H5Writer:
         return self
 
     def __exit__(self, *exc):
-        return self.stack.__exit__(*exc)
+        self.stack.__exit__(*exc)
+        self.finished = exc[0] is None
+        return False
+
+    def discard(self):
+        """Remove the file this run wrote (a run that failed after writing it)."""
+        if getattr(self, "finished", False):
+            Path(self.path).unlink(missing_ok=True)
 
     def write(self, names, kept):
         self.denoised[self.done:self.done + len(kept)] = ei.mask_to_image(kept)
@@ -450,12 +486,30 @@ def output_paths(args):
     return out, Path(args.report) if args.report else report
 
 
-def png_job(args, out):
+def input_paths(args, model_path):
+    """Every file or folder the run reads: outputs must be none of them, nor inside or above one."""
+    tracks_dir = args.tracks_dir or (ei.default_tracks_dir(args.truth_dir) if args.truth_dir else None)
+    model_files = (model_path, Path(model_path).with_suffix(".json"))  # the model and its sidecar
+    return (args.input_dir, args.truth_dir, tracks_dir, args.data, args.hipo, args.cae_data, *model_files)
+
+
+def check_outputs(args, out, report, inputs):
+    """Every output path checked before any work: none is an input; the report's files can be written."""
+    check_not_an_input(out, inputs)
+    if not args.input_dir:  # the output file (--data, --hipo); the PNG folder's checks come with its names
+        check_output_path(out, args.overwrite)
+    if args.evaluate:
+        for path in evaluation.report_paths(report).values():
+            check_not_an_input(path, (*inputs, out))
+            check_output_path(path, args.overwrite)
+
+
+def png_job(args, out, inputs):
     """Reader and writer of a PNG folder, every input and output checked."""
     tracks_dir = args.tracks_dir or (ei.default_tracks_dir(args.truth_dir) if args.truth_dir else None)
     reader = PngFolderReader(args.input_dir, args.truth_dir, args.batch_size, tracks_dir)
     writer = PngFolderWriter(out, args.overwrite)
-    writer.check(reader.names, (args.input_dir, args.truth_dir, tracks_dir))
+    writer.check(reader.names, inputs)
     reader.check()
     return reader, writer
 
@@ -465,9 +519,6 @@ def h5_job(args, out, model_path, threshold):
     if not Path(args.data).is_file():
         raise InputError(f"{args.data}: data file not found")
     data_management.check_h5(args.data)
-    if out.resolve() == Path(args.data).resolve():
-        raise InputError(f"{out}: output is the input file")
-    check_output_path(out, args.overwrite)
     reader = H5SplitReader(args.data, args.split_seed, args.batch_size)
     layout = {k: list(v) if isinstance(v, tuple) else v for k, v in ei.LAYOUT.items()}
     attrs = {"source": str(Path(args.data).resolve()), "model": str(model_path), "threshold": threshold,
@@ -481,13 +532,13 @@ def main(argv=None):
     info = read_sidecar(model_path)
     threshold = choose_threshold(args.threshold, info, model_path)
     out, report = output_paths(args)
+    inputs = input_paths(args, model_path)
+    check_outputs(args, out, report, inputs)
     if args.hipo:
         hipo_denoise.check_job(args.hipo, out, args.overwrite, args.evaluate)
+        writer = None
     else:
-        reader, writer = png_job(args, out) if args.input_dir else h5_job(args, out, model_path, threshold)
-    if args.evaluate:
-        for p in evaluation.report_paths(report).values():
-            check_output_path(p, args.overwrite)
+        reader, writer = png_job(args, out, inputs) if args.input_dir else h5_job(args, out, model_path, threshold)
 
     model, _ = load_model(model_path)
     print(f"model {model_path} (threshold {threshold:.3f}{', from validation' if args.threshold is None else ''})")
@@ -498,18 +549,28 @@ def main(argv=None):
                                               split_seed=args.split_seed)
         scoring = evaluation.HitEvaluation(["model", *baselines], args.sweep_thresholds, args.background_bins,
                                            args.grid_events)
-    if args.hipo:
-        counts = hipo_denoise.denoise_hipo(model, threshold, args.hipo, out, batch_size=args.batch_size,
-                                           gate=args.gate_by_raw_hits, overwrite=args.overwrite, evaluation=scoring,
-                                           baselines=baselines)
-        print(hipo_denoise.summary_line(counts, out))
-    else:
-        n = denoise(model, threshold, reader, writer, scoring, baselines, args.gate_by_raw_hits)
-        print(f"wrote {n} denoised events to {out}")
-    if scoring is not None:
-        meta = {"model": str(model_path), "model_info": info, "input": str(args.input_dir or args.data or args.hipo),
-                "output": str(out), "mask_with_raw": args.gate_by_raw_hits}
-        evaluation.finish_report(scoring.result(), threshold, report, args.overwrite, meta)
+    hipo_written = False
+    try:
+        if args.hipo:
+            counts = hipo_denoise.denoise_hipo(model, threshold, args.hipo, out, batch_size=args.batch_size,
+                                               gate=args.gate_by_raw_hits, overwrite=args.overwrite,
+                                               evaluation=scoring, baselines=baselines)
+            hipo_written = True
+            print(hipo_denoise.summary_line(counts, out))
+        else:
+            n = denoise(model, threshold, reader, writer, scoring, baselines, args.gate_by_raw_hits)
+            print(f"wrote {n} denoised events to {out}")
+        if scoring is not None:
+            meta = {"model": str(model_path), "model_info": info,
+                    "input": str(args.input_dir or args.data or args.hipo), "output": str(out),
+                    "mask_with_raw": args.gate_by_raw_hits}
+            evaluation.finish_report(scoring.result(), threshold, report, args.overwrite, meta)
+    except BaseException:  # a run that fails (or is stopped) after writing leaves nothing of its own behind
+        if writer is not None:
+            writer.discard()
+        elif hipo_written:
+            out.unlink(missing_ok=True)
+        raise
     return 0
 
 

@@ -28,6 +28,7 @@ from script_utils import (
     ArgumentParser,
     InputError,
     atomic_output,
+    check_not_an_input,
     check_output_path,
     import_keras,
     run_main,
@@ -247,6 +248,7 @@ def export(args):
     for target in (output, sidecar):
         if target.resolve() in inputs:
             raise InputError(f"{target}: the export would replace one of its inputs")
+        check_not_an_input(target, (model_path, model_path.with_suffix(".json"), args.data))  # links, folders too
         check_output_path(target, args.overwrite)
     model_path, generator, info, threshold = load_trained(args)
     hits = verification_hits(args.data, args.verify_events)

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import time
+import zipfile
 from pathlib import Path
 
 import h5py
@@ -23,7 +24,7 @@ import numpy as np
 import data_management
 from data_management import fingerprint, load_split, warnings_as_lines
 from event_image import LAYERS, LAYERS_PER_SUPERLAYER, SUPERLAYERS, WIRES, crop_event, hit_mask, hit_scores
-from script_utils import ArgumentParser, InputError, atomic_output, import_keras, progress, run_main
+from script_utils import ArgumentParser, InputError, atomic_output, check_not_an_input, import_keras, progress, run_main
 
 # --- Settings (each one has a command-line option) ---------------------------------------
 DATA = data_management.DATA  # the HDF5 file of pairs
@@ -266,12 +267,12 @@ def get_cae(h5_path, cae_cache=None, train_if_missing=True, **train_kwargs):
     key_kwargs = {k: v for k, v in train_kwargs.items() if k != "verbose"}
     path = cae_cache_path(h5_path, cae_cache, **key_kwargs)
     if path.is_file():
-        try:
-            return import_keras().models.load_model(path)
-        except Exception as exc:  # a damaged cache file: say so rather than retrain silently
-            raise InputError(f"{path}: cached CAE cannot be loaded ({type(exc).__name__}: {exc}); delete it") from None
+        return load_cached_cae(path)
     if not train_if_missing:
         raise InputError(f"{h5_path}: no trained CAE cached at {path}")
+    check_not_an_input(path, [h5_path])
+    if path.parent.exists() and not path.parent.is_dir():
+        raise InputError(f"{path.parent}: CAE cache folder is a file, not a folder")
     if not path.parent.is_dir():
         raise InputError(f"{path}: folder {path.parent} does not exist")
     if not os.access(path.parent, os.W_OK):  # found out before training, not after
@@ -280,6 +281,19 @@ def get_cae(h5_path, cae_cache=None, train_if_missing=True, **train_kwargs):
     with atomic_output(path, overwrite=True, ext=".keras") as tmp:  # Keras insists on the .keras ending
         model.save(tmp)
     return model
+
+
+def load_cached_cae(path):
+    """The cached CAE of a .keras file; a damaged or cut-short file is a one-line InputError."""
+    if not zipfile.is_zipfile(path):  # Keras would say "File not found" of a cut-short zip
+        raise InputError(f"{path}: unreadable CAE cache file (not a complete .keras file: cut short?); delete it "
+                         "to retrain")
+    try:
+        return import_keras().models.load_model(path)
+    except Exception as exc:  # a damaged cache file: say so rather than retrain silently
+        why = str(exc).splitlines()[0][:200] if str(exc) else ""
+        raise InputError(f"{path}: unreadable CAE cache file ({type(exc).__name__}: {why}); delete it to retrain") \
+            from None
 
 
 def cae_keep(model, raw_mask, threshold=CAE_THRESHOLD, batch_size=256):
@@ -338,6 +352,8 @@ def check_cae_cache(args):
     """Refuse a CAE cache folder that is missing, or read-only when a CAE would have to be saved there."""
     if args.cae_cache is None:
         return
+    if Path(args.cae_cache).exists() and not Path(args.cae_cache).is_dir():
+        raise InputError(f"{args.cae_cache}: CAE cache folder is a file, not a folder")
     if not Path(args.cae_cache).is_dir():
         raise InputError(f"{args.cae_cache}: CAE cache folder does not exist")
     cached = any(Path(args.cae_cache).glob(f"{Path(args.data).stem}.cae-*.keras"))
@@ -351,6 +367,8 @@ def parse_args(argv=None):
     args = build_parser().parse_args(argv)
     if args.h5 is not None and args.data == DATA:  # --data wins over the old positional
         args.data = args.h5
+    if not str(args.data).strip():
+        raise InputError("--data: the HDF5 file path is empty")
     for name in ("max_events", "cae_epochs", "cae_batch_size", "cae_max_train_pairs"):
         value = getattr(args, name)
         if value is not None and value < 1:

@@ -486,6 +486,8 @@ def parse_args(argv=None):
     args = build_parser().parse_args(argv)
     if args.h5_path is not None and args.data == DATA:  # --data wins over the old positional
         args.data = args.h5_path
+    if not str(args.data).strip():
+        raise InputError("--data: the HDF5 file path is empty")
     if args.batch_size < 1 or args.shuffle_window < 1:
         raise InputError("--batch-size and --shuffle-window must be at least 1")
     return args

@@ -12,6 +12,7 @@ import heapq
 import json
 import math
 import textwrap
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -400,13 +401,23 @@ def write_report(result, prefix, overwrite=False, meta=None):
     paths = report_paths(prefix)
     for p in paths.values():
         check_output_path(p, overwrite)
-    write_plots(paths["png"], result, overwrite)
-    write_event_grid(paths["events"], result, overwrite)
-    data = dict(result, **(meta or {}), report_files={k: str(v) for k, v in paths.items()})
-    for key in ("worst_events", "best_events"):
-        data[key] = [{"name": e["name"], "f1": e["f1"]} for e in result[key]]
-    with atomic_output(paths["json"], overwrite) as tmp:
-        tmp.write_text(json.dumps(json_ready(data), indent=1, allow_nan=False))
+    written = []
+    try:  # all three files or none of them
+        with warnings.catch_warnings():  # event names in scripts the font lacks: drawn as boxes, no warning
+            warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from (current )?font")
+            write_plots(paths["png"], result, overwrite)
+            written.append(paths["png"])
+            write_event_grid(paths["events"], result, overwrite)
+            written.append(paths["events"])
+        data = dict(result, **(meta or {}), report_files={k: str(v) for k, v in paths.items()})
+        for key in ("worst_events", "best_events"):
+            data[key] = [{"name": e["name"], "f1": e["f1"]} for e in result[key]]
+        with atomic_output(paths["json"], overwrite) as tmp:
+            tmp.write_text(json.dumps(json_ready(data), indent=1, allow_nan=False))
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
     return paths
 
 

@@ -124,11 +124,18 @@ def list_pngs(folder, role="input"):
         entries = list(os.scandir(folder))
     except OSError as exc:
         raise InputError(f"{folder}: cannot list the {role} folder ({exc.strerror})") from None
-    names, others = [], []
+    names, others, broken = [], [], []
     for entry in entries:
-        if entry.name.startswith(".") or not entry.is_file():
+        if entry.name.startswith("."):
+            continue
+        if entry.is_symlink() and not os.path.exists(entry.path):
+            broken.append(entry.name)
+            continue
+        if not entry.is_file():
             continue
         (names if entry.name.lower().endswith(".png") else others).append(entry.name)
+    if broken:
+        warn(f"{folder}: ignoring {len(broken)} broken symbolic link(s): {', '.join(sorted(broken)[:3])}")
     if not names:
         raise InputError(f"{folder}: {role} folder holds no .png files")
     if others:

@@ -126,7 +126,7 @@ def check_inputs(paths, output, overwrite):
     paths = [Path(p) for p in paths]
     if Path(output).resolve() in {p.resolve() for p in paths}:
         raise InputError(f"{output}: the output is one of the --hipo input files")
-    Pix2Pix_data.check_outputs(output, overwrite, skip_bad=False)
+    Pix2Pix_data.check_outputs(output, overwrite, skip_bad=False, inputs=paths)
     for path in paths:
         ch.check_hipo_file(path)
     return paths

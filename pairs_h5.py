@@ -26,7 +26,7 @@ import numpy as np
 from isal import isal_zlib
 
 import event_image as ei
-from script_utils import InputError, atomic_output, check_output_path, progress
+from script_utils import InputError, atomic_output, check_not_an_input, check_output_path, progress
 
 CHUNK_EVENTS = 32  # events per HDF5 chunk along axis 0 (data_management reads batches of 32)
 COMPRESSION_LEVEL = 1  # ISA-L deflate level 0-3
@@ -262,10 +262,9 @@ def merge(part_paths, output, *, copy=False, overwrite=False, chunk_events=CHUNK
     """Join the parts of a sharded conversion into one file, virtual (default) or copied; return a summary line."""
     t0 = time.perf_counter()
     output = Path(output)
+    check_not_an_input(output, part_paths)
     check_output_path(output, overwrite)
     parts = sorted((read_part(p) for p in part_paths), key=lambda p: int(p["shard_index"]))
-    if any(p["path"].resolve() == output.resolve() for p in parts):
-        raise InputError(f"{output}: is one of the parts")
     check_parts(parts)
     total = sum(p["n"] for p in parts)
     with atomic_output(output, overwrite) as tmp:

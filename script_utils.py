@@ -26,6 +26,8 @@ from tqdm import tqdm
 
 EXIT_BAD_INPUT = 2
 AT_FDCWD, RENAME_NOREPLACE = -100, 1  # renameat2(2): paths relative to the working folder; refuse to replace
+NAME_MAX = 255  # bytes in one file name (Linux filesystems)
+TEMP_NAME_EXTRA = 40  # what atomic_output's temporary name adds: ".", ".<12 hex>", a suffix, ".tmp", an ending
 
 
 class InputError(Exception):
@@ -99,7 +101,8 @@ def warn(message):
 
 def check_output_path(target, overwrite, folder=False):
     """Refuse an output path that is empty, exists (unless overwrite), is a folder where a file is
-    written (or a file where a folder is), or whose folder is missing or read-only."""
+    written (or a file where a folder is), has a name too long to write, or whose folder is
+    missing, a file or read-only."""
     if not str(target).strip():
         raise InputError("an output path is empty")
     target = Path(target)
@@ -109,23 +112,37 @@ def check_output_path(target, overwrite, folder=False):
         raise InputError(f"{target}: exists and is not a folder")
     if target.exists() and not overwrite:
         raise InputError(f"{target}: already exists (use --overwrite to replace it)")
+    if len(os.fsencode(target.name)) + TEMP_NAME_EXTRA > NAME_MAX:
+        raise InputError(f"{target.name[:40]}...: the output's file name is too long to write "
+                         f"(at most {NAME_MAX - TEMP_NAME_EXTRA} bytes)")
     parent = target.parent if str(target.parent) else Path(".")
     if not parent.is_dir():
+        above = next((a for a in (parent, *parent.parents) if a.exists()), None)
+        if above is not None and not above.is_dir():
+            raise InputError(f"{target}: {above} is a file, not a folder")
         raise InputError(f"{target}: folder {parent} does not exist")
     if not os.access(parent, os.W_OK):
         raise InputError(f"{target}: folder {parent} is not writable")
 
 
 def check_not_an_input(output, inputs):
-    """Refuse an output that is one of the inputs, lies inside an input folder, or links to an input."""
+    """Refuse an output that is one of the inputs (also through a symbolic or hard link), lies inside
+    an input folder, or is a folder holding an input (replacing it would delete the input)."""
+    if not str(output).strip():
+        raise InputError("an output path is empty")
     out = Path(output).resolve()
     for given in inputs:
         if given is None or not str(given):
             continue
         source = Path(given).resolve()
-        if out == source or source in out.parents:
-            raise InputError(f"{output}: the output would be written {'over' if out == source else 'inside'} the "
-                             f"input {given}")
+        same = out == source or (out.exists() and source.exists() and os.path.samefile(out, source))
+        if same:
+            raise InputError(f"{output}: the output is the input {'folder' if source.is_dir() else 'file'} {given} "
+                             "(refused, --overwrite or not)")
+        if source in out.parents:
+            raise InputError(f"{output}: the output would be written inside the input folder {given}")
+        if out in source.parents:
+            raise InputError(f"{output}: the output folder holds the input {given} (replacing it would delete it)")
 
 
 def rename_noreplace(source, target):
@@ -247,7 +264,10 @@ def import_tensorflow():
     only for the import itself (a Python exception raised by it still shows).
     """
     if "tensorflow" not in sys.modules:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        # 3: also TensorFlow's C++ ERROR lines (oneDNN's `E0000 ... util.cc` during predict), which are
+        # not errors of the run (a real failure is a Python exception). A user's higher level stays.
+        if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") < "3":
+            os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
         sys.stderr.flush()
         saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, 2)

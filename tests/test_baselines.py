@@ -92,6 +92,63 @@ def test_snr_shifts_set_the_bucket_widths():
         bl.snr_keep(vertical, shifts=(0, 1, 2))
 
 
+# Answers worked out by hand from SNR's definition (README): in each superlayer a candidate segment starts
+# at wire s of its first layer; layer i's bucket is s..s+shift_i (rising: the wire grows with the layer)
+# or s-shift_i..s (falling); a candidate survives when at most max_missing buckets hold no hit, and the
+# hits in a surviving candidate's buckets are kept. Shifts (0, 1, 2, 2, 4, 4).
+SHIFTS = bl.SNR_SHIFTS
+
+
+@pytest.mark.parametrize("direction", [+1, -1])
+@pytest.mark.parametrize("layer", range(1, 6))
+def test_snr_each_bucket_width_by_hand(direction, layer):
+    """max_missing 0 and layer 1's hit at 50 pin the one candidate to s = 50. Hits at s +- shift_i (the far
+    edge of every bucket) are all kept; moving one layer's hit a wire further (shift + 1) leaves that
+    bucket empty: the only candidate dies and nothing is kept, in either leaning direction."""
+    edge = [50 + direction * w for w in SHIFTS]
+    raw = event((18, edge))
+    np.testing.assert_array_equal(bl.snr_keep(raw, max_missing=0), raw)
+    beyond = list(edge)
+    beyond[layer] += direction
+    assert not bl.snr_keep(event((18, beyond)), max_missing=0).any()
+    # One missing layer allowed: the candidate at s = 50 + direction misses only layer 1's bucket (wire s), and
+    # every other layer's hit, 50 + direction * shift_i (+ direction for the moved one), lies in its bucket
+    # s..s+shift_i (falling: s-shift_i..s): the whole segment is kept, the moved hit included.
+    np.testing.assert_array_equal(bl.snr_keep(event((18, beyond)), max_missing=1), event((18, beyond)))
+
+
+@pytest.mark.parametrize("missing", [(), (5,), (0,), (0, 5), (2, 3), (1, 2, 3), (0, 4, 5)])
+def test_snr_missing_layers_by_hand(missing):
+    """A straight track at wire 50 (all buckets of s = 50 hold it) with 0..3 layers emptied: kept whole while
+    at most 2 layers miss; with 3 missing, every candidate misses at least 3 buckets: nothing kept."""
+    raw = event((30, [None if i in missing else 50 for i in range(6)]))
+    kept = bl.snr_keep(raw)
+    if len(missing) <= 2:
+        np.testing.assert_array_equal(kept, raw)
+    else:
+        assert not kept.any()
+
+
+def test_snr_noise_beside_a_track_by_hand():
+    """Beside a straight track at wire 50: a hit in layer 6 at 54 lies in s = 50's rising bucket 50..54 and is
+    kept; at 55 no surviving candidate's bucket reaches it (rising ones starting at 51..55 miss layers 1-3,
+    falling ones reach at most wire s <= 52 there), so it is dropped. Layer 2 (bucket 50..51): 51 kept."""
+    track = event((0, (50,) * 6))
+    for layer, wire, kept in [(5, 54, True), (5, 55, False), (1, 51, True), (5, 46, True), (5, 45, False)]:
+        noise = event((layer, (wire,)))
+        np.testing.assert_array_equal(bl.snr_keep(track | noise), track | (noise if kept else False),
+                                      err_msg=f"layer {layer + 1} wire {wire}")
+
+
+def test_snr_a_segment_leaving_the_chamber_by_hand():
+    """Rising from wire 109 at the widest slope: layers 5 and 6 (113) are off the chamber, two missing layers:
+    the four hits inside are kept; allowing only one missing layer, no candidate survives."""
+    raw = event((6, (109, 110, 111, 111, None, None)))
+    np.testing.assert_array_equal(bl.snr_keep(raw), raw)
+    assert not bl.snr_keep(raw, max_missing=1).any()
+    np.testing.assert_array_equal(bl.snr_keep(raw), bl.snr_keep_plain(raw))
+
+
 def test_snr_single_and_batch_agree_and_match_the_plain_reference():
     rng = np.random.default_rng(5)
     raw = rng.random((12, 36, 112)) < np.repeat([0.01, 0.04, 0.12], 4)[:, None, None]
@@ -108,7 +165,8 @@ def test_snr_single_and_batch_agree_and_match_the_plain_reference():
 
 
 def test_snr_on_synthetic_events_keeps_tracks_and_removes_most_noise():
-    make_events = pytest.importorskip("make_events")
+    import make_events
+
     raw, truth = make_events.generate_masks(300, seed=11)
     s = ei.hit_scores(raw, truth, bl.snr_keep(raw))
     assert s["efficiency"] > 0.98 and s["rejection"] > 0.6, s
@@ -217,12 +275,15 @@ def test_get_cae_caches_reloads_and_retrains_when_the_file_changes(tmp_path, mon
             bl.get_cae(h5, cae_cache=cache, epochs=1, max_train_pairs=8)
     assert sorted(cache.glob("*")) == cached  # the old entry is left alone
     # A damaged cache file is reported, not silently retrained over.
-    cached[0].write_bytes(b"garbage")
     write_h5(h5, *toy_masks(24, seed=3))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with pytest.raises(InputError, match="cannot be loaded"):
-            bl.get_cae(h5, cae_cache=cache, epochs=1, max_train_pairs=8)
+    whole = cached[0].read_bytes()
+    for damaged in (b"garbage", whole[:len(whole) // 2], whole[:-100]):  # cut short: Keras said "File not found"
+        cached[0].write_bytes(damaged)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with pytest.raises(InputError, match="unreadable CAE cache file") as err:
+                bl.get_cae(h5, cae_cache=cache, epochs=1, max_train_pairs=8)
+        assert "not found" not in str(err.value).lower() and "\n" not in str(err.value)
 
 
 def test_cae_keep_thresholds_the_output_in_batches(trained, tiny_h5):
@@ -270,7 +331,10 @@ def test_script_bad_inputs_are_one_line_errors(tmp_path, script):
     assert_one_line_error(script(SCRIPT, "--data", wrong), "wrong.h5", "shape")
     # Bad settings, checked in this process (the same InputError path).
     good = write_h5(tmp_path / "good.h5", *toy_masks(12, seed=0))
+    (tmp_path / "a_file").write_text("a regular file")
     for args, words in [(["--max-events", "0"], "max-events"), (["--cae-cache", str(tmp_path / "nowhere")], "nowhere"),
+                        (["--cae-cache", str(tmp_path / "a_file")], "a_file: CAE cache folder is a file"),
+                        (["--data", ""], "empty"), (["--cae-cache", str(good)], "is a file"),
                         (["--cae-threshold", "1.5"], "threshold"), (["--snr-max-missing", "7"], "missing")]:
         with pytest.raises(InputError, match=words):
             bl.main(["--data", str(good), *args])

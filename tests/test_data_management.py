@@ -359,6 +359,12 @@ def test_bad_settings_are_one_line_exit_2(tmp_path, script, args):
     assert not dm.split_path(h5).exists()
 
 
+@pytest.mark.parametrize("args", [[""], ["--data", ""], ["--data", " "]])
+def test_an_empty_data_path_is_one_line(script, args):
+    """Was a traceback (ValueError: PosixPath('.') has an empty name) from the old positional and --data."""
+    assert_one_line_error(script("data_management.py", *args, "--no-timing"), "--data", "empty")
+
+
 def test_fewest_pairs_follows_the_fractions(tmp_path):
     assert dm.min_pairs() == 3
     h5 = tmp_path / "pairs.h5"

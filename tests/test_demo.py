@@ -1,11 +1,22 @@
 """The README's first quick-start command, end to end at a tiny size: the chain cannot silently break."""
 
 import json
+import math
 
 import pytest
 from conftest import run_script
 
 import clas12_hipo
+
+
+def assert_a_working_model(scores):
+    """The tiny demo's generator (one training step) keeps most track hits and already drops some background:
+    about efficiency 0.90, rejection 0.04. A model giving NaN, nothing (efficiency 0), everything (rejection 0,
+    the keep-all row) or invented hits fails here."""
+    for key in ("efficiency", "rejection", "purity", "f1"):
+        assert isinstance(scores[key], float) and math.isfinite(scores[key]), scores
+    assert 0.5 < scores["efficiency"] < 1.0 and 0.0 < scores["rejection"] < 1.0 and scores["f1"] > 0.3, scores
+    assert scores["invented_per_event"] == 0.0, scores
 
 
 @pytest.mark.slow
@@ -25,6 +36,10 @@ def test_tiny_demo_runs_the_whole_chain(tmp_path):
     assert list(report["methods"]) == ["model", "keep-all", "SNR", "CAE"]
     keep_all = report["methods"]["keep-all"]["scores"]
     assert keep_all["efficiency"] == 1.0 and keep_all["rejection"] == 0.0
+    assert_a_working_model(report["methods"]["model"]["scores"])
+    # A clean run: nothing on stderr but the project's own warnings (no TensorFlow or matplotlib lines).
+    assert [line for line in proc.stderr.splitlines() if line.strip() and not line.startswith("warning:")] == [], \
+        proc.stderr[-3000:]
     # The same events through HIPO: a HIPO file, its HDF5 pairs equal to the PNG route's, the file denoised.
     for step in ("HIPO 1/3", "HIPO 2/3", "HIPO 3/3"):
         assert f"=== {step}" in proc.stdout
@@ -39,3 +54,4 @@ def test_tiny_demo_runs_the_whole_chain(tmp_path):
                for m, b in zip(marked, before, strict=True))
     hipo_report = json.loads((run / "events_denoised.report.json").read_text())
     assert hipo_report["events"] == 96 and list(hipo_report["methods"]) == ["model", "keep-all", "SNR"]
+    assert_a_working_model(hipo_report["methods"]["model"]["scores"])

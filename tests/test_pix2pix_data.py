@@ -465,3 +465,103 @@ def test_sigterm_stops_cleanly(tmp_path):
     assert proc.returncode == 130 and stderr.strip() == "interrupted", stderr
     assert not out.exists() and leftovers(tmp_path) == []
     assert psutil.wait_procs(children, timeout=10)[1] == []
+
+
+# --- Outputs that alias inputs, folders where files go, empty paths, two runs at once (issue 15) -------------
+def tree_bytes(root):
+    return {str(p.relative_to(root)): p.read_bytes() for p in Path(root).rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("where", ["a raw PNG", "a truth PNG", "inside the raw folder", "a link to a raw PNG",
+                                   "the raw folder", "a folder above the inputs", "skipped list is the raw folder"])
+def test_an_output_that_is_or_is_inside_an_input_is_refused_with_overwrite(tmp_path, where):
+    """The reported case: --output one of its own input PNGs, with --overwrite, destroyed that PNG (exit 0)."""
+    write_folders(tmp_path / "ev", event_names(4))
+    (tmp_path / "link.h5").symlink_to(tmp_path / "ev/raw/event_0001.png")
+    output, words = {
+        "a raw PNG": (tmp_path / "ev/raw/event_0001.png", ["event_0001.png", "inside the input"]),
+        "a truth PNG": (tmp_path / "ev/truth/event_0002.png", ["event_0002.png", "input"]),
+        "inside the raw folder": (tmp_path / "ev/raw/pairs.h5", ["pairs.h5", "inside the input"]),
+        "a link to a raw PNG": (tmp_path / "link.h5", ["link.h5", "input"]),
+        "the raw folder": (tmp_path / "ev/raw", ["raw", "input"]),
+        "a folder above the inputs": (tmp_path / "ev", ["holds the input"]),
+        "skipped list is the raw folder": (tmp_path / "ev/p.h5", ["p.h5.skipped.txt", "is the input folder"]),
+    }[where]
+    raw = tmp_path / "ev/raw"
+    if where == "skipped list is the raw folder":  # OUTPUT itself is fine, OUTPUT.skipped.txt is not
+        raw = raw.rename(tmp_path / "ev/p.h5.skipped.txt")
+    before = tree_bytes(tmp_path)
+    extra = ["--skip-bad"] if "skipped" in where else []
+    proc = convert_cli(raw, tmp_path / "ev/truth", output, "--overwrite", *extra)
+    assert_one_line_error(proc, *words)
+    assert tree_bytes(tmp_path) == before, "an input was changed"
+
+
+@pytest.mark.parametrize("which", ["output", "skipped list"])
+def test_overwrite_onto_a_folder_is_one_line_and_writes_nothing(tmp_path, which):
+    write_folders(tmp_path / "ev", event_names(3))
+    out = tmp_path / "pairs.h5"
+    (tmp_path / ("pairs.h5" if which == "output" else "pairs.h5.skipped.txt")).mkdir()
+    proc = convert_cli(tmp_path / "ev/raw", tmp_path / "ev/truth", out, "--overwrite", "--skip-bad")
+    assert_one_line_error(proc, "is a folder")
+    assert leftovers(tmp_path) == [] and (which == "output" or not out.exists())
+
+
+def test_an_empty_output_path_is_one_line(tmp_path):
+    write_folders(tmp_path / "ev", event_names(2))
+    assert_one_line_error(convert_cli(tmp_path / "ev/raw", tmp_path / "ev/truth", "", "--overwrite"), "empty")
+    assert_one_line_error(run_script("Pix2Pix_data.py", "--merge", tmp_path / "a.h5", "--output", " "), "empty")
+    with pytest.raises(InputError, match="empty"):
+        p2d.convert(tmp_path / "ev/raw", tmp_path / "ev/truth", "", overwrite=True, workers=1)
+
+
+def test_broken_symlinks_among_the_pngs_are_named_in_a_warning(tmp_path):
+    expected = write_folders(tmp_path / "ev", event_names(3))
+    (tmp_path / "ev/raw/gone.png").symlink_to(tmp_path / "nowhere.png")
+    proc = convert_cli(tmp_path / "ev/raw", tmp_path / "ev/truth", tmp_path / "p.h5")
+    assert proc.returncode == 0, proc.stderr
+    assert "broken symbolic link" in proc.stderr and "gone.png" in proc.stderr
+    assert_matches(tmp_path / "p.h5", expected)
+
+
+def wait_for(condition, proc, what, timeout=120):
+    """Poll until condition() (a file appeared); fail if proc ended first or time ran out."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert proc.poll() is None, f"the run ended before {what}: {proc.communicate()}"
+        assert time.monotonic() < deadline, f"no {what} after {timeout} s"
+        time.sleep(0.002)
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_two_runs_writing_the_same_output_at_once(tmp_path, overwrite):
+    """Run A starts writing, is held (SIGSTOP) while run B writes the same output and finishes, then goes on.
+
+    Without --overwrite A must not replace B's finished file: one line, exit 2, B's file intact, A's temporary
+    removed. With --overwrite both were told to replace it: A's file wins, complete."""
+    expected = write_folders(tmp_path / "ev", event_names(300))
+    out = tmp_path / "pairs.h5"
+    args = ["--raw-dir", tmp_path / "ev/raw", "--truth-dir", tmp_path / "ev/truth", "--output", out,
+            "--workers", "1", "--chunk-events", "1", *(["--overwrite"] if overwrite else [])]
+    a = subprocess.Popen([sys.executable, str(ROOT / "Pix2Pix_data.py"), *map(str, args)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: any(n.endswith(".tmp") for n in leftovers(tmp_path)), a, "A's temporary file")
+        a.send_signal(signal.SIGSTOP)
+        assert not out.exists(), "A finished before it was held: give it more events"
+        b = run_script("Pix2Pix_data.py", *args)
+        assert b.returncode == 0, b.stderr
+        b_file = file_digest(out)
+    finally:
+        a.send_signal(signal.SIGCONT)
+    _, a_err = a.communicate(timeout=300)
+    if overwrite:
+        assert a.returncode == 0, a_err
+        assert_matches(out, expected)
+    else:
+        lines = [line for line in a_err.splitlines() if line.strip()]
+        assert a.returncode == 2 and len(lines) == 1 and "Traceback" not in a_err, a_err
+        assert "pairs.h5" in lines[0] and "another run" in lines[0], lines
+        assert file_digest(out) == b_file
+        assert_matches(out, expected)
+    assert leftovers(tmp_path) == []

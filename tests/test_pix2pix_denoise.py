@@ -182,7 +182,7 @@ def test_worst_and_best_events_are_found_across_batches():
 
 def test_snr_baseline_through_the_evaluation():
     """SNR keeps a clean straight track whole and removes isolated hits far from anything."""
-    baselines = pytest.importorskip("baselines")
+    import baselines
     raw, truth = masks(6, seed=7)
     res = evaluation.evaluate(raw, truth, {"model": truth, "keep-all": raw, "SNR": baselines.snr_keep(raw)})
     snr = res["methods"]["SNR"]["scores"]
@@ -291,7 +291,7 @@ def test_overwrite(script, models, folders):
     np.testing.assert_array_equal(ei.read_event_png(target), truth[3])
     assert sorted(p.name for p in (tmp / "out").iterdir()) == sorted(names)  # no temporary files left
     assert_one_line_error(script(SCRIPT, "--model", models["track"], "--input-dir", tmp / "raw", "--output-dir",
-                                 tmp / "raw", "--overwrite"), "output folder is an input folder")
+                                 tmp / "raw", "--overwrite"), "the output is the input folder")
 
 
 def test_bad_inputs_one_line_error_and_no_output(script, models, folders, tmp_path):
@@ -441,7 +441,7 @@ def test_h5_bad_file_one_line_error(script, models, tmp_path):
 
 def test_cae_baseline_through_the_evaluation(models, h5file):
     """--baseline-cae trains and caches the CAE; its row equals evaluate() of baselines.cae_keep on the same events."""
-    baselines = pytest.importorskip("baselines")
+    import baselines
     path, raw, truth = h5file
     cache = path.parent / "cae"
     cache.mkdir()
@@ -537,3 +537,140 @@ def test_a_model_with_non_finite_weights_is_refused(script, folders):
                   "--output-dir", tmp_path / "out")
     assert_one_line_error(proc, "nan.keras", "not finite")
     assert not (tmp_path / "out").exists()
+
+
+# --- Graded outputs: the written hits are exactly `probability > threshold` (issue 15) ---------------
+def save_graded_model(path, seed=4):
+    """A 3x3 Conv2D + sigmoid generator with seeded random weights and a different bias per channel:
+    probabilities spread over (0, 1), channels that differ (largest channel != mean), and every empty
+    neighbourhood gives sigmoid(-0.3) (channel 0, the largest bias). Returns (path, that background value)."""
+    import keras
+
+    inp = keras.Input((128, 128, 3))
+    conv = keras.layers.Conv2D(3, 3, padding="same", activation="sigmoid")
+    model = keras.Model(inp, conv(inp))
+    kernel = np.random.default_rng(seed).normal(0, 0.6, (3, 3, 3, 3)).astype(np.float32)
+    conv.set_weights([kernel, np.array([-0.3, -0.6, -1.0], np.float32)])
+    model.save(path)
+    background = float(np.asarray(model.predict_on_batch(np.zeros((1, 128, 128, 3), np.float32)))[0, 0, 0].max())
+    return path, background
+
+
+def graded_probabilities(path, raw):
+    """The generator's probabilities worked out here: its outputs on the padded 0/1 images, cropped, largest channel."""
+    import keras
+
+    model = keras.models.load_model(path, compile=False)
+    images = ei.pad_event(ei.mask_to_image(ei.hit_mask(raw))).astype(np.float32) / 255
+    out = ei.crop_event(np.asarray(model.predict_on_batch(images)))
+    return out.max(-1), out.mean(-1)
+
+
+def written_hits(folder, names):
+    return np.stack([ei.hit_mask(ei.read_event_png(folder / n)) for n in names])
+
+
+def test_written_hits_are_probability_above_the_stored_and_the_given_threshold(script, folders):
+    """Stored threshold = the exact probability of every empty cell (not 0.5): `>=` would light them all;
+    a hard-coded 0.5, a channel mean or an ignored --threshold each give other hits than the expected ones."""
+    tmp, raw, truth, names = folders
+    path, background = save_graded_model(tmp / "graded.keras")
+    (tmp / "graded.json").write_text(json.dumps({"threshold": background}))
+    prob, mean = graded_probabilities(path, raw)
+    assert background != 0.5 and (prob == np.float32(background)).sum() > 1000  # the empty cells
+    expected = prob > background
+    for other in (prob >= background, prob > 0.5, mean > background, prob > 0.6):  # what a broken copy writes
+        assert (other != expected).any()
+    proc = script(SCRIPT, "--model", path, "--input-dir", tmp / "raw", "--output-dir", tmp / "stored")
+    assert proc.returncode == 0, proc.stderr
+    assert f"threshold {background:.3f}, from validation" in proc.stdout
+    np.testing.assert_array_equal(written_hits(tmp / "stored", names), expected)
+    proc = script(SCRIPT, "--model", path, "--input-dir", tmp / "raw", "--output-dir", tmp / "given",
+                  "--threshold", 0.6)
+    assert proc.returncode == 0, proc.stderr
+    np.testing.assert_array_equal(written_hits(tmp / "given", names), prob > 0.6)
+    proc = script(SCRIPT, "--model", path, "--input-dir", tmp / "raw", "--output-dir", tmp / "gated",
+                  "--threshold", 0.6, "--gate-by-raw-hits")
+    assert proc.returncode == 0, proc.stderr
+    np.testing.assert_array_equal(written_hits(tmp / "gated", names), (prob > 0.6) & ei.hit_mask(raw))
+
+
+# --- Outputs that are inputs, folders where files go, a failure at the end (issue 15) ----------------------
+@pytest.mark.parametrize("where", ["output-dir inside the input", "output-dir holds the input",
+                                   "output-dir is the truth folder", "report over the model's sidecar",
+                                   "output file is the model"])
+def test_an_output_that_is_inside_or_holds_an_input_is_refused(script, models, folders, where):
+    tmp, raw, truth, names = folders
+    shutil.copy(models["track"], tmp / "m.keras")
+    shutil.copy(models["track"].with_suffix(".json"), tmp / "m.json")
+    sidecar = (tmp / "m.json").read_bytes()
+    job = ["--model", tmp / "m.keras", "--input-dir", tmp / "raw", "--overwrite"]
+    args, words = {
+        "output-dir inside the input": ([*job, "--output-dir", tmp / "raw" / "den"], ["inside the input"]),
+        "output-dir holds the input": ([*job, "--output-dir", tmp], ["holds the input"]),
+        "output-dir is the truth folder": ([*job, "--output-dir", tmp / "truth", "--evaluate", "--truth-dir",
+                                            tmp / "truth"], ["is the input folder"]),
+        "report over the model's sidecar": ([*job, "--output-dir", tmp / "o", "--evaluate", "--truth-dir",
+                                             tmp / "truth", "--report", tmp / "m"], ["m.json", "input file"]),
+        "output file is the model": (["--model", tmp / "m.keras", "--data", tmp / "x.h5", "--output",
+                                      tmp / "m.keras", "--overwrite"], ["m.keras", "input file"]),
+    }[where]
+    before = {p: p.read_bytes() for p in tmp.rglob("*") if p.is_file()}
+    assert_one_line_error(script(SCRIPT, *args), *words)
+    assert {p: p.read_bytes() for p in tmp.rglob("*") if p.is_file()} == before
+    assert (tmp / "m.json").read_bytes() == sidecar
+
+
+def test_a_report_path_that_is_a_folder_is_refused_before_any_work(script, models, folders):
+    tmp, raw, truth, names = folders
+    (tmp / "rep.json").mkdir()
+    proc = script(SCRIPT, "--model", models["track"], "--input-dir", tmp / "raw", "--output-dir", tmp / "out",
+                  "--evaluate", "--truth-dir", tmp / "truth", "--report", tmp / "rep", "--overwrite")
+    assert_one_line_error(proc, "rep.json", "is a folder")
+    assert "wrote" not in proc.stdout and "model" not in proc.stdout  # refused before the model loads
+    assert not (tmp / "out").exists() and not (tmp / "rep.png").exists()
+
+
+def test_a_run_that_fails_at_the_report_removes_what_it_wrote(models, folders, monkeypatch):
+    """The report fails after the PNGs are written (a disk filling up, say): no denoised PNG or report file stays."""
+    tmp, raw, truth, names = folders
+
+    def fail(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(evaluation, "write_event_grid", fail)
+    with pytest.raises(OSError, match="No space left"):
+        run_main("--model", models["track"], "--input-dir", tmp / "raw", "--output-dir", tmp / "out",
+                 "--evaluate", "--truth-dir", tmp / "truth")
+    assert not (tmp / "out").exists()
+    assert sorted(p.name for p in tmp.iterdir()) == ["raw", "truth"]
+
+
+def test_a_run_that_fails_at_the_report_removes_its_hdf5(models, h5file, monkeypatch):
+    path = h5file[0]
+    monkeypatch.setattr(evaluation, "write_plots", lambda *a, **k: (_ for _ in ()).throw(OSError(28, "disk full")))
+    with pytest.raises(OSError, match="disk full"):
+        run_main("--model", models["track"], "--data", path, "--evaluate")
+    assert sorted(p.name for p in path.parent.iterdir()) == ["events.h5", "events.split.npz"]
+
+
+@pytest.mark.parametrize("value", ["0,0.5", "0.5,1", "0.2,2", "nan", "0.1,inf", "-0.1,0.5"])
+def test_sweep_thresholds_outside_0_1_are_refused(script, models, folders, value):
+    tmp, *_ = folders
+    proc = script(SCRIPT, "--model", models["track"], "--input-dir", tmp / "raw", "--output-dir", tmp / "out",
+                  "--evaluate", "--truth-dir", tmp / "truth", "--sweep-thresholds", value)
+    assert_one_line_error(proc, "--sweep-thresholds")
+    assert not (tmp / "out").exists()
+
+
+def test_a_clean_run_prints_only_the_projects_lines_on_stderr(script, models, folders):
+    """TensorFlow's C++ lines (oneDNN `E0000 ... util.cc`) and matplotlib's missing-glyph warnings for
+    non-Latin event names stay off stderr; a folder of good PNGs gives an empty stderr."""
+    tmp, raw, truth, names = folders
+    for name in names[:3]:  # names in scripts the report's font lacks
+        for kind in ("raw", "truth"):
+            (tmp / kind / name).rename(tmp / kind / f"ऋषि_{name}")
+    proc = script(SCRIPT, "--model", models["all"], "--input-dir", tmp / "raw", "--output-dir", tmp / "out",
+                  "--evaluate", "--truth-dir", tmp / "truth", "--grid-events", 6, env={"TF_CPP_MIN_LOG_LEVEL": "0"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == "", proc.stderr

@@ -28,6 +28,7 @@ import pytest
 from conftest import ROOT, assert_one_line_error, run_script
 from PIL import Image
 
+import data_management
 import event_image as ei
 import make_events
 
@@ -306,13 +307,28 @@ def write_bad_h5(path, kind, good):
     return path
 
 
+def read_only_mount():
+    """A folder on a file system mounted read-only (no write for root either), or None."""
+    for line in Path("/proc/mounts").read_text().splitlines():
+        fields = line.split()
+        if len(fields) > 3 and "ro" in fields[3].split(",") and Path(fields[1]).is_dir() \
+                and not os.access(fields[1], os.W_OK):
+            return Path(fields[1])
+    return None
+
+
 def output_place(tmp, kind, name):
-    """An output path of the given bad kind, named name."""
+    """An output path of the given bad kind, named name.
+
+    "not writable": a chmod 555 folder, or, where that does not stop this process (root), a folder of a
+    read-only file system: the case runs either way."""
     if kind == "output folder missing":
         return tmp / "missing" / name
     if kind == "output folder is a file":
         (tmp / "afile").write_text("a regular file")
         return tmp / "afile" / name
+    if not read_only_folders_refuse_writes(tmp):
+        return read_only_mount() / name
     folder = tmp / "readonly"
     folder.mkdir()
     folder.chmod(0o555)
@@ -331,6 +347,7 @@ def good(tmp_path_factory):
         for i, image in enumerate(images):
             ei.write_event_png(root / folder / f"event_{i:04d}.png", image)
     write_events_h5(root / "good.h5", 16, chunk=4)
+    data_management.load_split(root / "good.h5")  # good.split.npz, copied with it: no case writes one
     inp = keras.Input((128, 128, 3))
     keras.Model(inp, keras.layers.Conv2D(3, 1, activation="sigmoid")(inp)).save(root / "model.keras")
     (root / "model.json").write_text(json.dumps({"threshold": 0.5}))
@@ -342,6 +359,8 @@ def setup_case(script, kind, tmp, good):
     def copy(*names):
         for name in names:
             (shutil.copytree if (good / name).is_dir() else shutil.copy)(good / name, tmp / name)
+            if name == "good.h5":
+                shutil.copy(good / "good.split.npz", tmp / "good.split.npz")
 
     def bad_h5():
         return write_bad_h5(tmp / "bad.h5", kind, good / "good.h5")
@@ -463,8 +482,8 @@ def tree_state(root):
 @pytest.mark.slow
 @pytest.mark.parametrize("script, kind", CASES, ids=[f"{s[:-3]}-{k.replace(' ', '_')}" for s, k in CASES])
 def test_every_bad_input_is_one_line_exit_2_and_touches_nothing(script, kind, good, tmp_path):
-    if "not writable" in kind and not read_only_folders_refuse_writes(tmp_path):
-        pytest.skip("this process writes into read-only folders (root); the 'folder is a file' cases cover it")
+    if "not writable" in kind and not read_only_folders_refuse_writes(tmp_path) and read_only_mount() is None:
+        pytest.skip("this process writes into read-only folders (root) and no read-only file system is mounted")
     tmp = tmp_path / "case"
     tmp.mkdir()
     args, words = setup_case(script, kind, tmp, good)
@@ -476,3 +495,191 @@ def test_every_bad_input_is_one_line_exit_2_and_touches_nothing(script, kind, go
             folder.chmod(0o755)
     assert_one_line_error(proc, *words)
     assert tree_state(tmp) == before, "files changed or left behind"
+
+
+# --- 4. More bad inputs (issue 15): outputs that alias inputs, folders where files go, empty paths,
+# names too long, non-finite and out-of-range flags, damaged caches, through the real scripts ----------------
+LONG = "x" * 250 + ".h5"  # with the temporary name's additions, longer than a file name may be
+NEW_CASES = {  # case -> (script, words the one-line error must hold); the arguments: new_case_args
+    "output is a raw PNG": ("Pix2Pix_data.py", ["event_0001.png", "input"]),
+    "output is a truth PNG": ("Pix2Pix_data.py", ["event_0002.png", "input"]),
+    "output inside the raw folder": ("Pix2Pix_data.py", ["inside the input"]),
+    "output links to a raw PNG": ("Pix2Pix_data.py", ["link.h5", "input"]),
+    "output is the raw folder": ("Pix2Pix_data.py", ["raw", "input folder"]),
+    "output folder holds the inputs": ("Pix2Pix_data.py", ["holds the input"]),
+    "output is an existing folder": ("Pix2Pix_data.py", ["pairs.h5", "is a folder"]),
+    "skipped list is an existing folder": ("Pix2Pix_data.py", ["pairs.h5.skipped.txt", "is a folder"]),
+    "empty output": ("Pix2Pix_data.py", ["empty"]),
+    "output name too long": ("Pix2Pix_data.py", ["too long"]),
+    "output below a file": ("Pix2Pix_data.py", ["afile", "is a file"]),
+    "merge output is a part": ("Pix2Pix_data.py", ["part.h5", "input file"]),
+    "--workers nan": ("Pix2Pix_data.py", ["--workers", "nan"]),
+    "--chunk-events inf": ("Pix2Pix_data.py", ["--chunk-events"]),
+    "--compression-level -1": ("Pix2Pix_data.py", ["--compression-level", "negative"]),
+    "empty positional": ("data_management.py", ["empty"]),
+    "empty --data": ("data_management.py", ["empty"]),
+    "--test-fraction nan": ("data_management.py", ["--test-fraction", "finite"]),
+    "--memory-budget-mb inf": ("data_management.py", ["--memory-budget-mb", "finite"]),
+    "baselines empty --data": ("baselines.py", ["empty"]),
+    "CAE cache is a file": ("baselines.py", ["afile", "is a file"]),
+    "CAE cache is the data file": ("baselines.py", ["good.h5", "is a file"]),
+    "truncated CAE cache file": ("baselines.py", ["unreadable CAE cache file"]),
+    "--snr-max-missing nan": ("baselines.py", ["--snr-max-missing", "not an integer"]),
+    "--cae-threshold inf": ("baselines.py", ["--cae-threshold", "finite"]),
+    "output-dir inside the input": ("Pix2Pix_denoise.py", ["inside the input"]),
+    "output-dir is the truth folder": ("Pix2Pix_denoise.py", ["is the input folder"]),
+    "output-dir holds the input": ("Pix2Pix_denoise.py", ["holds the input"]),
+    "output is the data file": ("Pix2Pix_denoise.py", ["good.h5", "input file"]),
+    "output is the model": ("Pix2Pix_denoise.py", ["model.keras", "input file"]),
+    "report over the model sidecar": ("Pix2Pix_denoise.py", ["model.json", "input file"]),
+    "report JSON is a folder": ("Pix2Pix_denoise.py", ["rep.json", "is a folder"]),
+    "HDF5 output is a folder": ("Pix2Pix_denoise.py", ["den.h5", "is a folder"]),
+    "denoise empty --output": ("Pix2Pix_denoise.py", ["empty"]),
+    "--sweep-thresholds 2": ("Pix2Pix_denoise.py", ["--sweep-thresholds"]),
+    "--sweep-thresholds nan": ("Pix2Pix_denoise.py", ["--sweep-thresholds"]),
+    "--threshold nan": ("Pix2Pix_denoise.py", ["--threshold", "finite"]),
+    "--batch-size inf": ("Pix2Pix_denoise.py", ["--batch-size"]),
+    "--cae-cache is a file": ("Pix2Pix_denoise.py", ["afile", "is a file"]),
+}
+
+
+def new_case_args(kind, tmp, good):
+    """Lay out one new case's files in tmp; return the script's arguments."""
+    for name in ("raw", "truth", "good.h5", "good.split.npz", "model.keras", "model.json"):
+        (shutil.copytree if (good / name).is_dir() else shutil.copy)(good / name, tmp / name)
+    (tmp / "afile").write_text("a regular file")
+    (tmp / "link.h5").symlink_to(tmp / "raw" / "event_0001.png")
+    pngs = ["--raw-dir", tmp / "raw", "--truth-dir", tmp / "truth"]
+    over = "--overwrite"
+    model = ["--model", tmp / "model.keras"]
+    png_job = [*model, "--input-dir", tmp / "raw", over]
+    evaluate = ["--evaluate", "--truth-dir", tmp / "truth"]
+    if kind in ("output is an existing folder", "skipped list is an existing folder"):
+        (tmp / ("pairs.h5" if kind == "output is an existing folder" else "pairs.h5.skipped.txt")).mkdir()
+    if kind == "merge output is a part":
+        shutil.copy(good / "good.h5", tmp / "part.h5")
+    if kind == "report JSON is a folder":
+        (tmp / "rep.json").mkdir()
+    if kind == "HDF5 output is a folder":
+        (tmp / "den.h5").mkdir()
+    if kind == "truncated CAE cache file":
+        import baselines
+
+        (tmp / "cache").mkdir()
+        path = baselines.cae_cache_path(tmp / "good.h5", tmp / "cache")
+        path.write_bytes(b"PK\x03\x04" + bytes(500))  # the start of a zip, cut short
+    return {
+        "output is a raw PNG": [*pngs, "--output", tmp / "raw" / "event_0001.png", over],
+        "output is a truth PNG": [*pngs, "--output", tmp / "truth" / "event_0002.png", over],
+        "output inside the raw folder": [*pngs, "--output", tmp / "raw" / "pairs.h5"],
+        "output links to a raw PNG": [*pngs, "--output", tmp / "link.h5", over],
+        "output is the raw folder": [*pngs, "--output", tmp / "raw", over],
+        "output folder holds the inputs": [*pngs, "--output", tmp, over],
+        "output is an existing folder": [*pngs, "--output", tmp / "pairs.h5", over],
+        "skipped list is an existing folder": [*pngs, "--output", tmp / "pairs.h5", over, "--skip-bad"],
+        "empty output": [*pngs, "--output", "", over],
+        "output name too long": [*pngs, "--output", tmp / LONG],
+        "output below a file": [*pngs, "--output", tmp / "afile" / "sub" / "pairs.h5"],
+        "merge output is a part": ["--merge", tmp / "part.h5", "--output", tmp / "part.h5", over],
+        "--workers nan": [*pngs, "--output", tmp / "p.h5", "--workers", "nan"],
+        "--chunk-events inf": [*pngs, "--output", tmp / "p.h5", "--chunk-events", "inf"],
+        "--compression-level -1": [*pngs, "--output", tmp / "p.h5", "--compression-level", "-1"],
+        "empty positional": ["", "--no-timing"],
+        "empty --data": ["--data", "", "--no-timing"],
+        "--test-fraction nan": ["--data", tmp / "good.h5", "--test-fraction", "nan", "--no-timing"],
+        "--memory-budget-mb inf": ["--data", tmp / "good.h5", "--memory-budget-mb", "inf", "--no-timing"],
+        "baselines empty --data": ["--data", "", "--methods", "snr"],
+        "CAE cache is a file": ["--data", tmp / "good.h5", "--cae-cache", tmp / "afile"],
+        "CAE cache is the data file": ["--data", tmp / "good.h5", "--cae-cache", tmp / "good.h5"],
+        "truncated CAE cache file": ["--data", tmp / "good.h5", "--methods", "cae", "--cae-cache", tmp / "cache"],
+        "--snr-max-missing nan": ["--data", tmp / "good.h5", "--snr-max-missing", "nan"],
+        "--cae-threshold inf": ["--data", tmp / "good.h5", "--cae-threshold", "inf"],
+        "output-dir inside the input": [*png_job, "--output-dir", tmp / "raw" / "den"],
+        "output-dir is the truth folder": [*png_job, "--output-dir", tmp / "truth", *evaluate],
+        "output-dir holds the input": [*png_job, "--output-dir", tmp],
+        "output is the data file": [*model, "--data", tmp / "good.h5", "--output", tmp / "good.h5", over],
+        "output is the model": [*model, "--data", tmp / "good.h5", "--output", tmp / "model.keras", over],
+        "report over the model sidecar": [*png_job, "--output-dir", tmp / "o", *evaluate, "--report", tmp / "model"],
+        "report JSON is a folder": [*png_job, "--output-dir", tmp / "o", *evaluate, "--report", tmp / "rep"],
+        "HDF5 output is a folder": [*model, "--data", tmp / "good.h5", "--output", tmp / "den.h5", over],
+        "denoise empty --output": [*model, "--data", tmp / "good.h5", "--output", "", over],
+        "--sweep-thresholds 2": [*png_job, "--output-dir", tmp / "o", *evaluate, "--sweep-thresholds", "0.5,2"],
+        "--sweep-thresholds nan": [*png_job, "--output-dir", tmp / "o", *evaluate, "--sweep-thresholds", "nan"],
+        "--threshold nan": [*png_job, "--output-dir", tmp / "o", "--threshold", "nan"],
+        "--batch-size inf": [*png_job, "--output-dir", tmp / "o", "--batch-size", "inf"],
+        "--cae-cache is a file": [*model, "--data", tmp / "good.h5", "--output", tmp / "d.h5", "--evaluate",
+                                  "--baseline-cae", "--cae-cache", tmp / "afile"],
+    }[kind]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", list(NEW_CASES), ids=[k.replace(" ", "_") for k in NEW_CASES])
+def test_more_bad_inputs_are_one_line_exit_2_and_touch_nothing(kind, good, tmp_path):
+    script, words = NEW_CASES[kind]
+    tmp = tmp_path / "case"
+    tmp.mkdir()
+    args = new_case_args(kind, tmp, good)
+    before = tree_state(tmp)
+    proc = run_script(script, *args, timeout=300)
+    assert_one_line_error(proc, *words)
+    assert tree_state(tmp) == before, "files changed or left behind"
+
+
+CONCURRENT = ["Pix2Pix_data.py PNG pairs", "Pix2Pix_data.py merge", "Pix2Pix_denoise.py HDF5"]
+
+
+def visible_files(root):
+    """{path: bytes} of every file under root but the hidden temporaries of runs still writing."""
+    return {p: p.read_bytes() for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", CONCURRENT)
+def test_two_runs_at_once_never_replace_each_others_output(case, good, tmp_path):
+    """Run A starts writing and is held (SIGSTOP) once its temporary file is there; run B writes the same
+    output and finishes; A goes on: it must not replace B's output (no --overwrite): one line, exit 2, B's
+    files byte for byte, A's temporary gone. Event-driven: no sleeps."""
+    for name in ("raw", "truth", "good.h5", "good.split.npz", "model.keras", "model.json"):
+        (shutil.copytree if (good / name).is_dir() else shutil.copy)(good / name, tmp_path / name)
+    script, _ = case.split(" ", 1)
+    out = tmp_path / "out.h5"
+    args = {
+        "Pix2Pix_data.py PNG pairs": ["--raw-dir", tmp_path / "raw", "--truth-dir", tmp_path / "truth", "--workers",
+                                      1, "--chunk-events", 1, "--output", out],
+        "Pix2Pix_data.py merge": ["--merge", tmp_path / "part.h5", "--copy", "--chunk-events", 1, "--output", out],
+        "Pix2Pix_denoise.py HDF5": ["--model", tmp_path / "model.keras", "--data", tmp_path / "good.h5",
+                                    "--output", out],
+    }[case]
+    for kind in ("raw", "truth"):  # 400 pairs: A cannot finish between its temporary's appearance and SIGSTOP
+        for png in sorted((tmp_path / kind).glob("*.png")):
+            for k in range(100):
+                shutil.copy(png, png.with_name(f"{png.stem}_{k:03d}.png"))
+    if case == "Pix2Pix_data.py merge":  # a part file of its own (a shard of 1)
+        part = run_script("Pix2Pix_data.py", "--raw-dir", tmp_path / "raw", "--truth-dir", tmp_path / "truth",
+                          "--shard", "1/1", "--output", tmp_path / "part.h5", "--workers", 1)
+        assert part.returncode == 0, part.stderr
+
+    def temporary():
+        return any(p.name.startswith(".out.h5.") for p in tmp_path.iterdir())
+
+    a = subprocess.Popen([sys.executable, str(ROOT / script), *map(str, args)], cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not temporary():
+            assert a.poll() is None, a.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.002)
+        a.send_signal(signal.SIGSTOP)
+        assert not out.exists(), "A finished before it was held"
+        b = run_script(script, *args, timeout=300)
+        assert b.returncode == 0, b.stderr
+        b_files = visible_files(tmp_path)
+    finally:
+        a.send_signal(signal.SIGCONT)
+    _, err = a.communicate(timeout=300)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert a.returncode == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert "out.h5" in lines[0] and "another run" in lines[0], lines
+    assert visible_files(tmp_path) == b_files  # B's output byte for byte, nothing else changed
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir()), "A left its temporary file"

@@ -77,8 +77,26 @@ def test_an_output_that_is_inside_or_links_to_an_input(tmp_path):
     raw.mkdir()
     (raw / "a.png").write_text("x")
     os.symlink(raw / "a.png", tmp_path / "link.png")
-    for output, inputs, word in ((raw / "a.png", [raw / "a.png"], "over"), (raw / "new.h5", [raw], "inside"),
-                                 (tmp_path / "link.png", [raw / "a.png", None], "over")):
+    os.link(raw / "a.png", tmp_path / "hard.png")
+    for output, inputs, word in ((raw / "a.png", [raw / "a.png"], "is the input file"),
+                                 (raw / "new.h5", [raw], "inside the input folder"),
+                                 (tmp_path / "link.png", [raw / "a.png", None], "is the input file"),
+                                 (tmp_path / "hard.png", [raw / "a.png"], "is the input file"),  # a hard link
+                                 (raw, [raw], "is the input folder"),
+                                 (tmp_path, [raw / "a.png"], "holds the input"),  # replacing it deletes it
+                                 ("", [raw], "empty")):
         with pytest.raises(InputError, match=word):
             check_not_an_input(output, inputs)
-    check_not_an_input(tmp_path / "elsewhere.h5", [raw, None])
+    check_not_an_input(tmp_path / "elsewhere.h5", [raw, None, ""])
+    check_not_an_input(tmp_path / "raw2", [raw])  # a name that only starts like an input's
+
+
+def test_output_names_too_long_or_below_a_file(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(InputError, match="too long"):
+        check_output_path(tmp_path / ("x" * 240), overwrite=False)
+    check_output_path(tmp_path / ("x" * 200), overwrite=False)
+    with pytest.raises(InputError, match="afile is a file, not a folder"):
+        check_output_path(tmp_path / "afile" / "sub" / "out.h5", overwrite=True)
+    with pytest.raises(InputError, match="does not exist"):
+        check_output_path(tmp_path / "missing" / "out.h5", overwrite=True)
