@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 import event_image as ei
-import Pix2Pix_denoise
+import trained_model
 from script_utils import (
     ArgumentParser,
     InputError,
@@ -146,7 +146,7 @@ def run_exported(path, fmt, hits):
             module = torch.jit.load(str(path))
         with torch.no_grad():
             return module(torch.from_numpy(hits)).numpy()
-    return Pix2Pix_denoise.OnnxModel(path).probabilities(hits[:, 0])[:, None]
+    return trained_model.OnnxModel(path).probabilities(hits[:, 0])[:, None]
 
 
 def verification_hits(data, n):
@@ -220,11 +220,11 @@ def parse_args(argv=None):
 
 def load_trained(args):
     """The Keras generator, its training sidecar and the threshold to store."""
-    path = Pix2Pix_denoise.resolve_model(args.model)
+    path = trained_model.resolve_model(args.model)
     if path.suffix != ".keras":
         raise InputError(f"{path}: export needs the trained .keras generator")
-    model, info = Pix2Pix_denoise.load_model(path)
-    return path, model.model, info, Pix2Pix_denoise.choose_threshold(args.threshold, info, path)
+    model, info = trained_model.load_model(path)
+    return path, model.model, info, trained_model.choose_threshold(args.threshold, info, path)
 
 
 def sidecar_for(args, model_path, info, threshold, file_sha, check):
@@ -243,7 +243,7 @@ def export(args):
     """Write the model file and its sidecar, verified against Keras; return the sidecar's content."""
     output = Path(args.output)
     sidecar = output.with_suffix(".json")
-    model_path = Pix2Pix_denoise.resolve_model(args.model)
+    model_path = trained_model.resolve_model(args.model)
     inputs = {p.resolve() for p in (model_path, model_path.with_suffix(".json"), Path(args.data or model_path))}
     for target in (output, sidecar):
         if target.resolve() in inputs:

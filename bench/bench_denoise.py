@@ -1,7 +1,7 @@
 """Benchmark of denoising speed: sector images per second, end to end and model only.
 
 For each generator width, the same events go through:
-  - keras-float32 / keras-bfloat16: the .keras generator (Pix2Pix_denoise.KerasModel) under TensorFlow;
+  - keras-float32 / keras-bfloat16: the .keras generator (trained_model.KerasModel) under TensorFlow;
   - onnx: its export (Pix2Pix_export.py) under onnxruntime, default session (all graph
     optimisations, a thread per core); onnx-1thread: one intra-op thread; onnx-int8: the export
     after onnxruntime's dynamic int8 quantisation (its decisions are compared with float32's);
@@ -34,6 +34,7 @@ import make_events  # noqa: E402
 import Pix2Pix_denoise  # noqa: E402
 import Pix2Pix_export  # noqa: E402
 import pix2pix_model as pm  # noqa: E402
+import trained_model  # noqa: E402
 from script_utils import import_keras  # noqa: E402
 
 keras = import_keras()  # TensorFlow imported quietly, first
@@ -62,10 +63,10 @@ def generator_files(folder, width, trained):
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     if trained:
-        path = Pix2Pix_denoise.resolve_model(trained)
+        path = trained_model.resolve_model(trained)
         generator = keras.models.load_model(path, compile=False)
-        info = Pix2Pix_denoise.read_sidecar(path)
-        width, threshold = info["base_filters"], Pix2Pix_denoise.choose_threshold(None, info, path)
+        info = trained_model.read_sidecar(path)
+        width, threshold = info["base_filters"], trained_model.choose_threshold(None, info, path)
     else:
         keras.utils.set_random_seed(SEED)
         generator, threshold = pm.with_raw_hit_gate(pm.build_generator(width)), 0.5
@@ -87,10 +88,10 @@ def load_variants(files):
     """{variant: object with .probabilities(hit maps)}: the denoiser's own model classes."""
     import onnxruntime
 
-    models = {name: Pix2Pix_denoise.load_model(path)[0] for name, path in files.items()}
+    models = {name: trained_model.load_model(path)[0] for name, path in files.items()}
     one = onnxruntime.SessionOptions()
     one.intra_op_num_threads = 1
-    models["onnx-1thread"] = Pix2Pix_denoise.OnnxModel(files["onnx"])
+    models["onnx-1thread"] = trained_model.OnnxModel(files["onnx"])
     models["onnx-1thread"].session = onnxruntime.InferenceSession(str(files["onnx"]), one,
                                                                   providers=["CPUExecutionProvider"])
     return models

@@ -123,14 +123,14 @@ def to_h5(source, out):
 def denoise(source, out):
     """(f) An untrained width-16 generator denoising a HIPO file; the time inside model.probabilities apart."""
     import hipo_denoise
-    import Pix2Pix_denoise
     import pix2pix_model
+    import trained_model
     from script_utils import import_keras
 
     import_keras()
     model_path = Path(out).with_suffix(".keras")
     pix2pix_model.with_raw_hit_gate(pix2pix_model.build_generator(WIDTH)).save(model_path)
-    model, _ = Pix2Pix_denoise.load_model(model_path)
+    model, _ = trained_model.load_model(model_path)
     predict, in_model = model.probabilities, [0.0]
 
     def timed(maps):

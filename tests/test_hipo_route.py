@@ -16,6 +16,7 @@ import event_image as ei
 import make_events as me
 import pairs_h5
 import Pix2Pix_denoise
+import trained_model
 
 N, SEED = 45, 4  # events of the synthetic set used here (odd: the last HIPO event has one sector)
 
@@ -250,7 +251,7 @@ def test_denoised_hipo_changes_only_the_orders_of_rejected_hits(tmp_path, track_
     rng = np.random.default_rng(21)
     events = [make_event(rng, 5001, 10 + i, [1 + i % 6, 1 + (i + 3) % 6]) for i in range(30)]
     path, written = rewrite_input(tmp_path, events)
-    model, _ = Pix2Pix_denoise.load_model(track_model)
+    model, _ = trained_model.load_model(track_model)
 
     def kept_by_model(image):
         return model.probabilities(image) > 0.5

@@ -13,6 +13,7 @@ from PIL import Image
 import evaluation
 import event_image as ei
 import Pix2Pix_denoise
+import trained_model
 from script_utils import InputError
 
 SCRIPT = "Pix2Pix_denoise.py"
@@ -372,7 +373,7 @@ def test_model_on_hit_maps_equals_the_padded_images_of_255_hits(tmp_path):
     keras.utils.set_random_seed(0)
     inp = keras.Input((128, 128, 3))
     keras.Model(inp, keras.layers.Conv2D(3, 3, padding="same", activation="sigmoid")(inp)).save(tmp_path / "g.keras")
-    model, info = Pix2Pix_denoise.load_model(tmp_path / "g.keras")
+    model, info = trained_model.load_model(tmp_path / "g.keras")
     assert info == {}
     raw, _ = make_events(7, seed=11)
     images = ei.mask_to_image(ei.hit_mask(raw))  # the project's PNGs: hits 255 on all channels

@@ -1,0 +1,132 @@
+"""A trained denoiser behind one call: hit probabilities of a batch of 36x112 hit maps.
+
+Two kinds of model file: a `.keras` generator (or a training run folder, for its
+generator_best.keras), run by Keras on the 128x128 layout, and an `.onnx` export
+(Pix2Pix_export.py) with CLAS12 reconstruction's [B, 1, 36, 112] interface, run by onnxruntime
+without TensorFlow. Beside either, a sidecar JSON holds the threshold chosen on validation.
+
+    model, info = load_model("runs/pix2pix")      # or "denoiser.onnx"
+    kept = model.probabilities(hit_maps) > choose_threshold(None, info, resolve_model("runs/pix2pix"))
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+import event_image as ei
+from script_utils import InputError, import_keras
+
+BEST_MODEL = "generator_best.keras"  # what a training output directory provides
+
+
+class KerasModel:
+    """A Keras generator (.keras) mapping 128x128x3 images in 0..1 to 128x128x3 images in 0..1."""
+
+    def __init__(self, path):
+        keras = import_keras()
+        try:
+            self.model = keras.models.load_model(path, compile=False)
+        except Exception as exc:  # zip, HDF5 and deserialisation errors come in many kinds
+            why = str(exc).splitlines()[0][:200] if str(exc) else ""
+            raise InputError(f"{path}: cannot load the model ({type(exc).__name__}: {why})") from None
+        want = (None, ei.PADDED_SIZE, ei.PADDED_SIZE, ei.CHANNELS)
+        model = self.model
+        shapes = [tuple(model.input_shape), tuple(model.output_shape)] if hasattr(model, "input_shape") else []
+        if shapes != [want, want]:
+            raise InputError(f"{path}: model maps {shapes[:1]} -> {shapes[1:]}, expected {want} -> {want}")
+        if not all(np.isfinite(w).all() for w in self.model.get_weights()):
+            raise InputError(f"{path}: the model's weights are not finite (nan or inf): a training run that diverged")
+        self.batch_size = 0  # the largest batch predicted so far
+
+    def probabilities(self, hit_maps):
+        """Hit probability (N, 36, 112) float32 of each cell of hit maps (N, 36, 112) (bool or 0/1).
+
+        The network sees each map as a 3-channel 0/1 image in the 128x128 layout (what a PNG with
+        hits of 255 gives); a cell's probability is its largest output channel, so `prob > t`
+        equals event_image.hit_mask(output, t). A batch shorter than the largest one so far is
+        filled up with empty images (their outputs dropped): the predict function is traced once.
+        """
+        maps = np.asarray(hit_maps, np.float32)
+        n = len(maps)
+        self.batch_size = max(self.batch_size, n)
+        images = np.zeros((self.batch_size, ei.LAYERS, ei.WIRES, ei.CHANNELS), np.float32)
+        images[:n] = maps[..., None]
+        out = np.asarray(self.model.predict_on_batch(ei.pad_event(images)), np.float32)[:n]
+        return ei.crop_event(out).max(axis=-1)
+
+
+class OnnxModel:
+    """An exported model (Pix2Pix_export.py) run by onnxruntime: no TensorFlow involved.
+
+    Its interface is CLAS12 reconstruction's: [B, 1, 36, 112] hit maps in, hit probabilities out,
+    with the padding, the generator and the raw-hit gate inside the graph.
+    """
+
+    def __init__(self, path):
+        import onnxruntime
+
+        try:
+            self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        except Exception as exc:  # not ONNX, truncated, unsupported operators...
+            why = str(exc).splitlines()[0][:200] if str(exc) else ""
+            raise InputError(f"{path}: cannot load the ONNX model ({type(exc).__name__}: {why})") from None
+        want = [(ei.MODEL_INPUT, list(ei.MODEL_TENSOR_SHAPE[1:]))], [(ei.MODEL_OUTPUT, list(ei.MODEL_TENSOR_SHAPE[1:]))]
+        got = ([(t.name, t.shape[1:]) for t in self.session.get_inputs()],
+               [(t.name, t.shape[1:]) for t in self.session.get_outputs()])
+        if got != want:
+            raise InputError(f"{path}: not this project's export: maps {got[0]} -> {got[1]}, expected "
+                             f"{want[0]} -> {want[1]} (a batch dimension first)")
+
+    def probabilities(self, hit_maps):
+        """Hit probability (N, 36, 112) float32 of each cell of hit maps (N, 36, 112) (bool or 0/1)."""
+        maps = np.asarray(hit_maps, np.float32)[:, None]
+        return self.session.run([ei.MODEL_OUTPUT], {ei.MODEL_INPUT: maps})[0][:, 0]
+
+
+MODEL_TYPES = {".keras": KerasModel, ".onnx": OnnxModel}  # model file ending -> the class behind .probabilities()
+
+
+def resolve_model(path):
+    """The model file to load: the file itself, or a training directory's best generator."""
+    path = Path(path)
+    if path.is_dir():
+        best = path / BEST_MODEL
+        if not best.is_file():
+            raise InputError(f"{path}: training directory without {BEST_MODEL}")
+        return best
+    if not path.exists():
+        raise InputError(f"{path}: model not found")
+    if path.suffix not in MODEL_TYPES:
+        raise InputError(f"{path}: not a {' or '.join(MODEL_TYPES)} model file")
+    return path
+
+
+def read_sidecar(model_path):
+    """The training run's JSON stored beside the model file (threshold, epoch, ...); {} if none."""
+    sidecar = Path(model_path).with_suffix(".json")
+    if not sidecar.is_file():
+        return {}
+    try:
+        info = json.loads(sidecar.read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{sidecar}: unreadable model sidecar ({exc})") from None
+    if not isinstance(info, dict):
+        raise InputError(f"{sidecar}: model sidecar is not a JSON object")
+    return info
+
+
+def load_model(path):
+    """(model, info): the model of a file or training directory, and its sidecar JSON ({} if none)."""
+    path = resolve_model(path)
+    return MODEL_TYPES[path.suffix](path), read_sidecar(path)
+
+
+def choose_threshold(threshold, info, model_path):
+    """threshold if given, else the validation-chosen threshold stored with the model."""
+    if threshold is not None:
+        return float(threshold)
+    t = info.get("threshold")
+    if isinstance(t, bool) or not isinstance(t, int | float) or not 0.0 <= t < 1.0:
+        raise InputError(f"{Path(model_path).with_suffix('.json')}: no valid stored threshold; give --threshold")
+    return float(t)
