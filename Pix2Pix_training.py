@@ -1,10 +1,11 @@
 """Train the Pix2Pix conditional GAN that denoises CLAS12 drift-chamber event images.
 
-The model, its losses and its validation are in pix2pix_model.py, the run folder's files in
-training_files.py; the README's "Training" section describes both. Each epoch writes history.csv,
-TensorBoard logs (logs/), samples/epoch_NNN.png and a checkpoint; rerunning the same command
-resumes. The best and the final generator are exported as generator_best.keras and
-generator_final.keras, each with a JSON holding the output threshold chosen on validation.
+The model, its losses and its validation are in pix2pix_model.py, the trainer (models, optimizers,
+compiled steps) in pix2pix_trainer.py, the run folder's files in training_files.py; the README's
+"Training" section describes them. Each epoch writes history.csv, TensorBoard logs (logs/),
+samples/epoch_NNN.png and a checkpoint; rerunning the same command resumes. The best and the
+final generator are exported as generator_best.keras and generator_final.keras, each with a JSON
+holding the output threshold chosen on validation.
 Several GPUs or a TF_CONFIG cluster of workers train together (only the chief writes).
 
     python Pix2Pix_training.py --data data/pairs.h5 --output-dir runs/pix2pix --base-filters 32
@@ -31,17 +32,8 @@ tf = import_tensorflow()  # first, so that its C++ start-up lines stay off stder
 keras = import_keras()
 
 import pix2pix_model  # noqa: E402
-from pix2pix_model import (  # noqa: E402
-    IMAGE_SHAPE,
-    build_discriminator,
-    build_generator,
-    discriminator_loss,
-    dtype_policy,
-    generator_loss,
-    synchronize_batch_norm,
-    validate,
-    with_raw_hit_gate,
-)
+from pix2pix_model import dtype_policy, validate  # noqa: E402
+from pix2pix_trainer import Trainer, make_optimizer  # noqa: E402, F401 (make_optimizer: the trainer's, for tests)
 from training_files import (  # noqa: E402
     CSV_FIELDS,
     Checkpoints,
@@ -49,8 +41,11 @@ from training_files import (  # noqa: E402
     architecture,
     check_output_dir,
     export_generator,
+    read_history,
     restore_latest,
+    run_stability,
     save_samples,
+    update_stability,
     write_json,
 )
 
@@ -80,78 +75,13 @@ LOGICAL_CPUS = 0  # split the CPU into this many logical devices (>1 trains with
 KEEP_WORKER_CHECKPOINTS = False  # multi-worker: other workers keep their checkpoints (OUTPUT_DIR/.worker_*_tmp)
 THRESHOLD_CRITERION = "balanced"  # balanced: the threshold with the best min(efficiency, rejection); f1: best F1
 D_SATURATED_LOSS = 0.1  # discriminator loss below this (balanced: 2 log 2 = 1.39) is flagged as winning
+GAN_WEIGHT = 1.0  # weight of the GAN term in the generator's loss; 0 = a plain U-Net, no discriminator at all
+GAN_WARMUP = 0  # epochs over which the GAN weight ramps up linearly from 0 (0 = full weight from the start)
+DISC_EVERY = 1  # step the discriminator every K generator steps
+LABEL_SMOOTHING = 0.0  # the discriminator's label for real pairs is 1 - this
+EMA_DECAY = 0.0  # validate and export an exponential moving average of the generator's weights (0 = off)
+COLLAPSE_DROP = 0.1  # an epoch whose validation F1 is more than this below the best so far is flagged
 # ---------------------------------------------------------------------------------------------------
-
-
-# --- The trainer: models, optimizers, counters, the compiled steps ----------------------------------
-def make_optimizer(learning_rate, beta_1, precision):
-    """Adam(learning_rate, beta_1); under float16, wrapped in dynamic loss scaling."""
-    opt = keras.optimizers.Adam(learning_rate, beta_1=beta_1)
-    return keras.optimizers.LossScaleOptimizer(opt) if precision == "float16" else opt
-
-
-class Trainer:
-    """Models, optimizers, counters and the compiled train and predict steps, under one strategy."""
-
-    def __init__(self, s, strategy, precision):
-        self.s, self.strategy, self.precision = s, strategy, precision
-        self.global_batch = s.batch_size * strategy.num_replicas_in_sync
-        with strategy.scope():
-            self.generator = build_generator(s.base_filters)
-            self.discriminator = build_discriminator(s.base_filters)
-            # What validation scores and what is exported: the generator, gated by the raw hits.
-            self.inference_model = with_raw_hit_gate(self.generator) if s.gate_by_raw_hits else self.generator
-            if strategy.num_replicas_in_sync > 1:
-                synchronize_batch_norm(self.generator)
-                synchronize_batch_norm(self.discriminator)
-            self.gen_opt = make_optimizer(s.generator_lr, s.beta_1, precision)
-            self.disc_opt = make_optimizer(s.discriminator_lr, s.beta_1, precision)
-            # Build the optimizers' slots now, so that a checkpoint restores into them.
-            self.gen_opt.build(self.generator.trainable_variables)
-            self.disc_opt.build(self.discriminator.trainable_variables)
-            counter = lambda dtype, value: tf.Variable(value, dtype=dtype, trainable=False,
-                                                       aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-            self.step = counter(tf.int64, 0)  # optimizer steps done (both optimizers step together)
-            self.epoch = counter(tf.int64, 0)  # epochs completed
-            self.batch_in_epoch = counter(tf.int64, 0)  # batches done in the current epoch
-            self.best_f1 = counter(tf.float32, -1.0)  # best validation F1 so far
-        # Explicit variable lists: Keras 3 models do not give tf.train.Checkpoint their batch-norm
-        # statistics and dropout seed states by themselves; the optimizers track their own.
-        self.checkpoint = tf.train.Checkpoint(
-            generator=list(self.generator.variables), discriminator=list(self.discriminator.variables),
-            generator_optimizer=list(self.gen_opt.variables), discriminator_optimizer=list(self.disc_opt.variables),
-            step=self.step, epoch=self.epoch, batch_in_epoch=self.batch_in_epoch, best_f1=self.best_f1)
-        self.train_step = tf.function(self._train_step)
-        self.predict = tf.function(lambda raw: self.inference_model(raw, training=False), autograph=False,
-                                   input_signature=[tf.TensorSpec((None,) + IMAGE_SHAPE, tf.float32)])
-
-    def _replica_step(self, raw, truth):
-        """One replica's share of a step: two tapes, as in the tutorial."""
-        s = self.s
-        with tf.GradientTape() as gen_tape, tf.GradientTape() as disc_tape:
-            gen_output = self.generator(raw, training=True)
-            disc_real = self.discriminator([raw, truth], training=True)
-            disc_fake = self.discriminator([raw, gen_output], training=True)
-            gen_total, gen_gan, gen_l1 = generator_loss(disc_fake, gen_output, truth, self.global_batch,
-                                                        s.lam, s.hit_weight, raw if s.weight_raw_hits else None)
-            disc = discriminator_loss(disc_real, disc_fake, self.global_batch)
-            gen_scaled, disc_scaled = self.gen_opt.scale_loss(gen_total), self.disc_opt.scale_loss(disc)
-        gen_vars, disc_vars = self.generator.trainable_variables, self.discriminator.trainable_variables
-        self.gen_opt.apply_gradients(zip(gen_tape.gradient(gen_scaled, gen_vars), gen_vars, strict=True))
-        self.disc_opt.apply_gradients(zip(disc_tape.gradient(disc_scaled, disc_vars), disc_vars, strict=True))
-        return gen_total, gen_gan, gen_l1, disc
-
-    def _train_step(self, batch):
-        """One optimizer step on a distributed (raw, truth) batch; returns the four global losses."""
-        per_replica = self.strategy.run(self._replica_step, args=batch)
-        losses = [self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for v in per_replica]
-        self.step.assign_add(1)
-        self.batch_in_epoch.assign_add(1)
-        return losses
-
-    def counters(self):
-        """(step, epoch, batch_in_epoch) as Python ints."""
-        return int(self.step.numpy()), int(self.epoch.numpy()), int(self.batch_in_epoch.numpy())
 
 
 # --- Devices, precision, strategy ---------------------------------------------------------------------
@@ -323,11 +253,12 @@ def train_epoch(run):
     s, trainer = run.s, run.trainer
     _, epoch, done_in_epoch = trainer.counters()
     skip = min(done_in_epoch, run.steps_per_epoch)
+    trainer.set_epoch(epoch)
     sums, n_steps = np.zeros(4), 0
     bar = progress(epoch_batches(run, epoch, skip), total=run.steps_per_epoch - skip,
                    desc=f"epoch {epoch + 1}/{s.epochs}", unit="step", disable=None if run.chief else True)
     for batch in bar:
-        losses = np.array([float(v) for v in trainer.train_step(batch)])
+        losses = np.array([float(v) for v in trainer.step_batch(batch)])
         if not np.isfinite(losses).all():
             raise InputError(f"step {int(trainer.step.numpy())}: the losses are not finite (generator "
                              f"{losses[0]:g}, discriminator {losses[3]:g}); stopped without saving it, the newest "
@@ -351,13 +282,16 @@ def end_of_epoch(run, sums, n_steps, seconds):
     s, trainer = run.s, run.trainer
     step, epoch, _ = trainer.counters()
     means = sums / n_steps if n_steps else np.full(4, np.nan)  # nan: the epoch was done before a resume
+    if not trainer.gan:
+        means[3] = np.nan  # no discriminator
     scores, first = validate(trainer.predict, run.validation, s.validation_batches, s.threshold_criterion)
     row = {"epoch": epoch, "step": step, **dict(zip(CSV_FIELDS[2:6], means, strict=True)), **scores,
            "seconds": round(seconds, 2), "images_per_s": round(n_steps * trainer.global_batch / max(seconds, 1e-9), 2),
-           "disc_winning": int(bool(means[3] < s.d_saturated_loss))}
-    append_history(run.out / "history.csv", row)
+           "disc_winning": int(bool(trainer.gan and means[3] < s.d_saturated_loss))}
+    rows = append_history(run.out / "history.csv", row, s.collapse_drop)
+    row["collapse"] = rows[-1]["collapse"]
     with run.log.as_default():
-        for key in CSV_FIELDS[2:-1]:
+        for key in CSV_FIELDS[2:-2]:
             tf.summary.scalar(key, float(row[key]), step=epoch)
     run.log.flush()
     if first is not None:
@@ -366,7 +300,7 @@ def end_of_epoch(run, sums, n_steps, seconds):
     f1 = scores["f1"] if not math.isnan(scores["f1"]) else -1.0
     if f1 > float(trainer.best_f1.numpy()):
         trainer.best_f1.assign(f1)
-        export_generator(trainer, run.out, "generator_best", scores, epoch, step, vars(s))
+        export_generator(trainer, run.out, "generator_best", scores, epoch, step, vars(s), run_stability(rows, epoch))
     return scores
 
 
@@ -376,6 +310,9 @@ def report_epoch(s, row, seconds):
           f"L1 {row['gen_l1']:.5f}) D {row['disc']:.3f} | validation L1 {row['val_l1']:.5f}, threshold "
           f"{row['threshold']:.2f}: efficiency {row['efficiency']:.3f} rejection {row['rejection']:.3f} purity "
           f"{row['purity']:.3f} F1 {row['f1']:.3f} ({seconds:.0f} s)", flush=True)
+    if row.get("collapse"):
+        print(f"note: collapse: validation F1 {row['f1']:.3f} fell more than {s.collapse_drop:g} below the best so "
+              "far (history.csv's collapse column)", flush=True)
     if row["disc_winning"]:
         print(f"note: the discriminator is winning (its loss {row['disc']:.3f}, balanced 1.39; the "
               f"generator's GAN loss {row['gen_gan']:.2f}, balanced 0.69)", flush=True)
@@ -388,7 +325,9 @@ def finish(run, scores):
     if run.chief:
         if scores is None:  # nothing left to train: score the restored weights
             scores, _ = validate(trainer.predict, run.validation, s.validation_batches, s.threshold_criterion)
-        export_generator(trainer, run.out, "generator_final", scores, epoch, step, vars(s))
+        rows = read_history(run.out / "history.csv")
+        export_generator(trainer, run.out, "generator_final", scores, epoch, step, vars(s), run_stability(rows, epoch))
+        update_stability(run.out / "generator_best.json", rows)  # against the run's last five epochs
         best = float(trainer.best_f1.numpy())
         best_text = (f"best F1 {best:.3f}: {run.out / 'generator_best.keras'}" if best >= 0 else
                      "no epoch scored a validation F1, so no generator_best.keras was written")
@@ -475,6 +414,21 @@ def build_parser():
     p.add_argument("--d-saturated-loss", type=float, default=D_SATURATED_LOSS,
                    help="a discriminator loss below this (balanced: 2 log 2 = 1.39) is noted in the log and "
                         "history.csv's disc_winning (default %(default)s)")
+    p.add_argument("--gan-weight", type=float, default=GAN_WEIGHT,
+                   help="weight of the GAN term against --lambda x L1; 0 = a plain U-Net on the weighted L1, no "
+                        "discriminator built or stepped (default %(default)s)")
+    p.add_argument("--gan-warmup", type=int, default=GAN_WARMUP,
+                   help="epochs over which the GAN weight ramps up linearly from 0 (default %(default)s)")
+    p.add_argument("--disc-every", type=int, default=DISC_EVERY,
+                   help="step the discriminator every K generator steps (default %(default)s)")
+    p.add_argument("--label-smoothing", type=float, default=LABEL_SMOOTHING,
+                   help="the discriminator's label for real pairs is 1 - this, in [0, 0.5) (default %(default)s)")
+    p.add_argument("--ema-decay", type=float, default=EMA_DECAY,
+                   help="validate and export an exponential moving average of the generator's weights with "
+                        "this decay per step, in [0, 1); 0 = off (default %(default)s)")
+    p.add_argument("--collapse-drop", type=float, default=COLLAPSE_DROP,
+                   help="flag (log, history.csv's collapse) an epoch whose validation F1 is more than this below "
+                        "the best so far (default %(default)s)")
     return p
 
 
@@ -487,6 +441,14 @@ def parse_args(argv=None):
     for name in ("steps_per_epoch", "validation_batches", "checkpoint_every", "logical_cpus", "split_seed"):
         if getattr(s, name) < 0:
             raise InputError(f"--{name.replace('_', '-')} must not be negative, not {getattr(s, name)}")
+    for name in ("gan_warmup", "gan_weight", "collapse_drop"):
+        if getattr(s, name) < 0:
+            raise InputError(f"--{name.replace('_', '-')} must not be negative, not {getattr(s, name)}")
+    if s.disc_every < 1:
+        raise InputError(f"--disc-every must be at least 1, not {s.disc_every}")
+    if not 0 <= s.label_smoothing < 0.5 or not 0 <= s.ema_decay < 1:
+        raise InputError(f"--label-smoothing {s.label_smoothing} must be in [0, 0.5), --ema-decay {s.ema_decay} "
+                         "in [0, 1)")
     for name in ("hit_weight", "generator_lr", "discriminator_lr"):
         if not getattr(s, name) > 0:
             raise InputError(f"--{name.replace('_', '-')} must be positive, not {getattr(s, name)}")

@@ -10,6 +10,7 @@ writes the same events as one CLAS12 HIPO file, SECTORS sector images per HIPO e
     python make_events.py --out data/synth                     # 1000 pairs, seed 0, luminosity 1
     python make_events.py --out data/synth -n 20000 --seed 1 --preview
     python make_events.py --format hipo --out data/synth.hipo -n 20000 --seed 1
+    python make_events.py --out data/hard --preset hard -n 3000 --seed 1   # the harder world
 """
 
 import math
@@ -22,6 +23,7 @@ import numpy as np
 
 import clas12_hipo as ch
 import event_image as ei
+import event_worlds
 from script_utils import ArgumentParser, InputError, atomic_output, check_output_path, progress, run_main, start_pool
 
 # --- Settings (each one has a command-line option) ------------------------------------------
@@ -34,6 +36,16 @@ FORMAT = "png"  # png: PNG pairs in a folder; hipo: one CLAS12 HIPO file (DC::td
 SECTORS = 2  # hipo: sectors per HIPO event (event i of the set is one sector of HIPO event i // SECTORS)
 PREVIEW_EVENTS = 6  # raw|truth pairs shown by --preview
 OVERWRITE = False
+PRESET = "default"  # default: today's events, bit for bit; hard: event_worlds.WORLDS["hard"]
+# The world's options: None = the preset's value (any of them given makes a non-default world).
+TRACKS = None  # MIN MAX tracks per event
+TRACK_SPAN = None  # at most this many wires crossed over the 36 layers
+BEND = None  # |change of slope| across region 2, wires per layer, either direction
+INEFFICIENCY = None  # each layer's inefficiency drawn in 0..this, per event
+SEGMENT_RATE = None  # background segments per event, x today's
+OCCUPANCY_SCALE = None  # LO HI: each region's uncorrelated hits x a factor drawn in LO..HI per event
+CROSSTALK_RATE = None  # cross-talk runs per event, x today's
+UNWANTED_FRACTION = None  # share of tracks that are unwanted (curling, ending before region 3; raw only)
 
 # --- Fixed ----------------------------------------------------------------------------------
 PREVIEW_NAME = "preview.png"  # the preview's file name when --preview gives none
@@ -52,7 +64,7 @@ ENTRY_SLOPE_MAX = 0.30  # |wires per layer| of the straight part in region 1
 BEND_MAX = 0.35  # |change of slope| across region 2 (torus field)
 SLOPE_LIMIT = 0.45  # |slope| never above this, so the staggered wire steps by 0 or 1
 STEREO_MAX = 2.0  # the two superlayers of a region see a track up to +-this many wires apart
-INEFFICIENCY = 0.03  # chance that a layer misses a track's hit
+LAYER_MISS = 0.03  # chance that a layer misses a track's hit (default preset)
 DOUBLE_HIT = 0.06  # chance that the adjacent wire fires too
 
 # --- Background (at luminosity 1; every kind scales with the luminosity) ---------------------
@@ -67,6 +79,10 @@ SLOTS = 32  # candidate segments and cross-talk runs drawn per event (bounds the
 MAX_LUMINOSITY = 10.0
 assert max(SEGMENTS_PER_EVENT, CROSSTALK_PER_EVENT) * MAX_LUMINOSITY <= SLOTS
 assert max(NOISE_OCCUPANCY) * MAX_LUMINOSITY <= 1
+
+PRESETS = tuple(event_worlds.WORLDS)
+WORLD_OPTIONS = ("tracks", "track_span", "bend", "inefficiency", "segment_rate", "occupancy_scale", "crosstalk_rate",
+                 "unwanted_fraction")
 
 # --- The uniform draws of one event: name -> shape (one block of float32 per event) ----------
 TRACK_FIELDS = 4 + 2 * ei.LAYERS  # position, entry slope, bend, stereo, per-layer miss and double
@@ -135,7 +151,7 @@ def track_paths(d):
     high = ei.WIRES - 1 - shape.max(axis=-1)
     position = shape + uniform(t[..., 0], low, high)[..., None]
     wire = np.clip(np.rint(position), 0, ei.WIRES - 1).astype(np.int64)
-    fired = active[..., None] & (t[..., 4:4 + ei.LAYERS] >= INEFFICIENCY)
+    fired = active[..., None] & (t[..., 4:4 + ei.LAYERS] >= LAYER_MISS)
     second = np.clip(wire + np.where(position > wire, 1, -1), 0, ei.WIRES - 1)
     second_fired = fired & (t[..., 4 + ei.LAYERS:] < DOUBLE_HIT)
     return wire, fired, second, second_fired
@@ -216,12 +232,31 @@ def generate_event(rng, luminosity=LUMINOSITY):
     return ei.mask_to_image(raw[0]), ei.mask_to_image(truth[0])
 
 
-def fill_events(outputs, seed, luminosity, start, convert):
+def world_of(preset):
+    """None for the default preset (the vectorised generator above), else the world's parameter dict.
+
+    preset: a name of event_worlds.WORLDS or a dict of its parameters."""
+    if isinstance(preset, dict):
+        return preset
+    if preset not in PRESETS:
+        raise InputError(f"preset {preset!r}: not one of {', '.join(PRESETS)}")
+    return None if preset == "default" else event_worlds.WORLDS[preset]
+
+
+def fill_events(outputs, seed, luminosity, start, convert, preset=PRESET):
     """Fill (raw, truth[, track ids]) output arrays with events start..start+len-1, chunk by chunk.
 
     convert maps the raw and truth masks to what their outputs hold; track ids go in as they are."""
     check_luminosity(luminosity)
     n = len(outputs[0])
+    world = world_of(preset)
+    if world is not None:
+        for at in range(0, n, CHUNK_EVENTS):
+            size = min(CHUNK_EVENTS, n - at)
+            rendered = event_worlds.render_world(seed, start + at, size, world, luminosity)
+            for out, mask, k in zip(outputs, rendered, range(3), strict=False):
+                out[at:at + size] = convert(mask) if k < 2 else mask
+        return outputs
     u = np.empty((min(n, CHUNK_EVENTS), N_DRAWS), np.float32)
     for at in range(0, n, CHUNK_EVENTS):
         size = min(CHUNK_EVENTS, n - at)
@@ -233,15 +268,15 @@ def fill_events(outputs, seed, luminosity, start, convert):
     return outputs
 
 
-def generate_masks(n, seed=SEED, luminosity=LUMINOSITY, start=0, track_ids=False):
+def generate_masks(n, seed=SEED, luminosity=LUMINOSITY, start=0, track_ids=False, preset=PRESET):
     """Raw and truth hit masks (n, 36, 112) of events start..start+n-1 of the set `seed`
     (and with track_ids their track ids, as generate_events gives them)."""
     shape = (n, ei.LAYERS, ei.WIRES)
     outputs = (np.empty(shape, bool), np.empty(shape, bool)) + ((np.empty(shape, np.uint8),) if track_ids else ())
-    return fill_events(outputs, seed, luminosity, start, lambda m: m)
+    return fill_events(outputs, seed, luminosity, start, lambda m: m, preset)
 
 
-def generate_events(n, seed=SEED, luminosity=LUMINOSITY, start=0, track_ids=False):
+def generate_events(n, seed=SEED, luminosity=LUMINOSITY, start=0, track_ids=False, preset=PRESET):
     """Events start..start+n-1 of the set `seed`: (raw, truth) uint8 (n, 36, 112, 3), hits = 255.
 
     Event i uses np.random.default_rng([seed, start + i]) and a fixed number of draws, exactly as
@@ -249,11 +284,13 @@ def generate_events(n, seed=SEED, luminosity=LUMINOSITY, start=0, track_ids=Fals
     higher luminosity gives the same tracks with a background that holds the lower one's.
     track_ids: (raw, truth, ids) with ids uint8 (n, 36, 112), the track number 1..k of each truth
     hit (0 = no track hit; a wire two tracks share has the higher number).
+    preset: "default" (the generator above), another name of event_worlds.WORLDS ("hard"), or a
+    world's parameter dict (world_settings); those worlds' events come from event_worlds.
     """
     shape = (n, ei.LAYERS, ei.WIRES, ei.CHANNELS)
     outputs = (np.empty(shape, np.uint8), np.empty(shape, np.uint8))
     outputs += (np.empty(shape[:3], np.uint8),) if track_ids else ()
-    return fill_events(outputs, seed, luminosity, start, ei.mask_to_image)
+    return fill_events(outputs, seed, luminosity, start, ei.mask_to_image, preset)
 
 
 def event_name(i):
@@ -279,8 +316,8 @@ def write_chunk(job):
 
     Returns (count, raw hits, truth hits, background hits per region (3,)).
     """
-    folder, layout, seed, luminosity, start, count = job
-    raw, truth, ids = generate_masks(count, seed, luminosity, start, track_ids=True)
+    folder, layout, seed, luminosity, start, count, preset = job
+    raw, truth, ids = generate_masks(count, seed, luminosity, start, track_ids=True, preset=preset)
     raw_img, truth_img = ei.mask_to_image(raw), ei.mask_to_image(truth)
     for k in range(count):
         raw_path, truth_path, tracks_path = pair_paths(Path(folder), layout, start + k)
@@ -299,7 +336,8 @@ def write_events(folder, args):
         (folder / TRACKS_FOLDER).mkdir()
     n, workers = args.events, min(args.workers, args.events)
     size = max(1, min(JOB_EVENTS, math.ceil(n / (JOBS_PER_WORKER * workers))))
-    jobs = [(str(folder), args.layout, args.seed, args.luminosity, s, min(size, n - s)) for s in range(0, n, size)]
+    jobs = [(str(folder), args.layout, args.seed, args.luminosity, s, min(size, n - s), args.world)
+            for s in range(0, n, size)]
     totals = [0, 0, 0, np.zeros(ei.REGIONS, np.int64)]
     with progress(total=n, unit="event", desc="events") as bar:
         pool = None
@@ -322,7 +360,7 @@ def hipo_sectors(seed, j, sectors):
     return np.sort(rng.choice(np.arange(1, ch.N_SECTORS + 1), sectors, replace=False)).tolist()
 
 
-def hipo_events(n, seed, luminosity, sectors, totals):
+def hipo_events(n, seed, luminosity, sectors, totals, preset=PRESET):
     """The set's n events as HIPO events for clas12_hipo.write_events; adds their hit counts to totals.
 
     Event i of the set (the PNG route's event_00000i) is the k-th smallest of the sectors of
@@ -331,7 +369,7 @@ def hipo_events(n, seed, luminosity, sectors, totals):
     track number as trkID, background hits order 10."""
     step = sectors * max(1, CHUNK_EVENTS // sectors)
     for at in range(0, n, step):
-        raw, truth, ids = generate_masks(min(step, n - at), seed, luminosity, at, track_ids=True)
+        raw, truth, ids = generate_masks(min(step, n - at), seed, luminosity, at, track_ids=True, preset=preset)
         background = (raw & ~truth).sum(axis=(0, 2)).reshape(ei.REGIONS, -1).sum(axis=1)
         totals[:] = [totals[0] + len(raw), totals[1] + int(raw.sum()), totals[2] + int(truth.sum()),
                      totals[3] + background]
@@ -352,18 +390,24 @@ def write_hipo(path, args):
                 bar.update(len(event["sectors"]))
                 yield event
 
-        ch.write_events(path, counted(hipo_events(args.events, args.seed, args.luminosity, args.sectors, totals)),
+        ch.write_events(path, counted(hipo_events(args.events, args.seed, args.luminosity, args.sectors, totals,
+                                                      args.world)),
                         overwrite=args.overwrite)
     return totals
 
 
-def write_preview(path, seed, luminosity, count):
+def write_preview(path, seed, luminosity, count, preset=PRESET):
     """Write a PNG grid of the first count raw|truth pairs, enlarged for the eye."""
-    raw, truth = generate_events(count, seed, luminosity)
+    raw, truth = generate_events(count, seed, luminosity, preset=preset)
     with open(path, "wb") as f:  # an open file: the grid is written as PNG whatever the name
         ei.save_event_grid(f, {"raw": list(raw), "truth (track hits)": list(truth)},
                            row_labels=[f"event {i}" for i in range(count)],
-                           title=f"make_events: seed {seed}, luminosity {luminosity:g}")
+                           title=f"make_events: seed {seed}, luminosity {luminosity:g}, {preset_label(preset)}")
+
+
+def preset_label(preset):
+    """How a preset (a name or a world's parameter dict) is named in the summary and the preview."""
+    return f"preset {preset}" if isinstance(preset, str) else "world options over a preset"
 
 
 def check_output_folder(out, overwrite):
@@ -402,7 +446,7 @@ def summary_line(args, seconds, totals, preview):
     per_region = background / (cells / ei.REGIONS)
     where = (f"{count} pairs to {args.out} ({args.layout})" if args.format == "png" else
              f"{count} events to {args.out} ({-(-count // args.sectors)} HIPO events of {args.sectors} sectors)")
-    return (f"wrote {where} in {seconds:.1f} s: "
+    return (f"wrote {where} ({preset_label(args.world)}) in {seconds:.1f} s: "
             f"mean {raw_hits / count:.1f} raw / {truth_hits / count:.1f} truth hits per event, "
             f"occupancy {100 * raw_hits / cells:.2f} %, background {100 * background.sum() / cells:.2f} % "
             f"(R1 {100 * per_region[0]:.2f}, R2 {100 * per_region[1]:.2f}, R3 {100 * per_region[2]:.2f} %)"
@@ -439,7 +483,48 @@ def build_parser():
                    help="pairs shown by --preview (default %(default)s)")
     p.add_argument("--overwrite", action="store_true", default=OVERWRITE,
                    help="replace an existing output folder or preview file")
+    p.add_argument("--preset", choices=PRESETS, default=PRESET,
+                   help="default: today's events, bit for bit; hard: steep and bending tracks, 1-5 per event, half "
+                        "of them unwanted, more background (default %(default)s)")
+    w = p.add_argument_group("world options (each overrides the preset's value; any of them gives a non-default world)")
+    w.add_argument("--tracks", type=int, nargs=2, metavar=("MIN", "MAX"), default=TRACKS,
+                   help="tracks per event, drawn uniformly in MIN..MAX (hard: 1 5)")
+    w.add_argument("--track-span", type=float, default=TRACK_SPAN, metavar="WIRES",
+                   help="a track crosses at most this many wires over the 36 layers (hard: 45)")
+    w.add_argument("--bend", type=float, default=BEND,
+                   help="|change of slope| across region 2, wires per layer, either direction (hard: 0.6)")
+    w.add_argument("--inefficiency", type=float, default=INEFFICIENCY,
+                   help="each layer's inefficiency, drawn in 0..this per event (hard: 0.05)")
+    w.add_argument("--segment-rate", type=float, default=SEGMENT_RATE,
+                   help=f"background segments per event, x today's {event_worlds.SEGMENTS_PER_EVENT:g} (hard: 4)")
+    w.add_argument("--occupancy-scale", type=float, nargs=2, metavar=("LO", "HI"), default=OCCUPANCY_SCALE,
+                   help="each region's uncorrelated hits x a factor drawn in LO..HI per event (hard: 1 3)")
+    w.add_argument("--crosstalk-rate", type=float, default=CROSSTALK_RATE,
+                   help=f"cross-talk runs per event, x today's {event_worlds.CROSSTALK_PER_EVENT:g} (hard: 2)")
+    w.add_argument("--unwanted-fraction", type=float, default=UNWANTED_FRACTION,
+                   help="share of tracks that are unwanted: curling, ending before region 3, raw hits only (hard: 0.5)")
     return p
+
+
+def world_settings(args):
+    """The preset's name when no world option is given, else its parameter dict with the options over it."""
+    given = {k: getattr(args, k) for k in WORLD_OPTIONS if getattr(args, k) is not None}
+    if not given:
+        return args.preset
+    world = {**event_worlds.WORLDS[args.preset], **given}
+    lo, hi = world["tracks"]
+    if not 0 <= lo <= hi:
+        raise InputError(f"--tracks {lo} {hi}: need 0 <= MIN <= MAX")
+    lo, hi = world["occupancy_scale"]
+    if not 0 <= lo <= hi or max(event_worlds.NOISE_OCCUPANCY) * hi * args.luminosity > 1:
+        raise InputError(f"--occupancy-scale {lo:g} {hi:g}: need 0 <= LO <= HI, and at most 100 % occupancy")
+    for name in ("inefficiency", "unwanted_fraction"):
+        if not 0 <= world[name] <= 1:
+            raise InputError(f"--{name.replace('_', '-')} {world[name]:g}: must be in 0..1")
+    for name in ("track_span", "bend", "segment_rate", "crosstalk_rate"):
+        if not 0 <= world[name] <= 100:
+            raise InputError(f"--{name.replace('_', '-')} {world[name]:g}: must be in 0..100")
+    return world
 
 
 def parse_args(argv=None):
@@ -458,6 +543,7 @@ def parse_args(argv=None):
     if args.format == "hipo" and args.layout != LAYOUT:
         raise InputError(f"--layout {args.layout}: a PNG layout; --format hipo writes one file")
     check_luminosity(args.luminosity)
+    args.world = world_settings(args)
     return args
 
 
@@ -481,10 +567,10 @@ def main(argv=None):
         with atomic_output(args.out, overwrite=replace, folder=True) as tmp:  # replaced only when complete
             totals = write_events(tmp, args)
             if preview_inside:
-                write_preview(tmp / preview.name, args.seed, args.luminosity, shown)
+                write_preview(tmp / preview.name, args.seed, args.luminosity, shown, args.world)
     if preview is not None and not preview_inside:
         with atomic_output(preview, args.overwrite) as tmp:
-            write_preview(tmp, args.seed, args.luminosity, shown)
+            write_preview(tmp, args.seed, args.luminosity, shown, args.world)
     print(summary_line(args, time.perf_counter() - t0, totals, preview))
     return 0
 

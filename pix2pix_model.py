@@ -158,25 +158,28 @@ def average_over_batch(per_example, global_batch):
     return ops.sum(per_example) / global_batch
 
 
-def generator_loss(disc_fake, gen_output, target, global_batch, lam=LAMBDA, hit_weight=HIT_WEIGHT, raw=None):
-    """GAN loss (fool the discriminator) + lam x L1, the truth's hit pixels weighted by hit_weight.
+def generator_loss(disc_fake, gen_output, target, global_batch, lam=LAMBDA, hit_weight=HIT_WEIGHT, raw=None,
+                   gan_weight=1.0):
+    """gan_weight x GAN loss (fool the discriminator) + lam x L1, the truth's hit pixels weighted by hit_weight.
 
     With raw given, the raw image's hits are weighted too: every pixel the denoiser has to decide
     on (keep a track hit, remove a noise hit) then counts hit_weight times an empty pixel.
-    Returns (total, gan, l1), each averaged over the global batch.
+    disc_fake None (no discriminator): the GAN loss is 0, a plain U-Net on the weighted L1.
+    Returns (total, gan, l1), each averaged over the global batch (gan unweighted).
     """
-    gan = bce_with_logits(disc_fake, 1.0)
     decided = target if raw is None else ops.maximum(target, raw)
     hits = ops.cast(ops.max(decided, axis=-1, keepdims=True) > ei.SCALED_HIT_THRESHOLD, "float32")
     weights = 1.0 + (hit_weight - 1.0) * hits
     l1 = ops.mean(weights * ops.abs(target - gen_output), axis=(1, 2, 3))
-    total = gan + lam * l1
+    gan = ops.zeros_like(l1) if disc_fake is None else bce_with_logits(disc_fake, 1.0)
+    total = gan_weight * gan + lam * l1
     return tuple(average_over_batch(v, global_batch) for v in (total, gan, l1))
 
 
-def discriminator_loss(disc_real, disc_fake, global_batch):
-    """Real pairs -> 1, generated pairs -> 0; averaged over the global batch (balanced: 2 log 2)."""
-    return average_over_batch(bce_with_logits(disc_real, 1.0) + bce_with_logits(disc_fake, 0.0), global_batch)
+def discriminator_loss(disc_real, disc_fake, global_batch, real_label=1.0):
+    """Real pairs -> real_label (1, or less with label smoothing), generated pairs -> 0; averaged
+    over the global batch (balanced: 2 log 2)."""
+    return average_over_batch(bce_with_logits(disc_real, real_label) + bce_with_logits(disc_fake, 0.0), global_batch)
 
 
 # --- Validation: the output threshold ----------------------------------------------------------------

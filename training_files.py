@@ -18,7 +18,8 @@ tf = import_tensorflow()  # first, so that its C++ start-up lines stay off stder
 from pix2pix_model import GENERATOR_BLOCKS, IMAGE_SHAPE, build_generator, dtype_policy, with_raw_hit_gate  # noqa: E402
 
 CSV_FIELDS = ("epoch", "step", "gen_total", "gen_gan", "gen_l1", "disc", "val_l1", "threshold", "efficiency",
-              "rejection", "purity", "f1", "invented_per_event", "seconds", "images_per_s", "disc_winning")
+              "rejection", "purity", "f1", "invented_per_event", "seconds", "images_per_s", "disc_winning", "collapse")
+RECENT_EPOCHS = 5  # the sidecar compares the exported epoch's F1 with the median of the run's last this many
 
 
 def write_json(path, data):
@@ -33,7 +34,8 @@ def architecture(trainer):
     s = trainer.s
     return {"model": "pix2pix-unet-patchgan70", "image_shape": list(IMAGE_SHAPE), "base_filters": s.base_filters,
             "generator_blocks": GENERATOR_BLOCKS,
-            "discriminator_patch_map": list(trainer.discriminator.output_shape[1:]),
+            "discriminator_patch_map": (list(trainer.discriminator.output_shape[1:]) if trainer.discriminator
+                                        is not None else None),
             "gate_by_raw_hits": s.gate_by_raw_hits}
 
 
@@ -86,10 +88,15 @@ def restore_latest(trainer, folder):
             reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
             warn(f"checkpoint {prefix} is unreadable ({reason}); trying the previous one")
             continue
-        iterations = {int(trainer.gen_opt.iterations.numpy()), int(trainer.disc_opt.iterations.numpy())}
-        if iterations != {int(trainer.step.numpy())}:
-            raise InputError(f"{prefix}: optimizers' iterations {sorted(iterations)} disagree with the step "
-                             f"counter {int(trainer.step.numpy())}")
+        step = int(trainer.step.numpy())
+        iterations = [int(trainer.gen_opt.iterations.numpy())]
+        expected = [step]
+        if trainer.disc_opt is not None:  # the discriminator steps every --disc-every generator steps
+            iterations.append(int(trainer.disc_opt.iterations.numpy()))
+            expected.append(trainer.disc_steps(step))
+        if iterations != expected:
+            raise InputError(f"{prefix}: optimizers' iterations {iterations} disagree with the step counter {step} "
+                             f"(expected {expected})")
         return prefix
     return None
 
@@ -111,17 +118,63 @@ class Checkpoints:
 
 
 # --- history.csv, samples/, exports ------------------------------------------------------------------
-def append_history(path, row):
-    """Add an epoch's row to history.csv, replacing rows of that epoch or later (from a resume)."""
-    rows = []
-    if path.exists():
-        with open(path, newline="") as f:
-            rows = [r for r in csv.DictReader(f) if int(r["epoch"]) < row["epoch"]]
-    rows.append({k: row[k] for k in CSV_FIELDS})
+def read_history(path):
+    """history.csv's rows (dicts of strings); [] when there is none."""
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def f1_of(row):
+    """A row's validation F1 as a float; nan (no hit kept at all) counts as 0."""
+    try:
+        f1 = float(row["f1"])
+    except (TypeError, ValueError):
+        return 0.0
+    return 0.0 if np.isnan(f1) else f1
+
+
+def mark_collapses(rows, drop):
+    """Set each row's "collapse" to 1 where its F1 is more than drop below the best of the rows before it."""
+    best = -np.inf
+    for row in rows:
+        f1 = f1_of(row)
+        row["collapse"] = int(f1 < best - drop)
+        best = max(best, f1)
+    return rows
+
+
+def run_stability(rows, epoch, last=RECENT_EPOCHS):
+    """How the F1 of epoch compares with the median F1 of the last `last` rows (the sidecar's "stability")."""
+    recent = [f1_of(r) for r in rows[-last:]]
+    mine = [f1_of(r) for r in rows if int(r["epoch"]) == int(epoch)]
+    if not recent or not mine:
+        return None
+    median = float(np.median(recent))
+    return {"epoch_f1": mine[0], "recent_epochs": [int(r["epoch"]) for r in rows[-last:]],
+            "recent_median_f1": median, "f1_minus_recent_median": mine[0] - median}
+
+
+def update_stability(sidecar, rows):
+    """Rewrite an exported generator's JSON with its epoch compared to the run's last epochs now."""
+    if sidecar.exists():
+        data = json.loads(sidecar.read_text())
+        data["stability"] = run_stability(rows, data["epoch"])
+        write_json(sidecar, data)
+
+
+def append_history(path, row, collapse_drop=0.1):
+    """Add an epoch's row to history.csv, replacing rows of that epoch or later (from a resume), with
+    the collapse column over all rows (mark_collapses); returns the rows."""
+    rows = [r for r in read_history(path) if int(r["epoch"]) < row["epoch"]]
+    rows.append({k: row.get(k) for k in CSV_FIELDS})
+    mark_collapses(rows, collapse_drop)
     with atomic_output(path, overwrite=True) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
         w.writeheader()
         w.writerows(rows)
+    return rows
 
 
 def save_samples(path, first, threshold, n):
@@ -135,9 +188,10 @@ def save_samples(path, first, threshold, n):
         ei.save_event_grid(tmp, columns, title=path.stem)
 
 
-def export_generator(trainer, out, stem, scores, epoch, step, settings):
-    """generator_<stem>.keras (float32 copy of the weights, gated if so set) and its JSON with the threshold."""
-    weights = trainer.generator.get_weights()
+def export_generator(trainer, out, stem, scores, epoch, step, settings, stability=None):
+    """generator_<stem>.keras (float32 copy of the weights, the EMA's with --ema-decay, gated if so set) and
+    its JSON with the threshold and the epoch's F1 against the run's recent median (run_stability)."""
+    weights = (trainer.ema_generator or trainer.generator).get_weights()
     if not all(np.isfinite(w).all() for w in weights):
         raise InputError(f"{out / stem}.keras: not written, the generator's weights are not finite (nan or inf)")
     with dtype_policy("float32"):
@@ -150,4 +204,5 @@ def export_generator(trainer, out, stem, scores, epoch, step, settings):
     validation = {k: v for k, v in scores.items() if k != "threshold"}
     write_json(out / f"{stem}.json", {"threshold": scores["threshold"], "epoch": epoch, "step": step,
                                       "base_filters": trainer.s.base_filters, "validation": validation,
-                                      "precision": trainer.precision, "settings": settings})
+                                      "precision": trainer.precision, "settings": settings,
+                                      "stability": stability})

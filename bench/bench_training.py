@@ -136,7 +136,7 @@ def project_train_step_fn(width, precision, jit=False):
     with pt.dtype_policy(policy):
         trainer = pt.Trainer(settings, tf.distribute.get_strategy(), precision)
     if jit:
-        trainer.train_step = tf.function(trainer._train_step, jit_compile=True)
+        trainer.train_step = tf.function(lambda batch: trainer._train_step(batch, True), jit_compile=True)
     return lambda raw, truth: trainer.train_step((raw, truth))
 
 

@@ -267,3 +267,128 @@ def test_tagged_layout_keeps_its_default_preview_out_of_the_event_folder(script,
     proc = script("Pix2Pix_data.py", "--layout", "tagged", "--raw-dir", out, "--output", tmp_path / "t.h5",
                   "--workers", 1)
     assert proc.returncode == 0, proc.stderr
+
+
+# --- Presets and the world options (event_worlds) -------------------------------------------------
+import event_worlds as ew  # noqa: E402
+
+QUIET = {"occupancy_scale": (0.0, 0.0), "segment_rate": 0.0, "crosstalk_rate": 0.0}  # tracks only
+
+
+def world(**changes):
+    return {**ew.WORLDS["hard"], **changes}
+
+
+def test_default_preset_is_todays_events_bit_for_bit():
+    import hashlib
+    h = hashlib.sha256()  # computed with make_events.py before the presets existed
+    for a in me.generate_events(200, seed=5, luminosity=1.5, start=17, track_ids=True, preset="default"):
+        h.update(a.tobytes())
+    assert h.hexdigest() == "23b5aec32bff4260fd3d31679b9d97a706f0d3f8e4cae0a8139e82e9ba93e403"
+    args = me.parse_args(["--out", "x"])
+    assert args.world == "default"  # no world option: today's generator
+    assert me.parse_args(["--out", "x", "--inefficiency", "0.03"]).world["inefficiency"] == 0.03
+
+
+def test_hard_events_truth_inside_raw_deterministic_and_sliceable():
+    raw, truth, ids = me.generate_events(60, seed=7, track_ids=True, preset="hard")
+    assert not (ei.hit_mask(truth) & ~ei.hit_mask(raw)).any()
+    np.testing.assert_array_equal(ids > 0, ei.hit_mask(truth))
+    again = me.generate_events(60, seed=7, track_ids=True, preset="hard")
+    part = me.generate_events(10, seed=7, start=45, track_ids=True, preset="hard")
+    for a, b, c in zip((raw, truth, ids), again, part, strict=True):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a[45:55], c)
+    assert not np.array_equal(raw, me.generate_events(60, seed=8, preset="hard")[0])
+    higher = me.generate_events(60, seed=7, luminosity=2, preset="hard")
+    np.testing.assert_array_equal(truth, higher[1])  # the same tracks at another luminosity
+    assert ei.hit_mask(higher[0]).sum() > 1.5 * ei.hit_mask(raw).sum() - ei.hit_mask(truth).sum()
+
+
+def test_hard_tracks_per_event_span_and_bend_in_range():
+    rng = np.random.default_rng(0)
+    w = world()
+    paths = [ew.wanted_track(rng, w) for _ in range(2000)]
+    spans = np.array([abs(p[1][-1] - p[1][0]) for p in paths])
+    assert spans.max() <= 45 + ew.STEREO_MAX + 1 and spans.max() > 35 and spans.min() < 2  # 0 to 45 wires
+    bends = np.array([p[2][-1] - p[2][0] for p in paths])  # slope change, all of it in region 2
+    assert bends.min() < -0.4 and bends.max() > 0.4 and np.abs(bends).max() <= 0.6 + 1e-9
+    assert all(np.ptp(p[2][:12]) < 1e-9 for p in paths)  # straight in region 1
+    for _, pos, _ in paths:  # inside the chamber
+        assert pos.min() >= -0.5 and pos.max() <= ew.ei.WIRES - 0.5
+    _, _, ids = me.generate_events(500, seed=3, track_ids=True, preset=world(unwanted_fraction=0.0))
+    counts = np.bincount(ids.max(axis=(1, 2)), minlength=6)
+    assert counts[0] == 0 and counts[6:].sum() == 0 and counts[1:6].min() > 60  # 1..5 tracks, about uniform
+
+
+def test_steep_tracks_light_the_run_of_wires_they_cross():
+    mask = np.zeros((36, 112), bool)
+    ew.light_runs(mask, np.array([3, 4]), np.array([10.0, 12.6]), np.array([2.6, 2.6]))
+    assert mask[3].nonzero()[0].tolist() == [9, 10, 11] and mask[4].nonzero()[0].tolist() == [11, 12, 13, 14]
+    rng = np.random.default_rng(1)  # within a superlayer a steep track's hits leave no gap between layers
+    w = world(inefficiency=0.0, track_span=45.0)
+    for _ in range(200):
+        hits = ew.render_track(rng, w, *ew.wanted_track(rng, w))
+        for layer in range(35):
+            if (layer + 1) % 6 and hits[layer].any() and hits[layer + 1].any():
+                a, b = hits[layer].nonzero()[0], hits[layer + 1].nonzero()[0]
+                assert np.abs(a[:, None] - b[None]).min() <= 1, (layer, a, b)
+
+
+def test_hard_per_layer_inefficiency_up_to_five_percent():
+    rng = np.random.default_rng(2)
+    w = world(inefficiency=0.05)
+    layers, pos, slope = np.arange(36), np.full(36, 50.0), np.zeros(36)
+    missed = np.array([~ew.render_track(rng, w, layers, pos, slope)[:, 49:52].any(axis=1) for _ in range(4000)])
+    per_layer = missed.mean(axis=0)
+    assert 0.02 < per_layer.mean() < 0.03  # uniform in 0..5 %: 2.5 % on average
+    assert per_layer.max() < 0.05 + 0.015  # no layer above 5 % (+ the counting error)
+
+
+def test_hard_occupancy_per_region_one_to_three_times_todays():
+    raw, truth = (ei.hit_mask(a) for a in me.generate_events(
+        400, seed=4, preset=world(unwanted_fraction=0.0, segment_rate=0.0, crosstalk_rate=0.0)))
+    per_event = (raw & ~truth).reshape(400, 3, 12, 112).mean(axis=(2, 3)) / ew.NOISE_OCCUPANCY
+    # each region of each event: 1-3x today's occupancy, 2x on average (counted in one event: Poisson noise)
+    assert 1.8 < per_event.mean() < 2.2 and all(1.7 < m < 2.3 for m in per_event.mean(axis=0))
+    r1 = per_event[:, 0]  # region 1 has the most hits per event, the least counting noise
+    assert np.quantile(r1, 0.02) > 0.75 and np.quantile(r1, 0.98) < 3.3 and np.quantile(r1, 0.9) > 2.4
+    assert np.corrcoef(per_event[:, 0], per_event[:, 1])[0, 1] < 0.3  # regions vary independently
+    hard_raw, hard_truth = (ei.hit_mask(a) for a in me.generate_events(400, seed=4, preset="hard"))
+    today_raw, today_truth = (ei.hit_mask(a) for a in me.generate_events(400, seed=4))
+    assert (hard_raw & ~hard_truth).sum() > 2 * (today_raw & ~today_truth).sum()
+
+
+def test_unwanted_tracks_are_raw_hits_never_truth():
+    raw, truth, ids = (me.generate_events(200, seed=5, track_ids=True, preset=world(unwanted_fraction=1.0, **QUIET)))
+    assert not ei.hit_mask(truth).any() and not ids.any()  # all unwanted: empty truth
+    junk = ei.hit_mask(raw)
+    assert junk.sum() > 200 * 5 and not junk[:, 24:].any()  # curling tracks never reach region 3
+    raw, truth = (ei.hit_mask(a) for a in me.generate_events(400, seed=5, preset=world(**QUIET)))
+    unwanted = raw & ~truth  # no background: what raw has beyond the truth is the unwanted tracks
+    assert unwanted.sum() > 0 and not unwanted[:, 24:].any()
+    wanted_events = truth.any(axis=(1, 2)).mean()
+    assert 0.75 < wanted_events < 0.87  # half the tracks unwanted: 19 % of events keep none (1-5 tracks)
+    lengths = unwanted.any(axis=2).sum(axis=1)[unwanted.any(axis=(1, 2))]
+    assert lengths.max() <= 24
+
+
+def test_cli_preset_and_world_options(script, tmp_path):
+    out = tmp_path / "hard"
+    done = script("make_events.py", "--out", out, "-n", "12", "--preset", "hard", "--workers", "1")
+    assert done.returncode == 0, done.stderr
+    raw, truth, ids = me.generate_events(12, seed=0, track_ids=True, preset="hard")
+    got = np.asarray(Image.open(out / "raw" / me.event_name(5)).convert("RGB"))
+    np.testing.assert_array_equal(got, raw[5])
+    args = me.parse_args(["--out", "x", "--preset", "hard", "--tracks", "2", "2", "--unwanted-fraction", "0"])
+    assert list(args.world["tracks"]) == [2, 2] and args.world["track_span"] == 45
+    assert set(me.generate_events(30, preset=args.world, track_ids=True)[2].max(axis=(1, 2))) == {2}
+    for bad in (["--tracks", "3", "1"], ["--inefficiency", "1.5"], ["--occupancy-scale", "2", "1"],
+                ["--bend", "-1"]):
+        with pytest.raises(InputError):
+            me.parse_args(["--out", "x", *bad])
+    with pytest.raises(InputError):
+        me.generate_events(2, preset="nope")
+    totals = [0, 0, 0, np.zeros(3, np.int64)]  # the HIPO writer's events carry the preset's sectors
+    events = list(me.hipo_events(4, 0, 1.0, 2, totals, "hard"))
+    np.testing.assert_array_equal(events[0]["sectors"][min(events[0]["sectors"])][0], ei.hit_mask(raw[0]))

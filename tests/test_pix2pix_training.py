@@ -318,3 +318,129 @@ def test_sidecar_json_is_strict_even_with_nan_scores(tmp_path):
     text = (tmp_path / "x.json").read_text()
     assert "NaN" not in text and "Infinity" not in text
     assert json.loads(text) == {"f1": None, "scores": [0.5, None]}
+
+
+# --- The GAN term's levers, one step each (issue 11) ------------------------------------------------
+def one_batch(seed=5):
+    raw, truth = make_events.generate_events(4, seed=seed)
+    return tuple(tf.constant(ei.pad_event(a).astype(np.float32) / 255) for a in (raw, truth))
+
+
+def trainer_with(tmp_path, *extra):
+    keras.utils.set_random_seed(1)
+    return pt.Trainer(settings(tmp_path / "x.h5", tmp_path / "run", *extra), tf.distribute.get_strategy(), "float32")
+
+
+def values(variables):
+    return [np.array(v) for v in variables]
+
+
+def test_gan_weight_zero_is_a_plain_unet_without_a_discriminator(tmp_path):
+    trainer = trainer_with(tmp_path, "--gan-weight", 0)
+    assert trainer.discriminator is None and trainer.disc_opt is None
+    saved = {k.split("/")[0] for k, _ in tf.train.list_variables(trainer.checkpoint.write(str(tmp_path / "c" / "c")))}
+    assert "generator" in saved and not any(k.startswith("discriminator") for k in saved)
+    before = values(trainer.generator.trainable_variables)
+    total, gan, l1, disc = (float(v) for v in trainer.step_batch(one_batch()))
+    assert gan == 0 and disc == 0 and total == pytest.approx(100 * l1, rel=1e-6)
+    assert any(not np.array_equal(a, b) for a, b in zip(before, values(trainer.generator.trainable_variables),
+                                                         strict=True))
+    assert trainer.disc_steps(7) == 0 and int(trainer.gen_opt.iterations.numpy()) == 1
+    assert pt.architecture(trainer)["discriminator_patch_map"] is None
+
+
+def test_disc_every_steps_the_discriminator_only_every_k_generator_steps(tmp_path):
+    trainer = trainer_with(tmp_path, "--disc-every", 2)
+    batch = one_batch()
+    d0 = values(trainer.discriminator.trainable_variables)
+    trainer.step_batch(batch)  # step 0: both
+    d1 = values(trainer.discriminator.trainable_variables)
+    assert any(not np.array_equal(a, b) for a, b in zip(d0, d1, strict=True))
+    g1 = values(trainer.generator.trainable_variables)
+    trainer.step_batch(batch)  # step 1: the generator only
+    for a, b in zip(d1, values(trainer.discriminator.trainable_variables), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(a, b) for a, b in zip(g1, values(trainer.generator.trainable_variables),
+                                                         strict=True))
+    assert int(trainer.gen_opt.iterations.numpy()) == 2 and int(trainer.disc_opt.iterations.numpy()) == 1
+    trainer.step_batch(batch)  # step 2: both again
+    assert int(trainer.disc_opt.iterations.numpy()) == 2 == trainer.disc_steps(3)
+    assert trainer.train_step.experimental_get_tracing_count() == 1
+    assert trainer.generator_step.experimental_get_tracing_count() == 1
+
+
+def test_label_smoothing_lowers_the_real_label_and_warmup_ramps_the_gan_weight(tmp_path):
+    logits = np.zeros((2, 14, 14, 1), np.float32)
+    plain = float(pm.discriminator_loss(logits + 3, logits, 2))
+    smooth = float(pm.discriminator_loss(logits + 3, logits, 2, real_label=0.9))
+    softplus = lambda x: np.log1p(np.exp(x))  # BCE of logit x against label z: softplus(x) - z x
+    assert plain == pytest.approx(softplus(3) - 3 + softplus(0), rel=1e-5)
+    assert smooth == pytest.approx(softplus(3) - 0.9 * 3 + softplus(0), rel=1e-5)
+    batch = one_batch()
+    plain_losses = [float(v) for v in trainer_with(tmp_path, "--label-smoothing", 0).step_batch(batch)]
+    smooth_losses = [float(v) for v in trainer_with(tmp_path, "--label-smoothing", 0.2).step_batch(batch)]
+    assert plain_losses[2] == pytest.approx(smooth_losses[2], rel=1e-5)  # the same generator, the same step
+    assert plain_losses[3] != smooth_losses[3]  # only the discriminator's real label differs
+    trainer = trainer_with(tmp_path, "--gan-warmup", 2, "--gan-weight", 3)
+    scales = []
+    for epoch in (0, 1, 2, 5):
+        trainer.set_epoch(epoch)
+        scales.append(float(trainer.gan_scale.numpy()))
+    assert scales == [0.0, 1.5, 3.0, 3.0]
+    trainer.set_epoch(0)
+    total, gan, l1, _ = (float(v) for v in trainer.step_batch(batch))
+    assert gan > 0 and total == pytest.approx(100 * l1, rel=1e-6)  # weight 0 in the first warm-up epoch
+
+
+def test_ema_of_the_generator_moves_by_the_decay_rule_and_is_what_validation_sees(tmp_path):
+    trainer = trainer_with(tmp_path, "--ema-decay", 0.9)
+    floats = lambda m: [np.array(v) for v in m.variables if "float" in str(v.dtype)]
+    ema0 = floats(trainer.ema_generator)
+    for a, b in zip(ema0, floats(trainer.generator), strict=True):
+        np.testing.assert_array_equal(a, b)
+    trainer.step_batch(one_batch())
+    for e0, e1, w in zip(ema0, floats(trainer.ema_generator), floats(trainer.generator), strict=True):
+        np.testing.assert_allclose(e1, 0.9 * e0 + 0.1 * w, rtol=1e-5, atol=1e-7)
+    raw = one_batch()[0]
+    ema_out = pm.with_raw_hit_gate(trainer.ema_generator)(raw, training=False)
+    np.testing.assert_allclose(trainer.predict(raw), ema_out, atol=1e-6)
+    assert "ema_generator" in {k.split("/")[0] for k, _ in tf.train.list_variables(
+        trainer.checkpoint.write(str(tmp_path / "c" / "ckpt")))}
+
+
+def test_lever_settings_out_of_range_are_refused(tmp_path):
+    for bad in (["--disc-every", "0"], ["--ema-decay", "1"], ["--label-smoothing", "0.5"], ["--gan-weight", "-1"],
+                ["--gan-warmup", "-1"], ["--collapse-drop", "-0.1"]):
+        with pytest.raises(InputError):
+            settings(tmp_path / "x.h5", tmp_path / "run", *bad)
+
+
+# --- The collapse flag and the sidecar's stability (issue 11) ----------------------------------------
+def test_collapse_flag_on_a_hand_made_history(capsys):
+    from training_files import mark_collapses, run_stability
+    f1s = [0.5, 0.9, 0.85, 0.79, 0.95, 0.0, "nan", 0.94, 0.96]
+    rows = mark_collapses([{"epoch": str(i + 1), "f1": str(f)} for i, f in enumerate(f1s)], drop=0.1)
+    assert [r["collapse"] for r in rows] == [0, 0, 0, 1, 0, 1, 1, 0, 0]  # 0.79 < 0.9 - 0.1; nan counts as 0
+    stab = run_stability(rows, epoch=5)  # the best epoch (0.95) against the median of epochs 5-9
+    assert stab["recent_epochs"] == [5, 6, 7, 8, 9] and stab["recent_median_f1"] == pytest.approx(0.94)
+    assert stab["f1_minus_recent_median"] == pytest.approx(0.01)
+    row = {"epoch": 4, "step": 8, "gen_total": 1, "gen_gan": 0.1, "gen_l1": 0.01, "disc": 1.3, "val_l1": 0.01,
+           "threshold": 0.5, "efficiency": 0.7, "rejection": 0.9, "purity": 0.8, "f1": 0.79, "disc_winning": 0,
+           "collapse": 1}
+    pt.report_epoch(settings("x.h5", "run"), row, 1.0)
+    assert "collapse: validation F1 0.790 fell more than 0.1 below the best" in capsys.readouterr().out
+
+
+def test_a_plain_unet_run_writes_the_collapse_column_and_the_stability(events_h5, tmp_path):
+    out = tmp_path / "run"
+    s = settings(events_h5, out, "--gan-weight", 0, "--ema-decay", 0.5, "--epochs", 2, "--steps-per-epoch", 2,
+                 "--validation-batches", 1)
+    pt.train(s)
+    with open(out / "history.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["collapse"] for r in rows] in (["0", "0"], ["0", "1"]) and all(r["disc"] == "nan" for r in rows)
+    assert all(r["disc_winning"] == "0" for r in rows)
+    for stem in ("generator_best", "generator_final"):
+        side = json.loads((out / f"{stem}.json").read_text())
+        assert side["stability"]["recent_epochs"] == [1, 2] and "f1_minus_recent_median" in side["stability"]
+    assert json.loads((out / "run_config.json").read_text())["architecture"]["discriminator_patch_map"] is None

@@ -1,0 +1,146 @@
+"""The configurable synthetic worlds of make_events.py (every preset but `default`).
+
+`default` is make_events' own vectorised generator, bit for bit. Any other world is a dict of
+the parameters below (WORLDS["hard"], or a preset with make_events' options over it) and is
+drawn event by event from np.random.default_rng([WORLD_STREAM, seed, i]): deterministic and
+sliceable like the default. Tracks are wire-vs-layer curves; a layer a steep track crosses more
+than one cell of lights the run of wires it crosses. "Unwanted" tracks (low momentum: curling,
+ending before region 3) are in the raw image only, never in the truth.
+"""
+
+import numpy as np
+
+import event_image as ei
+
+WORLD_STREAM = 0x3A7D  # seeds event i of a set: default_rng([WORLD_STREAM, seed, i])
+
+# Default-like values (used when an option is given with --preset default) and the hard world.
+WORLDS = {
+    "default": {"tracks": (1, 3), "track_span": 16.0, "bend": 0.35, "inefficiency": 0.06, "segment_rate": 1.0,
+                "occupancy_scale": (1.0, 1.0), "crosstalk_rate": 1.0, "unwanted_fraction": 0.0},
+    "hard": {"tracks": (1, 5), "track_span": 45.0, "bend": 0.6, "inefficiency": 0.05, "segment_rate": 4.0,
+             "occupancy_scale": (1.0, 3.0), "crosstalk_rate": 2.0, "unwanted_fraction": 0.5},
+}
+STEREO_MAX = 2.0  # as make_events
+DOUBLE_HIT = 0.06
+NOISE_OCCUPANCY = np.array((0.025, 0.012, 0.008))  # today's uncorrelated hits per region (R1, R2, R3)
+SEGMENTS_PER_EVENT = 1.5  # today's background segments and cross-talk runs per event (luminosity 1)
+CROSSTALK_PER_EVENT = 2.0
+SEGMENT_REGION_WEIGHTS = np.array((0.60, 0.25, 0.15))
+SEGMENT_SLOPE_MAX = 1.2
+UNWANTED_CURVATURE = (0.04, 0.15)  # |change of slope per layer| of an unwanted (curling) track
+UNWANTED_LAST_LAYER = (5, 23)  # an unwanted track ends in this layer range: never reaches region 3
+
+LAYER = np.arange(ei.LAYERS)
+STAGGER = 0.5 * (LAYER % 2)
+STEREO_SIGN = np.where((LAYER // ei.LAYERS_PER_SUPERLAYER) % 2 == 0, 1.0, -1.0)
+N = ei.LAYERS_PER_REGION
+REGION_TWO_CURVE = np.clip(LAYER - N, 0, N) ** 2 / (2 * N) + np.clip(LAYER - 2 * N, 0, None)
+REGION_TWO_SLOPE = np.clip(LAYER - N, 0, N) / N  # derivative of REGION_TWO_CURVE
+
+
+def light_runs(mask, layers, position, slope):
+    """Light, in each layer, the run of cells a track at position with local slope crosses.
+
+    Inside one layer the track moves |slope| wires: every cell of [position - |slope|/2,
+    position + |slope|/2] is lit, so consecutive layers' runs join up however steep the track."""
+    half = np.abs(slope) / 2
+    first, last = np.rint(position - half).astype(int), np.rint(position + half).astype(int)
+    for layer, a, b in zip(layers, first, last, strict=True):
+        a, b = max(a, 0), min(b, ei.WIRES - 1)
+        if a <= b:
+            mask[layer, a:b + 1] = True
+
+
+def wanted_track(rng, w):
+    """Positions and local slopes (36,) of a track crossing all layers, inside the chamber."""
+    s_max = w["track_span"] / (ei.LAYERS - 1)
+    entry = rng.uniform(-s_max, s_max)
+    exit_slope = np.clip(entry + rng.uniform(-w["bend"], w["bend"]), -s_max, s_max)
+    shape = (entry * LAYER + (exit_slope - entry) * REGION_TWO_CURVE
+             + rng.uniform(-STEREO_MAX, STEREO_MAX) * STEREO_SIGN / 2 - STAGGER)
+    low, high = -shape.min(), ei.WIRES - 1 - shape.max()
+    position = shape + (rng.uniform(low, high) if high > low else (low + high) / 2)
+    return LAYER, position, entry + (exit_slope - entry) * REGION_TWO_SLOPE
+
+
+def unwanted_track(rng):
+    """A low-momentum track: from layer 0, curling ever more steeply, ending before region 3."""
+    last = rng.integers(UNWANTED_LAST_LAYER[0], UNWANTED_LAST_LAYER[1] + 1)
+    layers = LAYER[:last + 1]
+    curvature = rng.uniform(*UNWANTED_CURVATURE) * rng.choice((-1.0, 1.0))
+    slope = rng.uniform(-0.5, 0.5) + curvature * layers
+    position = rng.uniform(10, ei.WIRES - 11) + rng.uniform(-0.5, 0.5) * layers + curvature * layers**2 / 2 - STAGGER[
+        layers]
+    inside = (position > -0.5) & (position < ei.WIRES - 0.5)
+    end = len(layers) if inside.all() else int(np.argmin(inside))  # it leaves the chamber: it ends there
+    return layers[:end], position[:end], slope[:end]
+
+
+def render_track(rng, w, layers, position, slope):
+    """The hit mask (36, 112) of one track: per-layer inefficiency, double hits, runs of crossed wires."""
+    mask = np.zeros((ei.LAYERS, ei.WIRES), bool)
+    miss = rng.random(ei.LAYERS) < rng.uniform(0, w["inefficiency"], ei.LAYERS)  # each layer its own inefficiency
+    double = rng.random(ei.LAYERS) < DOUBLE_HIT
+    keep = ~miss[layers]
+    light_runs(mask, layers[keep], position[keep], slope[keep])
+    for layer, x in zip(layers[keep & double[layers]], position[keep & double[layers]], strict=True):
+        neighbour = int(np.rint(x)) + (1 if x > np.rint(x) else -1)
+        if 0 <= neighbour < ei.WIRES:
+            mask[layer, neighbour] = True
+    return mask
+
+
+def background(rng, w, luminosity):
+    """Uncorrelated hits (regional scale drawn per event), background segments and cross-talk runs."""
+    scale = rng.uniform(*w["occupancy_scale"], ei.REGIONS)
+    occupancy = np.repeat(NOISE_OCCUPANCY * scale, ei.LAYERS_PER_REGION)[:, None] * luminosity
+    raw = rng.random((ei.LAYERS, ei.WIRES)) < occupancy
+    for _ in range(rng.poisson(SEGMENTS_PER_EVENT * w["segment_rate"] * luminosity)):
+        region = rng.choice(ei.REGIONS, p=SEGMENT_REGION_WEIGHTS)
+        superlayer = 2 * region + rng.integers(2)
+        length = rng.integers(3, 7)
+        first = superlayer * ei.LAYERS_PER_SUPERLAYER + rng.integers(0, ei.LAYERS_PER_SUPERLAYER - length + 1)
+        layers = np.arange(first, first + length)
+        slope = rng.uniform(-SEGMENT_SLOPE_MAX, SEGMENT_SLOPE_MAX)
+        light_runs(raw, layers, rng.uniform(0, ei.WIRES - 1) + slope * (layers - first) - STAGGER[layers],
+                   np.full(length, slope))
+    p = NOISE_OCCUPANCY / NOISE_OCCUPANCY.sum()
+    for _ in range(rng.poisson(CROSSTALK_PER_EVENT * w["crosstalk_rate"] * luminosity)):
+        layer = rng.choice(ei.REGIONS, p=p) * ei.LAYERS_PER_REGION + rng.integers(ei.LAYERS_PER_REGION)
+        length = rng.integers(2, 5)
+        first = rng.integers(0, ei.WIRES - length + 1)
+        raw[layer, first:first + length] = True
+    return raw
+
+
+def world_event(rng, w, luminosity):
+    """One event of world w: raw, truth (bool (36, 112)) and the wanted tracks' ids (uint8, 1..k).
+
+    The tracks are drawn before the background, so the same seed at another luminosity has the
+    same tracks."""
+    lo, hi = w["tracks"]
+    n_tracks = rng.integers(lo, hi + 1)
+    unwanted = rng.random(n_tracks) < w["unwanted_fraction"]
+    truth = np.zeros((ei.LAYERS, ei.WIRES), bool)
+    junk = np.zeros_like(truth)
+    ids = np.zeros(truth.shape, np.uint8)
+    k = 0
+    for is_unwanted in unwanted:
+        path = unwanted_track(rng) if is_unwanted else wanted_track(rng, w)
+        hits = render_track(rng, w, *path)
+        if is_unwanted:
+            junk |= hits
+        else:
+            k += 1
+            truth |= hits
+            ids[hits] = k
+    raw = truth | junk | background(rng, w, luminosity)
+    return raw, truth, ids
+
+
+def render_world(seed, start, count, w, luminosity):
+    """Raw, truth and ids of events start..start+count-1 of world w (stacked, (count, 36, 112))."""
+    events = [world_event(np.random.default_rng([WORLD_STREAM, seed, start + i]), w, luminosity)
+              for i in range(count)]
+    return tuple(np.stack(a) for a in zip(*events, strict=True))

@@ -1,0 +1,134 @@
+"""The trainer of Pix2Pix_training.py: the models, their optimizers, the counters and the compiled
+train and predict steps under one tf.distribute strategy, with the GAN term's levers (--gan-weight,
+--gan-warmup, --disc-every, --label-smoothing, --ema-decay; the README's "Training" section).
+"""
+
+from script_utils import import_keras, import_tensorflow
+
+tf = import_tensorflow()  # first, so that its C++ start-up lines stay off stderr
+keras = import_keras()
+
+from pix2pix_model import (  # noqa: E402
+    IMAGE_SHAPE,
+    build_discriminator,
+    build_generator,
+    discriminator_loss,
+    generator_loss,
+    synchronize_batch_norm,
+    with_raw_hit_gate,
+)
+
+
+# --- The trainer: models, optimizers, counters, the compiled steps ----------------------------------
+def make_optimizer(learning_rate, beta_1, precision):
+    """Adam(learning_rate, beta_1); under float16, wrapped in dynamic loss scaling."""
+    opt = keras.optimizers.Adam(learning_rate, beta_1=beta_1)
+    return keras.optimizers.LossScaleOptimizer(opt) if precision == "float16" else opt
+
+
+class Trainer:
+    """Models, optimizers, counters and the compiled train and predict steps, under one strategy."""
+
+    def __init__(self, s, strategy, precision):
+        self.s, self.strategy, self.precision = s, strategy, precision
+        self.global_batch = s.batch_size * strategy.num_replicas_in_sync
+        self.gan = s.gan_weight > 0  # --gan-weight 0: no discriminator is built or stepped
+        with strategy.scope():
+            self.generator = build_generator(s.base_filters)
+            self.discriminator = build_discriminator(s.base_filters) if self.gan else None
+            self.ema_generator = build_generator(s.base_filters) if s.ema_decay else None
+            shown = self.ema_generator or self.generator  # what validation scores and what is exported
+            if self.ema_generator is not None:
+                self.ema_generator.set_weights(self.generator.get_weights())
+            # What validation scores and what is exported: the generator, gated by the raw hits.
+            self.inference_model = with_raw_hit_gate(shown) if s.gate_by_raw_hits else shown
+            models = [m for m in (self.generator, self.discriminator, self.ema_generator) if m is not None]
+            if strategy.num_replicas_in_sync > 1:
+                for model in models:
+                    synchronize_batch_norm(model)
+            self.gen_opt = make_optimizer(s.generator_lr, s.beta_1, precision)
+            self.disc_opt = make_optimizer(s.discriminator_lr, s.beta_1, precision) if self.gan else None
+            # Build the optimizers' slots now, so that a checkpoint restores into them.
+            self.gen_opt.build(self.generator.trainable_variables)
+            if self.gan:
+                self.disc_opt.build(self.discriminator.trainable_variables)
+            counter = lambda dtype, value: tf.Variable(value, dtype=dtype, trainable=False,
+                                                       aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+            self.step = counter(tf.int64, 0)  # generator steps done (the discriminator's: disc_steps())
+            self.epoch = counter(tf.int64, 0)  # epochs completed
+            self.batch_in_epoch = counter(tf.int64, 0)  # batches done in the current epoch
+            self.best_f1 = counter(tf.float32, -1.0)  # best validation F1 so far
+            self.gan_scale = counter(tf.float32, s.gan_weight)  # this epoch's GAN weight (set_epoch: warm-up)
+        # Explicit variable lists: Keras 3 models do not give tf.train.Checkpoint their batch-norm
+        # statistics and dropout seed states by themselves; the optimizers track their own.
+        parts = {"generator": list(self.generator.variables), "generator_optimizer": list(self.gen_opt.variables)}
+        if self.gan:
+            parts.update(discriminator=list(self.discriminator.variables),
+                         discriminator_optimizer=list(self.disc_opt.variables))
+        if self.ema_generator is not None:
+            parts["ema_generator"] = list(self.ema_generator.variables)
+        self.checkpoint = tf.train.Checkpoint(**parts, step=self.step, epoch=self.epoch,
+                                              batch_in_epoch=self.batch_in_epoch, best_f1=self.best_f1)
+        self.train_step = tf.function(lambda batch: self._train_step(batch, True))  # generator and discriminator
+        self.generator_step = tf.function(lambda batch: self._train_step(batch, False))  # the generator only
+        self.update_ema = tf.function(self._update_ema)
+        self.predict = tf.function(lambda raw: self.inference_model(raw, training=False), autograph=False,
+                                   input_signature=[tf.TensorSpec((None,) + IMAGE_SHAPE, tf.float32)])
+
+    def set_epoch(self, epoch):
+        """The GAN weight of epoch (0-based): ramped up linearly over --gan-warmup epochs, then full."""
+        warm = min(1.0, epoch / self.s.gan_warmup) if self.s.gan_warmup else 1.0
+        self.gan_scale.assign(self.s.gan_weight * warm)
+
+    def disc_steps(self, step):
+        """How many discriminator steps go with step generator steps (it steps at 0, K, 2K, ...)."""
+        return -(-step // self.s.disc_every) if self.gan else 0
+
+    def step_batch(self, batch):
+        """One generator step, with a discriminator step every --disc-every, then the EMA update."""
+        step_disc = self.gan and int(self.step.numpy()) % self.s.disc_every == 0
+        losses = (self.train_step if step_disc else self.generator_step)(batch)
+        if self.ema_generator is not None:
+            self.update_ema()
+        return losses
+
+    def _update_ema(self):
+        """ema = decay x ema + (1 - decay) x weight, for every float variable (batch-norm statistics too)."""
+        d = self.s.ema_decay
+        for e, v in zip(self.ema_generator.variables, self.generator.variables, strict=True):
+            if "float" in str(v.dtype):
+                e.assign(d * e + (1.0 - d) * v)
+
+    def _replica_step(self, raw, truth, step_disc):
+        """One replica's share of a step: two tapes, as in the tutorial; the discriminator's optional."""
+        s = self.s
+        with tf.GradientTape() as gen_tape, tf.GradientTape() as disc_tape:
+            gen_output = self.generator(raw, training=True)
+            disc_fake = self.discriminator([raw, gen_output], training=True) if self.gan else None
+            gen_total, gen_gan, gen_l1 = generator_loss(disc_fake, gen_output, truth, self.global_batch, s.lam,
+                                                        s.hit_weight, raw if s.weight_raw_hits else None,
+                                                        gan_weight=self.gan_scale)
+            disc = tf.zeros(())
+            if self.gan:
+                disc_real = self.discriminator([raw, truth], training=True)
+                disc = discriminator_loss(disc_real, disc_fake, self.global_batch, 1.0 - s.label_smoothing)
+        gen_vars = self.generator.trainable_variables
+        gen_grads = gen_tape.gradient(self.gen_opt.scale_loss(gen_total), gen_vars)
+        self.gen_opt.apply_gradients(zip(gen_grads, gen_vars, strict=True))
+        if step_disc:
+            disc_vars = self.discriminator.trainable_variables
+            disc_grads = disc_tape.gradient(self.disc_opt.scale_loss(disc), disc_vars)
+            self.disc_opt.apply_gradients(zip(disc_grads, disc_vars, strict=True))
+        return gen_total, gen_gan, gen_l1, disc
+
+    def _train_step(self, batch, step_disc):
+        """One optimizer step on a distributed (raw, truth) batch; returns the four global losses."""
+        per_replica = self.strategy.run(lambda raw, truth: self._replica_step(raw, truth, step_disc), args=batch)
+        losses = [self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for v in per_replica]
+        self.step.assign_add(1)
+        self.batch_in_epoch.assign_add(1)
+        return losses
+
+    def counters(self):
+        """(step, epoch, batch_in_epoch) as Python ints."""
+        return int(self.step.numpy()), int(self.epoch.numpy()), int(self.batch_in_epoch.numpy())
