@@ -52,6 +52,7 @@ HIT_WEIGHT = pm.HIT_WEIGHT
 WEIGHT_RAW_HITS = True
 LEARNING_RATE = 2e-4  # generator and discriminator
 BETA_1 = 0.5
+GAN_WEIGHT = 1.0  # weight of the GAN term; 0 = the weighted L1 alone (the discriminator is still stepped)
 SEED = 1
 PRECISION = "mixed_bfloat16"  # a Keras dtype policy: mixed_bfloat16 | float32
 # ----------------------------------------------------------------------------------------------
@@ -76,7 +77,7 @@ def make_train_step(generator, discriminator, gen_opt, disc_opt, s):
         real, d_ntv = discriminator.stateless_call(d_tv, d_ntv, [raw, truth], training=True)
         fake, d_ntv = discriminator.stateless_call(d_tv, d_ntv, [raw, out], training=True)
         gen_total, gen_gan, gen_l1 = pm.generator_loss(fake, out, truth, s.batch_size, s.lam, s.hit_weight,
-                                                       raw if s.weight_raw_hits else None)
+                                                       raw if s.weight_raw_hits else None, s.gan_weight)
         disc = pm.discriminator_loss(real, fake, s.batch_size)
         return (gen_total, disc), (gen_gan, gen_l1, g_ntv, d_ntv)
 
@@ -209,6 +210,8 @@ def parse_args(argv=None):
     p.add_argument("--weight-raw-hits", action=argparse.BooleanOptionalAction, default=WEIGHT_RAW_HITS)
     p.add_argument("--learning-rate", type=float, default=LEARNING_RATE)
     p.add_argument("--beta-1", type=float, default=BETA_1)
+    p.add_argument("--gan-weight", type=float, default=GAN_WEIGHT,
+                   help="weight of the GAN term; 0 trains the generator on the weighted L1 alone")
     p.add_argument("--seed", type=int, default=SEED)
     p.add_argument("--precision", default=PRECISION, choices=("mixed_bfloat16", "float32"))
     return p.parse_args(argv)
