@@ -26,6 +26,7 @@ import data_management
 import evaluation
 import event_image as ei
 import hipo_denoise
+import pairs_h5
 from script_utils import (
     ArgumentParser,
     InputError,
@@ -224,7 +225,7 @@ class H5SplitReader:
         start = 0
         for raw, truth in data_management.iterate_uint8(self.data, self.indices, batch_size=self.batch_size):
             stop = start + len(raw)
-            ids = data_management.read_track_ids(self.data, self.indices[start:stop])
+            ids = pairs_h5.read_track_ids(self.data, self.indices[start:stop])
             yield self.names[start:stop], ei.hit_mask(ei.crop_event(raw)), ei.hit_mask(ei.crop_event(truth)), ids
             start = stop
         if start != len(self):

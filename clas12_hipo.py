@@ -1,6 +1,7 @@
 """CLAS12 HIPO files in and out: drift-chamber hits <-> the project's sector images.
 
-Everything HIPO lives here, as the image layout lives in event_image.py. Conventions (coatjava's
+HIPO reading and the denoiser's order rewriting live here, as the image layout lives in
+event_image.py (the synthetic-file writers are in hipo_writer.py). Conventions (coatjava's
 bank definitions and its DC denoising engine):
 
 - DC::tdc (group 20600, item 12) and DC::tot (item 15, preferred when an event has it): one row
@@ -72,8 +73,6 @@ RUN_COLUMNS = {"run": "I", "event": "I"}
 TYPE_CODES = {"B": 1, "S": 2, "I": 3, "F": 4, "D": 5, "L": 8}
 GETTERS = dict(B=hb.getBytes, S=hb.getShorts, I=hb.getInts, F=hb.getFloats, D=hb.getDoubles, L=hb.getLongs)
 PUTTERS = dict(B=hb.putBytes, S=hb.putShorts, I=hb.putInts, F=hb.putFloats, D=hb.putDoubles, L=hb.putLongs)
-INT_LIMITS = {k: (int(np.iinfo(t).min), int(np.iinfo(t).max))  # putBytes & co refuse values outside
-              for k, t in {"B": np.int8, "S": np.int16, "I": np.int32, "L": np.int64}.items()}
 
 FILE_MAGIC, WORD_MAGIC, HEADER_BYTES = b"HIPO", 0xC0DA0100, 56
 HIPO_VERSION = 6  # the HIPO 4 format
@@ -112,6 +111,20 @@ def _quiet_stdout():
         os.dup2(saved, 1)
         os.close(saved)
         os.close(devnull)
+
+
+@contextlib.contextmanager
+def open_writer(tmp, dictionary):
+    """A hipopybind Writer on tmp with dictionary, closed (file index written) at the end, quietly."""
+    writer = hb.Writer()
+    writer.addDictionary(dictionary)
+    with _quiet_stdout():
+        writer.open(str(tmp))
+    try:
+        yield writer
+    finally:
+        with _quiet_stdout():
+            writer.close()
 
 
 def _record_header(f, pos, size, path):
@@ -341,121 +354,6 @@ def _file_sector_events(source, raw_orders, keep_without_truth, stats):
                 )
 
 
-def _schema(bank_def):
-    """A hipopybind Schema for bank_def."""
-    schema = hb.Schema(bank_def.name, bank_def.group, bank_def.item)
-    schema.parse(bank_def.columns)
-    return schema
-
-
-def _make_bank(bank_def, schema, columns):
-    """A filled hipopybind Bank: columns {name: values}; a column left out is zeros."""
-    lengths = {len(v) for v in columns.values()}
-    if len(lengths) > 1:
-        raise ValueError(f"{bank_def.name}: columns of different lengths {sorted(lengths)}")
-    unknown = set(columns) - {name for name, _ in bank_def.entries}
-    if unknown:
-        raise ValueError(f"{bank_def.name}: no column {sorted(unknown)}")
-    n_rows = lengths.pop() if lengths else 0
-    bank = hb.Bank(schema, n_rows)
-    for name, kind in bank_def.entries:
-        values = np.asarray(columns.get(name, np.zeros(n_rows)))
-        if kind in INT_LIMITS:
-            low, high = INT_LIMITS[kind]
-            if n_rows and (values.min() < low or values.max() > high):
-                raise ValueError(f"{bank_def.name}.{name}: values outside {low}..{high} (type {kind})")
-            values = values.astype(np.int64)
-        PUTTERS[kind](bank, name, values.tolist())
-    return bank
-
-
-def write_banks(path, bank_defs, events, overwrite=False):
-    """Write a HIPO file of events given as {bank name: {column: values}}; return the event count.
-
-    bank_defs: the BankDefs of the file's dictionary. The low-level writer behind write_events,
-    also used by the tests to write files with unusual banks. Written atomically."""
-    bank_defs = {d.name: d for d in bank_defs}
-    schemas = {name: _schema(d) for name, d in bank_defs.items()}
-    dictionary = hb.Dictionary()
-    for schema in schemas.values():
-        dictionary.addSchema(schema)
-    n_events = 0
-    with atomic_output(path, overwrite, suffix=".hipo") as tmp, _open_writer(tmp, dictionary) as writer:
-        event = hb.Event()
-        for banks in events:
-            event.reset()
-            for name, columns in banks.items():
-                event.addStructure(_make_bank(bank_defs[name], schemas[name], columns))
-            writer.addEvent(event)
-            n_events += 1
-    return n_events
-
-
-@contextlib.contextmanager
-def _open_writer(tmp, dictionary):
-    """A hipopybind Writer on tmp with dictionary, closed (file index written) at the end, quietly."""
-    writer = hb.Writer()
-    writer.addDictionary(dictionary)
-    with _quiet_stdout():
-        writer.open(str(tmp))
-    try:
-        yield writer
-    finally:
-        with _quiet_stdout():
-            writer.close()
-
-
-def _stack(parts, n):
-    """n columns concatenated from a list of n-tuples of arrays (empty columns for an empty list)."""
-    return [np.concatenate(c) for c in zip(*parts, strict=True)] if parts else [np.zeros(0, int)] * n
-
-
-def event_banks(record, dc_names=(DC_TDC.name,), with_truth=True):
-    """The banks of one synthetic event (see write_events) as {bank name: {column: values}}."""
-    run, number = int(record["run"]), int(record["event"])
-    rng = np.random.default_rng([run & 0xFFFFFFFF, number & 0xFFFFFFFF])
-    dc, tb = [], []
-    for sector in sorted(record["sectors"]):
-        raw, truth, ids = record["sectors"][sector]
-        raw, truth = np.asarray(raw, bool), np.asarray(truth, bool)
-        ids = np.ones(truth.shape, np.int16) if ids is None else np.asarray(ids)
-        if raw.shape != (N_LAYERS, N_WIRES) or truth.shape != raw.shape or ids.shape != raw.shape:
-            raise ValueError(f"event {number} sector {sector}: images must be ({N_LAYERS}, {N_WIRES})")
-        if not 1 <= sector <= N_SECTORS or (truth & ~raw).any():
-            raise ValueError(f"event {number} sector {sector}: bad sector or truth hits outside the raw hits")
-        layer, wire = np.nonzero(raw)
-        dc.append((np.full(layer.size, sector), layer + 1, wire + 1, np.where(truth[layer, wire], 0, 10)))
-        layer, wire = np.nonzero(truth)
-        tb.append((np.full(layer.size, sector), layer // 6 + 1, layer % 6 + 1, wire + 1, ids[layer, wire]))
-    s, layer, wire, order = _stack(dc, 4)
-    tdc = rng.integers(0, 1500, s.size)
-    banks = {}
-    for name in dc_names if s.size else ():
-        banks[name] = {"sector": s, "layer": layer, "component": wire, "order": order, "TDC": tdc}
-        if name == DC_TOT.name:
-            banks[name]["ToT"] = rng.integers(50, 400, s.size)
-    s, sl, layer, wire, trk = _stack(tb, 5)
-    if with_truth and s.size:
-        banks[TBHITS.name] = {"id": np.arange(1, s.size + 1), "sector": s, "superlayer": sl, "layer": layer,
-                              "wire": wire, "trkID": trk, "time": rng.uniform(0, 500, s.size)}
-    banks[RUN_CONFIG.name] = {"run": [run], "event": [number]}
-    return banks
-
-
-def write_events(path, events, overwrite=False, dc_banks=(DC_TDC.name,), truth=True):
-    """Write synthetic events as a HIPO file, the form CLAS12 simulation has; return the event count.
-
-    events: an iterable of {"run": int, "event": int, "sectors": {sector: (raw, truth, track_ids)}}
-    ((36, 112) masks; track_ids (36, 112) trkIDs or None for 1). Each raw hit is a DC row (order 0
-    for a truth hit, 10 for background, random TDC) in each bank of dc_banks (DC::tdc and/or
-    DC::tot); each truth hit a TBHits row (unless truth=False); RUN::config holds run and event."""
-    unknown = set(dc_banks) - {d.name for d in DC_BANKS}
-    if unknown or not dc_banks:
-        raise ValueError(f"dc_banks must be DC::tdc and/or DC::tot, not {dc_banks!r}")
-    defs = [d for d in DC_BANKS if d.name in dc_banks] + ([TBHITS] if truth else []) + [RUN_CONFIG]
-    return write_banks(path, defs, (event_banks(e, dc_banks, truth) for e in events), overwrite)
-
-
 def rewrite_orders(in_path, out_path, decide, raw_orders=RAW_ORDERS, batch_events=64, overwrite=False):
     """Copy a HIPO file event for event, marking the hits decide rejects as coatjava's DCDenoiseEngine does.
 
@@ -476,7 +374,7 @@ def rewrite_orders(in_path, out_path, decide, raw_orders=RAW_ORDERS, batch_event
     counts = dict.fromkeys(("events", "hits", "rejected", "rows_rewritten", "events_without_dc_hits"), 0)
     pool = [hb.Event() for _ in range(batch_events)]
     with atomic_output(out_path, overwrite, suffix=".hipo") as tmp, \
-            _open_writer(tmp, source.dictionary) as writer:
+            open_writer(tmp, source.dictionary) as writer:
         while batch := _read_batch(source, pool, raw_orders, counts):
             rejected = _decide_batch(batch, decide, counts)
             for (event, dc_rows, _), event_rejected in zip(batch, rejected, strict=True):

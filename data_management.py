@@ -29,6 +29,7 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 from sklearn.utils import shuffle as sklearn_shuffle
 
+import pairs_h5
 from event_image import CHANNELS, LAYERS, PADDED_SIZE, PNG_HIT_THRESHOLD, WIRES, crop_event, hit_mask
 from script_utils import ArgumentParser, InputError, atomic_output, import_tensorflow, progress, run_main, warn
 
@@ -44,7 +45,7 @@ MEMORY_BUDGET_MB = 1024  # load pairs into memory only when raw + truth of the f
 # --- Fixed ----------------------------------------------------------------------------------
 FINGERPRINT_SAMPLES = 8  # events hashed (with N and the names) to notice a changed file
 SPLITS = ("train", "validation", "test")
-PAIR_SHAPE = (PADDED_SIZE, PADDED_SIZE, CHANNELS)
+PAIR_SHAPE = pairs_h5.EVENT_SHAPE
 PAIR_BYTES = 2 * int(np.prod(PAIR_SHAPE))  # raw + truth of one pair, uint8
 SPLIT_FORMAT = 1  # version of the saved split file
 
@@ -80,33 +81,6 @@ def min_pairs(test_fraction=TEST_FRACTION, validation_fraction=VALIDATION_FRACTI
     return n
 
 
-def check_virtual_sources(path, key, ds):
-    """A merged (virtual) dataset reads zeros where a part file is missing: refuse that instead.
-
-    Each source file must exist (relative names are found beside path, as HDF5 does) and hold
-    the source dataset with the pair shape.
-    """
-    if not ds.is_virtual:
-        return
-    for source in ds.virtual_sources():
-        if source.file_name == ".":
-            continue  # a source inside this file
-        name = Path(source.file_name)
-        part = name if name.is_absolute() else path.parent / name
-        problem = None
-        try:
-            with h5py.File(part, "r") as f:
-                if source.dset_name not in f:
-                    problem = f"has no {source.dset_name}"
-                elif f[source.dset_name].shape[1:] != PAIR_SHAPE:
-                    problem = f"holds {source.dset_name} of shape {f[source.dset_name].shape}"
-        except OSError:
-            problem = "is missing or unreadable"
-        if problem:
-            raise InputError(f"{path}: '{key}' is merged from part files and {part} {problem} (a merged file "
-                             "needs its parts beside it; Pix2Pix_data.py --merge --copy makes a self-contained one)")
-
-
 def check_h5(h5_path, test_fraction=TEST_FRACTION, validation_fraction=VALIDATION_FRACTION):
     """Check the HDF5 file of pairs and return N; raise InputError naming the problem.
 
@@ -135,7 +109,7 @@ def check_h5(h5_path, test_fraction=TEST_FRACTION, validation_fraction=VALIDATIO
                 raise InputError(f"{path}: '{key}' has shape {ds.shape}, expected (N, {PADDED_SIZE}, {PADDED_SIZE}, "
                                  f"{CHANNELS})")
             lengths[key] = ds.shape[0]
-            check_virtual_sources(path, key, ds)
+            pairs_h5.check_virtual_sources(path, key, ds)
         if lengths["raw"] != lengths["truth"]:
             raise InputError(f"{path}: 'raw' has {lengths['raw']} pairs but 'truth' has {lengths['truth']}")
         n = lengths["raw"]
@@ -414,24 +388,6 @@ def load_datasets(h5_path, batch_size=BATCH_SIZE, seed=SPLIT_SEED, drop_remainde
         make_dataset(h5_path, split["validation"], **common),
         make_dataset(h5_path, split["test"], **common),
     )
-
-
-def read_track_ids(h5_path, indices):
-    """Track ids uint8 (n, 36, 112) of the given sorted pair indices, or None when the file has none.
-
-    The optional `track_ids` dataset (Pix2Pix_data.py from track-id PNGs, or HIPO's TBHits trkID):
-    each truth hit's track number, 0 elsewhere. Each group of 1024 indices is read as one
-    contiguous block, from its first to its last index.
-    """
-    indices = np.asarray(indices, np.int64)
-    with h5py.File(h5_path, "r") as f:
-        if "track_ids" not in f:
-            return None
-        out = np.empty((len(indices), LAYERS, WIRES), np.uint8)
-        for lo in range(0, len(indices), 1024):
-            group = indices[lo:lo + 1024]
-            out[lo:lo + len(group)] = f["track_ids"][int(group[0]):int(group[-1]) + 1][group - group[0]]
-    return out
 
 
 # --- The summary (run as a script) ------------------------------------------------------

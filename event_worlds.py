@@ -5,12 +5,14 @@ the parameters below (WORLDS["hard"], or a preset with make_events' options over
 drawn event by event from np.random.default_rng([WORLD_STREAM, seed, i]): deterministic and
 sliceable like the default. Tracks are wire-vs-layer curves; a layer a steep track crosses more
 than one cell of lights the run of wires it crosses. "Unwanted" tracks (low momentum: curling,
-ending before region 3) are in the raw image only, never in the truth.
+ending before region 3) are in the raw image only, never in the truth. make_events' world options
+(--preset, --tracks, ...) are checked and put together here too (world_settings, world_of).
 """
 
 import numpy as np
 
 import event_image as ei
+from script_utils import InputError
 
 WORLD_STREAM = 0x3A7D  # seeds event i of a set: default_rng([WORLD_STREAM, seed, i])
 
@@ -21,6 +23,10 @@ WORLDS = {
     "hard": {"tracks": (1, 5), "track_span": 45.0, "bend": 0.6, "inefficiency": 0.05, "segment_rate": 4.0,
              "occupancy_scale": (1.0, 3.0), "crosstalk_rate": 2.0, "unwanted_fraction": 0.5},
 }
+PRESETS = tuple(WORLDS)
+MAX_LUMINOSITY = 10.0  # every world's limit (make_events' default generator draws slots for up to this)
+WORLD_OPTIONS = ("tracks", "track_span", "bend", "inefficiency", "segment_rate", "occupancy_scale", "crosstalk_rate",
+                 "unwanted_fraction")
 STEREO_MAX = 2.0  # as make_events
 DOUBLE_HIT = 0.06
 NOISE_OCCUPANCY = np.array((0.025, 0.012, 0.008))  # today's uncorrelated hits per region (R1, R2, R3)
@@ -31,10 +37,13 @@ SEGMENT_SLOPE_MAX = 1.2
 UNWANTED_CURVATURE = (0.04, 0.15)  # |change of slope per layer| of an unwanted (curling) track
 UNWANTED_LAST_LAYER = (5, 23)  # an unwanted track ends in this layer range: never reaches region 3
 
+# The geometry, shared with make_events' default generator.
 LAYER = np.arange(ei.LAYERS)
-STAGGER = 0.5 * (LAYER % 2)
-STEREO_SIGN = np.where((LAYER // ei.LAYERS_PER_SUPERLAYER) % 2 == 0, 1.0, -1.0)
+STAGGER = 0.5 * (LAYER % 2)  # odd layers sit half a cell over
+STEREO_SIGN = np.where((LAYER // ei.LAYERS_PER_SUPERLAYER) % 2 == 0, 1.0, -1.0)  # +6 / -6 degree superlayers
 N = ei.LAYERS_PER_REGION
+# The bend's shape per layer: 0 in region 1, quadratic in region 2, straight in region 3; its slope goes
+# from 0 to 1 across region 2, so bend * curve changes a track's slope by bend.
 REGION_TWO_CURVE = np.clip(LAYER - N, 0, N) ** 2 / (2 * N) + np.clip(LAYER - 2 * N, 0, None)
 REGION_TWO_SLOPE = np.clip(LAYER - N, 0, N) / N  # derivative of REGION_TWO_CURVE
 
@@ -144,3 +153,85 @@ def render_world(seed, start, count, w, luminosity):
     events = [world_event(np.random.default_rng([WORLD_STREAM, seed, start + i]), w, luminosity)
               for i in range(count)]
     return tuple(np.stack(a) for a in zip(*events, strict=True))
+
+
+def fill_world(outputs, seed, luminosity, start, convert, world, chunk_events):
+    """make_events.fill_events for a world: the (raw, truth[, ids]) outputs, chunk by chunk of render_world.
+
+    convert maps the raw and truth masks to what their outputs hold; track ids go in as they are."""
+    n = len(outputs[0])
+    for at in range(0, n, chunk_events):
+        size = min(chunk_events, n - at)
+        rendered = render_world(seed, start + at, size, world, luminosity)
+        for out, mask, k in zip(outputs, rendered, range(3), strict=False):
+            out[at:at + size] = convert(mask) if k < 2 else mask
+    return outputs
+
+
+# --- make_events' world options ------------------------------------------------------------
+def check_luminosity(luminosity):
+    """Refuse a luminosity the generator cannot make (InputError)."""
+    if not 0 <= luminosity <= MAX_LUMINOSITY:
+        raise InputError(f"luminosity {luminosity} is outside 0..{MAX_LUMINOSITY:g}")
+
+
+def world_of(preset):
+    """None for the default preset (make_events' vectorised generator), else the world's parameter dict.
+
+    preset: a name of WORLDS or a dict of its parameters."""
+    if isinstance(preset, dict):
+        return preset
+    if preset not in PRESETS:
+        raise InputError(f"preset {preset!r}: not one of {', '.join(PRESETS)}")
+    return None if preset == "default" else WORLDS[preset]
+
+
+def preset_label(preset):
+    """How a preset (a name or a world's parameter dict) is named in make_events' summary and preview."""
+    return f"preset {preset}" if isinstance(preset, str) else "world options over a preset"
+
+
+def add_world_options(parser, preset, **defaults):
+    """make_events' --preset (default: preset) and world options (defaults: each of WORLD_OPTIONS -> its default)."""
+    parser.add_argument("--preset", choices=PRESETS, default=preset,
+                        help="default: today's events, bit for bit; hard: steep and bending tracks, 1-5 per event, "
+                             "half of them unwanted, more background (default %(default)s)")
+    w = parser.add_argument_group("world options (each overrides the preset's value; any of them gives a "
+                                  "non-default world)")
+    w.add_argument("--tracks", type=int, nargs=2, metavar=("MIN", "MAX"), default=defaults["tracks"],
+                   help="tracks per event, drawn uniformly in MIN..MAX (hard: 1 5)")
+    w.add_argument("--track-span", type=float, default=defaults["track_span"], metavar="WIRES",
+                   help="a track crosses at most this many wires over the 36 layers (hard: 45)")
+    w.add_argument("--bend", type=float, default=defaults["bend"],
+                   help="|change of slope| across region 2, wires per layer, either direction (hard: 0.6)")
+    w.add_argument("--inefficiency", type=float, default=defaults["inefficiency"],
+                   help="each layer's inefficiency, drawn in 0..this per event (hard: 0.05)")
+    w.add_argument("--segment-rate", type=float, default=defaults["segment_rate"],
+                   help=f"background segments per event, x today's {SEGMENTS_PER_EVENT:g} (hard: 4)")
+    w.add_argument("--occupancy-scale", type=float, nargs=2, metavar=("LO", "HI"), default=defaults["occupancy_scale"],
+                   help="each region's uncorrelated hits x a factor drawn in LO..HI per event (hard: 1 3)")
+    w.add_argument("--crosstalk-rate", type=float, default=defaults["crosstalk_rate"],
+                   help=f"cross-talk runs per event, x today's {CROSSTALK_PER_EVENT:g} (hard: 2)")
+    w.add_argument("--unwanted-fraction", type=float, default=defaults["unwanted_fraction"],
+                   help="share of tracks that are unwanted: curling, ending before region 3, raw hits only (hard: 0.5)")
+
+
+def world_settings(args):
+    """The preset's name when no world option is given, else its parameter dict with the options over it."""
+    given = {k: getattr(args, k) for k in WORLD_OPTIONS if getattr(args, k) is not None}
+    if not given:
+        return args.preset
+    world = {**WORLDS[args.preset], **given}
+    lo, hi = world["tracks"]
+    if not 0 <= lo <= hi:
+        raise InputError(f"--tracks {lo} {hi}: need 0 <= MIN <= MAX")
+    lo, hi = world["occupancy_scale"]
+    if not 0 <= lo <= hi or max(NOISE_OCCUPANCY) * hi * args.luminosity > 1:
+        raise InputError(f"--occupancy-scale {lo:g} {hi:g}: need 0 <= LO <= HI, and at most 100 % occupancy")
+    for name in ("inefficiency", "unwanted_fraction"):
+        if not 0 <= world[name] <= 1:
+            raise InputError(f"--{name.replace('_', '-')} {world[name]:g}: must be in 0..1")
+    for name in ("track_span", "bend", "segment_rate", "crosstalk_rate"):
+        if not 0 <= world[name] <= 100:
+            raise InputError(f"--{name.replace('_', '-')} {world[name]:g}: must be in 0..100")
+    return world

@@ -24,6 +24,8 @@ import numpy as np
 import clas12_hipo as ch
 import event_image as ei
 import event_worlds
+import hipo_writer
+from event_worlds import LAYER, REGION_TWO_CURVE, STAGGER, STEREO_SIGN
 from script_utils import ArgumentParser, InputError, atomic_output, check_output_path, progress, run_main, start_pool
 
 # --- Settings (each one has a command-line option) ------------------------------------------
@@ -76,13 +78,8 @@ SEGMENT_SLOPE_MAX = 1.2  # |wires per layer|: low-energy particles cross at stee
 CROSSTALK_PER_EVENT = 2.0  # cross-talk runs (same regional weights as the uncorrelated hits)
 CROSSTALK_WIRES = (2, 4)  # a run lights this many adjacent wires in one layer (min, max)
 SLOTS = 32  # candidate segments and cross-talk runs drawn per event (bounds the luminosity)
-MAX_LUMINOSITY = 10.0
-assert max(SEGMENTS_PER_EVENT, CROSSTALK_PER_EVENT) * MAX_LUMINOSITY <= SLOTS
-assert max(NOISE_OCCUPANCY) * MAX_LUMINOSITY <= 1
-
-PRESETS = tuple(event_worlds.WORLDS)
-WORLD_OPTIONS = ("tracks", "track_span", "bend", "inefficiency", "segment_rate", "occupancy_scale", "crosstalk_rate",
-                 "unwanted_fraction")
+assert max(SEGMENTS_PER_EVENT, CROSSTALK_PER_EVENT) * event_worlds.MAX_LUMINOSITY <= SLOTS
+assert max(NOISE_OCCUPANCY) * event_worlds.MAX_LUMINOSITY <= 1
 
 # --- The uniform draws of one event: name -> shape (one block of float32 per event) ----------
 TRACK_FIELDS = 4 + 2 * ei.LAYERS  # position, entry slope, bend, stereo, per-layer miss and double
@@ -95,17 +92,6 @@ DRAWS = {
 }
 DRAW_SIZES = {name: math.prod(shape) for name, shape in DRAWS.items()}
 N_DRAWS = sum(DRAW_SIZES.values())
-
-LAYER = np.arange(ei.LAYERS)
-STAGGER = 0.5 * (LAYER % 2)  # odd layers sit half a cell over
-SUPERLAYER = LAYER // ei.LAYERS_PER_SUPERLAYER
-STEREO_SIGN = np.where(SUPERLAYER % 2 == 0, 1.0, -1.0)  # +6 / -6 degree superlayers
-
-
-def check_luminosity(luminosity):
-    """Refuse a luminosity the generator cannot make (InputError)."""
-    if not 0 <= luminosity <= MAX_LUMINOSITY:
-        raise InputError(f"luminosity {luminosity} is outside 0..{MAX_LUMINOSITY:g}")
 
 
 def split_draws(u):
@@ -122,16 +108,6 @@ def uniform(u, low, high):
     return low + u * (high - low)
 
 
-def region_two_curve():
-    """Shape of the bend, per layer: 0 in region 1, quadratic in region 2, straight in region 3.
-
-    Its slope goes from 0 to 1 across region 2, so bend * curve changes a track's slope by bend.
-    """
-    n = ei.LAYERS_PER_REGION
-    inside = np.clip(LAYER - n, 0, n)
-    return inside**2 / (2 * n) + np.clip(LAYER - 2 * n, 0, None)
-
-
 def track_paths(d):
     """Tracks of a batch: wire (E, T, 36) hit per layer, whether it fired, and the adjacent wire.
 
@@ -145,7 +121,7 @@ def track_paths(d):
                          np.minimum(entry + BEND_MAX, SLOPE_LIMIT))
     stereo = uniform(t[..., 3], -STEREO_MAX, STEREO_MAX)
     # Position (in wire units, even-layer cells) with the first layer at 0, then shifted inside.
-    shape = (entry[..., None] * LAYER + (exit_slope - entry)[..., None] * region_two_curve()
+    shape = (entry[..., None] * LAYER + (exit_slope - entry)[..., None] * REGION_TWO_CURVE
              + stereo[..., None] * STEREO_SIGN / 2 - STAGGER)
     low = -shape.min(axis=-1)
     high = ei.WIRES - 1 - shape.max(axis=-1)
@@ -202,7 +178,7 @@ def render_events(u, luminosity=LUMINOSITY, track_ids=False):
 
     track_ids: also return the track number (1..k, uint8; 0 = no track hit) of each truth hit;
     where two tracks share a wire, the higher number."""
-    check_luminosity(luminosity)
+    event_worlds.check_luminosity(luminosity)
     d = split_draws(u)
     n = len(u)
     truth = np.zeros((n, ei.LAYERS, ei.WIRES), bool)
@@ -232,31 +208,15 @@ def generate_event(rng, luminosity=LUMINOSITY):
     return ei.mask_to_image(raw[0]), ei.mask_to_image(truth[0])
 
 
-def world_of(preset):
-    """None for the default preset (the vectorised generator above), else the world's parameter dict.
-
-    preset: a name of event_worlds.WORLDS or a dict of its parameters."""
-    if isinstance(preset, dict):
-        return preset
-    if preset not in PRESETS:
-        raise InputError(f"preset {preset!r}: not one of {', '.join(PRESETS)}")
-    return None if preset == "default" else event_worlds.WORLDS[preset]
-
-
 def fill_events(outputs, seed, luminosity, start, convert, preset=PRESET):
     """Fill (raw, truth[, track ids]) output arrays with events start..start+len-1, chunk by chunk.
 
     convert maps the raw and truth masks to what their outputs hold; track ids go in as they are."""
-    check_luminosity(luminosity)
+    event_worlds.check_luminosity(luminosity)
     n = len(outputs[0])
-    world = world_of(preset)
+    world = event_worlds.world_of(preset)
     if world is not None:
-        for at in range(0, n, CHUNK_EVENTS):
-            size = min(CHUNK_EVENTS, n - at)
-            rendered = event_worlds.render_world(seed, start + at, size, world, luminosity)
-            for out, mask, k in zip(outputs, rendered, range(3), strict=False):
-                out[at:at + size] = convert(mask) if k < 2 else mask
-        return outputs
+        return event_worlds.fill_world(outputs, seed, luminosity, start, convert, world, CHUNK_EVENTS)
     u = np.empty((min(n, CHUNK_EVENTS), N_DRAWS), np.float32)
     for at in range(0, n, CHUNK_EVENTS):
         size = min(CHUNK_EVENTS, n - at)
@@ -285,7 +245,7 @@ def generate_events(n, seed=SEED, luminosity=LUMINOSITY, start=0, track_ids=Fals
     track_ids: (raw, truth, ids) with ids uint8 (n, 36, 112), the track number 1..k of each truth
     hit (0 = no track hit; a wire two tracks share has the higher number).
     preset: "default" (the generator above), another name of event_worlds.WORLDS ("hard"), or a
-    world's parameter dict (world_settings); those worlds' events come from event_worlds.
+    world's parameter dict (event_worlds.world_settings); those worlds' events come from event_worlds.
     """
     shape = (n, ei.LAYERS, ei.WIRES, ei.CHANNELS)
     outputs = (np.empty(shape, np.uint8), np.empty(shape, np.uint8))
@@ -361,7 +321,7 @@ def hipo_sectors(seed, j, sectors):
 
 
 def hipo_events(n, seed, luminosity, sectors, totals, preset=PRESET):
-    """The set's n events as HIPO events for clas12_hipo.write_events; adds their hit counts to totals.
+    """The set's n events as HIPO events for hipo_writer.write_events; adds their hit counts to totals.
 
     Event i of the set (the PNG route's event_00000i) is the k-th smallest of the sectors of
     HIPO event j = i // sectors (k = i % sectors; RUN::config event j): read in file order, the
@@ -390,9 +350,9 @@ def write_hipo(path, args):
                 bar.update(len(event["sectors"]))
                 yield event
 
-        ch.write_events(path, counted(hipo_events(args.events, args.seed, args.luminosity, args.sectors, totals,
-                                                      args.world)),
-                        overwrite=args.overwrite)
+        hipo_writer.write_events(path, counted(hipo_events(args.events, args.seed, args.luminosity, args.sectors,
+                                                           totals, args.world)),
+                                 overwrite=args.overwrite)
     return totals
 
 
@@ -402,12 +362,8 @@ def write_preview(path, seed, luminosity, count, preset=PRESET):
     with open(path, "wb") as f:  # an open file: the grid is written as PNG whatever the name
         ei.save_event_grid(f, {"raw": list(raw), "truth (track hits)": list(truth)},
                            row_labels=[f"event {i}" for i in range(count)],
-                           title=f"make_events: seed {seed}, luminosity {luminosity:g}, {preset_label(preset)}")
-
-
-def preset_label(preset):
-    """How a preset (a name or a world's parameter dict) is named in the summary and the preview."""
-    return f"preset {preset}" if isinstance(preset, str) else "world options over a preset"
+                           title=f"make_events: seed {seed}, luminosity {luminosity:g}, "
+                                 f"{event_worlds.preset_label(preset)}")
 
 
 def check_output_folder(out, overwrite):
@@ -446,7 +402,7 @@ def summary_line(args, seconds, totals, preview):
     per_region = background / (cells / ei.REGIONS)
     where = (f"{count} pairs to {args.out} ({args.layout})" if args.format == "png" else
              f"{count} events to {args.out} ({-(-count // args.sectors)} HIPO events of {args.sectors} sectors)")
-    return (f"wrote {where} ({preset_label(args.world)}) in {seconds:.1f} s: "
+    return (f"wrote {where} ({event_worlds.preset_label(args.world)}) in {seconds:.1f} s: "
             f"mean {raw_hits / count:.1f} raw / {truth_hits / count:.1f} truth hits per event, "
             f"occupancy {100 * raw_hits / cells:.2f} %, background {100 * background.sum() / cells:.2f} % "
             f"(R1 {100 * per_region[0]:.2f}, R2 {100 * per_region[1]:.2f}, R3 {100 * per_region[2]:.2f} %)"
@@ -470,7 +426,7 @@ def build_parser():
                    help="event i uses np.random.default_rng([seed, i]) (default %(default)s)")
     p.add_argument("--luminosity", type=float, default=LUMINOSITY,
                    help="background scale: 0 = tracks only, 2 = about twice the background hits, "
-                        f"at most {MAX_LUMINOSITY:g} (default %(default)s)")
+                        f"at most {event_worlds.MAX_LUMINOSITY:g} (default %(default)s)")
     p.add_argument("--workers", type=int, default=WORKERS, help="processes writing PNGs (default %(default)s)")
     p.add_argument("--layout", choices=("folders", "tagged"), default=LAYOUT,
                    help="folders: OUT/raw/event_000123.png + OUT/truth/event_000123.png + OUT/tracks/event_000123.png; "
@@ -483,48 +439,11 @@ def build_parser():
                    help="pairs shown by --preview (default %(default)s)")
     p.add_argument("--overwrite", action="store_true", default=OVERWRITE,
                    help="replace an existing output folder or preview file")
-    p.add_argument("--preset", choices=PRESETS, default=PRESET,
-                   help="default: today's events, bit for bit; hard: steep and bending tracks, 1-5 per event, half "
-                        "of them unwanted, more background (default %(default)s)")
-    w = p.add_argument_group("world options (each overrides the preset's value; any of them gives a non-default world)")
-    w.add_argument("--tracks", type=int, nargs=2, metavar=("MIN", "MAX"), default=TRACKS,
-                   help="tracks per event, drawn uniformly in MIN..MAX (hard: 1 5)")
-    w.add_argument("--track-span", type=float, default=TRACK_SPAN, metavar="WIRES",
-                   help="a track crosses at most this many wires over the 36 layers (hard: 45)")
-    w.add_argument("--bend", type=float, default=BEND,
-                   help="|change of slope| across region 2, wires per layer, either direction (hard: 0.6)")
-    w.add_argument("--inefficiency", type=float, default=INEFFICIENCY,
-                   help="each layer's inefficiency, drawn in 0..this per event (hard: 0.05)")
-    w.add_argument("--segment-rate", type=float, default=SEGMENT_RATE,
-                   help=f"background segments per event, x today's {event_worlds.SEGMENTS_PER_EVENT:g} (hard: 4)")
-    w.add_argument("--occupancy-scale", type=float, nargs=2, metavar=("LO", "HI"), default=OCCUPANCY_SCALE,
-                   help="each region's uncorrelated hits x a factor drawn in LO..HI per event (hard: 1 3)")
-    w.add_argument("--crosstalk-rate", type=float, default=CROSSTALK_RATE,
-                   help=f"cross-talk runs per event, x today's {event_worlds.CROSSTALK_PER_EVENT:g} (hard: 2)")
-    w.add_argument("--unwanted-fraction", type=float, default=UNWANTED_FRACTION,
-                   help="share of tracks that are unwanted: curling, ending before region 3, raw hits only (hard: 0.5)")
+    event_worlds.add_world_options(p, preset=PRESET, tracks=TRACKS, track_span=TRACK_SPAN, bend=BEND,
+                                   inefficiency=INEFFICIENCY, segment_rate=SEGMENT_RATE,
+                                   occupancy_scale=OCCUPANCY_SCALE, crosstalk_rate=CROSSTALK_RATE,
+                                   unwanted_fraction=UNWANTED_FRACTION)
     return p
-
-
-def world_settings(args):
-    """The preset's name when no world option is given, else its parameter dict with the options over it."""
-    given = {k: getattr(args, k) for k in WORLD_OPTIONS if getattr(args, k) is not None}
-    if not given:
-        return args.preset
-    world = {**event_worlds.WORLDS[args.preset], **given}
-    lo, hi = world["tracks"]
-    if not 0 <= lo <= hi:
-        raise InputError(f"--tracks {lo} {hi}: need 0 <= MIN <= MAX")
-    lo, hi = world["occupancy_scale"]
-    if not 0 <= lo <= hi or max(event_worlds.NOISE_OCCUPANCY) * hi * args.luminosity > 1:
-        raise InputError(f"--occupancy-scale {lo:g} {hi:g}: need 0 <= LO <= HI, and at most 100 % occupancy")
-    for name in ("inefficiency", "unwanted_fraction"):
-        if not 0 <= world[name] <= 1:
-            raise InputError(f"--{name.replace('_', '-')} {world[name]:g}: must be in 0..1")
-    for name in ("track_span", "bend", "segment_rate", "crosstalk_rate"):
-        if not 0 <= world[name] <= 100:
-            raise InputError(f"--{name.replace('_', '-')} {world[name]:g}: must be in 0..100")
-    return world
 
 
 def parse_args(argv=None):
@@ -542,8 +461,8 @@ def parse_args(argv=None):
         raise InputError(f"--sectors {args.sectors}: must be between 1 and {ch.N_SECTORS}")
     if args.format == "hipo" and args.layout != LAYOUT:
         raise InputError(f"--layout {args.layout}: a PNG layout; --format hipo writes one file")
-    check_luminosity(args.luminosity)
-    args.world = world_settings(args)
+    event_worlds.check_luminosity(args.luminosity)
+    args.world = event_worlds.world_settings(args)
     return args
 
 

@@ -8,6 +8,7 @@
 
 - ChunkWriter appends events to `raw` and `truth` one whole compressed chunk at a time;
   create_names and write_attrs make the rest of a file.
+- check_virtual_sources and read_track_ids read a file back: a merged file's parts, the track ids.
 - merge joins the part files of a sharded conversion (Pix2Pix_data.py --shard K/N) into one
   file, as virtual datasets over the parts or as a copy.
 
@@ -23,7 +24,6 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from isal import isal_zlib
 
 import event_image as ei
 from script_utils import InputError, atomic_output, check_not_an_input, check_output_path, progress
@@ -41,11 +41,15 @@ PART_ATTRS = ("shard_index", "shard_count", "total_pairs", "pair_start", "pair_s
 # --- Chunks --------------------------------------------------------------------------------------
 def compress_chunk(events, level=COMPRESSION_LEVEL):
     """One whole chunk of uint8 events as the zlib stream the HDF5 gzip filter stores."""
+    from isal import isal_zlib  # not in requirements-inference.txt: only the writers need it
+
     return isal_zlib.compress(np.ascontiguousarray(events).data, level)
 
 
 def unpack_chunk(blob, chunk_events):
     """The (chunk_events, 128, 128, 3) uint8 events of one compressed chunk."""
+    from isal import isal_zlib
+
     return np.frombuffer(isal_zlib.decompress(blob), np.uint8).reshape(chunk_events, *EVENT_SHAPE)
 
 
@@ -144,6 +148,52 @@ def write_attrs(f, created_by="Pix2Pix_data.py", **attrs):
     f.attrs["created_by"] = created_by
     for key, value in attrs.items():
         f.attrs[key] = value
+
+
+# --- Reading -------------------------------------------------------------------------------------
+def check_virtual_sources(path, key, ds):
+    """A merged (virtual) dataset reads zeros where a part file is missing: refuse that instead.
+
+    Each source file must exist (relative names are found beside path, as HDF5 does) and hold
+    the source dataset with the pair shape.
+    """
+    if not ds.is_virtual:
+        return
+    for source in ds.virtual_sources():
+        if source.file_name == ".":
+            continue  # a source inside this file
+        name = Path(source.file_name)
+        part = name if name.is_absolute() else path.parent / name
+        problem = None
+        try:
+            with h5py.File(part, "r") as f:
+                if source.dset_name not in f:
+                    problem = f"has no {source.dset_name}"
+                elif f[source.dset_name].shape[1:] != EVENT_SHAPE:
+                    problem = f"holds {source.dset_name} of shape {f[source.dset_name].shape}"
+        except OSError:
+            problem = "is missing or unreadable"
+        if problem:
+            raise InputError(f"{path}: '{key}' is merged from part files and {part} {problem} (a merged file "
+                             "needs its parts beside it; Pix2Pix_data.py --merge --copy makes a self-contained one)")
+
+
+def read_track_ids(h5_path, indices):
+    """Track ids uint8 (n, 36, 112) of the given sorted pair indices, or None when the file has none.
+
+    The optional `track_ids` dataset (Pix2Pix_data.py from track-id PNGs, or HIPO's TBHits trkID):
+    each truth hit's track number, 0 elsewhere. Each group of 1024 indices is read as one
+    contiguous block, from its first to its last index.
+    """
+    indices = np.asarray(indices, np.int64)
+    with h5py.File(h5_path, "r") as f:
+        if "track_ids" not in f:
+            return None
+        out = np.empty((len(indices), ei.LAYERS, ei.WIRES), np.uint8)
+        for lo in range(0, len(indices), 1024):
+            group = indices[lo:lo + 1024]
+            out[lo:lo + len(group)] = f["track_ids"][int(group[0]):int(group[-1]) + 1][group - group[0]]
+    return out
 
 
 # --- Merging the parts of a sharded conversion -----------------------------------------------------

@@ -1,6 +1,6 @@
 """Benchmark of clas12_hipo: HIPO -> sector images, and HIPO -> HIPO with DC order rewritten.
 
-On one synthetic file of N events x 2 sectors (clas12_hipo.write_events), each measurement in a
+On one synthetic file of N events x 2 sectors (hipo_writer.write_events), each measurement in a
 fresh child process (its own peak memory, ru_maxrss), against reading the same file's raw bytes
 in that process (the I/O floor):
   (a) raw       the file read in 8 MiB blocks
@@ -41,6 +41,7 @@ import hipopybind as hb  # noqa: E402
 import numpy as np  # noqa: E402
 
 import clas12_hipo as ch  # noqa: E402
+import hipo_writer  # noqa: E402
 
 N_EVENTS = 20_000
 PAIRS_SECTORS = 100_000  # (e): sector images converted to HDF5 by each route
@@ -248,9 +249,9 @@ def main():
     with tempfile.TemporaryDirectory() as folder:
         big, small = Path(folder) / "big.hipo", Path(folder) / "small.hipo"
         t0 = time.perf_counter()
-        ch.write_events(big, synthetic_events(args.n))
+        hipo_writer.write_events(big, synthetic_events(args.n))
         write_s = time.perf_counter() - t0
-        ch.write_events(small, synthetic_events(args.n // SMALL_FRACTION))
+        hipo_writer.write_events(small, synthetic_events(args.n // SMALL_FRACTION))
         size_mb = big.stat().st_size / 1e6
         print(f"{args.n} events x {len(SECTORS)} sectors: {size_mb:.1f} MB, written in {write_s:.1f} s "
               f"({args.n / write_s:,.0f} events/s)")

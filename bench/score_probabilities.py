@@ -20,6 +20,7 @@ import numpy as np  # noqa: E402
 import baselines  # noqa: E402
 import data_management  # noqa: E402
 import evaluation  # noqa: E402
+import pairs_h5  # noqa: E402
 from script_utils import ArgumentParser, InputError, run_main  # noqa: E402
 
 
@@ -51,7 +52,7 @@ def main(argv=None):
     cae_data = (args.cae_data or args.data) if args.baseline_cae else None
     keep = {"model": prob > threshold,
             **{m: f(raw) for m, f in evaluation.baseline_keeps(cae_data, epochs=args.cae_epochs).items()}}
-    result = evaluation.evaluate(raw, truth, keep, prob, track_ids=data_management.read_track_ids(args.data, test))
+    result = evaluation.evaluate(raw, truth, keep, prob, track_ids=pairs_h5.read_track_ids(args.data, test))
     print(f"{run}: epoch {info['epoch']}, width {info['base_filters']}, threshold {threshold:.2f} (validation)")
     report = Path(args.report or run / (Path(args.probabilities).stem + ".report"))
     evaluation.finish_report(result, threshold, report, args.overwrite,

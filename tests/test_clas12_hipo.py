@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import clas12_hipo as ch
+import hipo_writer
 from script_utils import InputError
 
 ROOT_DIR = Path(__file__).resolve().parents[1]
@@ -60,7 +61,7 @@ def events():
 
 def test_round_trip_pixel_for_pixel_with_names_and_orders(tmp_path, events, capfd):
     path = tmp_path / "sim.hipo"
-    assert ch.write_events(path, events) == len(events)
+    assert hipo_writer.write_events(path, events) == len(events)
     assert capfd.readouterr().out == ""  # hipopybind's writer lines kept off stdout
     stats = {}
     records = list(ch.read_sector_events([path], stats=stats))
@@ -88,7 +89,7 @@ def test_index_conventions(tmp_path):
     path = tmp_path / "conv.hipo"
     dc = {"sector": [2, 2, 5], "layer": [1, 36, 13], "component": [112, 1, 50], "order": [0, 10, 0], "TDC": [1, 2, 3]}
     tb = {"sector": [2, 2, 5], "superlayer": [4, 6, 1], "layer": [1, 6, 1], "wire": [112, 1, 7], "trkID": [3, 4, 1]}
-    ch.write_banks(path, [ch.DC_TDC, ch.TBHITS], [{"DC::tdc": dc, "TimeBasedTrkg::TBHits": tb}])
+    hipo_writer.write_banks(path, [ch.DC_TDC, ch.TBHITS], [{"DC::tdc": dc, "TimeBasedTrkg::TBHits": tb}])
     records = {r.sector: r for r in ch.read_sector_events(path)}
     assert set(records) == {2, 5}
     assert sorted(zip(*np.nonzero(records[2].raw), strict=True)) == [(0, 111), (35, 0)]  # layer 1 -> row 0
@@ -103,7 +104,7 @@ def test_sectors_without_truth_skipped_by_default_kept_on_request(tmp_path):
     rng = np.random.default_rng(3)
     evs = [make_event(rng, 1, i, [1, 3, 4], truth_sectors=[3]) for i in range(5)]
     path = tmp_path / "partial.hipo"
-    ch.write_events(path, evs)
+    hipo_writer.write_events(path, evs)
     stats = {}
     assert [r.sector for r in ch.read_sector_events(path, stats=stats)] == [3] * 5
     assert stats["sectors_without_truth"] == 10
@@ -112,7 +113,7 @@ def test_sectors_without_truth_skipped_by_default_kept_on_request(tmp_path):
     assert not kept[0].truth.any() and kept[0].raw.any() and not kept[0].track_ids.any()
     # No TBHits bank at all (data to denoise): every sector with raw hits, truth None.
     bare = tmp_path / "bare.hipo"
-    ch.write_events(bare, evs, truth=False)
+    hipo_writer.write_events(bare, evs, truth=False)
     records = list(ch.read_sector_events(bare))
     assert [r.sector for r in records] == [1, 3, 4] * 5 and records[0].truth is None
     np.testing.assert_array_equal(records[0].raw, evs[0]["sectors"][1][0])
@@ -122,14 +123,14 @@ def test_dc_tot_preferred_over_dc_tdc(tmp_path):
     path = tmp_path / "tot.hipo"
     tdc = {"sector": [1, 1], "layer": [1, 2], "component": [1, 2], "order": [0, 0]}
     tot = {"sector": [1], "layer": [3], "component": [3], "order": [0], "ToT": [99]}
-    ch.write_banks(path, [ch.DC_TDC, ch.DC_TOT], [{"DC::tdc": tdc, "DC::tot": tot}, {"DC::tdc": tdc}])
+    hipo_writer.write_banks(path, [ch.DC_TDC, ch.DC_TOT], [{"DC::tdc": tdc, "DC::tot": tot}, {"DC::tdc": tdc}])
     first, second = ch.read_sector_events(path, keep_sectors_without_truth=True)
     assert list(zip(*np.nonzero(first.raw), strict=True)) == [(2, 2)]  # DC::tot's hit only
     assert list(zip(*np.nonzero(second.raw), strict=True)) == [(0, 0), (1, 1)]  # no DC::tot in event 2
     both = tmp_path / "both.hipo"
     rng = np.random.default_rng(5)
     evs = [make_event(rng, 2, i, [2]) for i in range(3)]
-    ch.write_events(both, evs, dc_banks=("DC::tdc", "DC::tot"))
+    hipo_writer.write_events(both, evs, dc_banks=("DC::tdc", "DC::tot"))
     for record, e in zip(ch.read_sector_events(both), evs, strict=True):
         np.testing.assert_array_equal(record.raw, e["sectors"][2][0])
 
@@ -138,7 +139,7 @@ def test_raw_orders_honoured(tmp_path):
     path = tmp_path / "orders.hipo"
     orders = [0, 1, 10, 11, 20, 40, 41, 70, 90]
     dc = {"sector": [1] * 9, "layer": [1] * 9, "component": list(range(1, 10)), "order": orders}
-    ch.write_banks(path, [ch.DC_TDC], [{"DC::tdc": dc}])
+    hipo_writer.write_banks(path, [ch.DC_TDC], [{"DC::tdc": dc}])
 
     def wires(**kw):
         (record,) = ch.read_sector_events(path, **kw)
@@ -157,7 +158,7 @@ def rewrite_input(tmp_path, events):
     rng = np.random.default_rng(11)
     out = []
     for e in events:
-        banks = ch.event_banks(e, ("DC::tdc", "DC::tot"), True)
+        banks = hipo_writer.event_banks(e, ("DC::tdc", "DC::tot"), True)
         n = len(banks["DC::tdc"]["order"])
         banks["DC::tdc"]["order"] = rng.choice([0, 1, 10, 11, 20, 40, 70], n)
         banks["DC::tot"] = dict(banks["DC::tot"], order=rng.choice([0, 1, 10, 11, 50], n))
@@ -166,7 +167,7 @@ def rewrite_input(tmp_path, events):
         out.append(banks)
     out.insert(5, {"RUN::config": {"run": [9], "event": [7]}, "REC::Extra": out[0]["REC::Extra"]})
     path = tmp_path / "in.hipo"
-    ch.write_banks(path, [ch.DC_TDC, ch.DC_TOT, ch.TBHITS, ch.RUN_CONFIG, EXTRA], out)
+    hipo_writer.write_banks(path, [ch.DC_TDC, ch.DC_TOT, ch.TBHITS, ch.RUN_CONFIG, EXTRA], out)
     return path, out
 
 
@@ -190,7 +191,7 @@ def test_rewrite_orders_changes_only_rejected_orders(tmp_path, events, capfd, ba
     reader.open(str(out))
     reader.readDictionary(dictionary)
     for d in (ch.DC_TDC, ch.DC_TOT, ch.TBHITS, ch.RUN_CONFIG, EXTRA):
-        assert dictionary.getSchema(d.name).getSchemaString() == ch._schema(d).getSchemaString()
+        assert dictionary.getSchema(d.name).getSchemaString() == hipo_writer.make_schema(d).getSchemaString()
     rewritten = hits = rejected = 0
     for (old, old_tag, positions), (new, new_tag, _), banks in zip(before, after, written, strict=True):
         expected = bytearray(old)
@@ -207,7 +208,7 @@ def test_rewrite_orders_changes_only_rejected_orders(tmp_path, events, capfd, ba
             on_rejected = (wire % 2 == 0) & image[s - 1, layer - 1, wire - 1]
             for row in np.flatnonzero(on_rejected & np.isin(order // 10, [0, 1])):
                 new_order = {0: 40, 1: 41, 10: 70, 11: 71}[order[row]]  # 0 -> 40, 10 -> 70, units digit kept
-                offset = positions[d.name] + 8 + ch._schema(d).getOffset("order", int(row), len(order))
+                offset = positions[d.name] + 8 + hipo_writer.make_schema(d).getOffset("order", int(row), len(order))
                 assert expected[offset] == order[row]
                 expected[offset] = new_order
                 rewritten += 1
@@ -278,7 +279,7 @@ def read_apart(paths):
 
 def test_bad_files_are_one_line_errors(tmp_path, events):
     good = tmp_path / "good.hipo"
-    ch.write_events(good, events[:3])
+    hipo_writer.write_events(good, events[:3])
     data = good.read_bytes()
     bad = {"notes.hipo": b"run 4013, 3 events\n" * 10, "cut20.hipo": data[:20], "cut100.hipo": data[:100],
            "half.hipo": data[:len(data) // 2], "last.hipo": data[:-1], "zero.hipo": b"",
@@ -288,9 +289,9 @@ def test_bad_files_are_one_line_errors(tmp_path, events):
     for name, content in bad.items():
         (tmp_path / name).write_bytes(content)
     no_dc = tmp_path / "nodc.hipo"
-    ch.write_banks(no_dc, [ch.RUN_CONFIG, ch.TBHITS], [{"RUN::config": {"run": [1], "event": [2]}}])
+    hipo_writer.write_banks(no_dc, [ch.RUN_CONFIG, ch.TBHITS], [{"RUN::config": {"run": [1], "event": [2]}}])
     empty = tmp_path / "empty.hipo"
-    ch.write_banks(empty, [ch.DC_TDC], [])
+    hipo_writer.write_banks(empty, [ch.DC_TDC], [])
     expected = {"notes.hipo": "not a HIPO file", "cut20.hipo": "not a HIPO file", "cut100.hipo": "truncated",
                 "half.hipo": "truncated", "last.hipo": "truncated", "zero.hipo": "not a HIPO file",
                 "fake.hipo": "not a HIPO file",
@@ -325,7 +326,7 @@ def test_rows_out_of_range_name_file_and_event(tmp_path, bank, column, value, me
     banks[2] = {b: dict(c) for b, c in banks[2].items()}
     banks[2][bank][column] = [*banks[2][bank][column][:-1], value]
     path = tmp_path / "rows.hipo"
-    ch.write_banks(path, [ch.DC_TDC, ch.TBHITS, ch.RUN_CONFIG], banks)
+    hipo_writer.write_banks(path, [ch.DC_TDC, ch.TBHITS, ch.RUN_CONFIG], banks)
     one_line_error(lambda: list(ch.read_sector_events(path)), path, "event 42", bank, message)
     if bank == "DC::tdc":
         one_line_error(lambda: ch.rewrite_orders(path, tmp_path / "o.hipo", keep_even), path, "event 42", message)
@@ -334,7 +335,7 @@ def test_rows_out_of_range_name_file_and_event(tmp_path, bank, column, value, me
 
 def test_every_truncation_is_an_error_not_a_crash(tmp_path, events):
     good = tmp_path / "good.hipo"
-    ch.write_events(good, events[:6])
+    hipo_writer.write_events(good, events[:6])
     data = good.read_bytes()
     cuts = [*range(0, 700, 7), *range(700, len(data), 97), len(data) - 1]
     for n in cuts:

@@ -13,6 +13,7 @@ from test_pix2pix_denoise import save_model
 
 import clas12_hipo as ch
 import event_image as ei
+import hipo_writer
 import make_events as me
 import pairs_h5
 import Pix2Pix_denoise
@@ -156,7 +157,7 @@ def odd_file(path):
           "component": [10, 10, 10, 50, 51, 7, 8, 90], "order": [0, 0, 20, 10, 0, 0, 1, 10]}
     tb = {"sector": [1, 1, 1, 3, 3], "superlayer": [1, 1, 2, 1, 1], "layer": [1, 3, 1, 4, 5],
           "wire": [10, 10, 60, 7, 8], "trkID": [2, 2, 2, 1, 1]}
-    ch.write_banks(path, [ch.DC_TDC, ch.TBHITS, ch.RUN_CONFIG], [
+    hipo_writer.write_banks(path, [ch.DC_TDC, ch.TBHITS, ch.RUN_CONFIG], [
         {"DC::tdc": dc, "TimeBasedTrkg::TBHits": tb, "RUN::config": {"run": [7], "event": [31]}},
         {"RUN::config": {"run": [7], "event": [32]}}])
 
@@ -192,12 +193,13 @@ def test_pix2pix_data_hipo_bad_inputs(tmp_path, both):
     good.write_bytes(hipo.read_bytes())
     (tmp_path / "notes.hipo").write_text("run 4013\n" * 20)
     (tmp_path / "cut.hipo").write_bytes(good.read_bytes()[:-100])
-    ch.write_banks(tmp_path / "nodc.hipo", [ch.TBHITS, ch.RUN_CONFIG], [{"RUN::config": {"run": [1], "event": [2]}}])
-    ch.write_events(tmp_path / "notruth.hipo", [make_event(np.random.default_rng(1), 3, 9, [2])], truth=False)
+    hipo_writer.write_banks(tmp_path / "nodc.hipo", [ch.TBHITS, ch.RUN_CONFIG],
+                            [{"RUN::config": {"run": [1], "event": [2]}}])
+    hipo_writer.write_events(tmp_path / "notruth.hipo", [make_event(np.random.default_rng(1), 3, 9, [2])], truth=False)
     rows = [{"DC::tdc": {"sector": [1], "layer": [5], "component": [9 if i < 3 else 113], "order": [0]},
              "TimeBasedTrkg::TBHits": {"sector": [1], "superlayer": [1], "layer": [5], "wire": [9]},
              "RUN::config": {"run": [1], "event": [100 + i]}} for i in range(4)]
-    ch.write_banks(tmp_path / "rows.hipo", [ch.DC_TDC, ch.TBHITS, ch.RUN_CONFIG], rows)
+    hipo_writer.write_banks(tmp_path / "rows.hipo", [ch.DC_TDC, ch.TBHITS, ch.RUN_CONFIG], rows)
     out = tmp_path / "out.h5"
     cases = [
         (["--hipo", tmp_path / "notes.hipo"], ["notes.hipo", "not a HIPO file"]),
@@ -239,7 +241,7 @@ def expected_events(path, written, kept_by_model):
                 continue
             s, layer, wire, order = (np.asarray(banks[d.name][c]) for c in ch.DC_COLUMNS)
             for row in np.flatnonzero(rejected[s - 1, layer - 1, wire - 1] & np.isin(order // 10, [0, 1])):
-                offset = positions[d.name] + 8 + ch._schema(d).getOffset("order", int(row), len(order))
+                offset = positions[d.name] + 8 + hipo_writer.make_schema(d).getOffset("order", int(row), len(order))
                 assert expected[offset] == order[row]
                 expected[offset] = order[row] + (40 if order[row] < 10 else 60)
                 marked += 1
@@ -319,14 +321,15 @@ def test_denoise_hipo_bad_inputs_name_the_file_and_leave_nothing(tmp_path, both,
     good.write_bytes(hipo.read_bytes())
     (tmp_path / "notes.hipo").write_text("run 4013\n" * 20)
     (tmp_path / "cut.hipo").write_bytes(good.read_bytes()[:len(good.read_bytes()) // 2])
-    ch.write_banks(tmp_path / "nodc.hipo", [ch.TBHITS, ch.RUN_CONFIG], [{"RUN::config": {"run": [1], "event": [2]}}])
-    ch.write_events(tmp_path / "notruth.hipo", [make_event(np.random.default_rng(1), 3, 9, [2])], truth=False)
+    hipo_writer.write_banks(tmp_path / "nodc.hipo", [ch.TBHITS, ch.RUN_CONFIG],
+                            [{"RUN::config": {"run": [1], "event": [2]}}])
+    hipo_writer.write_events(tmp_path / "notruth.hipo", [make_event(np.random.default_rng(1), 3, 9, [2])], truth=False)
     rows = [{"DC::tdc": {"sector": [2], "layer": [5], "component": [9], "order": [0]},
              "RUN::config": {"run": [1], "event": [100 + i]}} for i in range(300)]
     rows[0]["DC::tdc"]["layer"] = [37]
     rows[-1]["DC::tdc"]["sector"] = [0]  # found only while denoising, after the model is loaded
-    ch.write_banks(tmp_path / "rows.hipo", [ch.DC_TDC, ch.RUN_CONFIG], rows)
-    ch.write_banks(tmp_path / "late.hipo", [ch.DC_TDC, ch.RUN_CONFIG], rows[1:])
+    hipo_writer.write_banks(tmp_path / "rows.hipo", [ch.DC_TDC, ch.RUN_CONFIG], rows)
+    hipo_writer.write_banks(tmp_path / "late.hipo", [ch.DC_TDC, ch.RUN_CONFIG], rows[1:])
     model = ["--model", track_model]
     out = tmp_path / "out.hipo"
     cases = [

@@ -163,7 +163,7 @@ def test_luminosity_scales_the_background_only():
     with pytest.raises(InputError):
         me.generate_event(np.random.default_rng(0), luminosity=-1)
     with pytest.raises(InputError):
-        me.generate_events(3, luminosity=me.MAX_LUMINOSITY + 1)
+        me.generate_events(3, luminosity=ew.MAX_LUMINOSITY + 1)
 
 
 def test_event_names():

@@ -14,7 +14,8 @@ import make_events
 import Pix2Pix_data
 import tracking
 from baselines import snr_keep
-from data_management import check_h5, load_split, read_track_ids
+from data_management import check_h5, load_split
+from pairs_h5 import read_track_ids
 from script_utils import InputError
 
 WIRE = 50  # where the hand-made tracks run
