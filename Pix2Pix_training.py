@@ -40,6 +40,8 @@ from training_files import (  # noqa: E402
     append_history,
     architecture,
     check_output_dir,
+    check_same_data,
+    data_record,
     export_generator,
     read_history,
     restore_latest,
@@ -118,7 +120,11 @@ def choose_strategy(logical_cpus):
         tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * logical_cpus)
     workers, chief, name = cluster_workers()
     if workers > 1:
-        return tf.distribute.MultiWorkerMirroredStrategy(), chief, name
+        try:
+            return tf.distribute.MultiWorkerMirroredStrategy(), chief, name
+        except tf.errors.UnknownError as exc:  # its TF_CONFIG address cannot be bound: the port is taken
+            raise InputError(f"TF_CONFIG: worker {name} could not start its server ({exc.message}); "
+                             "is its port in use?") from None
     gpus = tf.config.list_logical_devices("GPU")
     if len(gpus) > 1:
         return tf.distribute.MirroredStrategy(), True, name
@@ -209,6 +215,8 @@ def set_up(s):
     out = Path(s.output_dir)
     check_output_dir(out, architecture(trainer), chief)
     replicas = strategy.num_replicas_in_sync
+    data = data_record(s.data)
+    check_same_data(out, data)  # before anything is written (the split beside the data too)
     split, steps_per_epoch, validation = load_data(s, replicas)
 
     restored = restore_latest(trainer, out / "checkpoints")
@@ -217,7 +225,7 @@ def set_up(s):
     ckpt_dir = out / "checkpoints" if chief else out / f".worker_{worker_name}_tmp" / "checkpoints"
     checkpoints = Checkpoints(trainer, ckpt_dir, s.keep_checkpoints, last_saved=step if restored else -1)
     if chief and not (out / "run_config.json").exists():
-        write_json(out / "run_config.json", {"architecture": architecture(trainer), "settings": vars(s),
+        write_json(out / "run_config.json", {"architecture": architecture(trainer), "data": data, "settings": vars(s),
                                              "precision": precision, "replicas": replicas})
     if restored:
         print(f"Resuming from {restored}: step {step}, epoch {epoch + 1} after {done_in_epoch} of its batches",
@@ -411,6 +419,12 @@ def build_parser():
                    help="multi-worker: a worker that is not the chief keeps its copy of the checkpoints in "
                         "OUTPUT_DIR/.worker_<type>_<index>_tmp/checkpoints instead of deleting it at the end "
                         "(to check that the workers hold the same weights)")
+    add_gan_levers(p)
+    return p
+
+
+def add_gan_levers(p):
+    """The GAN term's levers and the collapse flag (issue 11; the README's lever table)."""
     p.add_argument("--d-saturated-loss", type=float, default=D_SATURATED_LOSS,
                    help="a discriminator loss below this (balanced: 2 log 2 = 1.39) is noted in the log and "
                         "history.csv's disc_winning (default %(default)s)")
@@ -429,7 +443,6 @@ def build_parser():
     p.add_argument("--collapse-drop", type=float, default=COLLAPSE_DROP,
                    help="flag (log, history.csv's collapse) an epoch whose validation F1 is more than this below "
                         "the best so far (default %(default)s)")
-    return p
 
 
 def parse_args(argv=None):
@@ -438,10 +451,8 @@ def parse_args(argv=None):
     for name in ("epochs", "batch_size", "base_filters", "sample_events", "keep_checkpoints"):
         if getattr(s, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(s, name)}")
-    for name in ("steps_per_epoch", "validation_batches", "checkpoint_every", "logical_cpus", "split_seed"):
-        if getattr(s, name) < 0:
-            raise InputError(f"--{name.replace('_', '-')} must not be negative, not {getattr(s, name)}")
-    for name in ("gan_warmup", "gan_weight", "collapse_drop"):
+    for name in ("steps_per_epoch", "validation_batches", "checkpoint_every", "logical_cpus", "split_seed",
+                 "gan_warmup", "gan_weight", "collapse_drop"):
         if getattr(s, name) < 0:
             raise InputError(f"--{name.replace('_', '-')} must not be negative, not {getattr(s, name)}")
     if s.disc_every < 1:

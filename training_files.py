@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+import data_management
 import event_image as ei
 from script_utils import InputError, atomic_output, import_tensorflow, json_ready, warn
 
@@ -64,6 +65,34 @@ def check_output_dir(out, wanted, chief=True):
     elif chief and out.is_dir() and any(not is_worker_folder(p) for p in out.iterdir()):
         raise InputError(f"{out}: exists and does not hold a training run (no run_config.json); "
                          "use a new or empty --output-dir")
+
+
+def data_record(data, fingerprint=None):
+    """run_config.json's "data": the pairs file a run trains on (its path and data_management's fingerprint,
+    computed when not given, after data_management's checks of the file: InputError)."""
+    if fingerprint is None:
+        data_management.check_h5(data)
+        fingerprint = data_management.fingerprint(data)
+    return {"path": str(Path(data).resolve()), "fingerprint": fingerprint}
+
+
+def check_same_data(out, wanted):
+    """Refuse to resume a run on another pairs file than the one it started on (data_record's).
+
+    The fingerprint decides: the same file moved or copied resumes; another file, or the same
+    path holding other pairs now, is refused. A run_config.json without the record is not checked.
+    """
+    config_path = out / "run_config.json"
+    if not config_path.exists():
+        return
+    saved = json.loads(config_path.read_text()).get("data")
+    if not saved or saved.get("fingerprint") == wanted["fingerprint"]:
+        return
+    if saved.get("path") == wanted["path"]:
+        raise InputError(f"{out}: holds a run started on {saved['path']}, whose pairs have changed since (its "
+                         "fingerprint differs); use another --output-dir")
+    raise InputError(f"{out}: holds a run started on {saved.get('path')}, not on --data {wanted['path']} (another "
+                     "pairs file: the fingerprints differ); resume with the run's file or use another --output-dir")
 
 
 def is_worker_folder(path):

@@ -10,6 +10,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("PYTHONHASHSEED", "0")
 
 import subprocess  # noqa: E402
+import time  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -37,3 +38,21 @@ def assert_one_line_error(proc, *words):
 def script():
     """The run_script helper, as a fixture."""
     return run_script
+
+
+def wait_for(proc, event, what, timeout=300):
+    """Wait, event-driven, until event() is true while proc runs (polled every 0.01 s).
+
+    The test fails if proc ends first (with its stderr) or, as a guard against a hung run only,
+    after timeout seconds; the timeout decides nothing about when the test acts.
+    """
+    deadline = time.monotonic() + timeout
+    while not event():
+        if proc.poll() is not None:
+            _, err = proc.communicate()
+            pytest.fail(f"the process ended (exit {proc.returncode}) before {what}: {(err or '')[-3000:]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            proc.communicate()
+            pytest.fail(f"no {what} within {timeout} s")
+        time.sleep(0.01)

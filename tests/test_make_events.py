@@ -1,13 +1,13 @@
 """The synthetic event generator: its statistics, determinism, luminosity scaling and its CLI."""
 
+import itertools
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
-from conftest import ROOT, assert_one_line_error
+from conftest import ROOT, assert_one_line_error, wait_for
 from PIL import Image
 
 import event_image as ei
@@ -246,10 +246,11 @@ def test_cli_interrupted_run_leaves_nothing(tmp_path, stop):
     out = tmp_path / "big"
     proc = subprocess.Popen([sys.executable, str(ROOT / "make_events.py"), "--out", str(out), "-n", "200000",
                              "--workers", "2"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
-    while time.time() < deadline and not any(p.name.startswith(".big.") for p in tmp_path.iterdir()):
-        time.sleep(0.05)
-    time.sleep(1.0)  # let it write some files
+    def some_events_written():  # event-driven: its temporary folder holds 10 event pictures
+        temporary = [p for p in tmp_path.iterdir() if p.name.startswith(".big.") and p.is_dir()]
+        return any(len(list(itertools.islice(p.rglob("*.png"), 10))) == 10 for p in temporary)
+
+    wait_for(proc, some_events_written, "10 events in its temporary folder", timeout=120)
     proc.send_signal(stop)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err

@@ -10,12 +10,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import h5py
 import numpy as np
 import pytest
-from conftest import ROOT, assert_one_line_error, run_script
+from conftest import ROOT, assert_one_line_error, run_script, wait_for
 from PIL import Image
 
 import data_management as dm
@@ -104,10 +103,12 @@ def test_hit_weighted_l1_matches_its_definition():
 
 
 def test_losses_fall_on_a_fixed_batch_and_the_step_traces_once(tmp_path):
-    s = settings(tmp_path / "x.h5", tmp_path / "run", "--generator-lr", 2e-3, "--discriminator-lr", 2e-3)
-    trainer = pt.Trainer(s, tf.distribute.get_strategy(), "float32")
-    raw, truth = make_events.generate_events(4, seed=5)
-    batch = tuple(tf.constant(ei.pad_event(a).astype(np.float32) / 255) for a in (raw, truth))
+    # Seeded (trainer_with): the initial weights and dropout do not depend on the tests run before.
+    lr = ("--generator-lr", 2e-3, "--discriminator-lr", 2e-3)
+    trainer = trainer_with(tmp_path, *lr)
+    for a, b in zip(generator_weights(trainer), generator_weights(trainer_with(tmp_path, *lr)), strict=True):
+        np.testing.assert_array_equal(a, b)
+    batch = one_batch(seed=5)
     losses = np.array([[float(v) for v in trainer.train_step(batch)] for _ in range(12)])
     total, l1 = losses[:, 0], losses[:, 2]
     assert l1[-3:].mean() < 0.95 * l1[:3].mean() and total[-3:].mean() < 0.95 * total[:3].mean(), losses
@@ -180,6 +181,68 @@ def test_run_writes_history_tensorboard_samples_and_reloadable_generators(tiny_r
     assert "Training 27 pairs" in proc.stdout and "validating on 9" in proc.stdout
 
 
+def validation_batches(data, batch_size=4):
+    """The validation dataset as training builds it (same split, same batches)."""
+    return dm.make_dataset(data, dm.load_split(data)["validation"], batch_size=batch_size)
+
+
+def read_rows(out):
+    with open(out / "history.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_exported_generators_are_gated_by_the_raw_hits_unless_told_not_to(events_h5, tiny_run, tmp_path):
+    raw = np.concatenate([np.asarray(r) for r, _ in validation_batches(events_h5)])  # the 9 validation events
+    raw[0, 5, 5] = (127 / 255, 0, 0)  # just under the hit threshold on one channel: no hit
+    raw[0, 6, 6] = (0, 128 / 255, 0)  # just over it: a hit
+    hit = raw.max(-1) > ei.SCALED_HIT_THRESHOLD
+    assert hit[0, 6, 6] and not hit[0, 5, 5] and 100 < hit.sum() < 0.1 * hit.size
+    ungated = tmp_path / "ungated"
+    pt.train(settings(events_h5, ungated, "--no-gate-by-raw-hits", "--epochs", 1, "--steps-per-epoch", 1,
+                      "--validation-batches", 1))
+    assert json.loads((ungated / "run_config.json").read_text())["architecture"]["gate_by_raw_hits"] is False
+    for out, gated in ((tiny_run[0], True), (ungated, False)):
+        for stem in ("generator_best", "generator_final"):
+            y = keras.models.load_model(out / f"{stem}.keras", compile=False).predict(raw, verbose=0)
+            assert (y[hit].max(-1) > 0).mean() > 0.99, (out, stem)  # a raw hit's output is the generator's
+            if gated:  # no raw hit, no output: exactly 0 on every channel
+                assert not y[~hit].any(), (stem, int((y[~hit].max(-1) > 0).sum()))
+            else:  # the bare U-Net's sigmoid lights (nearly) every pixel
+                assert (y[~hit].max(-1) > 0).mean() > 0.99, stem
+
+
+def test_generator_best_is_the_best_validation_epoch_and_reproduces_its_scores(events_h5, tmp_path, monkeypatch):
+    """The last epoch is made the worst (its generator's output layer zeroed after its steps: 0.5 on every raw
+    hit, so the balanced threshold keeps none), so that generator_best must be an earlier epoch's generator."""
+    real_train_epoch = pt.train_epoch
+
+    def train_epoch(run):
+        result = real_train_epoch(run)
+        if run.trainer.counters()[1] == 3:
+            for w in run.trainer.generator.layers[-1].weights:
+                w.assign(tf.zeros_like(w))
+        return result
+
+    monkeypatch.setattr(pt, "train_epoch", train_epoch)
+    out = tmp_path / "run"
+    pt.train(settings(events_h5, out, "--epochs", 3, "--steps-per-epoch", 2, "--validation-batches", 2,
+                      "--generator-lr", 2e-3))
+    rows = read_rows(out)
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    chosen_by = [f if not np.isnan(f) else -1.0 for f in (float(r["f1"]) for r in rows)]  # training's rule
+    best, final = (json.loads((out / f"generator_{s}.json").read_text()) for s in ("best", "final"))
+    assert best["epoch"] == 1 + int(np.argmax(chosen_by)) < 3 and final["epoch"] == 3
+    for stem, side in (("generator_best", best), ("generator_final", final)):
+        row = rows[side["epoch"] - 1]
+        model = keras.models.load_model(out / f"{stem}.keras", compile=False)
+        scores, _ = pm.validate(lambda x, m=model: m(x, training=False), validation_batches(events_h5), 2)
+        assert scores["threshold"] == float(row["threshold"]) == side["threshold"], stem
+        for key in ("val_l1", "efficiency", "rejection", "purity", "f1"):
+            assert scores[key] == pytest.approx(float(row[key]), rel=1e-5, nan_ok=True), (stem, key)
+            assert scores[key] == pytest.approx(side["validation"][key] if side["validation"][key] is not None
+                                                else np.nan, rel=1e-5, nan_ok=True), (stem, key)
+
+
 # --- Resume ---------------------------------------------------------------------------------------
 def test_resume_after_a_corrupted_checkpoint_ends_like_the_uninterrupted_run(events_h5, tiny_run, tmp_path, capsys):
     whole, _ = tiny_run
@@ -213,16 +276,44 @@ def test_resume_after_a_corrupted_checkpoint_ends_like_the_uninterrupted_run(eve
         np.testing.assert_array_equal(a, b)
 
 
+def test_resuming_on_another_pairs_file_is_refused_and_the_same_file_resumes(events_h5, tiny_run, tmp_path, capsys):
+    from training_files import check_same_data, data_record
+
+    part = tmp_path / "part"
+    shutil.copytree(tiny_run[0], part)
+    recorded = json.loads((part / "run_config.json").read_text())["data"]
+    assert recorded == {"path": str(events_h5.resolve()), "fingerprint": dm.fingerprint(events_h5)}
+    other = tmp_path / "other.h5"  # the same layout and size, other events
+    raw, truth = make_events.generate_events(48, seed=4)
+    with h5py.File(other, "w") as f:
+        f.create_dataset("raw", data=ei.pad_event(raw))
+        f.create_dataset("truth", data=ei.pad_event(truth))
+        f.create_dataset("names", data=np.array([f"e{i}" for i in range(48)], dtype="S"))
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    more = ["--epochs", 3, "--steps-per-epoch", 3, "--validation-batches", 1]
+    proc = run_script("Pix2Pix_training.py", "--data", other, "--output-dir", part, *more, *TINY)
+    assert_one_line_error(proc, str(events_h5.resolve()), str(other.resolve()), "another --output-dir")
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before  # nothing written anywhere
+    # The run's own file rewritten with other pairs since: refused too, said so.
+    with pytest.raises(InputError, match="whose pairs have changed"):
+        check_same_data(part, data_record(events_h5, dm.fingerprint(other)))
+    # The same --data resumes; so does a copy of it elsewhere (the data folder moved: the same fingerprint).
+    pt.train(settings(events_h5, part, *more))
+    moved = tmp_path / "moved.h5"
+    shutil.copy(events_h5, moved)
+    pt.train(settings(moved, part, *more[:1], 4, *more[2:]))
+    assert capsys.readouterr().out.count("Resuming from") == 2
+    assert [(r["epoch"], r["step"]) for r in read_rows(part)] == [("1", "3"), ("2", "6"), ("3", "9"), ("4", "12")]
+
+
 @pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_the_rerun_resumes(events_h5, tmp_path):
     out = tmp_path / "run"
     args = [sys.executable, str(ROOT / "Pix2Pix_training.py"), "--data", str(events_h5), "--output-dir", str(out),
             "--epochs", "30", "--checkpoint-every", "0", "--validation-batches", "1", *TINY]
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 240
-    while not (out / "history.csv").exists() and time.time() < deadline:
-        time.sleep(0.2)
-    time.sleep(1.0)
+    # Event-driven: the signal goes in as soon as epoch 1 is in history.csv (the run is in its loop, far from its end).
+    wait_for(proc, lambda: (out / "history.csv").exists(), "epoch 1's history.csv row")
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err

@@ -19,13 +19,14 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
-from conftest import ROOT, assert_one_line_error, run_script
+from conftest import ROOT, assert_one_line_error, run_script, wait_for
 from PIL import Image
 
 import data_management
@@ -85,7 +86,10 @@ def newest_checkpoint(folder):
 
 # --- 1. Multi-worker training --------------------------------------------------------------------
 def free_ports(n):
-    """n TCP ports on localhost that are free now (bound all at once, so they differ, then released)."""
+    """n TCP ports on localhost that are free now (bound all at once, so they differ, then released).
+
+    Another process may take one before a worker binds it: start_workers sees that and retries.
+    """
     socks = [socket.socket() for _ in range(n)]
     try:
         for s in socks:
@@ -96,27 +100,69 @@ def free_ports(n):
             s.close()
 
 
+PORT_TAKEN = "could not start its server"  # Pix2Pix_training's words when its TF_CONFIG port is taken
+
+
+def run_workers(args, n=2, attempts=5, timeout=400):
+    """Run n training workers on localhost to the end: [(process, stdout, stderr)].
+
+    Event-driven about the ports: a worker whose port another process took meanwhile says so
+    (PORT_TAKEN) and exits; then the others are stopped and all start again on new ports.
+    """
+    for _ in range(attempts):
+        workers = [f"localhost:{port}" for port in free_ports(n)]
+        logs = [(tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")) for _ in range(n)]  # never fill up
+        procs = [subprocess.Popen([sys.executable, str(ROOT / "Pix2Pix_training.py"), *map(str, args)], cwd=ROOT,
+                                  stdout=log[0], stderr=log[1], text=True, env=dict(os.environ, TF_CONFIG=json.dumps(
+                                      {"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}})))
+                 for i, log in enumerate(logs)]
+        try:
+            deadline = time.monotonic() + timeout
+            while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+                if any(p.poll() not in (None, 0) for p in procs):
+                    break  # one failed: the others would wait for it
+                time.sleep(0.01)
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                p.wait()
+        results = []
+        for p, log in zip(procs, logs, strict=True):
+            for f in log:
+                f.seek(0)
+            results.append((p, log[0].read(), log[1].read()))
+            for f in log:
+                f.close()
+        if not any(PORT_TAKEN in err for _, _, err in results):
+            return results
+    pytest.fail(f"the workers' ports were taken {attempts} times in a row")
+
+
+def test_a_worker_whose_port_is_taken_says_so_in_one_line(tmp_path):
+    """What run_workers' retry waits for: the words of a worker that cannot bind its port."""
+    with socket.socket() as taken:
+        taken.bind(("localhost", 0))
+        taken.listen()
+        workers = [f"localhost:{taken.getsockname()[1]}", f"localhost:{free_ports(1)[0]}"]
+        config = json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": 0}})
+        proc = run_script("Pix2Pix_training.py", "--data", tmp_path / "x.h5", "--output-dir", tmp_path / "run",
+                          env={"TF_CONFIG": config}, timeout=300)
+    assert_one_line_error(proc, PORT_TAKEN, "port in use")
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.slow
 def test_two_workers_train_together_and_end_with_identical_weights(events_h5, tmp_path):
     out = tmp_path / "run"
-    workers = [f"localhost:{port}" for port in free_ports(2)]
     args = ["--data", events_h5, "--output-dir", out, "--epochs", 1, "--steps-per-epoch", 3, "--batch-size", 2,
             "--checkpoint-every", 2, "--deterministic", "--keep-worker-checkpoints", *TINY]
-    procs = [start_training(*args, env={"TF_CONFIG": json.dumps({"cluster": {"worker": workers},
-                                                                 "task": {"type": "worker", "index": i}})})
-             for i in range(2)]
-    try:
-        results = [p.communicate(timeout=400) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    for p, (stdout, stderr) in zip(procs, results, strict=True):
+    results = run_workers(args)
+    for p, stdout, stderr in results:
         assert p.returncode == 0, stderr
         # One replica per worker, the global batch is 2 x 2; both workers see the same run.
         assert "2 replica(s)" in stdout and "3 steps of 4 per epoch" in stdout, stdout
-    chief_out, worker_out = results[0][0], results[1][0]
+    chief_out, worker_out = results[0][1], results[1][1]
     assert "Done: 1 epochs, 3 steps" in chief_out and "Done" not in worker_out  # only the chief exports
     worker_ckpts = out / ".worker_worker_1_tmp" / "checkpoints"
     chief = checkpoint_tensors(newest_checkpoint(out / "checkpoints"))
@@ -151,42 +197,52 @@ KILL_RUN = ["--epochs", 4, "--steps-per-epoch", 6, "--batch-size", 4, "--checkpo
             *TINY]
 
 
-def run_timed(args, out):
-    """Run training to the end; return the seconds from its first checkpoint file to its exit."""
-    proc = start_training(*args)
-    first = None
-    while proc.poll() is None:
-        if first is None and any((out / "checkpoints").glob("ckpt-*.index")):
-            first = time.monotonic()
-        time.sleep(0.02)
-    stdout, stderr = proc.communicate()
-    assert proc.returncode == 0, stderr
-    return time.monotonic() - (first or time.monotonic())
+def kill_moments(out):
+    """The moments a kill may hit, each an event (a file the run writes, never removed once there):
+    {name: event()}. Mid-epoch and epoch-end checkpoints, just after an epoch's history.csv row
+    (before its samples, best export and checkpoint) and just after its samples picture."""
+    def checkpoint_from(step):
+        def event():
+            found = [p.name[len("ckpt-"):-len(".index")] for p in (out / "checkpoints").glob("ckpt-*.index")]
+            return any(int(s) >= step for s in found if s.isdigit())  # older ones are rotated away
+        return event
+
+    def history_rows(n):
+        def event():
+            try:
+                return len((out / "history.csv").read_text().splitlines()) > n  # the header, then n rows
+            except FileNotFoundError:
+                return False
+        return event
+
+    moments = {f"checkpoint {k}": checkpoint_from(k) for k in range(2, 19, 2)}
+    moments.update({f"history row {n}": history_rows(n) for n in (1, 2, 3)})
+    moments.update({f"samples of epoch {n}": (lambda n=n: (out / "samples" / f"epoch_{n:03d}.png").exists())
+                    for n in (1, 2, 3)})
+    return moments
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(events_h5, tmp_path_factory):
     """The reference: the same command, never interrupted (4 epochs of 6 steps)."""
     out = tmp_path_factory.mktemp("whole") / "run"
-    window = run_timed(["--data", events_h5, "--output-dir", out, *KILL_RUN], out)
-    return out, window
+    proc = run_script("Pix2Pix_training.py", "--data", events_h5, "--output-dir", out, *KILL_RUN)
+    assert proc.returncode == 0, proc.stderr
+    return out
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1])
 def test_sigkill_at_a_random_moment_then_rerun_ends_with_the_uninterrupted_weights(events_h5, uninterrupted,
                                                                                    tmp_path, seed):
-    whole, window = uninterrupted
+    whole = uninterrupted
     out = tmp_path / "run"
     args = ["--data", events_h5, "--output-dir", out, *KILL_RUN]
+    moments = kill_moments(out)
+    moment = sorted(moments)[np.random.default_rng(seed).integers(len(moments))]  # the seed picks the event
     proc = start_training(*args)
     try:
-        deadline = time.monotonic() + 300
-        while not any((out / "checkpoints").glob("ckpt-*.index")):  # a checkpoint exists before the kill
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1]
-            time.sleep(0.01)
-        time.sleep(np.random.default_rng(seed).uniform(0.0, 0.7) * window)
-        assert proc.poll() is None, "the run finished before the kill"
+        wait_for(proc, moments[moment], moment)  # event-driven: killed the moment it happens
         proc.send_signal(signal.SIGKILL)
         proc.communicate()
     finally:
@@ -210,18 +266,15 @@ def test_sigkill_at_a_random_moment_then_rerun_ends_with_the_uninterrupted_weigh
 @pytest.mark.slow
 def test_sigterm_from_a_batch_system_saves_a_checkpoint_and_the_rerun_resumes(events_h5, tmp_path):
     out = tmp_path / "run"
-    args = ["--data", events_h5, "--output-dir", out, "--epochs", 30, "--batch-size", 4, "--checkpoint-every", 0, *TINY]
+    args = ["--data", events_h5, "--output-dir", out, "--epochs", 30, "--batch-size", 4, "--checkpoint-every", 8, *TINY]
     proc = start_training(*args)
-    deadline = time.monotonic() + 300
-    while not any((out / "checkpoints").glob("ckpt-*.index")):  # the first epoch is done
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1]
-        time.sleep(0.05)
-    time.sleep(0.5)
+    # Event-driven: the signal goes in as soon as the mid-epoch-2 checkpoint (step 8 of 6 per epoch) is there.
+    wait_for(proc, lambda: (out / "checkpoints" / "ckpt-8.index").exists(), "the checkpoint of step 8")
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "Traceback" not in err, err
     stopped = int(err.split("Stopped at step ")[1].split(";")[0])
-    assert stopped > 6 and (out / "checkpoints" / f"ckpt-{stopped}.index").exists()  # mid-epoch 2 or later
+    assert stopped >= 8 and (out / "checkpoints" / f"ckpt-{stopped}.index").exists()  # mid-epoch 2 or later
     rerun = run_script("Pix2Pix_training.py", *args[:4], "--epochs", stopped // 6 + 1, *args[6:])
     assert rerun.returncode == 0, rerun.stderr
     assert f"Resuming from {out / 'checkpoints' / f'ckpt-{stopped}'}: step {stopped}" in rerun.stdout
