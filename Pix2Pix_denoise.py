@@ -36,7 +36,7 @@ from script_utils import (
     progress,
     run_main,
 )
-from trained_model import choose_threshold, load_model, read_sidecar, resolve_model
+from trained_model import choose_threshold, cpu_cores, load_model, predicted, read_sidecar, resolve_model
 
 # --- Settings (each one has its command-line flag) ---------------------------------------
 MODEL = None  # a .keras generator, a training output directory (its generator_best.keras) or an exported .onnx
@@ -48,6 +48,7 @@ OUTPUT = None  # the file written from --data (default DATA_denoised.h5) or --hi
 THRESHOLD = None  # output > THRESHOLD is a hit; None = the one stored with the model
 GATE_BY_RAW_HITS = False  # keep only pixels that were hits in the raw image (no invented hits)
 BATCH_SIZE = 32
+THREADS = 0  # an .onnx model: batches predicted at once, each on one thread (0 = one per CPU core)
 SPLIT_SEED = data_management.SPLIT_SEED  # the train/validation/test split of --data
 EVALUATE = False
 TRUTH_DIR = None  # truth PNGs (same names as the inputs) for --evaluate on a folder
@@ -101,6 +102,10 @@ def build_parser():
                    help="write only hits that were in the raw image (drops invented hits)")
     p.add_argument("--mask-with-raw", dest="gate_by_raw_hits", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help=f"events per prediction (default {BATCH_SIZE})")
+    p.add_argument("--threads", type=int, default=THREADS,
+                   help="with an .onnx model on a PNG folder or HDF5 file: batches predicted at once, each on one "
+                        "onnxruntime thread (default 0: one per CPU core); a .keras model (and --hipo) predicts one "
+                        "batch at a time on the library's own threads")
     p.add_argument("--split-seed", type=int, default=SPLIT_SEED,
                    help=f"seed of the train/validation/test split of --data (default {SPLIT_SEED})")
     ev = p.add_argument_group("evaluation")
@@ -172,6 +177,8 @@ class PngFolderReader:
     """Event PNGs of a folder, with the truth PNGs of the same names from truth_dir and the track-id
     PNGs (each truth hit's track number) from tracks_dir, if given."""
 
+    keep_bytes = 256 * 2**20  # the batches check() reads are kept for the run, up to this size
+
     def __init__(self, input_dir, truth_dir=None, batch_size=BATCH_SIZE, tracks_dir=None):
         self.folder = Path(input_dir)
         self.names = ei.list_pngs(self.folder)
@@ -181,14 +188,22 @@ class PngFolderReader:
             if folder and not folder.is_dir():
                 raise InputError(f"{folder}: {what} folder not found")
         self.batch_size = batch_size
+        self.checked = []  # the first batches, as check() read them (none: read as the run goes)
 
     def __len__(self):
         return len(self.names)
 
     def check(self):
-        """Read every PNG (and its truth) once: a bad file stops the run before anything is written."""
-        for name in progress(self.names, desc="checking inputs", unit="event"):
-            self.read([name])
+        """Read every PNG (and its truth) once: a bad file stops the run before anything is written
+        (the first batches, up to keep_bytes, are kept for the run rather than read twice)."""
+        bar, size, self.checked = progress(total=len(self), desc="checking inputs", unit="event"), 0, []
+        for start in range(0, len(self.names), self.batch_size):
+            batch = self.read(self.names[start:start + self.batch_size])
+            size += sum(a.nbytes for a in batch[1:] if a is not None)
+            if size <= self.keep_bytes:
+                self.checked.append(batch)
+            bar.update(len(batch[0]))
+        bar.close()
 
     def read(self, names):
         """(names, raw hit masks, truth hit masks or None, track ids or None) of these events."""
@@ -201,8 +216,8 @@ class PngFolderReader:
         return names, raw, truth, ids
 
     def __iter__(self):
-        for start in range(0, len(self.names), self.batch_size):
-            yield self.read(self.names[start:start + self.batch_size])
+        for i, start in enumerate(range(0, len(self.names), self.batch_size)):
+            yield self.checked[i] if i < len(self.checked) else self.read(self.names[start:start + self.batch_size])
 
 
 class H5SplitReader:
@@ -327,14 +342,15 @@ def denoise(model, threshold, reader, writer, evaluation=None, baselines=None, g
     """Predict, threshold (gate by the raw hits), write and score every batch of reader; returns N.
 
     Two helper threads read the next batch and write the previous one while the model predicts
-    the current one. evaluation: a HitEvaluation fed the model and the baselines ({name: keep
-    function of the raw hit masks}), with the reader's track ids when it has them.
+    the current one (or several at once: predicted()). evaluation: a HitEvaluation fed the model
+    and the baselines ({name: keep function of the raw hit masks}), with the reader's track ids
+    when it has them.
     """
     bar = progress(total=len(reader), desc="denoising", unit="event")
     n, writing = 0, None
     with writer, ThreadPoolExecutor(max_workers=2) as pool:
-        for names, raw, truth, *track_ids in prefetched(reader, pool):  # readers may give no track ids
-            prob = model.probabilities(raw)
+        # readers may give no track ids
+        for (names, raw, truth, *track_ids), prob in predicted(model, prefetched(reader, pool)):
             if not np.isfinite(prob).all():
                 raise InputError(f"{names[0]}: the model gives non-finite hit probabilities (nan or inf): it is "
                                  "broken (a training run that diverged?)")
@@ -424,7 +440,7 @@ def main(argv=None):
     else:
         reader, writer = png_job(args, out, inputs) if args.input_dir else h5_job(args, out, model_path, threshold)
 
-    model, _ = load_model(model_path)
+    model, _ = load_model(model_path, None if args.hipo else args.threads or cpu_cores())
     print(f"model {model_path} (threshold {threshold:.3f}{', from validation' if args.threshold is None else ''})")
     scoring = baselines = None
     if args.evaluate:

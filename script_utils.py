@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import ctypes
 import errno
+import functools
 import math
 import os
 import secrets
@@ -145,15 +146,20 @@ def check_not_an_input(output, inputs):
             raise InputError(f"{output}: the output folder holds the input {given} (replacing it would delete it)")
 
 
+@functools.cache
+def libc():
+    """The C library of this process (loaded once: each load costs a fraction of a millisecond)."""
+    return ctypes.CDLL(None, use_errno=True)
+
+
 def rename_noreplace(source, target):
     """Rename source to target unless target exists by now (another run wrote it): then InputError.
 
     Linux's renameat2(RENAME_NOREPLACE) checks and renames in one step; where it is missing, a
     file is hard-linked (which also refuses an existing name) and a folder checked, then renamed.
     """
-    libc = ctypes.CDLL(None, use_errno=True)
-    if hasattr(libc, "renameat2"):
-        if libc.renameat2(AT_FDCWD, os.fsencode(source), AT_FDCWD, os.fsencode(target), RENAME_NOREPLACE) == 0:
+    if hasattr(libc(), "renameat2"):
+        if libc().renameat2(AT_FDCWD, os.fsencode(source), AT_FDCWD, os.fsencode(target), RENAME_NOREPLACE) == 0:
             return
         err = ctypes.get_errno()
         if err == errno.EEXIST:

@@ -9,7 +9,10 @@ without TensorFlow. Beside either, a sidecar JSON holds the threshold chosen on 
     kept = model.probabilities(hit_maps) > choose_threshold(None, info, resolve_model("runs/pix2pix"))
 """
 
+import collections
 import json
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +24,14 @@ BEST_MODEL = "generator_best.keras"  # what a training output directory provides
 
 
 class KerasModel:
-    """A Keras generator (.keras) mapping 128x128x3 images in 0..1 to 128x128x3 images in 0..1."""
+    """A Keras generator (.keras) mapping 128x128x3 images in 0..1 to 128x128x3 images in 0..1.
 
-    def __init__(self, path):
+    One batch at a time, which TensorFlow spreads over the cores itself (threads: ignored).
+    """
+
+    concurrent_batches = 1
+
+    def __init__(self, path, threads=None):
         keras = import_keras()
         try:
             self.model = keras.models.load_model(path, compile=False)
@@ -60,14 +68,21 @@ class OnnxModel:
     """An exported model (Pix2Pix_export.py) run by onnxruntime: no TensorFlow involved.
 
     Its interface is CLAS12 reconstruction's: [B, 1, 36, 112] hit maps in, hit probabilities out,
-    with the padding, the generator and the raw-hit gate inside the graph.
+    with the padding, the generator and the raw-hit gate inside the graph. threads: None =
+    onnxruntime's default session (each run spread over the cores), one batch at a time; N = each
+    run on one thread, and callers may run N batches at once from N threads (`concurrent_batches`;
+    a session's run is thread-safe and releases the GIL), which suits these small convolutions better.
     """
 
-    def __init__(self, path):
+    def __init__(self, path, threads=None):
         import onnxruntime
 
+        options = onnxruntime.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = options.inter_op_num_threads = 1
+        self.concurrent_batches = threads or 1
         try:
-            self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # not ONNX, truncated, unsupported operators...
             why = str(exc).splitlines()[0][:200] if str(exc) else ""
             raise InputError(f"{path}: cannot load the ONNX model ({type(exc).__name__}: {why})") from None
@@ -116,10 +131,13 @@ def read_sidecar(model_path):
     return info
 
 
-def load_model(path):
-    """(model, info): the model of a file or training directory, and its sidecar JSON ({} if none)."""
+def load_model(path, threads=None):
+    """(model, info): the model of a file or training directory, and its sidecar JSON ({} if none).
+
+    threads: for an .onnx model, N single-thread runs at once (OnnxModel); a .keras model ignores it.
+    """
     path = resolve_model(path)
-    return MODEL_TYPES[path.suffix](path), read_sidecar(path)
+    return MODEL_TYPES[path.suffix](path, threads), read_sidecar(path)
 
 
 def choose_threshold(threshold, info, model_path):
@@ -130,3 +148,31 @@ def choose_threshold(threshold, info, model_path):
     if isinstance(t, bool) or not isinstance(t, int | float) or not 0.0 <= t < 1.0:
         raise InputError(f"{Path(model_path).with_suffix('.json')}: no valid stored threshold; give --threshold")
     return float(t)
+
+
+def predicted(model, batches):
+    """(batch, hit probabilities of its raw hit maps) of each batch, in order.
+
+    A model that can run several batches at once (model.concurrent_batches > 1: onnxruntime
+    releases the GIL) gets that many running on threads, and one more queued.
+    """
+    in_flight = getattr(model, "concurrent_batches", 1)
+    if in_flight <= 1:
+        for batch in batches:
+            yield batch, model.probabilities(batch[1])
+        return
+    with ThreadPoolExecutor(max_workers=in_flight) as pool:
+        pending = collections.deque()
+        for batch in batches:
+            pending.append((batch, pool.submit(model.probabilities, batch[1])))
+            if len(pending) > in_flight:
+                batch, running = pending.popleft()
+                yield batch, running.result()
+        while pending:
+            batch, running = pending.popleft()
+            yield batch, running.result()
+
+
+def cpu_cores():
+    """The CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -4,6 +4,8 @@ evaluation.py: hit-level scores of hand-made events with known answers, the base
 import json
 import math
 import shutil
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -264,6 +266,25 @@ def run_main(*args):
     return Pix2Pix_denoise.main([str(a) for a in args])
 
 
+@pytest.mark.parametrize("keep_bytes, reads", [(None, 1), (0, 2)])
+def test_each_png_is_read_once_when_the_checked_batches_fit(models, folders, monkeypatch, keep_bytes, reads):
+    tmp, raw, truth, names = folders
+    read, counts = ei.read_event_png, {}
+
+    def counted(path):
+        counts[path.name] = counts.get(path.name, 0) + 1
+        return read(path)
+
+    monkeypatch.setattr(ei, "read_event_png", counted)
+    if keep_bytes is not None:
+        monkeypatch.setattr(Pix2Pix_denoise.PngFolderReader, "keep_bytes", keep_bytes)
+    assert run_main("--model", models["track"], "--input-dir", tmp / "raw", "--output-dir", tmp / "out",
+                    "--batch-size", 5) == 0
+    assert counts == dict.fromkeys(names, reads)  # the check's read, kept for the run (or read again)
+    for name, t in zip(names, truth, strict=True):
+        np.testing.assert_array_equal(read(tmp / "out" / name), t)
+
+
 def test_png_threshold_override_and_gate_by_raw_hits(models, folders):
     tmp, raw, truth, names = folders
     assert run_main("--model", models["all"], "--input-dir", tmp / "raw", "--output-dir", tmp / "out",
@@ -323,6 +344,7 @@ def test_bad_inputs_one_line_error_and_no_output(script, models, folders, tmp_pa
     ("both inputs", "exactly one input"),
     ("decreasing bins", "--background-bins: '10,5': values must increase"),
     ("no model", "the following arguments are required: --model"),
+    ("negative threads", "--threads: -1 must not be negative"),
 ])
 def test_bad_settings_are_input_errors_before_any_output(models, folders, tmp_path, case, words):
     tmp, raw, truth, names = folders
@@ -347,10 +369,45 @@ def test_bad_settings_are_input_errors_before_any_output(models, folders, tmp_pa
         args += ["--evaluate", "--truth-dir", tmp / "truth", "--background-bins", "10,5"]
     elif case == "no model":
         args = args[2:]
+    elif case == "negative threads":
+        args += ["--threads", "-1"]
     with pytest.raises(InputError) as err:
         run_main(*args)
     assert words in str(err.value)
     assert not (tmp / "out").exists()
+
+
+class SlowModel:
+    """probabilities = maps * 10, slow for every third batch (so later ones finish first when run at once);
+    records the most calls running at once and the threads they ran on."""
+
+    def __init__(self, concurrent_batches):
+        self.concurrent_batches, self.running, self.most, self.threads = concurrent_batches, 0, 0, set()
+        self.lock = threading.Lock()
+
+    def probabilities(self, maps):
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+            self.threads.add(threading.current_thread())
+        time.sleep(0.1 if maps[0] % 3 == 0 else 0.001)
+        with self.lock:
+            self.running -= 1
+        return maps * 10
+
+
+@pytest.mark.parametrize("at_once", [1, 3])
+def test_predictions_come_back_in_order_with_up_to_n_running_at_once(at_once):
+    batches = [(f"names {i}", np.array([i, i, i])) for i in range(10)]
+    model = SlowModel(at_once)
+    out = list(trained_model.predicted(model, iter(batches)))
+    assert [batch for batch, _ in out] == batches  # every batch once, in the reader's order ...
+    for (_, maps), prob in out:
+        np.testing.assert_array_equal(prob, maps * 10)  # ... with its own probabilities
+    if at_once == 1:  # a Keras model: one batch at a time, on the caller's thread, as before
+        assert model.most == 1 and model.threads == {threading.current_thread()}
+    else:
+        assert 2 <= model.most <= at_once
 
 
 def test_wrong_model_shape_is_refused(folders, tmp_path):

@@ -178,6 +178,33 @@ def test_denoise_gives_identical_outputs_and_scores_from_keras_and_onnx(run, exp
     assert 0 < kept < keras_out[2][0]["methods"]["keep-all"]["counts"]["kept"]
 
 
+def test_concurrent_onnx_denoising_equals_one_batch_at_a_time(exported, events, tmp_path, monkeypatch):
+    """--threads 3: three single-thread batches at once give the PNGs, HDF5 and scores of --threads 1, even
+    when later batches finish first (every third call of a run held back, its first included)."""
+    import itertools
+    import time
+
+    import trained_model
+
+    one = denoise_both_ways(exported, events, tmp_path / "one", "--threads", "1", "--batch-size", "5")
+    run = trained_model.OnnxModel.probabilities
+    calls = {}  # model -> its calls counted
+
+    def held_back(self, hit_maps):
+        if next(calls.setdefault(self, itertools.count())) % 3 == 0:
+            time.sleep(0.2)
+        return run(self, hit_maps)
+
+    monkeypatch.setattr(trained_model.OnnxModel, "probabilities", held_back)
+    three = denoise_both_ways(exported, events, tmp_path / "three", "--threads", "3", "--batch-size", "5")
+    assert [m.concurrent_batches for m in calls] == [3, 3]  # the PNG run's model and the HDF5 run's
+    assert one[0].keys() == three[0].keys() and len(one[0]) == 48
+    for name in one[0]:
+        np.testing.assert_array_equal(one[0][name], three[0][name])
+    np.testing.assert_array_equal(one[1], three[1])
+    assert one[2] == three[2]
+
+
 TF_FREE = """
 import runpy, sys
 
