@@ -34,6 +34,7 @@ from PIL import Image  # noqa: E402
 
 import event_image as ei  # noqa: E402
 import Pix2Pix_data  # noqa: E402
+import script_utils  # noqa: E402
 
 N_PAIRS = 20_000
 SMALL_FRACTION = 4  # memory is also measured at N / SMALL_FRACTION
@@ -77,7 +78,7 @@ def decode(raw_dir, truth_dir, workers):
     names = sorted(os.listdir(raw_dir))
     jobs = [[(os.path.join(raw_dir, n), os.path.join(truth_dir, n)) for n in names[i:i + 64]]
             for i in range(0, len(names), 64)]
-    with multiprocessing.get_context(Pix2Pix_data.POOL_START).Pool(workers) as pool:  # started as convert's
+    with multiprocessing.get_context(script_utils.POOL_START).Pool(workers) as pool:  # started as convert's
         return sum(pool.imap_unordered(decode_pairs, jobs))
 
 
