@@ -6,6 +6,7 @@ import math
 import shutil
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -687,6 +688,29 @@ def test_a_report_path_that_is_a_folder_is_refused_before_any_work(script, model
     assert_one_line_error(proc, "rep.json", "is a folder")
     assert "wrote" not in proc.stdout and "model" not in proc.stdout  # refused before the model loads
     assert not (tmp / "out").exists() and not (tmp / "rep.png").exists()
+
+
+def test_a_png_another_run_wrote_meanwhile_is_never_replaced(models, folders, monkeypatch):
+    """Two runs into one PNG folder: while this run writes the 7th event's PNG (its temporary file),
+    another run finishes that PNG. This run stops there in one line, leaves the other run's file as
+    it was and removes the PNGs it had written itself, and no temporary file stays. Deterministic:
+    the other run's file appears at a chosen point, not after a sleep."""
+    tmp, raw, truth, names = folders
+    out = tmp / "out"
+    theirs = out / names[6]
+    real_write = ei.write_event_png
+
+    def another_run_finishes_that_png(path, image):
+        real_write(path, image)
+        if Path(path).name.startswith(f".{names[6]}."):  # this run's temporary of that event
+            theirs.write_bytes(b"the other run's denoised event")
+
+    monkeypatch.setattr(ei, "write_event_png", another_run_finishes_that_png)
+    with pytest.raises(InputError, match="appeared while this run was writing it"):
+        Pix2Pix_denoise.main(["--model", str(models["track"]), "--input-dir", str(tmp / "raw"), "--output-dir",
+                              str(out), "--batch-size", "4"])
+    assert [p.name for p in out.iterdir()] == [names[6]]  # its own first PNGs removed, no temporaries
+    assert theirs.read_bytes() == b"the other run's denoised event"
 
 
 def test_a_run_that_fails_at_the_report_removes_what_it_wrote(models, folders, monkeypatch):
