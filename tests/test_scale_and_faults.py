@@ -593,6 +593,8 @@ NEW_CASES = {  # case -> (script, words the one-line error must hold); the argum
     "--threshold nan": ("Pix2Pix_denoise.py", ["--threshold", "finite"]),
     "--batch-size inf": ("Pix2Pix_denoise.py", ["--batch-size"]),
     "--cae-cache is a file": ("Pix2Pix_denoise.py", ["afile", "is a file"]),
+    "preview is an existing folder": ("make_events.py", ["prev.png", "is a folder"]),
+    "preview below a file": ("make_events.py", ["afile", "is a file"]),
 }
 
 
@@ -613,6 +615,8 @@ def new_case_args(kind, tmp, good):
         shutil.copy(good / "good.h5", tmp / "part.h5")
     if kind == "report JSON is a folder":
         (tmp / "rep.json").mkdir()
+    if kind == "preview is an existing folder":
+        (tmp / "prev.png").mkdir()
     if kind == "HDF5 output is a folder":
         (tmp / "den.h5").mkdir()
     if kind == "truncated CAE cache file":
@@ -662,6 +666,8 @@ def new_case_args(kind, tmp, good):
         "--batch-size inf": [*png_job, "--output-dir", tmp / "o", "--batch-size", "inf"],
         "--cae-cache is a file": [*model, "--data", tmp / "good.h5", "--output", tmp / "d.h5", "--evaluate",
                                   "--baseline-cae", "--cae-cache", tmp / "afile"],
+        "preview is an existing folder": ["--out", tmp / "ev", "-n", 5, "--preview", tmp / "prev.png"],
+        "preview below a file": ["--out", tmp / "ev", "-n", 5, "--preview", tmp / "afile" / "prev.png"],
     }[kind]
 
 
