@@ -3,7 +3,7 @@
 1. make_events.py        synthetic CLAS12 raw/truth PNG pairs
 2. Pix2Pix_data.py       PNGs -> one HDF5 file (padded to 128x128x3)
 3. data_management.py    the train/validation/test split and its summary
-4. Pix2Pix_training.py   the Pix2Pix GAN, sized for a 2-core CPU
+4. Pix2Pix_training.py   the Pix2Pix U-Net, sized for a 2-core CPU
 5. Pix2Pix_denoise.py    the test split denoised and scored hit by hit against the baselines
                          (keep-everything, SNR, the CLAS12 convolutional auto-encoder)
 With --hipo (and --tiny) the same events also go the CLAS12 way: a HIPO file (make_events.py

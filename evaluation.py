@@ -195,7 +195,7 @@ def verdict(result):
     base = methods[best]["scores"]
     d = {k: model[k] - base[k] for k in ("f1", "efficiency", "rejection")}
     word = "BETTER than" if d["f1"] > 0 else ("EQUAL to" if d["f1"] == 0 else "WORSE than")
-    text = (f"On {result['events']} events the GAN is {word} the best CLAS12 baseline ({best}): "
+    text = (f"On {result['events']} events the model is {word} the best CLAS12 baseline ({best}): "
             f"F1 {model['f1']:.4f} vs {base['f1']:.4f} ({d['f1']:+.4f}), efficiency {d['efficiency']:+.4f}, "
             f"rejection {d['rejection']:+.4f}.")
     paired = result.get("model_vs_per_event", {}).get(best)
@@ -215,7 +215,7 @@ def tracking_verdict(result):
     kept = ", ".join(f"{m} {100 * scores[m]['kept_ge5']:.2f} %" for m in others)
     fake = ", ".join(f"{m} {scores[m]['fake_segments_per_event']:.2f}" for m in others)
     model = scores["model"]
-    text = (f" Tracking: the GAN keeps {100 * model['kept_ge5']:.2f} % of the tracks reconstructable (>= 5 of 6 "
+    text = (f" Tracking: the model keeps {100 * model['kept_ge5']:.2f} % of the tracks reconstructable (>= 5 of 6 "
             f"superlayers) in the raw events{f' ({kept})' if kept else ''} and leaves "
             f"{model['fake_segments_per_event']:.2f} fake segments per event (raw "
             f"{model['raw_fake_segments_per_event']:.2f}{', ' + fake if fake else ''}).")

@@ -60,7 +60,10 @@ def check_output_dir(out, wanted, chief=True):
             raise InputError(f"{config_path}: not a run configuration ({exc})") from None
         if saved != wanted:
             diff = ", ".join(f"{k} {saved.get(k)} there, {v} asked" for k, v in wanted.items() if saved.get(k) != v)
-            raise InputError(f"{out}: holds a run with a different architecture ({diff}); "
+            hint = (" (its discriminator: a run with the GAN term, which --gan-weight 0, the default since "
+                    "issue 11, leaves out; resume it with --gan-weight 1)" if saved.get("discriminator_patch_map")
+                    and not wanted.get("discriminator_patch_map") else "")
+            raise InputError(f"{out}: holds a run with a different architecture ({diff}){hint}; "
                              "use another --output-dir or the same settings")
     elif chief and out.is_dir() and any(not is_worker_folder(p) for p in out.iterdir()):
         raise InputError(f"{out}: exists and does not hold a training run (no run_config.json); "

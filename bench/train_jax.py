@@ -4,9 +4,10 @@ The project trains with Pix2Pix_training.py (TensorFlow). Some GPU machines (thi
 H100s, for one) carry JAX and not TensorFlow; this script lets them train the same model to
 measure what the full-width (BASE_FILTERS 64) generator reaches. It shares with the real trainer
 everything that decides the result: the generator, discriminator and losses (pix2pix_model.py),
-Adam(2e-4, beta_1 0.5), batch 32, the hit-weighted L1 (raw hits weighted too), the raw-hit gate
-at validation, the threshold chosen on the validation split by min(efficiency, rejection) and the
-best epoch by validation F1. It does not checkpoint, resume, distribute or export a .keras file.
+the default recipe (no GAN term, Adam 1e-3, beta_1 0.5), batch 32, the hit-weighted L1 (raw hits
+weighted too), the raw-hit gate at validation, the threshold chosen on the validation split by
+min(efficiency, rejection) and the best epoch by validation F1. It does not checkpoint, resume,
+distribute or export a .keras file.
 
 Input: the project's HDF5 file and the split data_management.py saved beside it
 (NAME.split.npz; run `python data_management.py --data FILE` first). Output, in OUTPUT_DIR:
@@ -50,9 +51,9 @@ BASE_FILTERS = pm.BASE_FILTERS  # the model's own defaults: 64, 100, 10
 LAMBDA = pm.LAMBDA
 HIT_WEIGHT = pm.HIT_WEIGHT
 WEIGHT_RAW_HITS = True
-LEARNING_RATE = 2e-4  # generator and discriminator
+LEARNING_RATE = 1e-3  # generator and discriminator (Pix2Pix_training's defaults)
 BETA_1 = 0.5
-GAN_WEIGHT = 1.0  # weight of the GAN term; 0 = the weighted L1 alone (the discriminator is still stepped)
+GAN_WEIGHT = 0.0  # weight of the GAN term; 0 (the default) = the weighted L1 alone (the discriminator is still stepped)
 SEED = 1
 PRECISION = "mixed_bfloat16"  # a Keras dtype policy: mixed_bfloat16 | float32
 # ----------------------------------------------------------------------------------------------

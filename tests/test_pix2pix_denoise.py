@@ -121,7 +121,7 @@ def test_evaluation_perfect_empty_and_keep_all():
     res = evaluation.evaluate(raw, truth, {"model": truth, "SNR": np.zeros_like(raw)})
     assert "BETTER than the best CLAS12 baseline (SNR): F1 1.0000 vs 0.0000 (+1.0000)" in res["verdict"]
     assert res["model_vs_per_event"] == {"SNR": {"better": 6, "equal": 0, "worse": 0}}
-    assert "better in 6, equal in 0, worse in 0. Tracking: the GAN keeps 100.00 %" in res["verdict"]
+    assert "better in 6, equal in 0, worse in 0. Tracking: the model keeps 100.00 %" in res["verdict"]
     assert res["verdict"].endswith("(6 events without track ids: the truth of each counts as one track.)")
 
 

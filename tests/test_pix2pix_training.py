@@ -25,7 +25,8 @@ import Pix2Pix_training as pt
 from Pix2Pix_training import keras, tf
 from script_utils import InputError
 
-TINY = ["--base-filters", "4", "--batch-size", "4", "--mixed-precision", "float32", "--sample-events", "2"]
+TINY = ["--base-filters", "4", "--batch-size", "4", "--mixed-precision", "float32", "--sample-events", "2",
+        "--gan-weight", "1"]  # the GAN term on (off by default): these runs check its discriminator too
 
 
 @pytest.fixture(scope="module")
@@ -330,7 +331,7 @@ def test_two_logical_cpus_train_with_mirrored_strategy_in_bfloat16(events_h5, tm
     out = tmp_path / "run"
     proc = run_script("Pix2Pix_training.py", "--data", events_h5, "--output-dir", out, "--epochs", 1,
                       "--logical-cpus", 2, "--base-filters", 4, "--batch-size", 2, "--mixed-precision", "bfloat16",
-                      "--validation-batches", 1, "--steps-per-epoch", 2)
+                      "--validation-batches", 1, "--steps-per-epoch", 2, "--gan-weight", 1)
     assert proc.returncode == 0, proc.stderr
     assert "2 replica(s), bfloat16" in proc.stdout
     assert "2 steps of 4 per epoch" in proc.stdout  # global batch = 2 x 2 replicas
@@ -360,6 +361,13 @@ def test_bad_inputs_give_one_line_errors(tiny_run, tmp_path):
                        "--base-filters", 8)
     assert_one_line_error(other, "different architecture", "base_filters 4 there, 8 asked")
     assert sorted(p.name for p in out.rglob("*")) == before
+    # A run with the GAN term resumed at today's default (--gan-weight 0, no discriminator) says how to resume it.
+    saved = json.loads((out / "run_config.json").read_text())["architecture"]
+    with pytest.raises(InputError, match="resume it with --gan-weight 1"):
+        pt.check_output_dir(out, {**saved, "discriminator_patch_map": None})
+    with pytest.raises(InputError) as other_width:
+        pt.check_output_dir(out, {**saved, "base_filters": 8})
+    assert "--gan-weight" not in str(other_width.value)
 
 
 def test_bad_settings_and_foreign_folders_are_refused(tmp_path):

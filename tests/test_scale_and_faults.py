@@ -33,7 +33,8 @@ import data_management
 import event_image as ei
 import make_events
 
-TINY = ["--base-filters", "4", "--mixed-precision", "float32", "--sample-events", "2", "--validation-batches", "1"]
+TINY = ["--base-filters", "4", "--mixed-precision", "float32", "--sample-events", "2", "--validation-batches", "1",
+        "--gan-weight", "1"]  # the GAN term on (off by default): these runs check its discriminator too
 
 
 def write_events_h5(path, n, seed=3, chunk=8):

@@ -173,8 +173,8 @@ def test_evaluation_columns_bins_and_batches():
     table = evaluation.format_table(one)
     assert "tracks >=5/6" in table.splitlines()[0] and "fake seg/event" in table.splitlines()[0]
     assert "without track ids" not in table
-    assert "Tracking: the GAN keeps 100.00 % of the tracks reconstructable (>= 5 of 6 superlayers) in the raw events " \
-           "(SNR 100.00 %) and leaves 0.00 fake segments per event (raw " in one["verdict"]
+    assert "Tracking: the model keeps 100.00 % of the tracks reconstructable (>= 5 of 6 superlayers) in the raw " \
+           "events (SNR 100.00 %) and leaves 0.00 fake segments per event (raw " in one["verdict"]
     snr = one["methods"]["SNR"]["tracking"]["counts"]  # SNR keeps every hit of a candidate: all fake segments stay
     assert snr["fake_segments"] == snr["raw_fake_segments"] > 0
     no_ids = evaluation.evaluate(raw, truth, keeps)
