@@ -9,10 +9,16 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("PYTHONHASHSEED", "0")
 
+import signal  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
 
 import pytest  # noqa: E402
+
+# A suite started in the background by a non-interactive shell (`... &` in a CI script) inherits
+# Ctrl-C ignored, and so would every script it starts: the tests that press Ctrl-C on a script need
+# a terminal's default, which an exec'd child gets from a handler here.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def run_script(script, *args, timeout=600, env=None):
