@@ -11,7 +11,6 @@ Used by Pix2Pix_denoise.py --evaluate and bench/score_probabilities.py; no Tenso
 import heapq
 import json
 import math
-import textwrap
 import warnings
 from pathlib import Path
 
@@ -19,12 +18,12 @@ import numpy as np
 
 import event_image as ei
 import tracking
+from report_plots import write_event_grid, write_plots
 from script_utils import atomic_output, check_output_path, json_ready
 
 BACKGROUND_BINS = (0, 10, 20, 40, 60, 80, 100, 130, 160, 200, 300)  # lower edges of the background-hit bins
 GRID_EVENTS = 4  # worst and best events shown in the report
 METHODS = ("model", "keep-all", "SNR", "CAE")
-COLORS = dict(zip(METHODS, ("tab:red", "tab:gray", "tab:blue", "tab:green"), strict=True))
 
 
 def _empty_counts():
@@ -45,8 +44,8 @@ class HitEvaluation:
 
     Per method: overall, per superlayer and per bin of background hits in the event, with the
     tracking counts (tracking.py: reconstructable tracks, fake segments) overall and per bin; for
-    the model also a sweep over output thresholds (from its probabilities) and the worst and best
-    events by F1 (only GRID_EVENTS of each are kept).
+    the model also a sweep over output thresholds (from its probabilities; hit-level and tracking
+    counts at each) and the worst and best events by F1 (only GRID_EVENTS of each are kept).
     """
 
     def __init__(self, methods, thresholds=ei.THRESHOLDS, background_bins=BACKGROUND_BINS,
@@ -62,6 +61,7 @@ class HitEvaluation:
         self.tracking_background = {m: [tracking.add_counts({}, {}) for _ in self.bins] for m in self.methods}
         self.track_id_events = {"with": 0, "without": 0}  # events scored with and without track ids
         self.sweep = [_empty_counts() for _ in self.thresholds]
+        self.sweep_tracking = [tracking.add_counts({}, {}) for _ in self.thresholds]
         self.paired = {m: {"better": 0, "equal": 0, "worse": 0} for m in self.methods if m != "model"}
         self.worst, self.best = [], []  # heaps of (key, -serial, event)
         self.serial = 0
@@ -89,7 +89,11 @@ class HitEvaluation:
         self._add_tracking(raw, truth, keeps, track_ids, bin_of_event)
         if probabilities is not None:
             for i, t in enumerate(self.thresholds):
-                self.sweep[i] = ei.add_counts(self.sweep[i], ei.hit_counts(raw, truth, probabilities > t))
+                kept = probabilities > t
+                self.sweep[i] = ei.add_counts(self.sweep[i], ei.hit_counts(raw, truth, kept))
+                per_event = tracking.event_counts(raw, truth, kept, track_ids)
+                self.sweep_tracking[i] = tracking.add_counts(self.sweep_tracking[i],
+                                                             {k: v.sum() for k, v in per_event.items()})
         if "model" in keeps:
             f1, rows = self._compare_events(raw, truth, keeps)
             if self.grid_events:
@@ -159,7 +163,8 @@ class HitEvaluation:
             "vs_background_hits": {m: [dict(low=edges[b], high=edges[b + 1], **entry(c, t)) for b, (c, t)
                                        in enumerate(zip(self.background[m], self.tracking_background[m], strict=True))]
                                    for m in self.methods},
-            "threshold_sweep": [dict(threshold=t, **entry(c)) for t, c in zip(self.thresholds, self.sweep, strict=True)]
+            "threshold_sweep": [dict(threshold=t, **entry(c, k)) for t, c, k
+                                in zip(self.thresholds, self.sweep, self.sweep_tracking, strict=True)]
             if any(c["events"] for c in self.sweep) else [],
             "model_vs_per_event": self.paired if "model" in self.methods else {},
             "worst_events": [e for _, _, e in sorted(self.worst, key=lambda x: (-x[0], x[1]))],
@@ -219,7 +224,27 @@ def tracking_verdict(result):
             f"superlayers) in the raw events{f' ({kept})' if kept else ''} and leaves "
             f"{model['fake_segments_per_event']:.2f} fake segments per event (raw "
             f"{model['raw_fake_segments_per_event']:.2f}{', ' + fake if fake else ''}).")
-    return text + track_ids_note(result, " ")
+    return text + at_equal_tracks(result) + track_ids_note(result, " ")
+
+
+def at_equal_tracks(result, other="CAE"):
+    """' At the CAE's share of tracks ...': the model at the highest swept threshold keeping at least as many
+    reconstructable tracks as the other method, and its fake segments there ('' without a sweep or the method).
+
+    The fair comparison of fake segments: a method that removes more tracks leaves fewer segments of any kind.
+    """
+    methods, sweep = result["methods"], result.get("threshold_sweep", [])
+    if other not in methods or not sweep or "tracking" not in sweep[0]:
+        return ""
+    target = methods[other]["tracking"]["scores"]
+    enough = [s for s in sweep if s["tracking"]["scores"]["kept_ge5"] >= target["kept_ge5"]]
+    if not enough or math.isnan(target["kept_ge5"]):
+        return ""
+    at = max(enough, key=lambda s: s["threshold"])
+    return (f" At {other}'s share of tracks ({100 * target['kept_ge5']:.2f} %) the model (threshold "
+            f"{at['threshold']:.2f}: {100 * at['tracking']['scores']['kept_ge5']:.2f} %) would leave "
+            f"{at['tracking']['scores']['fake_segments_per_event']:.3f} fake segments per event ({other} "
+            f"{target['fake_segments_per_event']:.3f}).")
 
 
 def track_ids_note(result, lead=""):
@@ -264,138 +289,6 @@ def report_paths(prefix):
 
 
 # --- The report ------------------------------------------------------------------------------
-def plot_efficiency_rejection(ax, x, groups, method):
-    """One method's efficiency (solid) and rejection (dashed) over groups of events (bins, superlayers)."""
-    color = COLORS.get(method)
-    ax.plot(x, [g["scores"]["efficiency"] for g in groups], "o-", color=color, label=f"{method} efficiency")
-    ax.plot(x, [g["scores"]["rejection"] for g in groups], "s--", color=color, alpha=0.6, label=f"{method} rejection")
-
-
-def finish_axes(ax, xlabel, title, ncol=2):
-    """Label, score range and legend shared by the report's line panels."""
-    ax.set_xlabel(xlabel)
-    ax.set_ylim(-0.02, 1.05)
-    ax.set_title(title)
-    ax.legend(fontsize=7, ncol=ncol)
-
-
-def plot_scores(ax, result):
-    """Score bars, the model next to the baselines."""
-    methods = list(result["methods"])
-    keys = ("efficiency", "rejection", "purity", "f1")
-    width = 0.8 / len(methods)
-    for i, m in enumerate(methods):
-        vals = [np.nan_to_num(result["methods"][m]["scores"][k]) for k in keys]
-        ax.bar(np.arange(len(keys)) + (i - (len(methods) - 1) / 2) * width, vals, width, label=m,
-               color=COLORS.get(m))
-    ax.set_xticks(range(len(keys)), keys)
-    ax.set_ylim(0, 1.05)
-    ax.set_title("hit-level scores")
-    ax.legend(fontsize=8, loc="lower right")
-
-
-def plot_vs_background(ax, result):
-    """Efficiency and rejection vs the background hits in the event (bins holding events only)."""
-    for m in result["methods"]:
-        bins = [b for b in result["vs_background_hits"][m] if b["counts"]["events"]]
-        x = [f"{b['low']}-{b['high'] - 1}" if b["high"] else f"{b['low']}+" for b in bins]
-        plot_efficiency_rejection(ax, x, bins, m)
-    finish_axes(ax, "background hits in the event", "efficiency (solid) and rejection (dashed) vs background")
-
-
-def plot_threshold_sweep(ax, result):
-    """The model's scores vs its output threshold, the threshold used and the baselines' F1."""
-    sweep = result["threshold_sweep"]
-    if sweep:
-        t = [s["threshold"] for s in sweep]
-        for k, style in (("efficiency", "o-"), ("rejection", "s-"), ("f1", "^-")):
-            ax.plot(t, [s["scores"][k] for s in sweep], style, label=f"model {k}")
-    if result.get("threshold") is not None:
-        ax.axvline(result["threshold"], color="k", ls=":", label=f"threshold used {result['threshold']:.2f}")
-    for m in result["methods"]:
-        if m != "model":
-            ax.axhline(np.nan_to_num(result["methods"][m]["scores"]["f1"]), color=COLORS.get(m), ls="--", lw=0.8,
-                       label=f"{m} F1")
-    finish_axes(ax, "model output threshold", "model scores vs threshold", ncol=1)
-
-
-def plot_superlayers(ax, result):
-    """Efficiency and rejection per superlayer."""
-    for m in result["methods"]:
-        plot_efficiency_rejection(ax, np.arange(1, ei.SUPERLAYERS + 1), result["per_superlayer"][m], m)
-    finish_axes(ax, "superlayer", "per superlayer")
-
-
-def tracking_bins(result, method):
-    """(labels, bins) of one method's background-hit bins holding events, each with its tracking scores."""
-    bins = [b for b in result["vs_background_hits"][method] if b["counts"]["events"] and "tracking" in b]
-    return [f"{b['low']}-{b['high'] - 1}" if b["high"] else f"{b['low']}+" for b in bins], bins
-
-
-def plot_tracks_vs_background(ax, result):
-    """Share of the raw-reconstructable tracks still reconstructable (>= 5/6 solid, 6/6 dotted) vs background."""
-    shown = [1.0]
-    for m in result["methods"]:
-        x, bins = tracking_bins(result, m)
-        for key, style, label in (("kept_ge5", "o-", ">=5/6"), ("kept_6", "s:", "6/6")):
-            values = [b["tracking"]["scores"][key] for b in bins]
-            shown += [v for v in values if math.isfinite(v)]
-            ax.plot(x, values, style, color=COLORS.get(m), alpha=1.0 if key == "kept_ge5" else 0.6,
-                    label=f"{m} {label}")
-    finish_axes(ax, "background hits in the event", "tracks still reconstructable (of those in the raw event)")
-    low = min(shown)  # zoomed in: the differences that matter are a few per cent
-    ax.set_ylim(low - 0.05 * (1.0 - low) - 0.005, 1.0 + 0.05 * (1.0 - low) + 0.005)
-
-
-def plot_fake_segments_vs_background(ax, result):
-    """Fake segments per event left by each method vs the background hits in the event."""
-    for m in result["methods"]:
-        x, bins = tracking_bins(result, m)
-        ax.plot(x, [b["tracking"]["scores"]["fake_segments_per_event"] for b in bins], "o-", color=COLORS.get(m),
-                label=m)
-    ax.set_yscale("symlog", linthresh=0.01)  # the denoisers' few hundredths beside the raw event's several
-    ax.set_xlabel("background hits in the event")
-    ax.set_title("fake segments per event (background, >= 4 of 6 layers in an SNR road)")
-    ax.legend(fontsize=7)
-
-
-def write_plots(path, result, overwrite):
-    """PREFIX.png: the six panels, the verdict as title."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(2, 3, figsize=(19, 9))
-    plot_scores(axes[0, 0], result)
-    plot_vs_background(axes[0, 1], result)
-    plot_tracks_vs_background(axes[0, 2], result)
-    plot_threshold_sweep(axes[1, 0], result)
-    plot_superlayers(axes[1, 1], result)
-    plot_fake_segments_vs_background(axes[1, 2], result)
-    fig.suptitle(textwrap.fill(result.get("verdict", ""), 200), fontsize=10)
-    fig.tight_layout()
-    with atomic_output(path, overwrite) as tmp, open(tmp, "wb") as fh:
-        fig.savefig(fh, format="png", dpi=90)
-    plt.close(fig)
-
-
-def write_event_grid(path, result, overwrite):
-    """PREFIX.events.png: the worst and best events, raw, truth and each method (none to draw: no file)."""
-    worst, shown = result["worst_events"], result["worst_events"] + result["best_events"]
-    if not shown:
-        return
-    columns = {"raw": [e["raw"] for e in shown], "truth": [e["truth"] for e in shown]}
-    for m in result["methods"]:
-        if m != "keep-all":
-            columns[m] = [e["keeps"][m] & e["raw"] if m == "model" else e["keeps"][m] for e in shown]
-    labels = [f"{'worst' if i < len(worst) else 'best'} {e['name'][:18]}\nF1 {e['f1']:.3f}"
-              for i, e in enumerate(shown)]
-    with atomic_output(path, overwrite) as tmp, open(tmp, "wb") as fh:
-        ei.save_event_grid(fh, columns, row_labels=labels,
-                           title="worst and best events by model F1 (model shown on the raw hits)")
-
-
 def write_report(result, prefix, overwrite=False, meta=None):
     """Write PREFIX.json (every number), PREFIX.png (the plots) and PREFIX.events.png; return the paths."""
     paths = report_paths(prefix)

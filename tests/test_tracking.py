@@ -183,6 +183,30 @@ def test_evaluation_columns_bins_and_batches():
     assert "without track ids" in no_ids["verdict"]
 
 
+def test_threshold_sweep_carries_tracking_and_the_model_is_compared_at_the_cae_s_tracks(tmp_path):
+    track = straight_track()
+    raw = track | background(CLUSTER)
+    prob = np.where(track, 0.9, 0.0) + np.where(background(CLUSTER), 0.4, 0.0)
+    prob[0, 30:36] = np.where(track[0, 30:36], 0.6, 0.0)  # superlayer 6's track hits are less certain
+    # a CAE-like method: keeps the track in five superlayers only, and the background cluster
+    cae = raw.copy()
+    cae[0, 30:36] = False
+    res = evaluation.evaluate(raw, track, {"model": raw & (prob > 0.5), "CAE": cae}, prob.astype(np.float32),
+                              thresholds=(0.3, 0.5, 0.7, 0.95))
+    got = [(s["threshold"], s["tracking"]["scores"]["kept_ge5"], s["tracking"]["scores"]["kept_6"],
+            s["tracking"]["counts"]["fake_segments"]) for s in res["threshold_sweep"]]
+    assert got == [(0.3, 1, 1, 1), (0.5, 1, 1, 0), (0.7, 1, 0, 0), (0.95, 0, 0, 0)]
+    # the highest threshold that keeps the CAE's share of tracks (1.0): 0.7, with no fake segment
+    assert ("At CAE's share of tracks (100.00 %) the model (threshold 0.70: 100.00 %) would leave 0.000 fake "
+            "segments per event (CAE 1.000).") in res["verdict"]
+    res["threshold"] = 0.5
+    paths = evaluation.write_report(res, tmp_path / "r")
+    sweep = json.loads(paths["json"].read_text())["threshold_sweep"]
+    assert [s["tracking"]["counts"]["after_ge5"] for s in sweep] == [1, 1, 1, 0]
+    no_sweep = evaluation.evaluate(raw, track, {"model": raw & (prob > 0.5), "CAE": cae})
+    assert "At CAE's share" not in no_sweep["verdict"] and no_sweep["threshold_sweep"] == []
+
+
 def test_report_json_and_png_carry_the_tracking(tmp_path):
     raw, truth, ids = make_events.generate_masks(30, seed=13, track_ids=True)
     res = evaluation.evaluate(raw, truth, {"model": truth, "keep-all": raw}, track_ids=ids)
