@@ -83,6 +83,7 @@ GAN_WARMUP = 0  # epochs over which the GAN weight ramps up linearly from 0 (0 =
 DISC_EVERY = 1  # step the discriminator every K generator steps
 LABEL_SMOOTHING = 0.0  # the discriminator's label for real pairs is 1 - this
 EMA_DECAY = 0.0  # validate and export an exponential moving average of the generator's weights (0 = off)
+LR_DECAY = "none"  # none: constant learning rates; cosine: both fall along a half cosine over --epochs, per epoch
 COLLAPSE_DROP = 0.1  # an epoch whose validation F1 is more than this below the best so far is flagged
 # ---------------------------------------------------------------------------------------------------
 
@@ -425,7 +426,7 @@ def build_parser():
 
 
 def add_gan_levers(p):
-    """The GAN term's levers and the collapse flag (issue 11; the README's lever table)."""
+    """The recipe's levers and the collapse flag (issue 11; the README's lever table)."""
     p.add_argument("--d-saturated-loss", type=float, default=D_SATURATED_LOSS,
                    help="a discriminator loss below this (balanced: 2 log 2 = 1.39) is noted in the log and "
                         "history.csv's disc_winning (default %(default)s)")
@@ -441,6 +442,9 @@ def add_gan_levers(p):
     p.add_argument("--ema-decay", type=float, default=EMA_DECAY,
                    help="validate and export an exponential moving average of the generator's weights with "
                         "this decay per step, in [0, 1); 0 = off (default %(default)s)")
+    p.add_argument("--lr-decay", choices=("none", "cosine"), default=LR_DECAY,
+                   help="cosine: every epoch's learning rates are the set ones x 0.5 (1 + cos(pi epoch / epochs)), "
+                        "epoch counted from 0 (default %(default)s)")
     p.add_argument("--collapse-drop", type=float, default=COLLAPSE_DROP,
                    help="flag (log, history.csv's collapse) an epoch whose validation F1 is more than this below "
                         "the best so far (default %(default)s)")

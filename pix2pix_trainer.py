@@ -1,7 +1,9 @@
 """The trainer of Pix2Pix_training.py: the models, their optimizers, the counters and the compiled
-train and predict steps under one tf.distribute strategy, with the GAN term's levers (--gan-weight,
---gan-warmup, --disc-every, --label-smoothing, --ema-decay; the README's "Training" section).
+train and predict steps under one tf.distribute strategy, with the recipe's levers (--gan-weight,
+--gan-warmup, --disc-every, --label-smoothing, --ema-decay, --lr-decay; the README's "Training" section).
 """
+
+import math
 
 from script_utils import import_keras, import_tensorflow
 
@@ -24,6 +26,12 @@ def make_optimizer(learning_rate, beta_1, precision):
     """Adam(learning_rate, beta_1); under float16, wrapped in dynamic loss scaling."""
     opt = keras.optimizers.Adam(learning_rate, beta_1=beta_1)
     return keras.optimizers.LossScaleOptimizer(opt) if precision == "float16" else opt
+
+
+def lr_factor(decay, epoch, epochs):
+    """The learning rate of epoch (0-based) over the set one: none = 1; cosine = 0.5 (1 + cos(pi epoch / epochs)),
+    from 1 in the first epoch down towards 0 in the last (--lr-decay)."""
+    return 0.5 * (1.0 + math.cos(math.pi * epoch / epochs)) if decay == "cosine" else 1.0
 
 
 class Trainer:
@@ -76,9 +84,14 @@ class Trainer:
                                    input_signature=[tf.TensorSpec((None,) + IMAGE_SHAPE, tf.float32)])
 
     def set_epoch(self, epoch):
-        """The GAN weight of epoch (0-based): ramped up linearly over --gan-warmup epochs, then full."""
-        warm = min(1.0, epoch / self.s.gan_warmup) if self.s.gan_warmup else 1.0
-        self.gan_scale.assign(self.s.gan_weight * warm)
+        """Epoch (0-based)'s GAN weight (ramped up linearly over --gan-warmup epochs) and learning rates."""
+        s = self.s
+        warm = min(1.0, epoch / s.gan_warmup) if s.gan_warmup else 1.0
+        self.gan_scale.assign(s.gan_weight * warm)
+        factor = lr_factor(s.lr_decay, epoch, s.epochs)
+        self.gen_opt.learning_rate = s.generator_lr * factor
+        if self.gan:
+            self.disc_opt.learning_rate = s.discriminator_lr * factor
 
     def disc_steps(self, step):
         """How many discriminator steps go with step generator steps (it steps at 0, K, 2K, ...)."""

@@ -543,3 +543,24 @@ def test_a_plain_unet_run_writes_the_collapse_column_and_the_stability(events_h5
         side = json.loads((out / f"{stem}.json").read_text())
         assert side["stability"]["recent_epochs"] == [1, 2] and "f1_minus_recent_median" in side["stability"]
     assert json.loads((out / "run_config.json").read_text())["architecture"]["discriminator_patch_map"] is None
+
+
+def test_cosine_lr_decay_scales_each_epochs_learning_rates_and_steps(tmp_path):
+    trainer = trainer_with(tmp_path, "--lr-decay", "cosine", "--epochs", 4, "--gan-weight", 1,
+                           "--generator-lr", 2e-3, "--discriminator-lr", 1e-3)
+    rates = []
+    for epoch in range(4):
+        trainer.set_epoch(epoch)
+        rates.append((float(trainer.gen_opt.learning_rate.numpy()), float(trainer.disc_opt.learning_rate.numpy())))
+    cosine = [0.5 * (1 + np.cos(np.pi * e / 4)) for e in range(4)]  # 1, 0.854, 0.5, 0.146
+    np.testing.assert_allclose(rates, [(2e-3 * c, 1e-3 * c) for c in cosine], rtol=1e-6)
+    # Adam's first step moves each weight by about the learning rate: at epoch 2 (factor 0.5) half as far.
+    moved = []
+    for decay, epoch in (("none", 2), ("cosine", 2)):
+        trainer = trainer_with(tmp_path, "--lr-decay", decay, "--epochs", 4)
+        before = values(trainer.generator.trainable_variables)
+        trainer.set_epoch(epoch)
+        trainer.step_batch(one_batch())
+        after = values(trainer.generator.trainable_variables)
+        moved.append(np.median(np.concatenate([np.abs(a - b).ravel() for a, b in zip(after, before, strict=True)])))
+    assert moved[1] / moved[0] == pytest.approx(0.5, rel=0.05)
