@@ -103,9 +103,8 @@ def build_parser():
     p.add_argument("--mask-with-raw", dest="gate_by_raw_hits", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help=f"events per prediction (default {BATCH_SIZE})")
     p.add_argument("--threads", type=int, default=THREADS,
-                   help="with an .onnx model on a PNG folder or HDF5 file: batches predicted at once, each on one "
-                        "onnxruntime thread (default 0: one per CPU core); a .keras model (and --hipo) predicts one "
-                        "batch at a time on the library's own threads")
+                   help="with an .onnx model: batches predicted at once, each on one onnxruntime thread (default 0: "
+                        "one per CPU core); a .keras model predicts one batch at a time on the library's own threads")
     p.add_argument("--split-seed", type=int, default=SPLIT_SEED,
                    help=f"seed of the train/validation/test split of --data (default {SPLIT_SEED})")
     ev = p.add_argument_group("evaluation")
@@ -440,7 +439,7 @@ def main(argv=None):
     else:
         reader, writer = png_job(args, out, inputs) if args.input_dir else h5_job(args, out, model_path, threshold)
 
-    model, _ = load_model(model_path, None if args.hipo else args.threads or cpu_cores())
+    model, _ = load_model(model_path, args.threads or cpu_cores())
     print(f"model {model_path} (threshold {threshold:.3f}{', from validation' if args.threshold is None else ''})")
     scoring = baselines = None
     if args.evaluate:

@@ -17,8 +17,10 @@ import numpy as np
 
 import clas12_hipo as ch
 from script_utils import InputError, check_output_path, progress
+from trained_model import predicted
 
-BATCHES_PER_READ = 2  # events read (and rewritten) at once: this many model batches' worth
+BATCHES_PER_READ = 2  # events read (and rewritten) at once: this many model batches' worth (at least
+#                       the batches the model runs at once: its concurrent_batches)
 
 
 class SectorTruth:
@@ -68,9 +70,10 @@ def denoise_hipo(model, threshold, in_path, out_path, *, batch_size=32, gate=Fal
     """Write out_path: in_path with the hits the model rejects marked (orders 40/70); return the counts.
 
     model.probabilities(hit maps) -> probabilities; a hit is kept when its probability is above
-    threshold. evaluation: a HitEvaluation fed the model (gated by the raw hits if gate) and the
-    baselines ({name: keep function}) on the sectors with TBHits hits. Counts: rewrite_orders' (events,
-    hits, rejected, rows_rewritten, events_without_dc_hits), sectors and unscored_sectors."""
+    threshold; a model with concurrent_batches N > 1 (an .onnx model) predicts N batches at once.
+    evaluation: a HitEvaluation fed the model (gated by the raw hits if gate) and the baselines
+    ({name: keep function}) on the sectors with TBHits hits. Counts: rewrite_orders' (events, hits,
+    rejected, rows_rewritten, events_without_dc_hits), sectors and unscored_sectors."""
     truth = SectorTruth(in_path) if evaluation is not None else None
     bar = progress(desc="denoising", unit="sector")
     sectors = 0
@@ -78,9 +81,8 @@ def denoise_hipo(model, threshold, in_path, out_path, *, batch_size=32, gate=Fal
     def decide(masks):
         nonlocal sectors
         kept = np.empty_like(masks)
-        for at in range(0, len(masks), batch_size):
-            raw = masks[at:at + batch_size]
-            prob = model.probabilities(raw)
+        batches = ((at, masks[at:at + batch_size]) for at in range(0, len(masks), batch_size))
+        for (at, raw), prob in predicted(model, batches):
             keep = prob > threshold
             if gate:
                 keep &= raw
@@ -96,8 +98,8 @@ def denoise_hipo(model, threshold, in_path, out_path, *, batch_size=32, gate=Fal
         return kept
 
     with bar:
-        counts = ch.rewrite_orders(in_path, out_path, decide, batch_events=BATCHES_PER_READ * batch_size,
-                                   overwrite=overwrite)
+        per_read = max(BATCHES_PER_READ, getattr(model, "concurrent_batches", 1)) * batch_size
+        counts = ch.rewrite_orders(in_path, out_path, decide, batch_events=per_read, overwrite=overwrite)
     return dict(counts, sectors=sectors, unscored_sectors=truth.unscored if truth else 0)
 
 

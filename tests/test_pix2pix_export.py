@@ -178,31 +178,61 @@ def test_denoise_gives_identical_outputs_and_scores_from_keras_and_onnx(run, exp
     assert 0 < kept < keras_out[2][0]["methods"]["keep-all"]["counts"]["kept"]
 
 
+def denoise_hipo(model, hipo, out, *extra):
+    """Run Pix2Pix_denoise --hipo with --evaluate; return the denoised file's bytes and the report's scores."""
+    import Pix2Pix_denoise
+
+    assert Pix2Pix_denoise.main(["--model", str(model), "--hipo", str(hipo), "--output", str(out), "--evaluate",
+                                 *extra]) == 0
+    report = json.loads(out.with_suffix(".report.json").read_text())
+    return out.read_bytes(), {k: report[k] for k in ("methods", "threshold_sweep", "per_superlayer")}
+
+
 def test_concurrent_onnx_denoising_equals_one_batch_at_a_time(exported, events, tmp_path, monkeypatch):
-    """--threads 3: three single-thread batches at once give the PNGs, HDF5 and scores of --threads 1, even
-    when later batches finish first (every third call of a run held back, its first included)."""
+    """--threads 3: three single-thread batches at once give the PNGs, HDF5, HIPO file and scores of
+    --threads 1, even when later batches finish first (every third call of a run held back, its first
+    included); with a HIPO file too, more than one batch runs at once."""
     import itertools
+    import threading
     import time
 
     import trained_model
 
+    hipo = tmp_path / "ev.hipo"
+    made = run_script("make_events.py", "--format", "hipo", "--out", hipo, "-n", 20, "--seed", 4, "--workers", 1)
+    assert made.returncode == 0, made.stderr
     one = denoise_both_ways(exported, events, tmp_path / "one", "--threads", "1", "--batch-size", "5")
+    one_hipo = denoise_hipo(exported, hipo, tmp_path / "one.hipo", "--threads", "1", "--batch-size", "5")
     run = trained_model.OnnxModel.probabilities
-    calls = {}  # model -> its calls counted
+    calls, lock, running = {}, threading.Lock(), {}  # model -> its calls counted; model -> [now, most] at once
 
     def held_back(self, hit_maps):
-        if next(calls.setdefault(self, itertools.count())) % 3 == 0:
+        with lock:
+            now = running.setdefault(self, [0, 0])
+            now[0] += 1
+            now[1] = max(now)
+            slow = next(calls.setdefault(self, itertools.count())) % 3 == 0
+        if slow:
             time.sleep(0.2)
-        return run(self, hit_maps)
+        try:
+            return run(self, hit_maps)
+        finally:
+            with lock:
+                now[0] -= 1
 
     monkeypatch.setattr(trained_model.OnnxModel, "probabilities", held_back)
     three = denoise_both_ways(exported, events, tmp_path / "three", "--threads", "3", "--batch-size", "5")
-    assert [m.concurrent_batches for m in calls] == [3, 3]  # the PNG run's model and the HDF5 run's
+    three_hipo = denoise_hipo(exported, hipo, tmp_path / "three.hipo", "--threads", "3", "--batch-size", "5")
+    assert [m.concurrent_batches for m in calls] == [3, 3, 3]  # the PNG run's model, the HDF5 run's, the HIPO's
+    assert all(most > 1 for _, most in running.values())
     assert one[0].keys() == three[0].keys() and len(one[0]) == 48
     for name in one[0]:
         np.testing.assert_array_equal(one[0][name], three[0][name])
     np.testing.assert_array_equal(one[1], three[1])
     assert one[2] == three[2]
+    assert one_hipo[0] == three_hipo[0]
+    assert one_hipo[1] == three_hipo[1]
+    assert one_hipo[1]["methods"]["model"]["counts"]["events"] == 20  # every sector image scored
 
 
 TF_FREE = """
