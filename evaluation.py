@@ -88,10 +88,10 @@ class HitEvaluation:
                                                       ei.hit_counts(raw[sel], truth[sel], kept[sel]))
         self._add_tracking(raw, truth, keeps, track_ids, bin_of_event)
         if probabilities is not None:
-            for i, t in enumerate(self.thresholds):
-                kept = probabilities > t
+            swept = [probabilities > t for t in self.thresholds]
+            per_threshold = tracking.counts_of_keeps(raw, truth, swept, track_ids)
+            for i, (kept, per_event) in enumerate(zip(swept, per_threshold, strict=True)):
                 self.sweep[i] = ei.add_counts(self.sweep[i], ei.hit_counts(raw, truth, kept))
-                per_event = tracking.event_counts(raw, truth, kept, track_ids)
                 self.sweep_tracking[i] = tracking.add_counts(self.sweep_tracking[i],
                                                              {k: v.sum() for k, v in per_event.items()})
         if "model" in keeps:
@@ -100,10 +100,10 @@ class HitEvaluation:
                 self._keep_extremes(raw, truth, keeps, names, f1, rows)
 
     def _add_tracking(self, raw, truth, keeps, track_ids, bin_of_event):
-        """Add each method's tracking counts (tracking.event_counts) overall and per background bin."""
+        """Add each method's tracking counts (tracking.counts_of_keeps) overall and per background bin."""
         self.track_id_events["without" if track_ids is None else "with"] += len(raw)
-        for m in self.methods:
-            per_event = tracking.event_counts(raw, truth, keeps[m], track_ids)
+        per_method = tracking.counts_of_keeps(raw, truth, [keeps[m] for m in self.methods], track_ids)
+        for m, per_event in zip(self.methods, per_method, strict=True):
             self.tracking[m] = tracking.add_counts(self.tracking[m], {k: v.sum() for k, v in per_event.items()})
             for b in np.unique(bin_of_event[bin_of_event >= 0]):
                 sel = bin_of_event == b
@@ -237,8 +237,8 @@ def at_equal_tracks(result, other="CAE"):
     if other not in methods or not sweep or "tracking" not in sweep[0]:
         return ""
     target = methods[other]["tracking"]["scores"]
-    enough = [s for s in sweep if s["tracking"]["scores"]["kept_ge5"] >= target["kept_ge5"]]
-    if not enough or math.isnan(target["kept_ge5"]):
+    enough = [s for s in sweep if s["tracking"]["scores"]["kept_ge5"] >= target["kept_ge5"]]  # none if NaN
+    if not enough:
         return ""
     at = max(enough, key=lambda s: s["threshold"])
     return (f" At {other}'s share of tracks ({100 * target['kept_ge5']:.2f} %) the model (threshold "

@@ -69,10 +69,15 @@ def plot_threshold_sweep(ax, result):
     finish_axes(ax, "model output threshold", "model scores vs threshold", ncol=1)
 
 
+def tracking_sweep(result):
+    """The threshold sweep's entries that carry tracking figures."""
+    return [s for s in result.get("threshold_sweep", []) if "tracking" in s]
+
+
 def plot_tracking_tradeoff(ax, result):
     """Tracks still reconstructable (>= 5/6) against fake segments left: the model at each swept threshold
     (some labelled, the one used ringed), every other method as one point."""
-    sweep = [s for s in result.get("threshold_sweep", []) if "tracking" in s]
+    sweep = tracking_sweep(result)
     if sweep:
         x = [s["tracking"]["scores"]["fake_segments_per_event"] for s in sweep]
         y = [s["tracking"]["scores"]["kept_ge5"] for s in sweep]
@@ -95,7 +100,7 @@ def plot_tracking_tradeoff(ax, result):
 
 def plot_tracking_vs_threshold(ax, result):
     """The model's tracks still reconstructable (left axis) and fake segments (right axis) vs its threshold."""
-    sweep = [s for s in result.get("threshold_sweep", []) if "tracking" in s]
+    sweep = tracking_sweep(result)
     t = [s["threshold"] for s in sweep]
     color = COLORS.get("model")
     ax.plot(t, [s["tracking"]["scores"]["kept_ge5"] for s in sweep], "o-", color=color, label="tracks >= 5/6")

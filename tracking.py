@@ -84,21 +84,34 @@ def event_counts(raw, truth, kept, track_ids=None):
     >= 5/6, ge4: >= 4/6 superlayers with a segment) from their raw hits / from their kept hits;
     fake_segments / raw_fake_segments: fake segments of the kept / of all background hits.
     """
-    raw, truth, kept = (np.asarray(a, bool) for a in (raw, truth, kept))
+    return counts_of_keeps(raw, truth, [kept], track_ids)[0]
+
+
+def counts_of_keeps(raw, truth, keeps, track_ids=None):
+    """event_counts of several kept masks of the same events (methods, thresholds): a list, one per mask.
+
+    What depends on the raw event alone (its tracks' segments, its fake segments) is found once.
+    """
+    raw, truth = np.asarray(raw, bool), np.asarray(truth, bool)
     ids, labels = track_labels(raw, truth, track_ids)
     track = ids > 0
     before = segments_per_track(track, ids, labels)
-    after = segments_per_track(track & kept, ids, labels)
     present = np.stack([(ids == k).any(axis=(-2, -1)) for k in labels], axis=-1) if len(labels) \
         else np.zeros((len(raw), 0), bool)
-    counts = {"events": np.ones(len(raw), np.int64), "tracks": present.sum(axis=-1)}
-    for name, level in LEVELS.items():
-        counts[f"raw_{name}"] = (present & (before >= level)).sum(axis=-1)
-        counts[f"after_{name}"] = (present & (after >= level)).sum(axis=-1)
     background = raw & ~truth
-    counts["fake_segments"] = fake_segments(background & kept).sum(axis=-1)
-    counts["raw_fake_segments"] = fake_segments(background).sum(axis=-1)
-    return counts
+    raw_fake = fake_segments(background).sum(axis=-1)
+    out = []
+    for kept in keeps:
+        kept = np.asarray(kept, bool)
+        after = segments_per_track(track & kept, ids, labels)
+        counts = {"events": np.ones(len(raw), np.int64), "tracks": present.sum(axis=-1)}
+        for name, level in LEVELS.items():
+            counts[f"raw_{name}"] = (present & (before >= level)).sum(axis=-1)
+            counts[f"after_{name}"] = (present & (after >= level)).sum(axis=-1)
+        counts["fake_segments"] = fake_segments(background & kept).sum(axis=-1)
+        counts["raw_fake_segments"] = raw_fake
+        out.append(counts)
+    return out
 
 
 def add_counts(a, b):
