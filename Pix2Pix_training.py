@@ -84,6 +84,7 @@ DISC_EVERY = 1  # step the discriminator every K generator steps
 LABEL_SMOOTHING = 0.0  # the discriminator's label for real pairs is 1 - this
 EMA_DECAY = 0.0  # validate and export an exponential moving average of the generator's weights (0 = off)
 LR_DECAY = "none"  # none: constant learning rates; cosine: both fall along a half cosine over --epochs, per epoch
+PIXEL_LOSS = "l1"  # l1: the weighted L1 (the paper's term); bce: the weighted binary cross-entropy per pixel
 COLLAPSE_DROP = 0.1  # an epoch whose validation F1 is more than this below the best so far is flagged
 # ---------------------------------------------------------------------------------------------------
 
@@ -445,6 +446,9 @@ def add_gan_levers(p):
     p.add_argument("--lr-decay", choices=("none", "cosine"), default=LR_DECAY,
                    help="cosine: every epoch's learning rates are the set ones x 0.5 (1 + cos(pi epoch / epochs)), "
                         "epoch counted from 0 (default %(default)s)")
+    p.add_argument("--pixel-loss", choices=("l1", "bce"), default=PIXEL_LOSS,
+                   help="the generator's per-pixel term, with the --hit-weight weights: l1, or bce (the "
+                        "output as a hit probability, the truth as its label) (default %(default)s)")
     p.add_argument("--collapse-drop", type=float, default=COLLAPSE_DROP,
                    help="flag (log, history.csv's collapse) an epoch whose validation F1 is more than this below "
                         "the best so far (default %(default)s)")

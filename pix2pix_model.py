@@ -159,18 +159,25 @@ def average_over_batch(per_example, global_batch):
 
 
 def generator_loss(disc_fake, gen_output, target, global_batch, lam=LAMBDA, hit_weight=HIT_WEIGHT, raw=None,
-                   gan_weight=1.0):
+                   gan_weight=1.0, pixel_loss="l1"):
     """gan_weight x GAN loss (fool the discriminator) + lam x L1, the truth's hit pixels weighted by hit_weight.
 
     With raw given, the raw image's hits are weighted too: every pixel the denoiser has to decide
     on (keep a track hit, remove a noise hit) then counts hit_weight times an empty pixel.
-    disc_fake None (no discriminator): the GAN loss is 0, a plain U-Net on the weighted L1.
-    Returns (total, gan, l1), each averaged over the global batch (gan unweighted).
+    pixel_loss "bce" puts the binary cross-entropy of each pixel (the output a hit probability,
+    the truth its label) in place of the L1, with the same weights.
+    disc_fake None (no discriminator): the GAN loss is 0, a plain U-Net on the weighted pixel loss.
+    Returns (total, gan, l1), each averaged over the global batch (gan unweighted; l1 the pixel loss).
     """
     decided = target if raw is None else ops.maximum(target, raw)
     hits = ops.cast(ops.max(decided, axis=-1, keepdims=True) > ei.SCALED_HIT_THRESHOLD, "float32")
     weights = 1.0 + (hit_weight - 1.0) * hits
-    l1 = ops.mean(weights * ops.abs(target - gen_output), axis=(1, 2, 3))
+    if pixel_loss == "bce":
+        p = ops.clip(gen_output, 1e-7, 1.0 - 1e-7)
+        per_pixel = -(target * ops.log(p) + (1.0 - target) * ops.log(1.0 - p))
+    else:
+        per_pixel = ops.abs(target - gen_output)
+    l1 = ops.mean(weights * per_pixel, axis=(1, 2, 3))
     gan = ops.zeros_like(l1) if disc_fake is None else bce_with_logits(disc_fake, 1.0)
     total = gan_weight * gan + lam * l1
     return tuple(average_over_batch(v, global_batch) for v in (total, gan, l1))

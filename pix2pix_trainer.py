@@ -1,6 +1,6 @@
 """The trainer of Pix2Pix_training.py: the models, their optimizers, the counters and the compiled
 train and predict steps under one tf.distribute strategy, with the recipe's levers (--gan-weight,
---gan-warmup, --disc-every, --label-smoothing, --ema-decay, --lr-decay; the README's "Training" section).
+--gan-warmup, --disc-every, --label-smoothing, --ema-decay, --lr-decay, --pixel-loss; the README's "Training" section).
 """
 
 import math
@@ -120,7 +120,7 @@ class Trainer:
             disc_fake = self.discriminator([raw, gen_output], training=True) if self.gan else None
             gen_total, gen_gan, gen_l1 = generator_loss(disc_fake, gen_output, truth, self.global_batch, s.lam,
                                                         s.hit_weight, raw if s.weight_raw_hits else None,
-                                                        gan_weight=self.gan_scale)
+                                                        gan_weight=self.gan_scale, pixel_loss=s.pixel_loss)
             disc = tf.zeros(())
             if self.gan:
                 disc_real = self.discriminator([raw, truth], training=True)

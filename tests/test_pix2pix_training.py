@@ -564,3 +564,20 @@ def test_cosine_lr_decay_scales_each_epochs_learning_rates_and_steps(tmp_path):
         after = values(trainer.generator.trainable_variables)
         moved.append(np.median(np.concatenate([np.abs(a - b).ravel() for a, b in zip(after, before, strict=True)])))
     assert moved[1] / moved[0] == pytest.approx(0.5, rel=0.05)
+
+
+def test_pixel_loss_bce_is_the_hit_weighted_cross_entropy_and_the_trainer_uses_it(tmp_path):
+    rng = np.random.default_rng(2)
+    target = (rng.random((3, 128, 128, 3)) < 0.01).astype(np.float32)
+    raw = np.maximum(target, (rng.random((3, 128, 128, 3)) < 0.01).astype(np.float32))
+    output = rng.uniform(0.01, 0.99, (3, 128, 128, 3)).astype(np.float32)
+    _, _, bce = pm.generator_loss(None, output, target, 3, hit_weight=10, raw=raw, pixel_loss="bce")
+    weights = np.where(raw.max(-1, keepdims=True) > 0.5, 10.0, 1.0)
+    expected = -(target * np.log(output) + (1 - target) * np.log(1 - output))
+    assert float(bce) == pytest.approx(float(np.mean(weights * expected)), rel=1e-5)
+    # A fresh generator outputs ~0.5 everywhere: its cross-entropy is log 2 per pixel, its L1 0.5.
+    first = {}
+    for loss in ("l1", "bce"):
+        trainer = trainer_with(tmp_path, "--pixel-loss", loss)
+        first[loss] = float(trainer.step_batch(one_batch())[2])
+    assert first["bce"] / first["l1"] == pytest.approx(2 * np.log(2), rel=0.02)
