@@ -67,17 +67,44 @@ def crop_layers(padded):
     return rows[:, :, ei.PAD_LEFT:ei.PAD_LEFT + ei.WIRES]
 
 
+def one_channel_unet(generator):
+    """The trained U-Net (without the 128x128x3 raw-hit gate of pix2pix_model.with_raw_hit_gate, which the
+    interface applies at 36x112) taking one channel: its three input channels are copies of one hit map,
+    so the first convolution's kernel summed over them gives the same output for a third of the work."""
+    keras = import_keras()
+    import pix2pix_model
+
+    try:
+        bare = generator.get_layer("generator")
+    except ValueError:  # trained with --no-gate-by-raw-hits
+        bare = generator
+    blocks = [layer for layer in bare.layers if isinstance(layer, keras.Sequential)]
+    down, up = blocks[:pix2pix_model.GENERATOR_BLOCKS], blocks[pix2pix_model.GENERATOR_BLOCKS:]
+    conv, activation = down[0].layers
+    first = keras.layers.Conv2D(conv.filters, conv.kernel_size, strides=conv.strides, padding=conv.padding,
+                                use_bias=False)
+    first.build((None, ei.PADDED_SIZE, ei.PADDED_SIZE, 1))
+    first.set_weights([keras.ops.convert_to_numpy(conv.kernel).sum(axis=2, keepdims=True)])
+    image = keras.Input((ei.PADDED_SIZE, ei.PADDED_SIZE, 1))
+    output = pix2pix_model.unet(image, [keras.Sequential([first, activation]), *down[1:]], up, bare.layers[-1])
+    return keras.Model(image, output, name="one_channel_generator")
+
+
 def with_clas12_interface(generator):
-    """A keras.Model [B,1,36,112] hit map -> [B,1,36,112] probability, around a 128x128x3 generator."""
+    """A keras.Model [B,1,36,112] hit map -> [B,1,36,112] probability, around a 128x128x3 generator.
+
+    The probability is the generator's (the highest of its channels) where the map has a hit (> 0.5),
+    times the map, 0 elsewhere: the trained gated generator's output, cropped, times the map.
+    """
     keras = import_keras()
     from keras import ops
 
     hits = keras.Input((1, ei.LAYERS, ei.WIRES), name=ei.MODEL_INPUT)
     hit_map = ops.transpose(hits, (0, 2, 3, 1))  # (B, 36, 112, 1)
-    image = pad_layers(ops.concatenate([hit_map] * ei.CHANNELS, axis=-1))  # no Reshape: TorchScript traces it
-    image = ops.pad(image, [[0, 0], [0, 0], [ei.PAD_LEFT, ei.PAD_RIGHT], [0, 0]])
-    output = crop_layers(generator(image, training=False))
-    probability = ops.max(output, axis=-1, keepdims=True) * hit_map  # the raw-hit gate
+    image = ops.pad(pad_layers(hit_map), [[0, 0], [0, 0], [ei.PAD_LEFT, ei.PAD_RIGHT], [0, 0]])
+    output = crop_layers(one_channel_unet(generator)(image, training=False))
+    gate = ops.cast(hit_map > ei.SCALED_HIT_THRESHOLD, "float32")  # the raw-hit gate
+    probability = ops.max(output, axis=-1, keepdims=True) * gate * hit_map
     return keras.Model(hits, ops.transpose(probability, (0, 3, 1, 2)), name="clas12_dc_denoiser")
 
 

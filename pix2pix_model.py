@@ -78,14 +78,18 @@ def build_generator(base_filters=BASE_FILTERS):
     last = layers.Conv2DTranspose(ei.CHANNELS, 4, strides=2, padding="same", activation="sigmoid",
                                   kernel_initializer=keras.initializers.RandomNormal(0.0, 0.02), dtype="float32")
     inputs = keras.Input(IMAGE_SHAPE, name="raw")
-    x = inputs
+    return keras.Model(inputs, unet(inputs, down_stack, up_stack, last), name="generator")
+
+
+def unet(x, down_stack, up_stack, last):
+    """The U-Net's wiring: x down the encoder's blocks, up the decoder's with the skip connections, then last."""
     skips = []
     for down in down_stack:
         x = down(x)
         skips.append(x)
     for up, skip in zip(up_stack, reversed(skips[:-1]), strict=True):
         x = layers.Concatenate()([up(x), skip])
-    return keras.Model(inputs, last(x), name="generator")
+    return last(x)
 
 
 def with_raw_hit_gate(generator):
