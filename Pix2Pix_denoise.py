@@ -16,6 +16,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -248,7 +249,12 @@ class H5SplitReader:
 
 # --- Writers: `with writer:` then writer.write(names, kept hit masks) batch by batch ------------
 class PngFolderWriter:
-    """One PNG per event (hits = HIT_VALUE) named like its input, each written atomically."""
+    """One PNG per event (hits = HIT_VALUE) named like its input.
+
+    A new folder is filled under a temporary name beside it and renamed into place when the run
+    succeeds (an atomic rename of each file costs three times the file's own writing); into an
+    existing folder (new names, or --overwrite) each file is written atomically.
+    """
 
     def __init__(self, folder, overwrite=False):
         self.folder, self.overwrite = Path(folder), overwrite
@@ -270,27 +276,31 @@ class PngFolderWriter:
                 raise InputError(f"{self.folder / name}: already exists (use --overwrite to replace it)")
 
     def __enter__(self):
-        self.made_folder = not self.folder.exists()
-        self.folder.mkdir(exist_ok=True)
-        self.written = []
+        self.written, self.stack = [], contextlib.ExitStack()
+        self.new_folder = not self.folder.exists()
+        self.staging = self.stack.enter_context(atomic_output(self.folder, folder=True)) if self.new_folder else None
         return self
 
     def __exit__(self, *exc):
+        self.stack.__exit__(*exc)  # a new folder: renamed into place, or (a failed run) removed
+        self.placed = self.new_folder and exc[0] is None
         return False
 
     def write(self, names, kept):
         for name, image in zip(names, ei.mask_to_image(kept), strict=True):
+            if self.staging is not None:
+                ei.write_event_png(self.staging / name, image)
+                continue
             with atomic_output(self.folder / name, self.overwrite, suffix=".png") as tmp:
                 ei.write_event_png(tmp, image)
             self.written.append(self.folder / name)
 
     def discard(self):
         """Remove what this run wrote (a run that failed after writing)."""
+        if getattr(self, "placed", False):
+            shutil.rmtree(self.folder, ignore_errors=True)  # made by this run and renamed into place
         for path in getattr(self, "written", ()):
             path.unlink(missing_ok=True)
-        if getattr(self, "made_folder", False):
-            with contextlib.suppress(OSError):
-                self.folder.rmdir()  # only if empty
 
 
 class H5Writer:

@@ -31,6 +31,7 @@ LAYERS_PER_SUPERLAYER = 6
 PNG_HIT_THRESHOLD = 127  # a PNG pixel is a hit where any channel is above this
 SCALED_HIT_THRESHOLD = 0.5  # the same on images scaled to 0..1 (127/255 < 0.5 < 128/255)
 HIT_VALUE = 255  # the value written for a hit (all channels)
+PNG_COMPRESS_LEVEL = 1  # zlib level of written event PNGs: twice as fast to write as the default 6, ~500 bytes each
 
 # --- The 128x128 layout ----------------------------------------------------------------
 PADDED_SIZE = 128
@@ -184,7 +185,7 @@ def write_event_png(path, image):
     image = np.asarray(image, np.uint8)
     if image.shape != (LAYERS, WIRES, CHANNELS):
         raise ValueError(f"expected ({LAYERS}, {WIRES}, {CHANNELS}), got {image.shape}")
-    Image.fromarray(image, "RGB").save(path, format="PNG")
+    Image.fromarray(image, "RGB").save(path, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
 
 
 def write_track_ids_png(path, track_ids):
@@ -192,7 +193,7 @@ def write_track_ids_png(path, track_ids):
     track_ids = np.asarray(track_ids)
     if track_ids.shape != (LAYERS, WIRES) or track_ids.min(initial=0) < 0 or track_ids.max(initial=0) > 255:
         raise ValueError(f"expected ({LAYERS}, {WIRES}) track ids in 0..255, got {track_ids.shape}")
-    Image.fromarray(track_ids.astype(np.uint8), "L").save(path, format="PNG")
+    Image.fromarray(track_ids.astype(np.uint8), "L").save(path, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
 
 
 TRACKS_FOLDER = "tracks"  # make_events.py's folders layout: DIR/raw, DIR/truth and DIR/tracks (track-id PNGs)

@@ -548,15 +548,23 @@ def _kill_when(proc, ready, delay, timeout=120):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_killed_mid_run_leaves_only_complete_pngs(models, tmp_path, seed):
+@pytest.mark.parametrize("seed, existing", [(0, False), (1, True), (2, True)])
+def test_killed_mid_run_leaves_only_complete_pngs(models, tmp_path, seed, existing):
+    """A new output folder is filled under a hidden temporary name: killed, the final name does not
+    exist. Into an existing folder each PNG is renamed into place whole: killed, those there are valid."""
     raw, _ = make_events(1500, seed=seed)
     write_pngs(tmp_path / "raw", raw)
     out = tmp_path / "out"
+    if existing:
+        out.mkdir()
     proc = _start("--model", models["track"], "--input-dir", tmp_path / "raw", "--output-dir", out, "--batch-size", 4)
     delay = float(np.random.default_rng(seed).uniform(0.0, 0.6))
-    assert _kill_when(proc, lambda: out.is_dir() and any(out.glob("*.png")), delay), "finished before the kill"
+    writing = (lambda: any(out.glob("*.png"))) if existing else (lambda: any(tmp_path.glob(".out.*.tmp/*.png")))
+    assert _kill_when(proc, writing, delay), "finished before the kill"
     finals = sorted(out.glob("*.png"))
+    if not existing:
+        assert not out.exists() and len(list(tmp_path.glob(".out.*.tmp/*.png"))) < 1500
+        return
     assert 0 < len(finals) < 1500
     for p in finals:  # every PNG under a final name is whole and valid
         with Image.open(p) as im:
@@ -697,6 +705,7 @@ def test_a_png_another_run_wrote_meanwhile_is_never_replaced(models, folders, mo
     the other run's file appears at a chosen point, not after a sleep."""
     tmp, raw, truth, names = folders
     out = tmp / "out"
+    out.mkdir()  # an existing folder: each PNG is written atomically (a new one is renamed into place whole)
     theirs = out / names[6]
     real_write = ei.write_event_png
 
@@ -711,6 +720,40 @@ def test_a_png_another_run_wrote_meanwhile_is_never_replaced(models, folders, mo
                               str(out), "--batch-size", "4"])
     assert [p.name for p in out.iterdir()] == [names[6]]  # its own first PNGs removed, no temporaries
     assert theirs.read_bytes() == b"the other run's denoised event"
+
+
+def test_a_new_output_folder_appears_whole_and_never_replaces_one_another_run_made(models, folders, monkeypatch):
+    """A new folder is filled under a hidden name and renamed into place at the end: while this run
+    writes its last PNG, nothing exists under the final name. Another run that makes the folder
+    meanwhile keeps it: this run stops in one line and removes its own temporary folder."""
+    tmp, raw, truth, names = folders
+    out = tmp / "out"
+    real_write = ei.write_event_png
+    seen = []
+
+    def write_and_look(path, image):
+        real_write(path, image)
+        seen.append((Path(path).parent.name, out.exists()))
+        if Path(path).name == names[-1] and another_run:
+            out.mkdir()
+            (out / "theirs.png").write_bytes(b"the other run's")
+
+    monkeypatch.setattr(ei, "write_event_png", write_and_look)
+    for another_run in (False, True):
+        if another_run:
+            shutil.rmtree(out)
+            seen.clear()
+        args = ["--model", str(models["track"]), "--input-dir", str(tmp / "raw"), "--output-dir", str(out)]
+        if not another_run:
+            assert Pix2Pix_denoise.main(args) == 0
+            assert sorted(p.name for p in out.iterdir()) == sorted(names)
+            assert len(seen) == len(names) and not any(exists for _, exists in seen)
+            assert all(folder.startswith(".out.") and folder.endswith(".tmp") for folder, _ in seen)
+            continue
+        with pytest.raises(InputError, match="appeared while this run was writing it"):
+            Pix2Pix_denoise.main(args)
+        assert [p.name for p in out.iterdir()] == ["theirs.png"]
+        assert sorted(p.name for p in tmp.iterdir()) == ["out", "raw", "truth"]  # no temporary folder left
 
 
 def test_a_run_that_fails_at_the_report_removes_what_it_wrote(models, folders, monkeypatch):
