@@ -26,8 +26,6 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from sklearn.model_selection import train_test_split
-from sklearn.utils import shuffle as sklearn_shuffle
 
 import pairs_h5
 from event_image import CHANNELS, LAYERS, PADDED_SIZE, PNG_HIT_THRESHOLD, WIRES, crop_event, hit_mask
@@ -152,6 +150,11 @@ def split_path(h5_path):
 
 def make_split(n, split_seed=SPLIT_SEED, test_fraction=TEST_FRACTION, validation_fraction=VALIDATION_FRACTION):
     """Shuffle the indices 0..n-1 and cut them into train/validation/test (sorted int64 arrays)."""
+    # Imported here: scikit-learn takes a second to import, which scripts that need no split
+    # (denoising a PNG folder, say) should not pay.
+    from sklearn.model_selection import train_test_split
+    from sklearn.utils import shuffle as sklearn_shuffle
+
     order = sklearn_shuffle(np.arange(n, dtype=np.int64), random_state=split_seed)
     rest, test = train_test_split(order, test_size=test_fraction, shuffle=False)
     train, validation = train_test_split(rest, test_size=validation_fraction, shuffle=False)

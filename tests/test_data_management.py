@@ -409,3 +409,19 @@ def test_a_merged_file_moved_away_from_its_parts_is_refused_not_read_as_zeros(tm
                           "merged.h5", "missing")
     assert_one_line_error(script("Pix2Pix_training.py", "--data", elsewhere / "merged.h5", "--output-dir",
                                  tmp_path / "run", "--base-filters", 4), "merged.h5", "missing")
+
+
+def test_scikit_learn_is_imported_only_when_a_split_is_made():
+    """It takes a second to import: denoising a PNG folder, which needs no split, does not pay it."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    code = ("import sys, Pix2Pix_denoise, data_management\n"
+            "before = any(m.split('.')[0] == 'sklearn' for m in sys.modules)\n"
+            "data_management.make_split(20)\n"
+            "print(before, 'sklearn' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["False", "True"]
