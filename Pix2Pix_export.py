@@ -59,18 +59,30 @@ def pad_layers(image):
     return ops.concatenate(parts, axis=1)
 
 
-def crop_layers(padded):
-    """(B, 128, 128, C) -> (B, 36, 112, C): the inverse of pad_layers and the column padding."""
+def event_part_of_last_layer(last):
+    """The U-Net's last layer (a 4x4 stride-2 transposed convolution to 128x128) computed only for the
+    36x112 event: on the input rows and columns that reach the event's pixels (two more on each side,
+    so none of the zero padding at the crop's edges reaches them), its output cut to the layers'
+    rows and the wires' columns. (B, 64, 64, C) -> (B, 36, 112, 3), for a third of the arithmetic."""
     from keras import ops
 
-    rows = ops.concatenate([padded[:, s:s + ei.LAYERS_PER_REGION] for s in ei.REGION_ROWS], axis=1)
-    return rows[:, :, ei.PAD_LEFT:ei.PAD_LEFT + ei.WIRES]
+    top, bottom = ei.REGION_ROWS[0], ei.REGION_ROWS[-1] + ei.LAYERS_PER_REGION
+    left, right = ei.PAD_LEFT, ei.PAD_LEFT + ei.WIRES
+    row0, col0 = top // 2 - 2, left // 2 - 2  # output pixel (r, c) of the crop is padded (r + 2 row0, c + 2 col0)
+
+    def apply(x):
+        out = last(x[:, row0:bottom // 2 + 2, col0:right // 2 + 2])
+        rows = [out[:, start - 2 * row0:start - 2 * row0 + ei.LAYERS_PER_REGION] for start in ei.REGION_ROWS]
+        return ops.concatenate(rows, axis=1)[:, :, left - 2 * col0:right - 2 * col0]
+
+    return apply
 
 
 def one_channel_unet(generator):
     """The trained U-Net (without the 128x128x3 raw-hit gate of pix2pix_model.with_raw_hit_gate, which the
-    interface applies at 36x112) taking one channel: its three input channels are copies of one hit map,
-    so the first convolution's kernel summed over them gives the same output for a third of the work."""
+    interface applies at 36x112) taking one channel and giving the event's (B, 36, 112, 3): its three input
+    channels are copies of one hit map, so the first convolution's kernel summed over them gives the same
+    output for a third of the work, and its last layer is computed for the event only."""
     keras = import_keras()
     import pix2pix_model
 
@@ -86,7 +98,8 @@ def one_channel_unet(generator):
     first.build((None, ei.PADDED_SIZE, ei.PADDED_SIZE, 1))
     first.set_weights([keras.ops.convert_to_numpy(conv.kernel).sum(axis=2, keepdims=True)])
     image = keras.Input((ei.PADDED_SIZE, ei.PADDED_SIZE, 1))
-    output = pix2pix_model.unet(image, [keras.Sequential([first, activation]), *down[1:]], up, bare.layers[-1])
+    output = pix2pix_model.unet(image, [keras.Sequential([first, activation]), *down[1:]], up,
+                                event_part_of_last_layer(bare.layers[-1]))
     return keras.Model(image, output, name="one_channel_generator")
 
 
@@ -102,7 +115,7 @@ def with_clas12_interface(generator):
     hits = keras.Input((1, ei.LAYERS, ei.WIRES), name=ei.MODEL_INPUT)
     hit_map = ops.transpose(hits, (0, 2, 3, 1))  # (B, 36, 112, 1)
     image = ops.pad(pad_layers(hit_map), [[0, 0], [0, 0], [ei.PAD_LEFT, ei.PAD_RIGHT], [0, 0]])
-    output = crop_layers(one_channel_unet(generator)(image, training=False))
+    output = one_channel_unet(generator)(image, training=False)  # (B, 36, 112, 3)
     gate = ops.cast(hit_map > ei.SCALED_HIT_THRESHOLD, "float32")  # the raw-hit gate
     probability = ops.max(output, axis=-1, keepdims=True) * gate * hit_map
     return keras.Model(hits, ops.transpose(probability, (0, 3, 1, 2)), name="clas12_dc_denoiser")
