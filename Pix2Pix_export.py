@@ -2,9 +2,9 @@
 
 The exported model takes the bare hit map of B sectors, float32 [B, 1, 36, 112] (1.0 where a
 wire has a hit), and returns a hit probability per wire of the same shape: the padding to the
-128x128 layout, the 3-channel copy, the generator, the raw-hit gate and the crop back are all
-inside the graph. A hit is kept where its probability is above the threshold chosen on
-validation (stored in the model's metadata and in the JSON sidecar beside it).
+128x128 layout, the generator (fed one channel, its last layer computed for the event only), the
+raw-hit gate and the crop back are all inside the graph. A hit is kept where its probability is
+above the threshold chosen on validation (stored in the model's metadata and in the JSON sidecar beside it).
 
 After writing, the file is run with onnxruntime beside the Keras model on --verify-events
 events (from --data, else synthetic) and refused if any hit decision differs.
