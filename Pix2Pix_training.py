@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 import data_management
+import event_image as ei
 from script_utils import ArgumentParser, InputError, import_keras, import_tensorflow, progress, run_main
 
 tf = import_tensorflow()  # first, so that its C++ start-up lines stay off stderr
@@ -84,6 +85,7 @@ DISC_EVERY = 1  # step the discriminator every K generator steps
 LABEL_SMOOTHING = 0.0  # the discriminator's label for real pairs is 1 - this
 EMA_DECAY = 0.0  # validate and export an exponential moving average of the generator's weights (0 = off)
 LR_DECAY = "none"  # none: constant learning rates; cosine: both fall along a half cosine over --epochs, per epoch
+NOISE_AUGMENT = 0.0  # training only: extra noise hits on a fraction of each event's cells drawn in 0..this (0 = off)
 PIXEL_LOSS = "l1"  # l1: the weighted L1 (the paper's term); bce: the weighted binary cross-entropy per pixel
 COLLAPSE_DROP = 0.1  # an epoch whose validation F1 is more than this below the best so far is flagged
 # ---------------------------------------------------------------------------------------------------
@@ -243,12 +245,30 @@ def set_up(s):
     return Run(s, trainer, chief, multi_worker, out, split, steps_per_epoch, validation, checkpoints, log, started)
 
 
+EVENT_CELLS = np.zeros((ei.PADDED_SIZE, ei.PADDED_SIZE, 1), np.float32)  # 1 on the 36x112 cells of the layout
+EVENT_CELLS[ei.LAYER_ROWS[:, None], ei.WIRE_COLUMNS] = 1.0
+
+
+def with_noise_hits(raw, truth, most, seed):
+    """(raw with extra noise hits, truth): uncorrelated hits on a fraction of each event's cells
+    drawn in 0..most per event (--noise-augment), the truth unchanged: the model learns to remove
+    noise up to several times the training events' own. seed: a stateless seed, shape (2,)."""
+    n = tf.shape(raw)[0]
+    fraction = most * tf.random.stateless_uniform([n, 1, 1, 1], seed)
+    lit = tf.random.stateless_uniform([n, ei.PADDED_SIZE, ei.PADDED_SIZE, 1], seed + 1) < fraction
+    return tf.maximum(raw, tf.cast(lit, raw.dtype) * EVENT_CELLS), truth
+
+
 def epoch_batches(run, epoch, skip):
     """The epoch's distributed training batches, less the first skip (done before a resume)."""
     s, trainer = run.s, run.trainer
     data = (data_management.make_dataset(s.data, run.split["train"], batch_size=trainer.global_batch, shuffle=True,
                                          seed=s.seed, epoch=epoch, drop_remainder=True)
-            .take(run.steps_per_epoch).skip(skip))
+            .take(run.steps_per_epoch))
+    if s.noise_augment:  # seeded by (seed, epoch, batch): a resumed epoch gets the same noise
+        data = data.enumerate().map(lambda i, batch: with_noise_hits(
+            *batch, s.noise_augment, tf.stack([tf.constant(s.seed * 100_003 + epoch, tf.int64), 2 * i])))
+    data = data.skip(skip)
     if run.multi_worker:
         options = tf.data.Options()  # several workers: each takes its share of every global batch
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
@@ -446,6 +466,9 @@ def add_gan_levers(p):
     p.add_argument("--lr-decay", choices=("none", "cosine"), default=LR_DECAY,
                    help="cosine: every epoch's learning rates are the set ones x 0.5 (1 + cos(pi epoch / epochs)), "
                         "epoch counted from 0 (default %(default)s)")
+    p.add_argument("--noise-augment", type=float, default=NOISE_AUGMENT,
+                   help="training only: add uncorrelated noise hits to each training event, on a fraction of its "
+                        "cells drawn in 0..this per event, in [0, 1); 0 = off (default %(default)s)")
     p.add_argument("--pixel-loss", choices=("l1", "bce"), default=PIXEL_LOSS,
                    help="the generator's per-pixel term, with the --hit-weight weights: l1, or bce (the "
                         "output as a hit probability, the truth as its label) (default %(default)s)")
@@ -466,6 +489,8 @@ def parse_args(argv=None):
             raise InputError(f"--{name.replace('_', '-')} must not be negative, not {getattr(s, name)}")
     if s.disc_every < 1:
         raise InputError(f"--disc-every must be at least 1, not {s.disc_every}")
+    if not 0 <= s.noise_augment < 1:
+        raise InputError(f"--noise-augment must be in [0, 1), not {s.noise_augment}")
     if not 0 <= s.label_smoothing < 0.5 or not 0 <= s.ema_decay < 1:
         raise InputError(f"--label-smoothing {s.label_smoothing} must be in [0, 0.5), --ema-decay {s.ema_decay} "
                          "in [0, 1)")

@@ -581,3 +581,32 @@ def test_pixel_loss_bce_is_the_hit_weighted_cross_entropy_and_the_trainer_uses_i
         trainer = trainer_with(tmp_path, "--pixel-loss", loss)
         first[loss] = float(trainer.step_batch(one_batch())[2])
     assert first["bce"] / first["l1"] == pytest.approx(2 * np.log(2), rel=0.02)
+
+
+def test_noise_augment_adds_noise_hits_on_the_events_cells_to_the_training_batches_only(events_h5, tmp_path):
+    import types
+
+    raw, truth = one_batch()
+    seed = tf.constant([7, 0], tf.int64)
+    noisy, same_truth = (np.asarray(a) for a in pt.with_noise_hits(raw, truth, 0.2, seed))
+    np.testing.assert_array_equal(same_truth, truth)
+    hit, noisy_hit = np.asarray(raw).max(-1) > 0.5, noisy.max(-1) > 0.5
+    added = noisy_hit & ~hit
+    assert (noisy_hit >= hit).all() and (noisy >= np.asarray(raw)).all()
+    assert not added[:, pt.EVENT_CELLS[..., 0] == 0].any()  # never on the layout's padding
+    fractions = added.sum(axis=(1, 2)) / (ei.LAYERS * ei.WIRES)
+    assert fractions.max() < 0.2 * 1.1 and len(set(np.round(fractions, 3))) == len(fractions)  # 0..0.2, per event
+    np.testing.assert_array_equal(pt.with_noise_hits(raw, truth, 0.2, seed)[0], noisy)  # seeded
+    assert not np.array_equal(pt.with_noise_hits(raw, truth, 0.2, seed + 2)[0], noisy)
+    # The training pipeline: the same batches with noise added to the raw images, the truth as it was.
+    split = dm.load_split(str(events_h5))
+
+    def first_batch(*extra):
+        s = settings(events_h5, tmp_path / "run", *extra)
+        trainer = types.SimpleNamespace(global_batch=4, strategy=tf.distribute.get_strategy())
+        run = types.SimpleNamespace(s=s, trainer=trainer, split=split, steps_per_epoch=2, multi_worker=False)
+        return [np.asarray(a) for a in next(iter(pt.epoch_batches(run, 1, 0)))]
+
+    (plain_raw, plain_truth), (aug_raw, aug_truth) = first_batch(), first_batch("--noise-augment", 0.1)
+    np.testing.assert_array_equal(aug_truth, plain_truth)
+    assert (aug_raw >= plain_raw).all() and (aug_raw > plain_raw).any()
