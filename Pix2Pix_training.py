@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 
 import data_management
-import event_image as ei
 from script_utils import ArgumentParser, InputError, import_keras, import_tensorflow, progress, run_main
 
 tf = import_tensorflow()  # first, so that its C++ start-up lines stay off stderr
@@ -35,7 +34,7 @@ keras = import_keras()
 
 import pix2pix_model  # noqa: E402
 from pix2pix_model import dtype_policy, validate  # noqa: E402
-from pix2pix_trainer import Trainer, make_optimizer  # noqa: E402, F401 (make_optimizer: the trainer's, for tests)
+from pix2pix_trainer import EVENT_CELLS, Trainer, make_optimizer, with_noise_hits  # noqa: E402, F401 (tests)
 from training_files import (  # noqa: E402
     CSV_FIELDS,
     Checkpoints,
@@ -243,20 +242,6 @@ def set_up(s):
     log = tf.summary.create_file_writer(str(out / "logs")) if chief else None
     multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
     return Run(s, trainer, chief, multi_worker, out, split, steps_per_epoch, validation, checkpoints, log, started)
-
-
-EVENT_CELLS = np.zeros((ei.PADDED_SIZE, ei.PADDED_SIZE, 1), np.float32)  # 1 on the 36x112 cells of the layout
-EVENT_CELLS[ei.LAYER_ROWS[:, None], ei.WIRE_COLUMNS] = 1.0
-
-
-def with_noise_hits(raw, truth, most, seed):
-    """(raw with extra noise hits, truth): uncorrelated hits on a fraction of each event's cells
-    drawn in 0..most per event (--noise-augment), the truth unchanged: the model learns to remove
-    noise up to several times the training events' own. seed: a stateless seed, shape (2,)."""
-    n = tf.shape(raw)[0]
-    fraction = most * tf.random.stateless_uniform([n, 1, 1, 1], seed)
-    lit = tf.random.stateless_uniform([n, ei.PADDED_SIZE, ei.PADDED_SIZE, 1], seed + 1) < fraction
-    return tf.maximum(raw, tf.cast(lit, raw.dtype) * EVENT_CELLS), truth
 
 
 def epoch_batches(run, epoch, skip):

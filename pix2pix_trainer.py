@@ -1,10 +1,14 @@
 """The trainer of Pix2Pix_training.py: the models, their optimizers, the counters and the compiled
 train and predict steps under one tf.distribute strategy, with the recipe's levers (--gan-weight,
---gan-warmup, --disc-every, --label-smoothing, --ema-decay, --lr-decay, --pixel-loss; the README's "Training" section).
+--gan-warmup, --disc-every, --label-smoothing, --ema-decay, --lr-decay, --pixel-loss, --noise-augment;
+the README's "Training" section).
 """
 
 import math
 
+import numpy as np
+
+import event_image as ei
 from script_utils import import_keras, import_tensorflow
 
 tf = import_tensorflow()  # first, so that its C++ start-up lines stay off stderr
@@ -19,6 +23,19 @@ from pix2pix_model import (  # noqa: E402
     synchronize_batch_norm,
     with_raw_hit_gate,
 )
+
+# --- The training batches' noise (--noise-augment) -------------------------------------------------
+EVENT_CELLS = ei.pad_event(np.ones((ei.LAYERS, ei.WIRES, 1), np.float32))  # 1 on the layout's 36x112 event cells
+
+
+def with_noise_hits(raw, truth, most, seed):
+    """(raw with extra noise hits, truth): uncorrelated hits on a fraction of each event's cells
+    drawn in 0..most per event (--noise-augment), the truth unchanged: the model learns to remove
+    noise up to several times the training events' own. seed: a stateless seed, shape (2,)."""
+    n = tf.shape(raw)[0]
+    fraction = most * tf.random.stateless_uniform([n, 1, 1, 1], seed)
+    lit = tf.random.stateless_uniform([n, ei.PADDED_SIZE, ei.PADDED_SIZE, 1], seed + 1) < fraction
+    return tf.maximum(raw, tf.cast(lit, raw.dtype) * EVENT_CELLS), truth
 
 
 # --- The trainer: models, optimizers, counters, the compiled steps ----------------------------------
