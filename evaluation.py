@@ -218,12 +218,14 @@ def tracking_verdict(result):
     scores = {m: e["tracking"]["scores"] for m, e in methods.items()}
     others = [m for m in ("SNR", "CAE") if m in scores]
     kept = ", ".join(f"{m} {100 * scores[m]['kept_ge5']:.2f} %" for m in others)
-    fake = ", ".join(f"{m} {scores[m]['fake_segments_per_event']:.2f}" for m in others)
+    fake = "".join(f", {m} {scores[m]['fake_segments_per_event']:.3f} / {scores[m]['fake_beside_tracks_per_event']:.3f}"
+                   for m in others)
     model = scores["model"]
     text = (f" Tracking: the model keeps {100 * model['kept_ge5']:.2f} % of the tracks reconstructable (>= 5 of 6 "
             f"superlayers) in the raw events{f' ({kept})' if kept else ''} and leaves "
-            f"{model['fake_segments_per_event']:.2f} fake segments per event (raw "
-            f"{model['raw_fake_segments_per_event']:.2f}{', ' + fake if fake else ''}).")
+            f"{model['fake_segments_per_event']:.3f} fake segments per event, {model['fake_beside_tracks_per_event']:.3f} "
+            f"of them beside a track (raw {model['raw_fake_segments_per_event']:.3f} / "
+            f"{model['raw_fake_beside_tracks_per_event']:.3f}{fake}).")
     return text + at_equal_tracks(result) + track_ids_note(result, " ")
 
 
@@ -257,7 +259,8 @@ def track_ids_note(result, lead=""):
 
 TABLE_COLUMNS = {"efficiency": "efficiency", "rejection": "rejection", "purity": "purity", "f1": "F1",
                  "invented_per_event": "invented/event"}
-TRACKING_COLUMNS = {"kept_ge5": "tracks >=5/6", "fake_segments_per_event": "fake seg/event"}
+TRACKING_COLUMNS = {"kept_ge5": "tracks >=5/6", "fake_segments_per_event": "fake seg/event",
+                    "fake_beside_tracks_per_event": "beside tracks"}
 
 
 def format_table(result):
@@ -271,10 +274,12 @@ def format_table(result):
     if "tracking" in first:
         c, s = first["tracking"]["counts"], first["tracking"]["scores"]
         lines.append("tracks >=5/6: share of the tracks reconstructable in the raw event (segments in >= 5 of 6 "
-                     "superlayers) that still are; fake seg/event: background segments left")
+                     "superlayers) that still are; fake seg/event: background segments left; beside tracks: "
+                     f"those of them within {tracking.BESIDE_TRACK_WIRES} wire of a track's hits in their superlayer")
         lines.append(f"raw events: {c['tracks']} tracks, reconstructable from 6/6 {s['raw_6']:.4f}, "
                      f">=5/6 {s['raw_ge5']:.4f}, >=4/6 {s['raw_ge4']:.4f}; "
-                     f"{s['raw_fake_segments_per_event']:.4f} fake segments/event")
+                     f"{s['raw_fake_segments_per_event']:.4f} fake segments/event "
+                     f"({s['raw_fake_beside_tracks_per_event']:.4f} beside tracks)")
         note = track_ids_note(result)
         if note:
             lines.append(note)

@@ -19,8 +19,9 @@ from event_image import LAYERS_PER_SUPERLAYER, SUPERLAYERS
 
 SEGMENT_LAYERS = 4  # a superlayer segment needs hits in at least this many of its 6 layers
 LEVELS = {"6": 6, "ge5": 5, "ge4": 4}  # reconstructable from 6/6, >= 5/6, >= 4/6 superlayers with a segment
+BESIDE_TRACK_WIRES = 1  # a fake segment whose road comes this close (wires) to a track hit of its superlayer is beside it
 COUNT_KEYS = ("events", "tracks", *(f"{when}_{name}" for when in ("raw", "after") for name in LEVELS),
-              "fake_segments", "raw_fake_segments")
+              "fake_segments", "raw_fake_segments", "fake_beside_tracks", "raw_fake_beside_tracks")
 
 
 def layers_per_superlayer(mask):
@@ -66,14 +67,40 @@ def fake_segments(background, shifts=SNR_SHIFTS, min_layers=SEGMENT_LAYERS):
     buckets span (s..s+max(shifts), or s-max(shifts)..s); roads that overlap or touch make one
     fake segment, so the count is the number of separate runs of road in the superlayer.
     """
-    rising, falling, _ = snr_segments(background, shifts, LAYERS_PER_SUPERLAYER - min_layers)
+    return fake_segment_counts(background, None, shifts, min_layers)[0]
+
+
+def fake_segment_counts(background, tracks=None, shifts=SNR_SHIFTS, min_layers=SEGMENT_LAYERS):
+    """(fake segments, those beside a track) per superlayer, each (..., 6) int (the second None without tracks).
+
+    A fake segment (fake_segments' definition) is beside a track when its road comes within
+    BESIDE_TRACK_WIRES wires of a hit of `tracks` (the events' track hits, (..., 36, 112) bool) in
+    the same superlayer: background lying along a real segment, which tracking would cluster with
+    it, rather than apart, where it could seed a ghost track.
+    """
+    rising, falling, pad = snr_segments(background, shifts, LAYERS_PER_SUPERLAYER - min_layers)
     road = rising | falling
     for k in range(1, int(max(shifts)) + 1):
         road[..., k:] |= rising[..., :-k]  # rising at q covers q..q+width
         road[..., :-k] |= falling[..., k:]  # falling at q covers q-width..q
     starts = road.copy()
     starts[..., 1:] &= ~road[..., :-1]
-    return starts.sum(axis=-1)
+    if tracks is None:
+        return starts.sum(axis=-1), None
+    tracks = np.asarray(tracks, bool)
+    wires = tracks.reshape(tracks.shape[:-2] + (SUPERLAYERS, LAYERS_PER_SUPERLAYER, -1)).any(axis=-2)
+    near = np.zeros_like(road)
+    near[..., pad:pad + wires.shape[-1]] = wires
+    on = near.copy()
+    for k in range(1, BESIDE_TRACK_WIRES + 1):
+        near[..., k:] |= on[..., :-k]
+        near[..., :-k] |= on[..., k:]
+    touched = road & near
+    for q in range(1, road.shape[-1]):  # a run of road is beside a track if any of its wires is
+        touched[..., q] |= touched[..., q - 1] & road[..., q]
+    for q in range(road.shape[-1] - 2, -1, -1):
+        touched[..., q] |= touched[..., q + 1] & road[..., q]
+    return starts.sum(axis=-1), (starts & touched).sum(axis=-1)
 
 
 def event_counts(raw, truth, kept, track_ids=None):
@@ -82,7 +109,8 @@ def event_counts(raw, truth, kept, track_ids=None):
     raw, truth, kept: boolean (N, 36, 112); only kept raw hits count (an invented hit is none).
     tracks: tracks with a raw hit; raw_X / after_X: tracks reconstructable (X = 6: 6/6, ge5:
     >= 5/6, ge4: >= 4/6 superlayers with a segment) from their raw hits / from their kept hits;
-    fake_segments / raw_fake_segments: fake segments of the kept / of all background hits.
+    fake_segments / raw_fake_segments: fake segments of the kept / of all background hits;
+    fake_beside_tracks / raw_fake_beside_tracks: those of them beside a track (fake_segment_counts).
     """
     return counts_of_keeps(raw, truth, [kept], track_ids)[0]
 
@@ -99,7 +127,7 @@ def counts_of_keeps(raw, truth, keeps, track_ids=None):
     present = np.stack([(ids == k).any(axis=(-2, -1)) for k in labels], axis=-1) if len(labels) \
         else np.zeros((len(raw), 0), bool)
     background = raw & ~truth
-    raw_fake = fake_segments(background).sum(axis=-1)
+    raw_fake, raw_beside = (c.sum(axis=-1) for c in fake_segment_counts(background, track))
     out = []
     for kept in keeps:
         kept = np.asarray(kept, bool)
@@ -108,8 +136,9 @@ def counts_of_keeps(raw, truth, keeps, track_ids=None):
         for name, level in LEVELS.items():
             counts[f"raw_{name}"] = (present & (before >= level)).sum(axis=-1)
             counts[f"after_{name}"] = (present & (after >= level)).sum(axis=-1)
-        counts["fake_segments"] = fake_segments(background & kept).sum(axis=-1)
-        counts["raw_fake_segments"] = raw_fake
+        fake, beside = fake_segment_counts(background & kept, track)
+        counts["fake_segments"], counts["fake_beside_tracks"] = fake.sum(axis=-1), beside.sum(axis=-1)
+        counts["raw_fake_segments"], counts["raw_fake_beside_tracks"] = raw_fake, raw_beside
         out.append(counts)
     return out
 
@@ -135,4 +164,6 @@ def scores_from_counts(c):
         scores[f"kept_{name}"] = ratio(c[f"after_{name}"], c[f"raw_{name}"])
     scores["fake_segments_per_event"] = ratio(c["fake_segments"], c["events"])
     scores["raw_fake_segments_per_event"] = ratio(c["raw_fake_segments"], c["events"])
+    scores["fake_beside_tracks_per_event"] = ratio(c["fake_beside_tracks"], c["events"])
+    scores["raw_fake_beside_tracks_per_event"] = ratio(c["raw_fake_beside_tracks"], c["events"])
     return scores

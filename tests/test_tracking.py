@@ -134,6 +134,27 @@ def test_fake_segments_are_counted_on_the_kept_background_hits_only():
     assert c["fake_segments"].tolist() == [1]  # track hits are not background: they make no fake segment
 
 
+def test_a_fake_segment_is_beside_a_track_when_its_road_comes_within_a_wire_of_the_track_s_hits():
+    track = straight_track(wire=30)  # wire 30 in every layer
+    apart = [(layer, wire + 40) for layer, wire in CLUSTER]  # a second cluster, far from the track
+    # CLUSTER moved to start at wire c: its road spans wires c..c+4 (rising, SNR_SHIFTS' widest bucket)
+    for start, beside in ((31, 1), (32, 0), (25, 1), (24, 0)):
+        cluster = background([(layer, wire - 30 + start) for layer, wire in CLUSTER] + apart)
+        total, near = tracking.fake_segment_counts(cluster, track)
+        assert total.tolist() == [[0, 0, 2, 0, 0, 0]] and near.sum() == beside, (start, near)
+        raw = track | cluster
+        s, c = scores(raw, track, raw)
+        assert (c["fake_segments"][0], c["fake_beside_tracks"][0], c["raw_fake_beside_tracks"][0]) == (2, beside, beside)
+        assert s["fake_beside_tracks_per_event"] == beside
+        s, c = scores(raw, track, raw & ~cluster)  # the denoiser removes both: none left, beside or not
+        assert (c["fake_segments"][0], c["fake_beside_tracks"][0], c["raw_fake_beside_tracks"][0]) == (0, 0, beside)
+    near_cluster = background(CLUSTER)  # road 30..34
+    assert tracking.fake_segment_counts(near_cluster, straight_track(wire=35))[1].sum() == 1
+    assert tracking.fake_segment_counts(near_cluster, straight_track(wire=36))[1].sum() == 0
+    only_elsewhere = straight_track(wire=30) & ~background([(row, 30) for row in range(12, 18)])
+    assert tracking.fake_segment_counts(near_cluster, only_elsewhere)[1].sum() == 0  # other superlayers' hits
+
+
 def test_the_road_finds_the_segments_of_real_tracks():
     """The road is SNR's, sized for the slope and stagger of tracks: it finds (almost) every true segment."""
     raw, truth, ids = make_events.generate_masks(400, seed=11, track_ids=True)
@@ -171,10 +192,11 @@ def test_evaluation_columns_bins_and_batches():
         for key in tracking.COUNT_KEYS:
             assert sum(b["tracking"]["counts"][key] for b in per_bin) == one["methods"][m]["tracking"]["counts"][key]
     table = evaluation.format_table(one)
-    assert "tracks >=5/6" in table.splitlines()[0] and "fake seg/event" in table.splitlines()[0]
+    assert all(title in table.splitlines()[0] for title in ("tracks >=5/6", "fake seg/event", "beside tracks"))
     assert "without track ids" not in table
     assert "Tracking: the model keeps 100.00 % of the tracks reconstructable (>= 5 of 6 superlayers) in the raw " \
-           "events (SNR 100.00 %) and leaves 0.00 fake segments per event (raw " in one["verdict"]
+           "events (SNR 100.00 %) and leaves 0.000 fake segments per event, 0.000 of them beside a track (raw " \
+           in one["verdict"]
     snr = one["methods"]["SNR"]["tracking"]["counts"]  # SNR keeps every hit of a candidate: all fake segments stay
     assert snr["fake_segments"] == snr["raw_fake_segments"] > 0
     no_ids = evaluation.evaluate(raw, truth, keeps)
