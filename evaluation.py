@@ -223,9 +223,9 @@ def tracking_verdict(result):
     model = scores["model"]
     text = (f" Tracking: the model keeps {100 * model['kept_ge5']:.2f} % of the tracks reconstructable (>= 5 of 6 "
             f"superlayers) in the raw events{f' ({kept})' if kept else ''} and leaves "
-            f"{model['fake_segments_per_event']:.3f} fake segments per event, {model['fake_beside_tracks_per_event']:.3f} "
-            f"of them beside a track (raw {model['raw_fake_segments_per_event']:.3f} / "
-            f"{model['raw_fake_beside_tracks_per_event']:.3f}{fake}).")
+            f"{model['fake_segments_per_event']:.3f} fake segments per event, "
+            f"{model['fake_beside_tracks_per_event']:.3f} of them beside a track (raw "
+            f"{model['raw_fake_segments_per_event']:.3f} / {model['raw_fake_beside_tracks_per_event']:.3f}{fake}).")
     return text + at_equal_tracks(result) + track_ids_note(result, " ")
 
 

@@ -19,7 +19,7 @@ from event_image import LAYERS_PER_SUPERLAYER, SUPERLAYERS
 
 SEGMENT_LAYERS = 4  # a superlayer segment needs hits in at least this many of its 6 layers
 LEVELS = {"6": 6, "ge5": 5, "ge4": 4}  # reconstructable from 6/6, >= 5/6, >= 4/6 superlayers with a segment
-BESIDE_TRACK_WIRES = 1  # a fake segment whose road comes this close (wires) to a track hit of its superlayer is beside it
+BESIDE_TRACK_WIRES = 1  # a fake segment whose road comes this close (wires) to a track hit in its superlayer
 COUNT_KEYS = ("events", "tracks", *(f"{when}_{name}" for when in ("raw", "after") for name in LEVELS),
               "fake_segments", "raw_fake_segments", "fake_beside_tracks", "raw_fake_beside_tracks")
 
