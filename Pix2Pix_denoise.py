@@ -414,17 +414,12 @@ def check_outputs(args, out, report, inputs):
 
 
 def png_job(args, out, inputs):
-    """Reader and writer of a PNG folder, every input and output checked.
-
-    A new output folder appears only when the whole run succeeds (PngFolderWriter), so its inputs
-    are checked as they are read; into an existing folder, every PNG is read before any is written.
-    """
+    """Reader and writer of a PNG folder, every input and output checked."""
     tracks_dir = args.tracks_dir or (ei.default_tracks_dir(args.truth_dir) if args.truth_dir else None)
     reader = PngFolderReader(args.input_dir, args.truth_dir, args.batch_size, tracks_dir)
     writer = PngFolderWriter(out, args.overwrite)
     writer.check(reader.names, inputs)
-    if writer.folder.exists():  # written file by file: every input is read before the first is written
-        reader.check()
+    reader.check()
     return reader, writer
 
 
