@@ -32,8 +32,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from script_utils import import_keras  # noqa: E402
 
+keras = import_keras()  # TensorFlow imported quietly, before the modules that use it
 
 import baselines  # noqa: E402
 import event_image as ei  # noqa: E402
@@ -42,9 +43,6 @@ import Pix2Pix_denoise  # noqa: E402
 import Pix2Pix_export  # noqa: E402
 import pix2pix_model as pm  # noqa: E402
 import trained_model  # noqa: E402
-from script_utils import import_keras  # noqa: E402
-
-keras = import_keras()  # TensorFlow imported quietly, first
 
 EVENTS = 1000
 WIDTHS = (16, 32, 64)
