@@ -84,7 +84,7 @@ DISC_EVERY = 1  # step the discriminator every K generator steps
 LABEL_SMOOTHING = 0.0  # the discriminator's label for real pairs is 1 - this
 EMA_DECAY = 0.0  # validate and export an exponential moving average of the generator's weights (0 = off)
 LR_DECAY = "none"  # none: constant learning rates; cosine: both fall along a half cosine over --epochs, per epoch
-NOISE_AUGMENT = 0.0  # training only: extra noise hits on a fraction of each event's cells drawn in 0..this (0 = off)
+NOISE_AUGMENT = pix2pix_model.NOISE_AUGMENT  # training only: noise hits added on 0..this of each event's cells
 PIXEL_LOSS = "l1"  # l1: the weighted L1 (the paper's term); bce: the weighted binary cross-entropy per pixel
 COLLAPSE_DROP = 0.1  # an epoch whose validation F1 is more than this below the best so far is flagged
 # ---------------------------------------------------------------------------------------------------

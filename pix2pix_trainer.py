@@ -25,7 +25,7 @@ from pix2pix_model import (  # noqa: E402
 )
 
 # --- The training batches' noise (--noise-augment) -------------------------------------------------
-EVENT_CELLS = ei.pad_event(np.ones((ei.LAYERS, ei.WIRES, 1), np.float32))  # 1 on the layout's 36x112 event cells
+EVENT_CELLS = ei.event_region_mask()[..., None].astype(np.float32)  # 1 on the layout's 36x112 event cells
 
 
 def with_noise_hits(raw, truth, most, seed):

@@ -4,9 +4,10 @@ The project trains with Pix2Pix_training.py (TensorFlow). Some GPU machines (thi
 H100s, for one) carry JAX and not TensorFlow; this script lets them train the same model to
 measure what the full-width (BASE_FILTERS 64) generator reaches. It shares with the real trainer
 everything that decides the result: the generator, discriminator and losses (pix2pix_model.py),
-the default recipe (no GAN term, Adam 1e-3, beta_1 0.5), batch 32, the hit-weighted L1 (raw hits
-weighted too), the raw-hit gate at validation, the threshold chosen on the validation split by
-min(efficiency, rejection) and the best epoch by validation F1. It does not checkpoint, resume,
+the default recipe (no GAN term, Adam 1e-3, beta_1 0.5, extra noise hits in the training batches),
+batch 32, the hit-weighted L1 (raw hits weighted too), the raw-hit gate at validation, the
+threshold chosen on the validation split by min(efficiency, rejection) and the best epoch by
+validation F1. It does not checkpoint, resume,
 distribute or export a .keras file.
 
 Input: the project's HDF5 file and the split data_management.py saved beside it
@@ -54,6 +55,7 @@ WEIGHT_RAW_HITS = True
 LEARNING_RATE = 1e-3  # generator and discriminator (Pix2Pix_training's defaults)
 BETA_1 = 0.5
 GAN_WEIGHT = 0.0  # weight of the GAN term; 0 (the default) = the weighted L1 alone (the discriminator is still stepped)
+NOISE_AUGMENT = pm.NOISE_AUGMENT  # extra noise hits on 0..this of each training event's cells (Pix2Pix_training's)
 SEED = 1
 PRECISION = "mixed_bfloat16"  # a Keras dtype policy: mixed_bfloat16 | float32
 # ----------------------------------------------------------------------------------------------
@@ -70,6 +72,18 @@ def load_pairs(h5_path):
     return {name: (raw[split[name]], truth[split[name]]) for name in ("train", "validation", "test")}
 
 
+EVENT_CELLS = ei.event_region_mask()[..., None].astype(np.float32)  # 1 on the layout's 36x112 event cells
+
+
+def with_noise_hits(raw, most, key):
+    """raw with uncorrelated noise hits on a fraction of each event's cells drawn in 0..most per event:
+    Pix2Pix_training's --noise-augment (pix2pix_trainer.with_noise_hits), with JAX's random numbers."""
+    fraction_key, cells_key = jax.random.split(key)
+    fraction = most * jax.random.uniform(fraction_key, (raw.shape[0], 1, 1, 1))
+    lit = jax.random.uniform(cells_key, raw.shape[:3] + (1,)) < fraction
+    return jnp.maximum(raw, lit.astype(raw.dtype) * EVENT_CELLS)
+
+
 def make_train_step(generator, discriminator, gen_opt, disc_opt, s):
     """The jitted step: both networks' losses from one forward pass, each net's gradient of its own loss."""
 
@@ -83,9 +97,11 @@ def make_train_step(generator, discriminator, gen_opt, disc_opt, s):
         return (gen_total, disc), (gen_gan, gen_l1, g_ntv, d_ntv)
 
     @jax.jit
-    def step(state, raw_u8, truth_u8):
+    def step(state, raw_u8, truth_u8, key):
         g_tv, g_ntv, d_tv, d_ntv, g_opt_v, d_opt_v = state
         raw, truth = raw_u8.astype(jnp.float32) / 255.0, truth_u8.astype(jnp.float32) / 255.0
+        if s.noise_augment:
+            raw = with_noise_hits(raw, s.noise_augment, key)
         (gen_total, disc), pullback, (gen_gan, gen_l1, g_ntv, d_ntv) = jax.vjp(
             lambda g, d: losses(g, d, g_ntv, d_ntv, raw, truth), g_tv, d_tv, has_aux=True)
         one, zero = jnp.ones_like(gen_total), jnp.zeros_like(disc)
@@ -147,7 +163,7 @@ def train(s):
     step = make_train_step(generator, discriminator, gen_opt, disc_opt, s)
     predict = make_predict(generator)
     train_raw_d, train_truth_d = jax.device_put(train_raw), jax.device_put(train_truth)  # uint8, on the device
-    rng = np.random.default_rng(s.seed)
+    rng, noise_key = np.random.default_rng(s.seed), jax.random.key(s.seed)
     steps_per_epoch = len(train_raw) // s.batch_size
 
     fields = ["epoch", "step", "gen_total", "gen_gan", "gen_l1", "disc", "val_l1", "threshold", "efficiency",
@@ -165,10 +181,11 @@ def train(s):
         sums = jnp.zeros(4)
         for idx in order:
             idx = jnp.asarray(idx)
-            state, losses = step(state, train_raw_d[idx], train_truth_d[idx])
+            total_steps += 1
+            key = jax.random.fold_in(noise_key, total_steps)  # the batch's noise hits (--noise-augment)
+            state, losses = step(state, train_raw_d[idx], train_truth_d[idx], key)
             sums = sums + jnp.stack(losses)  # summed on the device: no wait for each step
         sums = np.asarray(sums, np.float64)
-        total_steps += steps_per_epoch
         seconds = time.perf_counter() - t0
         predict_params = lambda raw, st=state: predict(st[0], st[1], jnp.asarray(raw))
         scores, _ = pm.validate(predict_params, batches(val_raw, val_truth))
@@ -213,6 +230,8 @@ def parse_args(argv=None):
     p.add_argument("--beta-1", type=float, default=BETA_1)
     p.add_argument("--gan-weight", type=float, default=GAN_WEIGHT,
                    help="weight of the GAN term; 0 trains the generator on the weighted L1 alone")
+    p.add_argument("--noise-augment", type=float, default=NOISE_AUGMENT,
+                   help="extra noise hits on a fraction of each training event's cells drawn in 0..this (0 = off)")
     p.add_argument("--seed", type=int, default=SEED)
     p.add_argument("--precision", default=PRECISION, choices=("mixed_bfloat16", "float32"))
     return p.parse_args(argv)

@@ -607,6 +607,9 @@ def test_noise_augment_adds_noise_hits_on_the_events_cells_to_the_training_batch
         run = types.SimpleNamespace(s=s, trainer=trainer, split=split, steps_per_epoch=2, multi_worker=False)
         return [np.asarray(a) for a in next(iter(pt.epoch_batches(run, 1, 0)))]
 
-    (plain_raw, plain_truth), (aug_raw, aug_truth) = first_batch(), first_batch("--noise-augment", 0.1)
+    plain_raw, plain_truth = first_batch("--noise-augment", 0)
+    aug_raw, aug_truth = first_batch("--noise-augment", 0.1)
+    assert pt.NOISE_AUGMENT > 0  # on by default
+    np.testing.assert_array_equal(first_batch()[0], first_batch("--noise-augment", pt.NOISE_AUGMENT)[0])
     np.testing.assert_array_equal(aug_truth, plain_truth)
     assert (aug_raw >= plain_raw).all() and (aug_raw > plain_raw).any()

@@ -92,3 +92,30 @@ def test_score_probabilities_scores_like_denoise_evaluate(jax_run):
     # Outputs of another file's test split are refused.
     wrong = run("score_probabilities.py", "--data", tmp / "other.h5", "--run", tmp / "run")
     assert wrong.returncode == 2 and "outputs for a test split of" in wrong.stderr.strip().splitlines()[-1]
+
+
+def test_noise_augment_under_jax_adds_noise_hits_on_event_cells_only():
+    """train_jax's port of --noise-augment (on by default, as in Pix2Pix_training): extra hits only on
+    the event's cells, a per-event fraction in 0..most, the raw hits kept, a new draw for each key."""
+    code = """
+import json, sys
+import numpy as np, jax
+sys.path.insert(0, "bench")
+import train_jax as tj
+raw = np.zeros((6, 128, 128, 3), np.float32)
+raw[:, 50, 60] = 1.0
+out = [np.asarray(tj.with_noise_hits(raw, 0.2, jax.random.key(k))) for k in (1, 1, 2)]
+print(json.dumps({"default": tj.NOISE_AUGMENT, "same_key": bool((out[0] == out[1]).all()),
+                  "other_key": bool((out[0] != out[2]).any()), "kept": bool((out[0] >= raw).all()),
+                  "channels_equal": bool((out[0] == out[0][..., :1]).all()),
+                  "outside": int(out[0][:, ~tj.ei.event_region_mask()].sum()),
+                  "fractions": ((out[0][..., 0] > raw[..., 0]).sum(axis=(1, 2)) / (36 * 112)).tolist()}))
+"""
+    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["default"] > 0 and got["same_key"] and got["other_key"] and got["kept"] and got["channels_equal"]
+    assert got["outside"] == 0  # never on the layout's padding
+    fractions = got["fractions"]
+    assert max(fractions) < 0.2 * 1.1 and len(set(np.round(fractions, 3))) == len(fractions)  # 0..0.2, per event
