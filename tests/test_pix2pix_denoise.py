@@ -332,7 +332,11 @@ def test_bad_inputs_one_line_error_and_no_output(script, models, folders, tmp_pa
     assert_one_line_error(script(SCRIPT, "--model", models["track"], *base), "zz_rotated.png", "36x112")
     assert_one_line_error(script(SCRIPT, "--model", models["track"], *base, "--batch-size", "many"), "--batch-size",
                           "not an integer")
-    assert not out.exists()
+    assert not out.exists() and not [p for p in tmp.iterdir() if p.name.startswith(".")]  # nor a temporary folder
+    out.mkdir()  # an existing folder is left as it was (the inputs are checked first; what a failed run wrote goes)
+    assert_one_line_error(script(SCRIPT, "--model", models["track"], *base, "--batch-size", "2"), "zz_rotated.png",
+                          "36x112")  # batches of 2: the bad PNG comes in the last one
+    assert not any(out.iterdir())
 
 
 @pytest.mark.parametrize("case, words", [
