@@ -6,8 +6,6 @@ the README's "Training" section).
 
 import math
 
-import numpy as np
-
 import event_image as ei
 from script_utils import import_keras, import_tensorflow
 
@@ -15,6 +13,7 @@ tf = import_tensorflow()  # first, so that its C++ start-up lines stay off stder
 keras = import_keras()
 
 from pix2pix_model import (  # noqa: E402
+    EVENT_CELLS,
     IMAGE_SHAPE,
     build_discriminator,
     build_generator,
@@ -24,10 +23,8 @@ from pix2pix_model import (  # noqa: E402
     with_raw_hit_gate,
 )
 
+
 # --- The training batches' noise (--noise-augment) -------------------------------------------------
-EVENT_CELLS = ei.event_region_mask()[..., None].astype(np.float32)  # 1 on the layout's 36x112 event cells
-
-
 def with_noise_hits(raw, truth, most, seed):
     """(raw with extra noise hits, truth): uncorrelated hits on a fraction of each event's cells
     drawn in 0..most per event (--noise-augment), the truth unchanged: the model learns to remove

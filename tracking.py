@@ -95,12 +95,10 @@ def fake_segment_counts(background, tracks=None, shifts=SNR_SHIFTS, min_layers=S
     for k in range(1, BESIDE_TRACK_WIRES + 1):
         near[..., k:] |= on[..., :-k]
         near[..., :-k] |= on[..., k:]
-    touched = road & near
-    for q in range(1, road.shape[-1]):  # a run of road is beside a track if any of its wires is
-        touched[..., q] |= touched[..., q - 1] & road[..., q]
-    for q in range(road.shape[-1] - 2, -1, -1):
-        touched[..., q] |= touched[..., q + 1] & road[..., q]
-    return starts.sum(axis=-1), (starts & touched).sum(axis=-1)
+    run = np.where(road & near, np.cumsum(starts, axis=-1), 0)  # the run (1, 2, ...) of each road wire near a track
+    beside = np.zeros(road.shape, bool)
+    np.put_along_axis(beside, run, True, axis=-1)  # beside[..., k]: run k has a wire near a track (0: none)
+    return starts.sum(axis=-1), beside[..., 1:].sum(axis=-1)
 
 
 def event_counts(raw, truth, kept, track_ids=None):

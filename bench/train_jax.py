@@ -7,8 +7,7 @@ everything that decides the result: the generator, discriminator and losses (pix
 the default recipe (no GAN term, Adam 1e-3, beta_1 0.5, extra noise hits in the training batches),
 batch 32, the hit-weighted L1 (raw hits weighted too), the raw-hit gate at validation, the
 threshold chosen on the validation split by min(efficiency, rejection) and the best epoch by
-validation F1. It does not checkpoint, resume,
-distribute or export a .keras file.
+validation F1. It does not checkpoint, resume, distribute or export a .keras file.
 
 Input: the project's HDF5 file and the split data_management.py saved beside it
 (NAME.split.npz; run `python data_management.py --data FILE` first). Output, in OUTPUT_DIR:
@@ -72,16 +71,13 @@ def load_pairs(h5_path):
     return {name: (raw[split[name]], truth[split[name]]) for name in ("train", "validation", "test")}
 
 
-EVENT_CELLS = ei.event_region_mask()[..., None].astype(np.float32)  # 1 on the layout's 36x112 event cells
-
-
 def with_noise_hits(raw, most, key):
     """raw with uncorrelated noise hits on a fraction of each event's cells drawn in 0..most per event:
     Pix2Pix_training's --noise-augment (pix2pix_trainer.with_noise_hits), with JAX's random numbers."""
     fraction_key, cells_key = jax.random.split(key)
     fraction = most * jax.random.uniform(fraction_key, (raw.shape[0], 1, 1, 1))
     lit = jax.random.uniform(cells_key, raw.shape[:3] + (1,)) < fraction
-    return jnp.maximum(raw, lit.astype(raw.dtype) * EVENT_CELLS)
+    return jnp.maximum(raw, lit.astype(raw.dtype) * pm.EVENT_CELLS)
 
 
 def make_train_step(generator, discriminator, gen_opt, disc_opt, s):
