@@ -82,6 +82,7 @@ GAN_WEIGHT = 0.0  # weight of the GAN term in the generator's loss; 0 (measured 
 GAN_WARMUP = 0  # epochs over which the GAN weight ramps up linearly from 0 (0 = full weight from the start)
 DISC_EVERY = 1  # step the discriminator every K generator steps
 LABEL_SMOOTHING = 0.0  # the discriminator's label for real pairs is 1 - this
+DROPOUT = pix2pix_model.DROPOUT  # dropout on the decoder's three deepest blocks while training (0 = none)
 EMA_DECAY = 0.0  # validate and export an exponential moving average of the generator's weights (0 = off)
 LR_DECAY = "none"  # none: constant learning rates; cosine: both fall along a half cosine over --epochs, per epoch
 NOISE_AUGMENT = pix2pix_model.NOISE_AUGMENT  # training only: noise hits added on 0..this of each event's cells
@@ -445,6 +446,9 @@ def add_gan_levers(p):
                    help="step the discriminator every K generator steps (default %(default)s)")
     p.add_argument("--label-smoothing", type=float, default=LABEL_SMOOTHING,
                    help="the discriminator's label for real pairs is 1 - this, in [0, 0.5) (default %(default)s)")
+    p.add_argument("--dropout", type=float, default=DROPOUT,
+                   help="training only: dropout rate on the decoder's three deepest blocks, in [0, 1); 0 = none "
+                        "(default %(default)s)")
     p.add_argument("--ema-decay", type=float, default=EMA_DECAY,
                    help="validate and export an exponential moving average of the generator's weights with "
                         "this decay per step, in [0, 1); 0 = off (default %(default)s)")
@@ -474,8 +478,9 @@ def parse_args(argv=None):
             raise InputError(f"--{name.replace('_', '-')} must not be negative, not {getattr(s, name)}")
     if s.disc_every < 1:
         raise InputError(f"--disc-every must be at least 1, not {s.disc_every}")
-    if not 0 <= s.noise_augment < 1:
-        raise InputError(f"--noise-augment must be in [0, 1), not {s.noise_augment}")
+    for name in ("noise_augment", "dropout"):
+        if not 0 <= getattr(s, name) < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be in [0, 1), not {getattr(s, name)}")
     if not 0 <= s.label_smoothing < 0.5 or not 0 <= s.ema_decay < 1:
         raise InputError(f"--label-smoothing {s.label_smoothing} must be in [0, 0.5), --ema-decay {s.ema_decay} "
                          "in [0, 1)")

@@ -6,8 +6,8 @@ keras.ops) and numpy, so the same generator, discriminator and losses also run u
 JAX backend (bench/train_jax.py, for GPU machines without TensorFlow).
 
 - generator: a U-Net of seven downsampling blocks (4x4 convolutions, stride 2, batch norm except
-  the first, leaky ReLU) and six mirrored upsampling blocks with skip connections (dropout 0.5 on
-  the first three), then a sigmoid output layer (the data are 0..1, so no tanh);
+  the first, leaky ReLU) and six mirrored upsampling blocks with skip connections (dropout DROPOUT,
+  0.5, on the first three), then a sigmoid output layer (the data are 0..1, so no tanh);
 - discriminator: the 70x70 PatchGAN on the concatenated (input, target) pair, a 14x14 map of logits;
 - loss: GAN loss + LAMBDA x L1, where the L1 of the hit pixels is weighted by HIT_WEIGHT
   (a track lights ~50 of 16,384 pixels: plain L1 is smallest for an empty output).
@@ -25,6 +25,7 @@ import event_image as ei
 BASE_FILTERS = 64  # filters of the first block (the paper's)
 LAMBDA = 100.0  # weight of the L1 term against the GAN term (the paper's)
 HIT_WEIGHT = 10.0  # L1 weight of the hit pixels (1 = plain L1, which learns a blank output)
+DROPOUT = 0.5  # dropout rate on the decoder's three deepest blocks (the paper's; 0 = none)
 NOISE_AUGMENT = 0.05  # training batches get extra noise hits on up to this fraction of each event's cells (README)
 EVENT_CELLS = ei.event_region_mask()[..., None].astype(np.float32)  # 1 on the layout's 36x112 event cells
 IMAGE_SHAPE = (ei.PADDED_SIZE, ei.PADDED_SIZE, ei.CHANNELS)
@@ -43,15 +44,15 @@ def downsample(filters, size=4, apply_batchnorm=True):
     return block
 
 
-def upsample(filters, size=4, apply_dropout=False):
-    """Transposed conv 4x4 stride 2 -> batch norm -> (dropout 0.5) -> ReLU: the decoder's block."""
+def upsample(filters, size=4, dropout=0.0):
+    """Transposed conv 4x4 stride 2 -> batch norm -> (dropout at this rate, if > 0) -> ReLU: the decoder's block."""
     init = keras.initializers.RandomNormal(0.0, 0.02)
     block = keras.Sequential()
     block.add(layers.Conv2DTranspose(filters, size, strides=2, padding="same", kernel_initializer=init,
                                      use_bias=False))
     block.add(layers.BatchNormalization())
-    if apply_dropout:
-        block.add(layers.Dropout(0.5))
+    if dropout:
+        block.add(layers.Dropout(dropout))
     block.add(layers.ReLU())
     return block
 
@@ -69,13 +70,15 @@ def raw_hit_gate(raw):
     return layers.ReLU(max_value=1.0, dtype="float32", name="gate_mask")(summed)
 
 
-def build_generator(base_filters=BASE_FILTERS):
-    """The U-Net generator: (N, 128, 128, 3) in 0..1 -> (N, 128, 128, 3) float32 in 0..1."""
+def build_generator(base_filters=BASE_FILTERS, dropout=DROPOUT):
+    """The U-Net generator: (N, 128, 128, 3) in 0..1 -> (N, 128, 128, 3) float32 in 0..1.
+
+    dropout (training only) changes no weight: generators of any rate share one weight layout."""
     f = base_filters
     down_stack = [downsample(f, apply_batchnorm=False), downsample(2 * f), downsample(4 * f),
                   downsample(8 * f), downsample(8 * f), downsample(8 * f), downsample(8 * f)]
-    up_stack = [upsample(8 * f, apply_dropout=True), upsample(8 * f, apply_dropout=True),
-                upsample(8 * f, apply_dropout=True), upsample(4 * f), upsample(2 * f), upsample(f)]
+    up_stack = [upsample(8 * f, dropout=dropout), upsample(8 * f, dropout=dropout),
+                upsample(8 * f, dropout=dropout), upsample(4 * f), upsample(2 * f), upsample(f)]
     # The output layer computes in float32 under mixed precision: a sigmoid in 0..1, like the data.
     last = layers.Conv2DTranspose(ei.CHANNELS, 4, strides=2, padding="same", activation="sigmoid",
                                   kernel_initializer=keras.initializers.RandomNormal(0.0, 0.02), dtype="float32")

@@ -56,9 +56,9 @@ class Trainer:
         self.global_batch = s.batch_size * strategy.num_replicas_in_sync
         self.gan = s.gan_weight > 0  # --gan-weight 0: no discriminator is built or stepped
         with strategy.scope():
-            self.generator = build_generator(s.base_filters)
+            self.generator = build_generator(s.base_filters, s.dropout)
             self.discriminator = build_discriminator(s.base_filters) if self.gan else None
-            self.ema_generator = build_generator(s.base_filters) if s.ema_decay else None
+            self.ema_generator = build_generator(s.base_filters, s.dropout) if s.ema_decay else None
             shown = self.ema_generator or self.generator  # what validation scores and what is exported
             if self.ema_generator is not None:
                 self.ema_generator.set_weights(self.generator.get_weights())

@@ -227,7 +227,7 @@ def export_generator(trainer, out, stem, scores, epoch, step, settings, stabilit
     if not all(np.isfinite(w).all() for w in weights):
         raise InputError(f"{out / stem}.keras: not written, the generator's weights are not finite (nan or inf)")
     with dtype_policy("float32"):
-        model = build_generator(trainer.s.base_filters)
+        model = build_generator(trainer.s.base_filters, trainer.s.dropout)
         model.set_weights(weights)
         if trainer.s.gate_by_raw_hits:
             model = with_raw_hit_gate(model)

@@ -507,8 +507,21 @@ def test_ema_of_the_generator_moves_by_the_decay_rule_and_is_what_validation_see
         trainer.checkpoint.write(str(tmp_path / "c" / "ckpt")))}
 
 
+def test_dropout_sets_the_decoders_rate_and_zero_makes_a_training_step_deterministic(tmp_path):
+    raw = one_batch()[0]
+    for extra, rate in (((), pt.DROPOUT), (("--dropout", 0.25), 0.25), (("--dropout", 0), None)):
+        generator = trainer_with(tmp_path, *extra).generator
+        rates = [layer.rate for block in generator.layers if isinstance(block, keras.Sequential)
+                 for layer in block.layers if isinstance(layer, keras.layers.Dropout)]
+        assert rates == ([] if rate is None else [rate] * 3)
+        twice = [np.array(generator(raw, training=True)) for _ in range(2)]
+        assert np.array_equal(*twice) == (rate is None)  # dropout draws new masks at every training call
+    assert pt.DROPOUT == 0.5  # the paper's, the default
+
+
 def test_lever_settings_out_of_range_are_refused(tmp_path):
-    for bad in (["--disc-every", "0"], ["--ema-decay", "1"], ["--label-smoothing", "0.5"], ["--gan-weight", "-1"],
+    for bad in (["--disc-every", "0"], ["--ema-decay", "1"], ["--dropout", "1"], ["--dropout", "-0.1"],
+                ["--label-smoothing", "0.5"], ["--gan-weight", "-1"],
                 ["--gan-warmup", "-1"], ["--collapse-drop", "-0.1"]):
         with pytest.raises(InputError):
             settings(tmp_path / "x.h5", tmp_path / "run", *bad)
