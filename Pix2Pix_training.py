@@ -56,7 +56,7 @@ from training_files import (  # noqa: E402
 DATA = "data/pairs.h5"  # the HDF5 file of (raw, truth) pairs written by Pix2Pix_data.py
 OUTPUT_DIR = "runs/pix2pix"  # checkpoints, logs, samples and the exported generators
 EPOCHS = 20
-BATCH_SIZE = 32  # per replica; the global batch is BATCH_SIZE x replicas
+BATCH_SIZE = pix2pix_model.BATCH_SIZE  # per replica; the global batch is BATCH_SIZE x replicas
 BASE_FILTERS = pix2pix_model.BASE_FILTERS  # width: filters of the first block (16-32 train fast on a CPU)
 LAMBDA = pix2pix_model.LAMBDA  # weight of the L1 term against the GAN term
 HIT_WEIGHT = pix2pix_model.HIT_WEIGHT  # L1 weight of the truth's hit pixels (1 = plain L1)

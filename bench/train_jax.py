@@ -5,7 +5,7 @@ H100s, for one) carry JAX and not TensorFlow; this script lets them train the sa
 measure what the full-width (BASE_FILTERS 64) generator reaches. It shares with the real trainer
 everything that decides the result: the generator, discriminator and losses (pix2pix_model.py),
 the default recipe (no GAN term, Adam 1e-3, beta_1 0.5, extra noise hits in the training batches),
-batch 32, the hit-weighted L1 (raw hits weighted too), the raw-hit gate at validation, the
+batch 16, the hit-weighted L1 (raw hits weighted too), the raw-hit gate at validation, the
 threshold chosen on the validation split by min(efficiency, rejection) and the best epoch by
 validation F1. It does not checkpoint, resume, distribute or export a .keras file.
 
@@ -46,7 +46,7 @@ DATA = "data/pairs.h5"
 OUTPUT_DIR = "runs/jax"
 EPOCHS = 200  # at most; SECONDS usually ends the run first
 SECONDS = 300.0  # no new epoch starts after this many seconds of training
-BATCH_SIZE = 32
+BATCH_SIZE = pm.BATCH_SIZE  # Pix2Pix_training's
 BASE_FILTERS = pm.BASE_FILTERS  # the model's own defaults: 64, 100, 10
 LAMBDA = pm.LAMBDA
 HIT_WEIGHT = pm.HIT_WEIGHT

@@ -434,6 +434,14 @@ def values(variables):
     return [np.array(v) for v in variables]
 
 
+def test_the_training_batch_is_the_measured_16_unless_set(tmp_path):
+    plain = pt.parse_args(["--data", str(tmp_path / "x.h5"), "--output-dir", str(tmp_path / "run"),
+                           "--base-filters", "4"])
+    trainer = pt.Trainer(plain, tf.distribute.get_strategy(), "float32")
+    assert trainer.global_batch == pm.BATCH_SIZE == 16  # twice 32's steps per epoch: better (README's lever table)
+    assert trainer_with(tmp_path, "--batch-size", 32).global_batch == 32
+
+
 def test_gan_weight_zero_is_a_plain_unet_without_a_discriminator(tmp_path):
     trainer = trainer_with(tmp_path, "--gan-weight", 0)
     assert trainer.discriminator is None and trainer.disc_opt is None
