@@ -425,14 +425,13 @@ def build_parser():
     p.add_argument("--logical-cpus", type=int, default=LOGICAL_CPUS,
                    help="split the CPU into N logical devices and train on them with MirroredStrategy (tests)")
     p.add_argument("--keep-worker-checkpoints", action="store_true", default=KEEP_WORKER_CHECKPOINTS,
-                   help="multi-worker: a worker that is not the chief keeps its copy of the checkpoints in "
-                        "OUTPUT_DIR/.worker_<type>_<index>_tmp/checkpoints instead of deleting it at the end "
-                        "(to check that the workers hold the same weights)")
-    add_gan_levers(p)
+                   help="multi-worker: a worker that is not the chief keeps its checkpoints in OUTPUT_DIR/"
+                        ".worker_<type>_<index>_tmp/checkpoints (to check that the workers hold the same weights)")
+    add_recipe_levers(p)
     return p
 
 
-def add_gan_levers(p):
+def add_recipe_levers(p):
     """The recipe's levers and the collapse flag (issue 11; the README's lever table)."""
     p.add_argument("--d-saturated-loss", type=float, default=D_SATURATED_LOSS,
                    help="a discriminator loss below this (balanced: 2 log 2 = 1.39) is noted in the log and "
@@ -447,8 +446,7 @@ def add_gan_levers(p):
     p.add_argument("--label-smoothing", type=float, default=LABEL_SMOOTHING,
                    help="the discriminator's label for real pairs is 1 - this, in [0, 0.5) (default %(default)s)")
     p.add_argument("--dropout", type=float, default=DROPOUT,
-                   help="training only: dropout rate on the decoder's three deepest blocks, in [0, 1); 0 = none "
-                        "(default %(default)s)")
+                   help="dropout rate of the decoder's 3 deepest blocks in training, in [0, 1) (default %(default)s)")
     p.add_argument("--ema-decay", type=float, default=EMA_DECAY,
                    help="validate and export an exponential moving average of the generator's weights with "
                         "this decay per step, in [0, 1); 0 = off (default %(default)s)")
@@ -478,7 +476,7 @@ def parse_args(argv=None):
             raise InputError(f"--{name.replace('_', '-')} must not be negative, not {getattr(s, name)}")
     if s.disc_every < 1:
         raise InputError(f"--disc-every must be at least 1, not {s.disc_every}")
-    for name in ("noise_augment", "dropout"):
+    for name in ("noise_augment", "dropout", "beta_1"):
         if not 0 <= getattr(s, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be in [0, 1), not {getattr(s, name)}")
     if not 0 <= s.label_smoothing < 0.5 or not 0 <= s.ema_decay < 1:
@@ -487,8 +485,6 @@ def parse_args(argv=None):
     for name in ("hit_weight", "generator_lr", "discriminator_lr"):
         if not getattr(s, name) > 0:
             raise InputError(f"--{name.replace('_', '-')} must be positive, not {getattr(s, name)}")
-    if not 0 <= s.beta_1 < 1:
-        raise InputError(f"--beta-1 must be in [0, 1), not {s.beta_1}")
     return s
 
 
