@@ -34,7 +34,7 @@ keras = import_keras()
 
 import pix2pix_model  # noqa: E402
 from pix2pix_model import dtype_policy, validate  # noqa: E402
-from pix2pix_trainer import EVENT_CELLS, Trainer, make_optimizer, with_noise_hits  # noqa: E402, F401 (tests)
+from pix2pix_trainer import EVENT_CELLS, Trainer, augment, make_optimizer, with_noise_hits  # noqa: E402, F401 (tests)
 from training_files import (  # noqa: E402
     CSV_FIELDS,
     Checkpoints,
@@ -86,6 +86,7 @@ DROPOUT = pix2pix_model.DROPOUT  # dropout on the decoder's three deepest blocks
 EMA_DECAY = 0.0  # validate and export an exponential moving average of the generator's weights (0 = off)
 LR_DECAY = "none"  # none: constant learning rates; cosine: both fall along a half cosine over --epochs, per epoch
 NOISE_AUGMENT = pix2pix_model.NOISE_AUGMENT  # training only: noise hits added on 0..this of each event's cells
+BESIDE_AUGMENT = pix2pix_model.BESIDE_AUGMENT  # training only: share of events given a segment beside a track
 PIXEL_LOSS = "l1"  # l1: the weighted L1 (the paper's term); bce: the weighted binary cross-entropy per pixel
 COLLAPSE_DROP = 0.1  # an epoch whose validation F1 is more than this below the best so far is flagged
 # ---------------------------------------------------------------------------------------------------
@@ -251,10 +252,7 @@ def epoch_batches(run, epoch, skip):
     data = (data_management.make_dataset(s.data, run.split["train"], batch_size=trainer.global_batch, shuffle=True,
                                          seed=s.seed, epoch=epoch, drop_remainder=True)
             .take(run.steps_per_epoch))
-    if s.noise_augment:  # seeded by (seed, epoch, batch): a resumed epoch gets the same noise
-        data = data.enumerate().map(lambda i, batch: with_noise_hits(
-            *batch, s.noise_augment, tf.stack([tf.constant(s.seed * 100_003 + epoch, tf.int64), 2 * i])))
-    data = data.skip(skip)
+    data = augment(data, s, epoch).skip(skip)
     if run.multi_worker:
         options = tf.data.Options()  # several workers: each takes its share of every global batch
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
@@ -456,6 +454,9 @@ def add_recipe_levers(p):
     p.add_argument("--noise-augment", type=float, default=NOISE_AUGMENT,
                    help="training only: add uncorrelated noise hits to each training event, on a fraction of its "
                         "cells drawn in 0..this per event, in [0, 1); 0 = off (default %(default)s)")
+    p.add_argument("--beside-augment", type=float, default=BESIDE_AUGMENT,
+                   help="training only: on this share of the training events, add one superlayer's track hits "
+                        "copied a few wires aside as background, in [0, 1); 0 = off (default %(default)s)")
     p.add_argument("--pixel-loss", choices=("l1", "bce"), default=PIXEL_LOSS,
                    help="the generator's per-pixel term, with the --hit-weight weights: l1, or bce (the "
                         "output as a hit probability, the truth as its label) (default %(default)s)")
@@ -476,7 +477,7 @@ def parse_args(argv=None):
             raise InputError(f"--{name.replace('_', '-')} must not be negative, not {getattr(s, name)}")
     if s.disc_every < 1:
         raise InputError(f"--disc-every must be at least 1, not {s.disc_every}")
-    for name in ("noise_augment", "dropout", "beta_1"):
+    for name in ("noise_augment", "beside_augment", "dropout", "beta_1"):
         if not 0 <= getattr(s, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be in [0, 1), not {getattr(s, name)}")
     if not 0 <= s.label_smoothing < 0.5 or not 0 <= s.ema_decay < 1:

@@ -1,6 +1,7 @@
 """The trainer of Pix2Pix_training.py: the models, their optimizers, the counters and the compiled
 train and predict steps under one tf.distribute strategy, with the recipe's levers (--gan-weight,
---gan-warmup, --disc-every, --label-smoothing, --ema-decay, --lr-decay, --pixel-loss, --noise-augment;
+--gan-warmup, --disc-every, --label-smoothing, --ema-decay, --lr-decay, --pixel-loss, --noise-augment,
+--beside-augment;
 the README's "Training" section).
 """
 
@@ -33,6 +34,47 @@ def with_noise_hits(raw, truth, most, seed):
     fraction = most * tf.random.stateless_uniform([n, 1, 1, 1], seed)
     lit = tf.random.stateless_uniform([n, ei.PADDED_SIZE, ei.PADDED_SIZE, 1], seed + 1) < fraction
     return tf.maximum(raw, tf.cast(lit, raw.dtype) * EVENT_CELLS), truth
+
+
+# The padded row of the first layer of each superlayer, and the most wires a --beside-augment copy lies aside.
+SUPERLAYER_ROWS = ei.LAYER_ROWS[::ei.LAYERS_PER_SUPERLAYER].astype("int32")
+BESIDE_WIRES = 5
+
+
+def with_beside_segments(raw, truth, share, seed):
+    """(raw with a background segment beside a track, truth): on a share of the events, the truth hits
+    of one superlayer, copied 1..BESIDE_WIRES wires aside (either side) and leaning up to one wire more
+    or less over its 6 layers, are added to the raw event, not to the truth (--beside-augment): a
+    segment confined to one superlayer along a real track is background. seed: stateless, shape (2,)."""
+    n = tf.shape(raw)[0]
+    u = tf.random.stateless_uniform([n, 5], seed)
+    on = tf.cast(u[:, 0] < share, raw.dtype)
+    first = tf.gather(tf.constant(SUPERLAYER_ROWS), tf.cast(u[:, 1] * ei.SUPERLAYERS, tf.int32))
+    aside = 1.0 + tf.floor(u[:, 2] * BESIDE_WIRES)
+    lean = u[:, 4] * 2.0 - 1.0  # wires more (or fewer) aside at the superlayer's last layer than at its first
+    rows = tf.range(ei.PADDED_SIZE)[None, :]
+    band = (rows >= first[:, None]) & (rows < first[:, None] + ei.LAYERS_PER_SUPERLAYER)  # (n, 128)
+    step = tf.cast(rows - first[:, None], tf.float32) / (ei.LAYERS_PER_SUPERLAYER - 1)
+    wires = tf.maximum(1.0, tf.round(aside[:, None] + lean[:, None] * step))  # never on the track itself
+    shift = tf.cast(wires * tf.sign(u[:, 3:4] - 0.5), tf.int32)  # (n, 128) wires, per row
+    source = tf.range(ei.PADDED_SIZE)[None, None, :] - shift[:, :, None]  # (n, 128, 128) column copied
+    inside = tf.cast((source >= 0) & (source < ei.PADDED_SIZE) & band[:, :, None], raw.dtype)
+    copy = tf.gather(truth, tf.clip_by_value(source, 0, ei.PADDED_SIZE - 1), axis=2, batch_dims=2)
+    copy = copy * inside[..., None] * on[:, None, None, None] * EVENT_CELLS
+    return tf.maximum(raw, copy), truth
+
+
+def augment(data, s, epoch):
+    """The training batches with --noise-augment's and --beside-augment's hits added, seeded by (seed,
+    epoch, batch): a resumed epoch gets the same ones."""
+    def add(i, batch):
+        seed = tf.stack([tf.constant(s.seed * 100_003 + epoch, tf.int64), 2 * i])
+        if s.noise_augment:
+            batch = with_noise_hits(*batch, s.noise_augment, seed)
+        if s.beside_augment:
+            batch = with_beside_segments(*batch, s.beside_augment, tf.random.experimental.stateless_fold_in(seed, 7))
+        return batch
+    return data.enumerate().map(add) if s.noise_augment or s.beside_augment else data
 
 
 # --- The trainer: models, optimizers, counters, the compiled steps ----------------------------------

@@ -21,6 +21,7 @@ import data_management as dm
 import event_image as ei
 import make_events
 import pix2pix_model as pm
+import pix2pix_trainer as ptr
 import Pix2Pix_training as pt
 from Pix2Pix_training import keras, tf
 from script_utils import InputError
@@ -634,3 +635,52 @@ def test_noise_augment_adds_noise_hits_on_the_events_cells_to_the_training_batch
     np.testing.assert_array_equal(first_batch()[0], first_batch("--noise-augment", pt.NOISE_AUGMENT)[0])
     np.testing.assert_array_equal(aug_truth, plain_truth)
     assert (aug_raw >= plain_raw).all() and (aug_raw > plain_raw).any()
+
+
+def test_beside_augment_copies_one_superlayers_track_hits_a_few_wires_aside_into_the_raw_only(events_h5, tmp_path):
+    import types
+
+    events = make_events.generate_events(64, seed=3)
+    raw, truth = (tf.constant(ei.pad_event(a).astype(np.float32) / 255) for a in events)
+    seed = tf.constant([7, 0], tf.int64)
+    out, same_truth = (np.asarray(a) for a in ptr.with_beside_segments(raw, truth, 1.0, seed))
+    np.testing.assert_array_equal(same_truth, truth)
+    before, after, track = (ei.crop_event(np.asarray(a)).max(-1) > 0.5 for a in (raw, out, truth))
+    assert (after >= before).all()  # nothing taken away
+    added = after & ~before
+    for e in range(len(added)):
+        rows = np.flatnonzero(added[e].any(-1))
+        superlayers = set(rows // ei.LAYERS_PER_SUPERLAYER)
+        assert len(superlayers) == 1, superlayers  # one superlayer per event
+        s = superlayers.pop()
+        signs = set()
+        for layer in range(6 * s, 6 * s + 6):  # each layer: its track hits moved d wires, 1 <= |d| <= 6
+            fits = [d for d in range(-ptr.BESIDE_WIRES - 1, ptr.BESIDE_WIRES + 2) if d and np.array_equal(
+                added[e, layer], np.roll(track[e, layer], d) & ~before[e, layer] & (np.arange(ei.WIRES) >= d)
+                & (np.arange(ei.WIRES) < ei.WIRES + d))]
+            assert fits or not added[e, layer].any(), (e, layer)
+            signs |= {np.sign(d) for d in fits if track[e, layer].any() and added[e, layer].any()}
+        assert len(signs) <= 1  # the whole segment on one side of the track
+    assert added.any(axis=(1, 2)).mean() > 0.9  # every event unless its copy fell on hits already there
+    half = ei.crop_event(np.asarray(ptr.with_beside_segments(raw, truth, 0.5, seed)[0])).max(-1) > 0.5
+    assert 0.25 < (half & ~before).any(axis=(1, 2)).mean() < 0.75  # the share of events given one
+    np.testing.assert_array_equal(np.asarray(ptr.with_beside_segments(raw, truth, 0.0, seed)[0]), np.asarray(raw))
+    np.testing.assert_array_equal(ptr.with_beside_segments(raw, truth, 1.0, seed)[0], out)  # seeded
+    assert not np.array_equal(ptr.with_beside_segments(raw, truth, 1.0, seed + 2)[0], out)
+    # The training pipeline: off by default; on, the same batches with hits added to the raw images only.
+    split = dm.load_split(str(events_h5))
+
+    def first_batch(*extra):
+        s = settings(events_h5, tmp_path / "run", "--noise-augment", 0, *extra)
+        trainer = types.SimpleNamespace(global_batch=4, strategy=tf.distribute.get_strategy())
+        run = types.SimpleNamespace(s=s, trainer=trainer, split=split, steps_per_epoch=2, multi_worker=False)
+        return [np.asarray(a) for a in next(iter(pt.epoch_batches(run, 1, 0)))]
+
+    plain_raw, plain_truth = first_batch("--beside-augment", 0)
+    aug_raw, aug_truth = first_batch("--beside-augment", 0.99)
+    assert pt.BESIDE_AUGMENT == 0
+    np.testing.assert_array_equal(first_batch()[0], plain_raw)
+    np.testing.assert_array_equal(aug_truth, plain_truth)
+    assert (aug_raw >= plain_raw).all() and (aug_raw > plain_raw).any()
+    with pytest.raises(InputError, match="--beside-augment"):
+        pt.parse_args(["--data", str(events_h5), "--beside-augment", "1"])
