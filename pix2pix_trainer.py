@@ -1,8 +1,7 @@
 """The trainer of Pix2Pix_training.py: the models, their optimizers, the counters and the compiled
 train and predict steps under one tf.distribute strategy, with the recipe's levers (--gan-weight,
 --gan-warmup, --disc-every, --label-smoothing, --ema-decay, --lr-decay, --pixel-loss, --noise-augment,
---beside-augment;
-the README's "Training" section).
+--beside-augment; the README's "Training" section).
 """
 
 import math
