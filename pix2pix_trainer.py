@@ -66,6 +66,7 @@ def with_beside_segments(raw, truth, share, seed):
 def augment(data, s, epoch):
     """The training batches with --noise-augment's and --beside-augment's hits added, seeded by (seed,
     epoch, batch): a resumed epoch gets the same ones."""
+    @tf.autograph.experimental.do_not_convert  # plain TensorFlow ops and Python settings: nothing to convert
     def add(i, batch):
         seed = tf.stack([tf.constant(s.seed * 100_003 + epoch, tf.int64), 2 * i])
         if s.noise_augment:
