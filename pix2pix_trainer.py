@@ -133,9 +133,11 @@ class Trainer:
             parts["ema_generator"] = list(self.ema_generator.variables)
         self.checkpoint = tf.train.Checkpoint(**parts, step=self.step, epoch=self.epoch,
                                               batch_in_epoch=self.batch_in_epoch, best_f1=self.best_f1)
-        self.train_step = tf.function(lambda batch: self._train_step(batch, True))  # generator and discriminator
-        self.generator_step = tf.function(lambda batch: self._train_step(batch, False))  # the generator only
-        self.update_ema = tf.function(self._update_ema)
+        # autograph=False: their branches are on Python settings; AutoGraph's source parsing could fail on
+        # Python 3.11 (CPython gh-106905, "AST constructor recursion depth mismatch") and warn on stderr.
+        self.train_step = tf.function(lambda batch: self._train_step(batch, True), autograph=False)  # G and D
+        self.generator_step = tf.function(lambda batch: self._train_step(batch, False), autograph=False)  # G only
+        self.update_ema = tf.function(self._update_ema, autograph=False)
         self.predict = tf.function(lambda raw: self.inference_model(raw, training=False), autograph=False,
                                    input_signature=[tf.TensorSpec((None,) + IMAGE_SHAPE, tf.float32)])
 
