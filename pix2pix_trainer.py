@@ -57,9 +57,9 @@ def with_beside_segments(raw, truth, share, seed):
     wires = tf.maximum(1.0, tf.round(aside[:, None] + lean[:, None] * step))  # never on the track itself
     shift = tf.cast(wires * tf.sign(u[:, 3:4] - 0.5), tf.int32)  # (n, 128) wires, per row
     source = tf.range(ei.PADDED_SIZE)[None, None, :] - shift[:, :, None]  # (n, 128, 128) column copied
-    inside = tf.cast((source >= 0) & (source < ei.PADDED_SIZE) & band[:, :, None], raw.dtype)
     copy = tf.gather(truth, tf.clip_by_value(source, 0, ei.PADDED_SIZE - 1), axis=2, batch_dims=2)
-    copy = copy * inside[..., None] * on[:, None, None, None] * EVENT_CELLS
+    # EVENT_CELLS: an event cell's source column is inside the padded image (the side pads exceed BESIDE_WIRES + 1).
+    copy = copy * tf.cast(band, raw.dtype)[:, :, None, None] * on[:, None, None, None] * EVENT_CELLS
     return tf.maximum(raw, copy), truth
 
 

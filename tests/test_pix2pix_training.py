@@ -605,9 +605,18 @@ def test_pixel_loss_bce_is_the_hit_weighted_cross_entropy_and_the_trainer_uses_i
     assert first["bce"] / first["l1"] == pytest.approx(2 * np.log(2), rel=0.02)
 
 
-def test_noise_augment_adds_noise_hits_on_the_events_cells_to_the_training_batches_only(events_h5, tmp_path):
+def first_training_batch(events_h5, tmp_path, *extra):
+    """The first (raw, truth) batch of 4 that epoch_batches serves for epoch 1 with these flags."""
     import types
 
+    s = settings(events_h5, tmp_path / "run", *extra)
+    trainer = types.SimpleNamespace(global_batch=4, strategy=tf.distribute.get_strategy())
+    run = types.SimpleNamespace(s=s, trainer=trainer, split=dm.load_split(str(events_h5)), steps_per_epoch=2,
+                                multi_worker=False)
+    return [np.asarray(a) for a in next(iter(pt.epoch_batches(run, 1, 0)))]
+
+
+def test_noise_augment_adds_noise_hits_on_the_events_cells_to_the_training_batches_only(events_h5, tmp_path):
     raw, truth = one_batch()
     seed = tf.constant([7, 0], tf.int64)
     noisy, same_truth = (np.asarray(a) for a in pt.with_noise_hits(raw, truth, 0.2, seed))
@@ -621,13 +630,8 @@ def test_noise_augment_adds_noise_hits_on_the_events_cells_to_the_training_batch
     np.testing.assert_array_equal(pt.with_noise_hits(raw, truth, 0.2, seed)[0], noisy)  # seeded
     assert not np.array_equal(pt.with_noise_hits(raw, truth, 0.2, seed + 2)[0], noisy)
     # The training pipeline: the same batches with noise added to the raw images, the truth as it was.
-    split = dm.load_split(str(events_h5))
-
     def first_batch(*extra):
-        s = settings(events_h5, tmp_path / "run", *extra)
-        trainer = types.SimpleNamespace(global_batch=4, strategy=tf.distribute.get_strategy())
-        run = types.SimpleNamespace(s=s, trainer=trainer, split=split, steps_per_epoch=2, multi_worker=False)
-        return [np.asarray(a) for a in next(iter(pt.epoch_batches(run, 1, 0)))]
+        return first_training_batch(events_h5, tmp_path, *extra)
 
     plain_raw, plain_truth = first_batch("--noise-augment", 0)
     aug_raw, aug_truth = first_batch("--noise-augment", 0.1)
@@ -638,8 +642,6 @@ def test_noise_augment_adds_noise_hits_on_the_events_cells_to_the_training_batch
 
 
 def test_beside_augment_copies_one_superlayers_track_hits_a_few_wires_aside_into_the_raw_only(events_h5, tmp_path):
-    import types
-
     events = make_events.generate_events(64, seed=3)
     raw, truth = (tf.constant(ei.pad_event(a).astype(np.float32) / 255) for a in events)
     seed = tf.constant([7, 0], tf.int64)
@@ -668,13 +670,8 @@ def test_beside_augment_copies_one_superlayers_track_hits_a_few_wires_aside_into
     np.testing.assert_array_equal(ptr.with_beside_segments(raw, truth, 1.0, seed)[0], out)  # seeded
     assert not np.array_equal(ptr.with_beside_segments(raw, truth, 1.0, seed + 2)[0], out)
     # The training pipeline: off by default; on, the same batches with hits added to the raw images only.
-    split = dm.load_split(str(events_h5))
-
     def first_batch(*extra):
-        s = settings(events_h5, tmp_path / "run", "--noise-augment", 0, *extra)
-        trainer = types.SimpleNamespace(global_batch=4, strategy=tf.distribute.get_strategy())
-        run = types.SimpleNamespace(s=s, trainer=trainer, split=split, steps_per_epoch=2, multi_worker=False)
-        return [np.asarray(a) for a in next(iter(pt.epoch_batches(run, 1, 0)))]
+        return first_training_batch(events_h5, tmp_path, "--noise-augment", 0, *extra)
 
     plain_raw, plain_truth = first_batch("--beside-augment", 0)
     aug_raw, aug_truth = first_batch("--beside-augment", 0.99)
