@@ -226,7 +226,7 @@ def tracking_verdict(result):
             f"{model['fake_segments_per_event']:.3f} fake segments per event, "
             f"{model['fake_beside_tracks_per_event']:.3f} of them beside a track (raw "
             f"{model['raw_fake_segments_per_event']:.3f} / {model['raw_fake_beside_tracks_per_event']:.3f}{fake}).")
-    return text + at_equal_tracks(result) + track_ids_note(result, " ")
+    return text + at_equal_tracks(result) + at_equal_fakes(result) + track_ids_note(result, " ")
 
 
 def at_equal_tracks(result, other="CAE"):
@@ -247,6 +247,27 @@ def at_equal_tracks(result, other="CAE"):
             f"{at['threshold']:.2f}: {100 * at['tracking']['scores']['kept_ge5']:.2f} %) would leave "
             f"{at['tracking']['scores']['fake_segments_per_event']:.3f} fake segments per event ({other} "
             f"{target['fake_segments_per_event']:.3f}).")
+
+
+def at_equal_fakes(result, other="CAE"):
+    """' At the CAE's fake segments ...': the model at the lowest swept threshold leaving no more fake segments
+    per event than the other method, and its share of tracks there ('' without a sweep or the method).
+
+    The other side of at_equal_tracks: what the model keeps of the tracks when it is as clean as the other.
+    """
+    methods, sweep = result["methods"], result.get("threshold_sweep", [])
+    if other not in methods or not sweep or "tracking" not in sweep[0]:
+        return ""
+    target = methods[other]["tracking"]["scores"]
+    text = f" At {other}'s fake segments ({target['fake_segments_per_event']:.3f} per event) the model "
+    clean = [s for s in sweep if s["tracking"]["scores"]["fake_segments_per_event"]
+             <= target["fake_segments_per_event"]]  # none if NaN
+    if not clean:
+        return text + f"leaves more at every swept threshold (up to {max(s['threshold'] for s in sweep):.2f})."
+    at = min(clean, key=lambda s: s["threshold"])
+    return (text + f"(threshold {at['threshold']:.2f}: {at['tracking']['scores']['fake_segments_per_event']:.3f}) "
+            f"would keep {100 * at['tracking']['scores']['kept_ge5']:.2f} % of the tracks ({other} "
+            f"{100 * target['kept_ge5']:.2f} %).")
 
 
 def track_ids_note(result, lead=""):

@@ -206,7 +206,7 @@ def test_evaluation_columns_bins_and_batches():
     assert "without track ids" in no_ids["verdict"]
 
 
-def test_threshold_sweep_carries_tracking_and_the_model_is_compared_at_the_cae_s_tracks(tmp_path):
+def test_threshold_sweep_carries_tracking_and_the_model_is_compared_at_the_cae_s_tracks_and_fakes(tmp_path):
     track = straight_track()
     raw = track | background(CLUSTER)
     prob = np.where(track, 0.9, 0.0) + np.where(background(CLUSTER), 0.4, 0.0)
@@ -222,12 +222,24 @@ def test_threshold_sweep_carries_tracking_and_the_model_is_compared_at_the_cae_s
     # the highest threshold that keeps the CAE's share of tracks (1.0): 0.7, with no fake segment
     assert ("At CAE's share of tracks (100.00 %) the model (threshold 0.70: 100.00 %) would leave 0.000 fake "
             "segments per event (CAE 1.000).") in res["verdict"]
+    # the lowest threshold as clean as the CAE (1 fake segment per event): 0.3, every track kept
+    assert ("At CAE's fake segments (1.000 per event) the model (threshold 0.30: 1.000) would keep 100.00 % of the "
+            "tracks (CAE 100.00 %).") in res["verdict"]
+    clean_cae = evaluation.evaluate(raw, track, {"model": raw & (prob > 0.5), "CAE": cae & track},
+                                    prob.astype(np.float32), thresholds=(0.3, 0.5, 0.7, 0.95))
+    assert ("At CAE's fake segments (0.000 per event) the model (threshold 0.50: 0.000) would keep 100.00 % of the "
+            "tracks (CAE 100.00 %).") in clean_cae["verdict"]
+    sure = np.where(raw, 0.99, 0.0).astype(np.float32)  # the background cluster kept at every threshold
+    never = evaluation.evaluate(raw, track, {"model": raw, "CAE": cae & track}, sure, thresholds=(0.3, 0.5, 0.7, 0.95))
+    assert "At CAE's fake segments (0.000 per event) the model leaves more at every swept threshold (up to 0.95)." \
+        in never["verdict"]
     res["threshold"] = 0.5
     paths = evaluation.write_report(res, tmp_path / "r")
     sweep = json.loads(paths["json"].read_text())["threshold_sweep"]
     assert [s["tracking"]["counts"]["after_ge5"] for s in sweep] == [1, 1, 1, 0]
     no_sweep = evaluation.evaluate(raw, track, {"model": raw & (prob > 0.5), "CAE": cae})
     assert "At CAE's share" not in no_sweep["verdict"] and no_sweep["threshold_sweep"] == []
+    assert "At CAE's fake segments" not in no_sweep["verdict"]
 
 
 def test_report_json_and_png_carry_the_tracking(tmp_path):
