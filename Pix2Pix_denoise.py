@@ -58,7 +58,7 @@ BASELINE_CAE = False  # also score the CLAS12 AI group's convolutional auto-enco
 CAE_DATA = None  # HDF5 file the CAE is trained on (default: --data)
 CAE_CACHE = None  # where the trained CAE is cached (default: baselines' choice, beside the HDF5)
 CAE_EPOCHS = None  # CAE training epochs (None = baselines' default)
-SWEEP_THRESHOLDS = ei.THRESHOLDS  # model output thresholds of the report's sweep
+SWEEP_THRESHOLDS = ei.THRESHOLDS + (0.97, 0.98, 0.99)  # the report's sweep, past 0.95 to the CAE's tracks
 BACKGROUND_BINS = evaluation.BACKGROUND_BINS  # lower edges of the report's background-hit bins
 GRID_EVENTS = evaluation.GRID_EVENTS  # worst and best events drawn in the report
 REPORT = None  # report path prefix (default: next to the output)
@@ -122,7 +122,8 @@ def build_parser():
     ev.add_argument("--cae-cache", default=CAE_CACHE, help="folder caching the trained CAE (default: beside the HDF5)")
     ev.add_argument("--cae-epochs", type=int, default=CAE_EPOCHS, help="CAE training epochs (default: baselines')")
     ev.add_argument("--sweep-thresholds", type=number_list(float), default=SWEEP_THRESHOLDS, metavar="T1,T2,...",
-                    help="model output thresholds scored in the report's threshold sweep (default 0.05..0.95)")
+                    help="model output thresholds scored in the report's threshold sweep "
+                         "(default 0.05..0.95 in steps of 0.05, 0.97, 0.98, 0.99)")
     ev.add_argument("--background-bins", type=number_list(int), default=BACKGROUND_BINS, metavar="E0,E1,...",
                     help="lower edges of the background-hit bins of the report (default "
                          f"{','.join(map(str, BACKGROUND_BINS))})")

@@ -236,6 +236,8 @@ def test_png_evaluate_report_and_table(models, folders, capsys):
     assert "threshold 0.400, from validation" in stdout  # generator_best.keras and its sidecar
     data = json.loads((tmp / "out.report.json").read_text())
     assert data["threshold"] == 0.4 and data["events"] == 12
+    # the sweep: 0.05..0.95, then 0.97, 0.98, 0.99, where a model keeps as few tracks as the CAE
+    assert [s["threshold"] for s in data["threshold_sweep"]] == [*ei.THRESHOLDS, 0.97, 0.98, 0.99]
     assert set(data["methods"]) >= {"model", "keep-all", "SNR"}
     m = data["methods"]["model"]["scores"]
     assert m["efficiency"] == 1 and m["rejection"] == 1 and m["invented_per_event"] == 0
