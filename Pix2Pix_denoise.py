@@ -58,7 +58,7 @@ BASELINE_CAE = False  # also score the CLAS12 AI group's convolutional auto-enco
 CAE_DATA = None  # HDF5 file the CAE is trained on (default: --data)
 CAE_CACHE = None  # where the trained CAE is cached (default: baselines' choice, beside the HDF5)
 CAE_EPOCHS = None  # CAE training epochs (None = baselines' default)
-SWEEP_THRESHOLDS = ei.THRESHOLDS + (0.97, 0.98, 0.99)  # the report's sweep, past 0.95 to the CAE's tracks
+SWEEP_THRESHOLDS = evaluation.SWEEP_THRESHOLDS  # model output thresholds of the report's sweep
 BACKGROUND_BINS = evaluation.BACKGROUND_BINS  # lower edges of the report's background-hit bins
 GRID_EVENTS = evaluation.GRID_EVENTS  # worst and best events drawn in the report
 REPORT = None  # report path prefix (default: next to the output)
