@@ -230,24 +230,29 @@ def tracking_verdict(result):
     return text + at_equal_tracks(result) + at_equal_fakes(result) + track_ids_note(result, " ")
 
 
+def swept_tracking(result, other):
+    """(the other method's tracking scores, [(threshold, the model's tracking scores)] over the sweep);
+    (None, []) without a sweep carrying tracking or without that method."""
+    methods, sweep = result["methods"], result.get("threshold_sweep", [])
+    if other not in methods or not sweep or "tracking" not in sweep[0]:
+        return None, []
+    return methods[other]["tracking"]["scores"], [(s["threshold"], s["tracking"]["scores"]) for s in sweep]
+
+
 def at_equal_tracks(result, other="CAE"):
     """' At the CAE's share of tracks ...': the model at the highest swept threshold keeping at least as many
     reconstructable tracks as the other method, and its fake segments there ('' without a sweep or the method).
 
     The fair comparison of fake segments: a method that removes more tracks leaves fewer segments of any kind.
     """
-    methods, sweep = result["methods"], result.get("threshold_sweep", [])
-    if other not in methods or not sweep or "tracking" not in sweep[0]:
-        return ""
-    target = methods[other]["tracking"]["scores"]
-    enough = [s for s in sweep if s["tracking"]["scores"]["kept_ge5"] >= target["kept_ge5"]]  # none if NaN
+    target, sweep = swept_tracking(result, other)
+    enough = [(t, s) for t, s in sweep if s["kept_ge5"] >= target["kept_ge5"]]  # none if NaN
     if not enough:
         return ""
-    at = max(enough, key=lambda s: s["threshold"])
+    t, at = max(enough, key=lambda ts: ts[0])
     return (f" At {other}'s share of tracks ({100 * target['kept_ge5']:.2f} %) the model (threshold "
-            f"{at['threshold']:.2f}: {100 * at['tracking']['scores']['kept_ge5']:.2f} %) would leave "
-            f"{at['tracking']['scores']['fake_segments_per_event']:.3f} fake segments per event ({other} "
-            f"{target['fake_segments_per_event']:.3f}).")
+            f"{t:.2f}: {100 * at['kept_ge5']:.2f} %) would leave {at['fake_segments_per_event']:.3f} fake segments "
+            f"per event ({other} {target['fake_segments_per_event']:.3f}).")
 
 
 def at_equal_fakes(result, other="CAE"):
@@ -256,19 +261,16 @@ def at_equal_fakes(result, other="CAE"):
 
     The other side of at_equal_tracks: what the model keeps of the tracks when it is as clean as the other.
     """
-    methods, sweep = result["methods"], result.get("threshold_sweep", [])
-    if other not in methods or not sweep or "tracking" not in sweep[0]:
+    target, sweep = swept_tracking(result, other)
+    if not sweep:
         return ""
-    target = methods[other]["tracking"]["scores"]
     text = f" At {other}'s fake segments ({target['fake_segments_per_event']:.3f} per event) the model "
-    clean = [s for s in sweep if s["tracking"]["scores"]["fake_segments_per_event"]
-             <= target["fake_segments_per_event"]]  # none if NaN
-    if not clean:
-        return text + f"leaves more at every swept threshold (up to {max(s['threshold'] for s in sweep):.2f})."
-    at = min(clean, key=lambda s: s["threshold"])
-    return (text + f"(threshold {at['threshold']:.2f}: {at['tracking']['scores']['fake_segments_per_event']:.3f}) "
-            f"would keep {100 * at['tracking']['scores']['kept_ge5']:.2f} % of the tracks ({other} "
-            f"{100 * target['kept_ge5']:.2f} %).")
+    clean = [(t, s) for t, s in sweep if s["fake_segments_per_event"] <= target["fake_segments_per_event"]]
+    if not clean:  # also when the other's figure is NaN
+        return text + f"leaves more at every swept threshold (up to {max(t for t, _ in sweep):.2f})."
+    t, at = min(clean, key=lambda ts: ts[0])
+    return (text + f"(threshold {t:.2f}: {at['fake_segments_per_event']:.3f}) would keep "
+            f"{100 * at['kept_ge5']:.2f} % of the tracks ({other} {100 * target['kept_ge5']:.2f} %).")
 
 
 def track_ids_note(result, lead=""):
