@@ -29,6 +29,7 @@ BATCH_SIZE = 16  # training events per step and replica: measured better than 32
 DROPOUT = 0.5  # dropout rate on the decoder's three deepest blocks (the paper's; 0 = none)
 NOISE_AUGMENT = 0.05  # training batches get extra noise hits on up to this fraction of each event's cells (README)
 BESIDE_AUGMENT = 0.0  # share of training events given a track's segment copied aside as background (README)
+MIX_TRACKS = 0.0  # share of training events given another training event's tracks, in raw and truth (README)
 EVENT_CELLS = ei.event_region_mask()[..., None].astype(np.float32)  # 1 on the layout's 36x112 event cells
 IMAGE_SHAPE = (ei.PADDED_SIZE, ei.PADDED_SIZE, ei.CHANNELS)
 GENERATOR_BLOCKS = 7  # 128 -> 1 pixel at the bottleneck

@@ -1,7 +1,7 @@
 """The trainer of Pix2Pix_training.py: the models, their optimizers, the counters and the compiled
 train and predict steps under one tf.distribute strategy, with the recipe's levers (--gan-weight,
 --gan-warmup, --disc-every, --label-smoothing, --ema-decay, --lr-decay, --pixel-loss, --noise-augment,
---beside-augment; the README's "Training" section).
+--beside-augment, --mix-tracks; the README's "Training" section).
 """
 
 import math
@@ -63,18 +63,29 @@ def with_beside_segments(raw, truth, share, seed):
     return tf.maximum(raw, copy), truth
 
 
+def with_mixed_tracks(raw, truth, share, seed):
+    """(raw, truth) with, on a share of the events, the previous event's truth hits in the batch added to
+    both (--mix-tracks): more tracks, crossing other background, from the same simulation. seed:
+    stateless, shape (2,)."""
+    on = tf.random.stateless_uniform([tf.shape(raw)[0]], seed) < share
+    other = tf.roll(truth, 1, axis=0) * tf.cast(on, truth.dtype)[:, None, None, None]
+    return tf.maximum(raw, other), tf.maximum(truth, other)
+
+
 def augment(data, s, epoch):
-    """The training batches with --noise-augment's and --beside-augment's hits added, seeded by (seed,
-    epoch, batch): a resumed epoch gets the same ones."""
+    """The training batches with --mix-tracks', --noise-augment's and --beside-augment's hits added, seeded
+    by (seed, epoch, batch): a resumed epoch gets the same ones."""
     @tf.autograph.experimental.do_not_convert  # plain TensorFlow ops and Python settings: nothing to convert
     def add(i, batch):
         seed = tf.stack([tf.constant(s.seed * 100_003 + epoch, tf.int64), 2 * i])
+        if s.mix_tracks:
+            batch = with_mixed_tracks(*batch, s.mix_tracks, tf.random.experimental.stateless_fold_in(seed, 11))
         if s.noise_augment:
             batch = with_noise_hits(*batch, s.noise_augment, seed)
         if s.beside_augment:
             batch = with_beside_segments(*batch, s.beside_augment, tf.random.experimental.stateless_fold_in(seed, 7))
         return batch
-    return data.enumerate().map(add) if s.noise_augment or s.beside_augment else data
+    return data.enumerate().map(add) if s.noise_augment or s.beside_augment or s.mix_tracks else data
 
 
 # --- The trainer: models, optimizers, counters, the compiled steps ----------------------------------

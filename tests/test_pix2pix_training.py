@@ -681,3 +681,33 @@ def test_beside_augment_copies_one_superlayers_track_hits_a_few_wires_aside_into
     assert (aug_raw >= plain_raw).all() and (aug_raw > plain_raw).any()
     with pytest.raises(InputError, match="--beside-augment"):
         pt.parse_args(["--data", str(events_h5), "--beside-augment", "1"])
+
+
+def test_mix_tracks_adds_the_previous_events_track_hits_to_raw_and_truth_on_a_share_of_the_events(events_h5, tmp_path):
+    events = make_events.generate_events(64, seed=3)
+    raw, truth = (tf.constant(ei.pad_event(a).astype(np.float32) / 255) for a in events)
+    seed = tf.constant([7, 0], tf.int64)
+    mixed_raw, mixed_truth = (np.asarray(a) for a in ptr.with_mixed_tracks(raw, truth, 1.0, seed))
+    previous = np.roll(np.asarray(truth), 1, axis=0)  # event i gets event i-1's tracks (event 0 the last one's)
+    np.testing.assert_array_equal(mixed_truth, np.maximum(truth, previous))
+    np.testing.assert_array_equal(mixed_raw, np.maximum(raw, previous))
+    assert (mixed_truth > np.asarray(truth)).any(axis=(1, 2, 3)).mean() > 0.9  # new track hits in nearly every event
+    half_raw, half_truth = (np.asarray(a) for a in ptr.with_mixed_tracks(raw, truth, 0.5, seed))
+    changed = (half_truth != np.asarray(truth)).any(axis=(1, 2, 3))
+    assert 0.25 < changed.mean() < 0.75  # the share of events given another's tracks
+    np.testing.assert_array_equal(half_truth[~changed], np.asarray(truth)[~changed])
+    np.testing.assert_array_equal(half_raw[~changed], np.asarray(raw)[~changed])  # the others untouched
+    np.testing.assert_array_equal(ptr.with_mixed_tracks(raw, truth, 0.5, seed)[1], half_truth)  # seeded
+    assert not np.array_equal(ptr.with_mixed_tracks(raw, truth, 0.5, seed + 2)[1], half_truth)
+    # The training pipeline: off by default; on, the same batches with track hits added to raw and truth alike.
+    def first_batch(*extra):
+        return first_training_batch(events_h5, tmp_path, "--noise-augment", 0, *extra)
+
+    plain_raw, plain_truth = first_batch()
+    aug_raw, aug_truth = first_batch("--mix-tracks", 0.99)
+    assert pt.MIX_TRACKS == 0
+    np.testing.assert_array_equal(first_batch("--mix-tracks", 0)[1], plain_truth)
+    assert (aug_truth >= plain_truth).all() and (aug_truth > plain_truth).any()
+    np.testing.assert_array_equal(aug_raw, np.maximum(plain_raw, aug_truth))  # every added track hit is in the raw
+    with pytest.raises(InputError, match="--mix-tracks"):
+        pt.parse_args(["--data", str(events_h5), "--mix-tracks", "1"])
