@@ -15,9 +15,7 @@ Several GPUs or a TF_CONFIG cluster of workers train together (only the chief wr
 
 import argparse
 import dataclasses
-import json
 import math
-import os
 import shutil
 import signal
 import sys
@@ -34,7 +32,15 @@ keras = import_keras()
 
 import pix2pix_model  # noqa: E402
 from pix2pix_model import dtype_policy, validate  # noqa: E402
-from pix2pix_trainer import EVENT_CELLS, Trainer, augment, make_optimizer, with_noise_hits  # noqa: E402, F401 (tests)
+from pix2pix_trainer import (  # noqa: E402, F401 (tests)
+    EVENT_CELLS,
+    Trainer,
+    augment,
+    choose_precision,
+    choose_strategy,
+    make_optimizer,
+    with_noise_hits,
+)
 from training_files import (  # noqa: E402
     CSV_FIELDS,
     Checkpoints,
@@ -91,55 +97,6 @@ MIX_TRACKS = pix2pix_model.MIX_TRACKS  # training only: share of events given an
 PIXEL_LOSS = "l1"  # l1: the weighted L1 (the paper's term); bce: the weighted binary cross-entropy per pixel
 COLLAPSE_DROP = 0.1  # an epoch whose validation F1 is more than this below the best so far is flagged
 # ---------------------------------------------------------------------------------------------------
-
-
-# --- Devices, precision, strategy ---------------------------------------------------------------------
-def choose_precision(setting):
-    """auto: mixed float16 on a GPU, mixed bfloat16 on a CPU with bf16 units, else float32."""
-    if setting != "auto":
-        return setting
-    if tf.config.list_physical_devices("GPU"):
-        return "float16"
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        flags = ""
-    return "bfloat16" if ("amx_bf16" in flags or "avx512_bf16" in flags) else "float32"
-
-
-def cluster_workers():
-    """The workers TF_CONFIG names (several: multi-worker training), and whether this one is the chief."""
-    try:
-        config = json.loads(os.environ.get("TF_CONFIG") or "{}")
-    except ValueError as exc:
-        raise InputError(f"TF_CONFIG: not valid JSON ({exc})") from None
-    cluster, task = config.get("cluster", {}), config.get("task", {})
-    workers = len(cluster.get("worker", [])) + len(cluster.get("chief", []))
-    kind, index = task.get("type", "worker"), int(task.get("index", 0))
-    chief = kind == "chief" or (kind == "worker" and index == 0 and "chief" not in cluster)
-    return workers, chief, f"{kind}_{index}"
-
-
-def choose_strategy(logical_cpus):
-    """MultiWorkerMirrored for a TF_CONFIG cluster, Mirrored for several GPUs (or logical CPUs)."""
-    cpus = tf.config.list_physical_devices("CPU")
-    if logical_cpus > 1:  # must happen before TensorFlow initialises its devices
-        tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * logical_cpus)
-    workers, chief, name = cluster_workers()
-    if workers > 1:
-        try:
-            return tf.distribute.MultiWorkerMirroredStrategy(), chief, name
-        except tf.errors.UnknownError as exc:  # its TF_CONFIG address cannot be bound: the port is taken
-            raise InputError(f"TF_CONFIG: worker {name} could not start its server ({exc.message}); "
-                             "is its port in use?") from None
-    gpus = tf.config.list_logical_devices("GPU")
-    if len(gpus) > 1:
-        return tf.distribute.MirroredStrategy(), True, name
-    if not gpus and len(tf.config.list_logical_devices("CPU")) > 1:
-        devices = [d.name for d in tf.config.list_logical_devices("CPU")]
-        reduce_on_one = tf.distribute.ReductionToOneDevice()
-        return tf.distribute.MirroredStrategy(devices, cross_device_ops=reduce_on_one), True, name
-    return tf.distribute.get_strategy(), True, name
 
 
 # --- Stopping: Ctrl-C or a batch system's SIGTERM ------------------------------------------------------

@@ -1,13 +1,17 @@
-"""The trainer of Pix2Pix_training.py: the models, their optimizers, the counters and the compiled
-train and predict steps under one tf.distribute strategy, with the recipe's levers (--gan-weight,
---gan-warmup, --disc-every, --label-smoothing, --ema-decay, --lr-decay, --pixel-loss, --noise-augment,
---beside-augment, --mix-tracks; the README's "Training" section).
+"""The trainer of Pix2Pix_training.py: the devices, precision and strategy; the models, their
+optimizers, the counters and the compiled train and predict steps under that strategy, with the
+recipe's levers (--gan-weight, --gan-warmup, --disc-every, --label-smoothing, --ema-decay,
+--lr-decay, --pixel-loss, --noise-augment, --beside-augment, --mix-tracks; the README's "Training"
+section).
 """
 
+import json
 import math
+import os
+from pathlib import Path
 
 import event_image as ei
-from script_utils import import_keras, import_tensorflow
+from script_utils import InputError, import_keras, import_tensorflow
 
 tf = import_tensorflow()  # first, so that its C++ start-up lines stay off stderr
 keras = import_keras()
@@ -86,6 +90,55 @@ def augment(data, s, epoch):
             batch = with_beside_segments(*batch, s.beside_augment, tf.random.experimental.stateless_fold_in(seed, 7))
         return batch
     return data.enumerate().map(add) if s.noise_augment or s.beside_augment or s.mix_tracks else data
+
+
+# --- Devices, precision, strategy ---------------------------------------------------------------------
+def choose_precision(setting):
+    """auto: mixed float16 on a GPU, mixed bfloat16 on a CPU with bf16 units, else float32."""
+    if setting != "auto":
+        return setting
+    if tf.config.list_physical_devices("GPU"):
+        return "float16"
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        flags = ""
+    return "bfloat16" if ("amx_bf16" in flags or "avx512_bf16" in flags) else "float32"
+
+
+def cluster_workers():
+    """The workers TF_CONFIG names (several: multi-worker training), and whether this one is the chief."""
+    try:
+        config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    except ValueError as exc:
+        raise InputError(f"TF_CONFIG: not valid JSON ({exc})") from None
+    cluster, task = config.get("cluster", {}), config.get("task", {})
+    workers = len(cluster.get("worker", [])) + len(cluster.get("chief", []))
+    kind, index = task.get("type", "worker"), int(task.get("index", 0))
+    chief = kind == "chief" or (kind == "worker" and index == 0 and "chief" not in cluster)
+    return workers, chief, f"{kind}_{index}"
+
+
+def choose_strategy(logical_cpus):
+    """MultiWorkerMirrored for a TF_CONFIG cluster, Mirrored for several GPUs (or logical CPUs)."""
+    cpus = tf.config.list_physical_devices("CPU")
+    if logical_cpus > 1:  # must happen before TensorFlow initialises its devices
+        tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * logical_cpus)
+    workers, chief, name = cluster_workers()
+    if workers > 1:
+        try:
+            return tf.distribute.MultiWorkerMirroredStrategy(), chief, name
+        except tf.errors.UnknownError as exc:  # its TF_CONFIG address cannot be bound: the port is taken
+            raise InputError(f"TF_CONFIG: worker {name} could not start its server ({exc.message}); "
+                             "is its port in use?") from None
+    gpus = tf.config.list_logical_devices("GPU")
+    if len(gpus) > 1:
+        return tf.distribute.MirroredStrategy(), True, name
+    if not gpus and len(tf.config.list_logical_devices("CPU")) > 1:
+        devices = [d.name for d in tf.config.list_logical_devices("CPU")]
+        reduce_on_one = tf.distribute.ReductionToOneDevice()
+        return tf.distribute.MirroredStrategy(devices, cross_device_ops=reduce_on_one), True, name
+    return tf.distribute.get_strategy(), True, name
 
 
 # --- The trainer: models, optimizers, counters, the compiled steps ----------------------------------
