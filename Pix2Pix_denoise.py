@@ -58,7 +58,7 @@ BASELINE_CAE = False  # also score the CLAS12 AI group's convolutional auto-enco
 CAE_DATA = None  # HDF5 file the CAE is trained on (default: --data)
 CAE_CACHE = None  # where the trained CAE is cached (default: baselines' choice, beside the HDF5)
 CAE_EPOCHS = None  # CAE training epochs (None = baselines' default)
-SWEEP_THRESHOLDS = evaluation.SWEEP_THRESHOLDS  # model output thresholds of the report's sweep
+SWEEP_THRESHOLDS = ei.SWEEP_THRESHOLDS  # model output thresholds of the report's sweep
 BACKGROUND_BINS = evaluation.BACKGROUND_BINS  # lower edges of the report's background-hit bins
 GRID_EVENTS = evaluation.GRID_EVENTS  # worst and best events drawn in the report
 REPORT = None  # report path prefix (default: next to the output)
@@ -451,7 +451,9 @@ def main(argv=None):
         reader, writer = png_job(args, out, inputs) if args.input_dir else h5_job(args, out, model_path, threshold)
 
     model, _ = load_model(model_path, args.threads or cpu_cores())
-    print(f"model {model_path} (threshold {threshold:.3f}{', from validation' if args.threshold is None else ''})")
+    criterion = info.get("settings", {}).get("threshold_criterion", "?")
+    origin = f", from validation (criterion {criterion})" if args.threshold is None else ""
+    print(f"model {model_path} (threshold {threshold:.3f}{origin})")
     scoring = baselines = None
     if args.evaluate:
         cae_data = (args.cae_data or args.data) if args.baseline_cae else None

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 import data_management
+import pairs_h5
 from script_utils import ArgumentParser, InputError, import_keras, import_tensorflow, progress, run_main
 
 tf = import_tensorflow()  # first, so that its C++ start-up lines stay off stderr
@@ -82,7 +83,8 @@ MIXED_PRECISION = "auto"  # auto | float32 | bfloat16 | float16 (auto: bf16 CPU 
 DETERMINISTIC = False  # deterministic ops and seeds: a resumed run ends with the same weights
 LOGICAL_CPUS = 0  # split the CPU into this many logical devices (>1 trains with MirroredStrategy; for tests)
 KEEP_WORKER_CHECKPOINTS = False  # multi-worker: other workers keep their checkpoints (OUTPUT_DIR/.worker_*_tmp)
-THRESHOLD_CRITERION = "balanced"  # balanced: the threshold with the best min(efficiency, rejection); f1: best F1
+THRESHOLD_CRITERION = "balanced"  # balanced: best min(efficiency, rejection); f1: best F1; tracks: as tracking would
+TRACKS_KEPT = pix2pix_model.TRACKS_KEPT  # tracks: the share of reconstructable tracks the chosen threshold keeps
 D_SATURATED_LOSS = 0.1  # discriminator loss below this (balanced: 2 log 2 = 1.39) is flagged as winning
 GAN_WEIGHT = 0.0  # weight of the GAN term in the generator's loss; 0 (measured best) = a plain U-Net, no discriminator
 GAN_WARMUP = 0  # epochs over which the GAN weight ramps up linearly from 0 (0 = full weight from the start)
@@ -145,13 +147,15 @@ class Run:
     split: dict  # data_management's {"train", "validation", "test"} indices
     steps_per_epoch: int
     validation: object  # the validation tf.data.Dataset
+    validation_ids: object  # --threshold-criterion tracks: the validation events' track ids in its order, or None
     checkpoints: Checkpoints
     log: object  # the chief's TensorBoard writer (logs/); None on other workers
     started: float  # time.time() at the start
 
 
 def load_data(s, replicas):
-    """The split (data_management's saved one), the training steps per epoch and the validation dataset.
+    """The split (data_management's saved one), the training steps per epoch, the validation dataset and,
+    for --threshold-criterion tracks, its events' track ids (None without them).
 
     data_management's errors (InputError) pass through as they are.
     """
@@ -163,7 +167,13 @@ def load_data(s, replicas):
                          f"batch of {global_batch} (--batch-size {s.batch_size} x {replicas} replicas)")
     steps_per_epoch = min(batches, s.steps_per_epoch) if s.steps_per_epoch else batches
     validation = data_management.make_dataset(s.data, split["validation"], batch_size=global_batch)
-    return split, steps_per_epoch, validation
+    ids = None
+    if s.threshold_criterion == "tracks":  # the dataset is in file order: the sorted indices
+        ids = pairs_h5.read_track_ids(s.data, np.sort(split["validation"]))
+        if ids is None:
+            print(f"note: {s.data} has no track_ids: the threshold criterion counts each validation event's truth "
+                  "as one track", flush=True)
+    return split, steps_per_epoch, validation, ids
 
 
 def set_up(s):
@@ -181,7 +191,7 @@ def set_up(s):
     replicas = strategy.num_replicas_in_sync
     data = data_record(s.data)
     check_same_data(out, data)  # before anything is written (the split beside the data too)
-    split, steps_per_epoch, validation = load_data(s, replicas)
+    split, steps_per_epoch, validation, validation_ids = load_data(s, replicas)
 
     restored = restore_latest(trainer, out / "checkpoints")
     step, epoch, done_in_epoch = trainer.counters()
@@ -201,7 +211,8 @@ def set_up(s):
         (out / "samples").mkdir(parents=True, exist_ok=True)
     log = tf.summary.create_file_writer(str(out / "logs")) if chief else None
     multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-    return Run(s, trainer, chief, multi_worker, out, split, steps_per_epoch, validation, checkpoints, log, started)
+    return Run(s, trainer, chief, multi_worker, out, split, steps_per_epoch, validation, validation_ids, checkpoints,
+               log, started)
 
 
 def epoch_batches(run, epoch, skip):
@@ -250,6 +261,13 @@ def train_epoch(run):
     return sums, n_steps
 
 
+def validate_run(run):
+    """pix2pix_model.validate of the run's generator on its validation split, with the run's criterion."""
+    s = run.s
+    return validate(run.trainer.predict, run.validation, s.validation_batches, s.threshold_criterion,
+                    run.validation_ids, s.tracks_kept)
+
+
 def end_of_epoch(run, sums, n_steps, seconds):
     """The chief's work after an epoch: validation, history.csv and TensorBoard, samples, the best export."""
     s, trainer = run.s, run.trainer
@@ -257,7 +275,7 @@ def end_of_epoch(run, sums, n_steps, seconds):
     means = sums / n_steps if n_steps else np.full(4, np.nan)  # nan: the epoch was done before a resume
     if not trainer.gan:
         means[3] = np.nan  # no discriminator
-    scores, first = validate(trainer.predict, run.validation, s.validation_batches, s.threshold_criterion)
+    scores, first = validate_run(run)
     row = {"epoch": epoch, "step": step, **dict(zip(CSV_FIELDS[2:6], means, strict=True)), **scores,
            "seconds": round(seconds, 2), "images_per_s": round(n_steps * trainer.global_batch / max(seconds, 1e-9), 2),
            "disc_winning": int(bool(trainer.gan and means[3] < s.d_saturated_loss))}
@@ -282,7 +300,7 @@ def report_epoch(s, row, seconds):
     print(f"epoch {row['epoch']}/{s.epochs} step {row['step']}: G {row['gen_total']:.4f} (GAN {row['gen_gan']:.3f}, "
           f"L1 {row['gen_l1']:.5f}) D {row['disc']:.3f} | validation L1 {row['val_l1']:.5f}, threshold "
           f"{row['threshold']:.2f}: efficiency {row['efficiency']:.3f} rejection {row['rejection']:.3f} purity "
-          f"{row['purity']:.3f} F1 {row['f1']:.3f} ({seconds:.0f} s)", flush=True)
+          f"{row['purity']:.3f} F1 {row['f1']:.3f}{tracking_text(row)} ({seconds:.0f} s)", flush=True)
     if row.get("collapse"):
         print(f"note: collapse: validation F1 {row['f1']:.3f} fell more than {s.collapse_drop:g} below the best so "
               "far (history.csv's collapse column)", flush=True)
@@ -291,13 +309,20 @@ def report_epoch(s, row, seconds):
               f"generator's GAN loss {row['gen_gan']:.2f}, balanced 0.69)", flush=True)
 
 
+def tracking_text(scores):
+    """', tracks kept ... fake segments/event ...' of --threshold-criterion tracks' scores ('' without them)."""
+    if "tracks_kept" not in scores:
+        return ""
+    return f", tracks kept {scores['tracks_kept']:.4f}, fake segments/event {scores['fake_segments_per_event']:.4f}"
+
+
 def finish(run, scores):
     """After the last epoch: the chief exports the final generator; other workers delete their checkpoints."""
     s, trainer = run.s, run.trainer
     step, epoch, _ = trainer.counters()
     if run.chief:
         if scores is None:  # nothing left to train: score the restored weights
-            scores, _ = validate(trainer.predict, run.validation, s.validation_batches, s.threshold_criterion)
+            scores, _ = validate_run(run)
         rows = read_history(run.out / "history.csv")
         export_generator(trainer, run.out, "generator_final", scores, epoch, step, vars(s), run_stability(rows, epoch))
         update_stability(run.out / "generator_best.json", rows)  # against the run's last five epochs
@@ -354,9 +379,13 @@ def build_parser():
                    help="multiply the output by the raw hit mask: remove hits, never add any (default %(default)s)")
     p.add_argument("--weight-raw-hits", action=argparse.BooleanOptionalAction, default=WEIGHT_RAW_HITS,
                    help="weight the raw hits' L1 by --hit-weight too, not only the truth's (default %(default)s)")
-    p.add_argument("--threshold-criterion", choices=("balanced", "f1"), default=THRESHOLD_CRITERION,
-                   help="how the output threshold is chosen on validation: best min(efficiency, rejection) "
-                        "or best F1 (default %(default)s)")
+    p.add_argument("--threshold-criterion", choices=("balanced", "f1", "tracks"), default=THRESHOLD_CRITERION,
+                   help="how the output threshold is chosen on validation: best min(efficiency, rejection), best "
+                        "F1, or tracks: the fewest fake segments of those keeping --tracks-kept of the tracks "
+                        "reconstructable from >= 5 of 6 superlayers (default %(default)s)")
+    p.add_argument("--tracks-kept", type=float, default=TRACKS_KEPT,
+                   help="--threshold-criterion tracks: the share of tracks the threshold must keep, in (0, 1] "
+                        "(default %(default)s)")
     p.add_argument("--hit-weight", type=float, default=HIT_WEIGHT,
                    help="L1 weight of the truth's hit pixels; 1 = plain L1 (default %(default)s)")
     p.add_argument("--generator-lr", type=float, default=GENERATOR_LR, help="(default %(default)s)")
@@ -444,6 +473,8 @@ def parse_args(argv=None):
     if not 0 <= s.label_smoothing < 0.5 or not 0 <= s.ema_decay < 1:
         raise InputError(f"--label-smoothing {s.label_smoothing} must be in [0, 0.5), --ema-decay {s.ema_decay} "
                          "in [0, 1)")
+    if not 0 < s.tracks_kept <= 1:
+        raise InputError(f"--tracks-kept must be in (0, 1], not {s.tracks_kept}")
     for name in ("hit_weight", "generator_lr", "discriminator_lr"):
         if not getattr(s, name) > 0:
             raise InputError(f"--{name.replace('_', '-')} must be positive, not {getattr(s, name)}")

@@ -22,7 +22,6 @@ from report_plots import write_event_grid, write_plots
 from script_utils import atomic_output, check_output_path, json_ready
 
 BACKGROUND_BINS = (0, 10, 20, 40, 60, 80, 100, 130, 160, 200, 300)  # lower edges of the background-hit bins
-SWEEP_THRESHOLDS = ei.THRESHOLDS + (0.97, 0.98, 0.99)  # the model's threshold sweep, past 0.95 to the CAE's tracks
 GRID_EVENTS = 4  # worst and best events shown in the report
 METHODS = ("model", "keep-all", "SNR", "CAE")
 
@@ -49,7 +48,7 @@ class HitEvaluation:
     counts at each) and the worst and best events by F1 (only GRID_EVENTS of each are kept).
     """
 
-    def __init__(self, methods, thresholds=SWEEP_THRESHOLDS, background_bins=BACKGROUND_BINS,
+    def __init__(self, methods, thresholds=ei.SWEEP_THRESHOLDS, background_bins=BACKGROUND_BINS,
                  grid_events=GRID_EVENTS):
         self.methods = list(methods)
         self.thresholds = tuple(float(t) for t in thresholds)

@@ -215,6 +215,7 @@ def read_track_ids_png(path):
 
 # --- Hit-level scores ----------------------------------------------------------------------
 THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))  # output thresholds tried: 0.05 .. 0.95
+SWEEP_THRESHOLDS = THRESHOLDS + (0.97, 0.98, 0.99)  # the report's sweep and the tracks criterion (past 0.95)
 COUNT_KEYS = ("track_hits", "track_kept", "noise_hits", "noise_removed", "kept", "invented", "events")
 
 

@@ -21,6 +21,7 @@ import numpy as np
 from keras import layers, ops
 
 import event_image as ei
+import tracking
 
 BASE_FILTERS = 64  # filters of the first block (the paper's)
 LAMBDA = 100.0  # weight of the L1 term against the GAN term (the paper's)
@@ -30,6 +31,7 @@ DROPOUT = 0.5  # dropout rate on the decoder's three deepest blocks (the paper's
 NOISE_AUGMENT = 0.05  # training batches get extra noise hits on up to this fraction of each event's cells (README)
 BESIDE_AUGMENT = 0.0  # share of training events given a track's segment copied aside as background (README)
 MIX_TRACKS = 0.0  # share of training events given another training event's tracks, in raw and truth (README)
+TRACKS_KEPT = 0.99  # threshold criterion "tracks": the share of reconstructable tracks the threshold must keep
 EVENT_CELLS = ei.event_region_mask()[..., None].astype(np.float32)  # 1 on the layout's 36x112 event cells
 IMAGE_SHAPE = (ei.PADDED_SIZE, ei.PADDED_SIZE, ei.CHANNELS)
 GENERATOR_BLOCKS = 7  # 128 -> 1 pixel at the bottleneck
@@ -202,16 +204,22 @@ def discriminator_loss(disc_real, disc_fake, global_batch, real_label=1.0):
 
 
 # --- Validation: the output threshold ----------------------------------------------------------------
-def validate(predict, dataset, max_batches=0, criterion="balanced"):
-    """Validation L1 and hit-level scores at every threshold of event_image.THRESHOLDS; the best one chosen.
+def validate(predict, dataset, max_batches=0, criterion="balanced", track_ids=None, tracks_kept=TRACKS_KEPT):
+    """Validation L1 and hit-level scores at every threshold tried; the best one chosen.
 
-    criterion "balanced" picks the threshold where the worse of efficiency and rejection is
-    best (physicists want both high); "f1" the best F1 (which favours efficiency here).
+    criterion "balanced" picks the threshold of event_image.THRESHOLDS where the worse of
+    efficiency and rejection is best (physicists want both high); "f1" the best F1 (which
+    favours efficiency here); "tracks" judges event_image.SWEEP_THRESHOLDS as tracking would
+    (choose_for_tracking), with the validation events' track ids (N, 36, 112) in the dataset's
+    order (None: each event's truth is one track).
 
     Returns {"val_l1", "threshold", "efficiency", "rejection", "purity", "f1", "invented_per_event",
-    "f1_by_threshold"} and the first batch (raw, truth, output) for the sample picture.
+    "f1_by_threshold"} (with "tracks": also "tracks_kept" and "fake_segments_per_event") and the
+    first batch (raw, truth, output) for the sample picture.
     """
-    counts = {t: {} for t in ei.THRESHOLDS}
+    thresholds = ei.SWEEP_THRESHOLDS if criterion == "tracks" else ei.THRESHOLDS
+    counts = {t: {} for t in thresholds}
+    track_counts = {t: tracking.add_counts({}, {}) for t in thresholds}
     l1_sum, events, first = 0.0, 0, None
     for i, (raw, truth) in enumerate(dataset):
         if max_batches and i >= max_batches:
@@ -221,16 +229,57 @@ def validate(predict, dataset, max_batches=0, criterion="balanced"):
         if first is None:
             first = (raw, truth, output)
         l1_sum += float(np.abs(truth - output).mean(axis=(1, 2, 3)).sum())
-        events += len(raw)
-        for t in ei.THRESHOLDS:
+        for t in thresholds:
             counts[t] = ei.add_counts(counts[t], ei.counts_from_padded(raw, truth, output, t))
+        if criterion == "tracks":
+            ids = None if track_ids is None else track_ids[events:events + len(raw)]
+            add_tracking_counts(track_counts, raw, truth, output, ids)
+        events += len(raw)
     scores = {t: ei.scores_from_counts(c) for t, c in counts.items()}
     f1 = {t: (sc["f1"] if not math.isnan(sc["f1"]) else -1.0) for t, sc in scores.items()}
-    if criterion == "balanced":
-        goodness = {t: min(sc["efficiency"], sc["rejection"]) for t, sc in scores.items()}
-        goodness = {t: (v if not math.isnan(v) else -1.0) for t, v in goodness.items()}
+    extra = {}
+    if criterion == "tracks":
+        tracked = {t: tracking.scores_from_counts(c) for t, c in track_counts.items()}
+        best = choose_for_tracking(tracked, tracks_kept)
+        extra = {"tracks_kept": tracked[best]["kept_ge5"],
+                 "fake_segments_per_event": tracked[best]["fake_segments_per_event"]}
     else:
-        goodness = f1
-    best = max(ei.THRESHOLDS, key=lambda t: (goodness[t], -abs(t - 0.5)))  # ties: the one nearest 0.5
-    return {"val_l1": l1_sum / max(events, 1), "threshold": float(best), **scores[best],
+        if criterion == "balanced":
+            goodness = {t: min(sc["efficiency"], sc["rejection"]) for t, sc in scores.items()}
+            goodness = {t: (v if not math.isnan(v) else -1.0) for t, v in goodness.items()}
+        else:
+            goodness = f1
+        best = max(thresholds, key=lambda t: (goodness[t], -abs(t - 0.5)))  # ties: the one nearest 0.5
+    return {"val_l1": l1_sum / max(events, 1), "threshold": float(best), **scores[best], **extra,
             "f1_by_threshold": {str(t): v for t, v in f1.items()}}, first
+
+
+def add_tracking_counts(track_counts, raw, truth, output, track_ids):
+    """Add one batch's tracking counts (tracking.counts_of_keeps) at each threshold of track_counts, in place.
+
+    raw, truth, output: padded (B, 128, 128, 3) in 0..1; a kept hit is a raw hit whose output
+    exceeds the threshold in any channel, as ei.counts_from_padded judges hits.
+    """
+    raw, truth, output = (ei.crop_event(a) for a in (raw, truth, output))
+    raw_hits = ei.hit_mask(raw, ei.SCALED_HIT_THRESHOLD)
+    truth_hits = ei.hit_mask(truth, ei.SCALED_HIT_THRESHOLD)
+    brightest = output.max(axis=-1)
+    keeps = [raw_hits & (brightest > t) for t in track_counts]
+    for t, per_event in zip(track_counts, tracking.counts_of_keeps(raw_hits, truth_hits, keeps, track_ids),
+                            strict=True):
+        track_counts[t] = tracking.add_counts(track_counts[t], {k: int(v.sum()) for k, v in per_event.items()})
+
+
+def choose_for_tracking(tracked, tracks_kept=TRACKS_KEPT):
+    """The threshold (a key of tracked: {threshold: tracking.scores_from_counts}) tracking would want.
+
+    Of the thresholds keeping at least tracks_kept of the tracks reconstructable from >= 5 of 6
+    superlayers in the raw events, the one leaving the fewest fake segments (ties: the one
+    keeping more tracks, then the one nearest 0.5); when none keeps that many, the one keeping the most.
+    """
+    kept = {t: (sc["kept_ge5"] if not math.isnan(sc["kept_ge5"]) else -1.0) for t, sc in tracked.items()}
+    fakes = {t: sc["fake_segments_per_event"] for t, sc in tracked.items()}
+    enough = [t for t in tracked if kept[t] >= tracks_kept]
+    if enough:
+        return min(enough, key=lambda t: (fakes[t], -kept[t], abs(t - 0.5)))
+    return max(tracked, key=lambda t: (kept[t], -fakes[t], -abs(t - 0.5)))

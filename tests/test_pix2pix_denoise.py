@@ -202,7 +202,7 @@ def test_write_report_files(tmp_path):
     paths = evaluation.write_report(res, tmp_path / "r", meta={"model": "m.keras"})
     data = json.loads(paths["json"].read_text())  # strict JSON: NaN written as null
     assert data["methods"]["model"]["scores"]["f1"] == 1 and data["model"] == "m.keras"
-    assert len(data["threshold_sweep"]) == len(evaluation.SWEEP_THRESHOLDS)
+    assert len(data["threshold_sweep"]) == len(ei.SWEEP_THRESHOLDS)
     assert data["best_events"][0]["name"] in "abcdef"
     for key in ("png", "events"):
         with Image.open(paths[key]) as im:

@@ -5,11 +5,13 @@ dozen pairs.
 """
 
 import csv
+import dataclasses
 import json
 import shutil
 import signal
 import subprocess
 import sys
+import types
 
 import h5py
 import numpy as np
@@ -123,7 +125,7 @@ def test_split_seed_and_beta_1_reach_the_split_and_the_optimizers(events_h5, tmp
     data = tmp_path / "events.h5"  # a copy: the split saved beside the shared file stays the default one
     shutil.copy(events_h5, data)
     s = settings(data, tmp_path / "run", "--split-seed", 7, "--beta-1", 0.8)
-    split, steps, _ = pt.load_data(s, replicas=1)
+    split, steps, _, _ = pt.load_data(s, replicas=1)
     for name, indices in dm.make_split(48, 7).items():
         np.testing.assert_array_equal(split[name], indices)
     assert not np.array_equal(split["train"], dm.make_split(48, dm.SPLIT_SEED)["train"]) and steps == 27 // 4
@@ -401,6 +403,76 @@ def test_threshold_criterion_balanced_or_f1_on_a_known_output():
     assert f1["threshold"] == 0.25 and f1["efficiency"] == 1 and f1["rejection"] == 0.8
     balanced, _ = pm.validate(predict, dataset, criterion="balanced")  # min(eff, rej) 0.9 > 0.8
     assert balanced["threshold"] == 0.5 and balanced["efficiency"] == 0.9 and balanced["rejection"] == 1
+
+
+def test_threshold_criterion_tracks_keeps_the_tracks_and_then_leaves_the_fewest_fake_segments():
+    # 10 events in 2 batches, each two tracks crossing all 36 layers (ids 1 and 2, the second at a
+    # wire of its own per event) and a 4-layer background cluster in superlayer 1, a fake segment.
+    # Output: tracks 0.9, the cluster 0.8; event 7's second track only 0.7 (lost above 0.7).
+    raw, truth, out = (np.zeros((10, 36, 112, 3), np.float32) for _ in range(3))
+    ids = np.zeros((10, 36, 112), np.uint8)
+    for k in range(10):
+        for track, wire in ((1, 20), (2, 60 + 3 * k)):
+            raw[k, :, wire] = truth[k, :, wire] = 1.0
+            out[k, :, wire] = 0.9 if (k, track) != (7, 2) else 0.7
+            ids[k, :, wire] = track
+        raw[k, 0:4, 40] = 1.0
+        out[k, 0:4, 40] = 0.8
+    raw, truth, out = (ei.pad_event(a) for a in (raw, truth, out))
+    dataset = [(tf.constant(raw[:5]), tf.constant(truth[:5])), (tf.constant(raw[5:]), tf.constant(truth[5:]))]
+
+    def chosen(tracks_kept, track_ids=ids):
+        outputs = iter([out[:5], out[5:]])  # the output of each batch, in turn
+        scores, _ = pm.validate(lambda x: tf.constant(next(outputs)), dataset, criterion="tracks",
+                                track_ids=track_ids, tracks_kept=tracks_kept)
+        return scores["threshold"], scores["tracks_kept"], scores["fake_segments_per_event"]
+
+    # Up to 0.65 all 20 tracks and one fake segment per event; 0.70-0.75 19 of 20; 0.80-0.85 no fake segment.
+    assert chosen(0.99) == (0.5, 1.0, 1.0)  # ties among 0.05-0.65: nearest 0.5
+    assert chosen(0.9) == chosen(0.95) == (0.8, 0.95, 0.0)
+    assert chosen(1.0) == (0.5, 1.0, 1.0)
+    assert chosen(0.99, None) == (0.8, 1.0, 0.0)  # one track per event: the first track still makes it
+    outputs = iter([out[:5], out[5:]])  # the training's validation passes the run's ids and --tracks-kept on
+    trainer = types.SimpleNamespace(predict=lambda x: tf.constant(next(outputs)))
+    fields = dict.fromkeys(f.name for f in dataclasses.fields(pt.Run))
+    run = pt.Run(**{**fields, "s": settings("d.h5", "run", "--threshold-criterion", "tracks", "--tracks-kept", 0.9),
+                    "trainer": trainer, "validation": dataset, "validation_ids": ids})
+    scores, _ = pt.validate_run(run)
+    assert (scores["threshold"], scores["tracks_kept"], scores["fake_segments_per_event"]) == (0.8, 0.95, 0.0)
+    tracked = lambda *rows: {t: {"kept_ge5": kept, "fake_segments_per_event": fakes} for t, kept, fakes in rows}
+    assert pm.choose_for_tracking(tracked((0.4, 1.0, 1.0), (0.5, 0.95, 1.0)), 0.9) == 0.4  # as few: more tracks
+    assert pm.choose_for_tracking(tracked((0.3, 0.9, 2.0), (0.6, 0.8, 1.0)), 0.99) == 0.3  # none keeps 99 %
+
+
+def test_threshold_criterion_tracks_reads_the_validation_track_ids_in_the_datasets_order(tmp_path):
+    path = tmp_path / "ids.h5"
+    raw, truth, ids = make_events.generate_events(48, seed=4, track_ids=True)
+    with h5py.File(path, "w") as f:
+        for name, data in (("raw", ei.pad_event(raw)), ("truth", ei.pad_event(truth))):
+            f.create_dataset(name, data=data, chunks=(8, 128, 128, 3))
+        f.create_dataset("track_ids", data=ids)
+    s = settings(path, tmp_path / "run", "--threshold-criterion", "tracks", "--tracks-kept", 0.95)
+    split, _, validation, validation_ids = pt.load_data(s, replicas=1)
+    truths = np.concatenate([ei.hit_mask(ei.crop_event(t.numpy()), ei.SCALED_HIT_THRESHOLD) for _, t in validation])
+    assert len(truths) == len(split["validation"]) == len(validation_ids) == 9
+    np.testing.assert_array_equal(validation_ids > 0, truths)  # the ids lie on the same events' truth hits
+    assert not np.array_equal(validation_ids, ids[:9])
+    assert pt.load_data(settings(path, tmp_path / "run"), replicas=1)[3] is None  # only read for "tracks"
+    pt.train(settings(path, tmp_path / "run", "--threshold-criterion", "tracks", "--tracks-kept", 0.95, "--epochs", 1,
+                      "--steps-per-epoch", 2))
+    final = json.loads((tmp_path / "run" / "generator_final.json").read_text())
+    model = keras.models.load_model(tmp_path / "run" / "generator_final.keras", compile=False)
+    again, _ = pm.validate(lambda x: model(x, training=False), validation, criterion="tracks",
+                           track_ids=validation_ids, tracks_kept=0.95)  # the exported weights, as chosen in training
+    assert final["threshold"] == again["threshold"] in ei.SWEEP_THRESHOLDS
+    assert final["validation"]["tracks_kept"] == pytest.approx(again["tracks_kept"])
+    assert final["validation"]["fake_segments_per_event"] == pytest.approx(again["fake_segments_per_event"])
+    proc = run_script("Pix2Pix_denoise.py", "--model", tmp_path / "run" / "generator_final.keras", "--data", path,
+                      "--output", tmp_path / "denoised.h5")
+    assert proc.returncode == 0, proc.stderr
+    assert f"threshold {final['threshold']:.3f}, from validation (criterion tracks)" in proc.stdout
+    with pytest.raises(InputError, match="--tracks-kept"):
+        pt.parse_args(["--tracks-kept", "0"])
 
 
 def test_a_run_whose_losses_become_non_finite_stops_with_one_line_and_exports_nothing(events_h5, tmp_path):
