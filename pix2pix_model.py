@@ -10,7 +10,9 @@ JAX backend (bench/train_jax.py, for GPU machines without TensorFlow).
   0.5, on the first three), then a sigmoid output layer (the data are 0..1, so no tanh);
 - discriminator: the 70x70 PatchGAN on the concatenated (input, target) pair, a 14x14 map of logits;
 - loss: GAN loss + LAMBDA x L1, where the L1 of the hit pixels is weighted by HIT_WEIGHT
-  (a track lights ~50 of 16,384 pixels: plain L1 is smallest for an empty output).
+  (a track lights ~50 of 16,384 pixels: plain L1 is smallest for an empty output);
+- the training recipe's levers both trainers share: the extra hits of --beside-augment and
+  --mix-tracks (each trainer draws the random numbers) and the learning rate of --lr-decay.
 """
 
 import contextlib
@@ -201,6 +203,47 @@ def discriminator_loss(disc_real, disc_fake, global_batch, real_label=1.0):
     """Real pairs -> real_label (1, or less with label smoothing), generated pairs -> 0; averaged
     over the global batch (balanced: 2 log 2)."""
     return average_over_batch(bce_with_logits(disc_real, real_label) + bce_with_logits(disc_fake, 0.0), global_batch)
+
+
+# --- The training batches' extra hits and the learning rate (each trainer draws the random numbers) -------
+# The padded row of the first layer of each superlayer, and the most wires a --beside-augment copy lies aside.
+SUPERLAYER_ROWS = ei.LAYER_ROWS[::ei.LAYERS_PER_SUPERLAYER].astype("int32")
+BESIDE_WIRES = 5
+
+
+def beside_segments(raw, truth, u, share):
+    """(raw with a background segment beside a track, truth): on a share of the events, the truth hits
+    of one superlayer, copied 1..BESIDE_WIRES wires aside (either side) and leaning up to one wire more
+    or less over its 6 layers, are added to the raw event, not to the truth (--beside-augment): a
+    segment confined to one superlayer along a real track is background. u: (n, 5) uniform in [0, 1)."""
+    on = ops.cast(u[:, 0] < share, raw.dtype)
+    first = ops.take(ops.convert_to_tensor(SUPERLAYER_ROWS), ops.cast(u[:, 1] * ei.SUPERLAYERS, "int32"))
+    aside = 1.0 + ops.floor(u[:, 2] * BESIDE_WIRES)
+    lean = u[:, 4] * 2.0 - 1.0  # wires more (or fewer) aside at the superlayer's last layer than at its first
+    rows = ops.arange(ei.PADDED_SIZE, dtype="int32")[None, :]
+    band = ops.logical_and(rows >= first[:, None], rows < first[:, None] + ei.LAYERS_PER_SUPERLAYER)  # (n, 128)
+    step = ops.cast(rows - first[:, None], "float32") / (ei.LAYERS_PER_SUPERLAYER - 1)
+    wires = ops.maximum(1.0, ops.round(aside[:, None] + lean[:, None] * step))  # never on the track itself
+    shift = ops.cast(wires * ops.sign(u[:, 3:4] - 0.5), "int32")  # (n, 128) wires, per row
+    source = ops.arange(ei.PADDED_SIZE, dtype="int32")[None, None, :] - shift[:, :, None]  # (n, 128, 128) column
+    copy = ops.take_along_axis(truth, ops.clip(source, 0, ei.PADDED_SIZE - 1)[..., None], axis=2)
+    # EVENT_CELLS: an event cell's source column is inside the padded image (the side pads exceed BESIDE_WIRES + 1).
+    copy = copy * ops.cast(band, raw.dtype)[:, :, None, None] * on[:, None, None, None] * EVENT_CELLS
+    return ops.maximum(raw, copy), truth
+
+
+def mixed_tracks(raw, truth, u, share):
+    """(raw, truth) with, on a share of the events, the previous event's truth hits in the batch added to
+    both (--mix-tracks): more tracks, crossing other background, from the same simulation. u: (n,)
+    uniform in [0, 1)."""
+    other = ops.roll(truth, 1, axis=0) * ops.cast(u < share, truth.dtype)[:, None, None, None]
+    return ops.maximum(raw, other), ops.maximum(truth, other)
+
+
+def lr_factor(decay, epoch, epochs):
+    """The learning rate of epoch (0-based) over the set one: none = 1; cosine = 0.5 (1 + cos(pi epoch / epochs)),
+    from 1 in the first epoch down towards 0 in the last (--lr-decay)."""
+    return 0.5 * (1.0 + math.cos(math.pi * epoch / epochs)) if decay == "cosine" else 1.0
 
 
 # --- Validation: the output threshold ----------------------------------------------------------------

@@ -6,7 +6,6 @@ section).
 """
 
 import json
-import math
 import os
 from pathlib import Path
 
@@ -19,10 +18,13 @@ keras = import_keras()
 from pix2pix_model import (  # noqa: E402
     EVENT_CELLS,
     IMAGE_SHAPE,
+    beside_segments,
     build_discriminator,
     build_generator,
     discriminator_loss,
     generator_loss,
+    lr_factor,
+    mixed_tracks,
     synchronize_batch_norm,
     with_raw_hit_gate,
 )
@@ -39,41 +41,14 @@ def with_noise_hits(raw, truth, most, seed):
     return tf.maximum(raw, tf.cast(lit, raw.dtype) * EVENT_CELLS), truth
 
 
-# The padded row of the first layer of each superlayer, and the most wires a --beside-augment copy lies aside.
-SUPERLAYER_ROWS = ei.LAYER_ROWS[::ei.LAYERS_PER_SUPERLAYER].astype("int32")
-BESIDE_WIRES = 5
-
-
 def with_beside_segments(raw, truth, share, seed):
-    """(raw with a background segment beside a track, truth): on a share of the events, the truth hits
-    of one superlayer, copied 1..BESIDE_WIRES wires aside (either side) and leaning up to one wire more
-    or less over its 6 layers, are added to the raw event, not to the truth (--beside-augment): a
-    segment confined to one superlayer along a real track is background. seed: stateless, shape (2,)."""
-    n = tf.shape(raw)[0]
-    u = tf.random.stateless_uniform([n, 5], seed)
-    on = tf.cast(u[:, 0] < share, raw.dtype)
-    first = tf.gather(tf.constant(SUPERLAYER_ROWS), tf.cast(u[:, 1] * ei.SUPERLAYERS, tf.int32))
-    aside = 1.0 + tf.floor(u[:, 2] * BESIDE_WIRES)
-    lean = u[:, 4] * 2.0 - 1.0  # wires more (or fewer) aside at the superlayer's last layer than at its first
-    rows = tf.range(ei.PADDED_SIZE)[None, :]
-    band = (rows >= first[:, None]) & (rows < first[:, None] + ei.LAYERS_PER_SUPERLAYER)  # (n, 128)
-    step = tf.cast(rows - first[:, None], tf.float32) / (ei.LAYERS_PER_SUPERLAYER - 1)
-    wires = tf.maximum(1.0, tf.round(aside[:, None] + lean[:, None] * step))  # never on the track itself
-    shift = tf.cast(wires * tf.sign(u[:, 3:4] - 0.5), tf.int32)  # (n, 128) wires, per row
-    source = tf.range(ei.PADDED_SIZE)[None, None, :] - shift[:, :, None]  # (n, 128, 128) column copied
-    copy = tf.gather(truth, tf.clip_by_value(source, 0, ei.PADDED_SIZE - 1), axis=2, batch_dims=2)
-    # EVENT_CELLS: an event cell's source column is inside the padded image (the side pads exceed BESIDE_WIRES + 1).
-    copy = copy * tf.cast(band, raw.dtype)[:, :, None, None] * on[:, None, None, None] * EVENT_CELLS
-    return tf.maximum(raw, copy), truth
+    """pix2pix_model.beside_segments (--beside-augment) with TensorFlow's stateless random numbers. seed: shape (2,)."""
+    return beside_segments(raw, truth, tf.random.stateless_uniform([tf.shape(raw)[0], 5], seed), share)
 
 
 def with_mixed_tracks(raw, truth, share, seed):
-    """(raw, truth) with, on a share of the events, the previous event's truth hits in the batch added to
-    both (--mix-tracks): more tracks, crossing other background, from the same simulation. seed:
-    stateless, shape (2,)."""
-    on = tf.random.stateless_uniform([tf.shape(raw)[0]], seed) < share
-    other = tf.roll(truth, 1, axis=0) * tf.cast(on, truth.dtype)[:, None, None, None]
-    return tf.maximum(raw, other), tf.maximum(truth, other)
+    """pix2pix_model.mixed_tracks (--mix-tracks) with TensorFlow's stateless random numbers. seed: shape (2,)."""
+    return mixed_tracks(raw, truth, tf.random.stateless_uniform([tf.shape(raw)[0]], seed), share)
 
 
 def augment(data, s, epoch):
@@ -146,12 +121,6 @@ def make_optimizer(learning_rate, beta_1, precision):
     """Adam(learning_rate, beta_1); under float16, wrapped in dynamic loss scaling."""
     opt = keras.optimizers.Adam(learning_rate, beta_1=beta_1)
     return keras.optimizers.LossScaleOptimizer(opt) if precision == "float16" else opt
-
-
-def lr_factor(decay, epoch, epochs):
-    """The learning rate of epoch (0-based) over the set one: none = 1; cosine = 0.5 (1 + cos(pi epoch / epochs)),
-    from 1 in the first epoch down towards 0 in the last (--lr-decay)."""
-    return 0.5 * (1.0 + math.cos(math.pi * epoch / epochs)) if decay == "cosine" else 1.0
 
 
 class Trainer:

@@ -5,9 +5,11 @@ H100s, for one) carry JAX and not TensorFlow; this script lets them train the sa
 measure what the full-width (BASE_FILTERS 64) generator reaches. It shares with the real trainer
 everything that decides the result: the generator, discriminator and losses (pix2pix_model.py),
 the default recipe (no GAN term, Adam 1e-3, beta_1 0.5, extra noise hits in the training batches),
-batch 16, the hit-weighted L1 (raw hits weighted too), the raw-hit gate at validation, the
-threshold chosen on the validation split by min(efficiency, rejection) and the best epoch by
-validation F1. It does not checkpoint, resume, distribute or export a .keras file.
+the levers --lr-decay, --beside-augment and --mix-tracks (off by default, as there; pix2pix_model's
+beside_segments, mixed_tracks and lr_factor), batch 16, the hit-weighted L1 (raw hits weighted
+too), the raw-hit gate at validation, the threshold chosen on the validation split by
+min(efficiency, rejection) and the best epoch by validation F1. It does not checkpoint, resume,
+distribute or export a .keras file.
 
 Input: the project's HDF5 file and the split data_management.py saved beside it
 (NAME.split.npz; run `python data_management.py --data FILE` first). Output, in OUTPUT_DIR:
@@ -55,6 +57,9 @@ LEARNING_RATE = 1e-3  # generator and discriminator (Pix2Pix_training's defaults
 BETA_1 = 0.5
 GAN_WEIGHT = 0.0  # weight of the GAN term; 0 (the default) = the weighted L1 alone (the discriminator is still stepped)
 NOISE_AUGMENT = pm.NOISE_AUGMENT  # extra noise hits on 0..this of each training event's cells (Pix2Pix_training's)
+BESIDE_AUGMENT = pm.BESIDE_AUGMENT  # share of training events given a segment beside a track (Pix2Pix_training's)
+MIX_TRACKS = pm.MIX_TRACKS  # share of training events given the batch's previous event's tracks (Pix2Pix_training's)
+LR_DECAY = "none"  # none | cosine: the learning rate of each epoch, as Pix2Pix_training's --lr-decay
 SEED = 1
 PRECISION = "mixed_bfloat16"  # a Keras dtype policy: mixed_bfloat16 | float32
 # ----------------------------------------------------------------------------------------------
@@ -96,8 +101,15 @@ def make_train_step(generator, discriminator, gen_opt, disc_opt, s):
     def step(state, raw_u8, truth_u8, key):
         g_tv, g_ntv, d_tv, d_ntv, g_opt_v, d_opt_v = state
         raw, truth = raw_u8.astype(jnp.float32) / 255.0, truth_u8.astype(jnp.float32) / 255.0
+        n = raw.shape[0]  # the extra hits in Pix2Pix_training's order, with JAX's random numbers
+        if s.mix_tracks:
+            u = jax.random.uniform(jax.random.fold_in(key, 11), (n,))
+            raw, truth = pm.mixed_tracks(raw, truth, u, s.mix_tracks)
         if s.noise_augment:
             raw = with_noise_hits(raw, s.noise_augment, key)
+        if s.beside_augment:
+            u = jax.random.uniform(jax.random.fold_in(key, 7), (n, 5))
+            raw, truth = pm.beside_segments(raw, truth, u, s.beside_augment)
         (gen_total, disc), pullback, (gen_gan, gen_l1, g_ntv, d_ntv) = jax.vjp(
             lambda g, d: losses(g, d, g_ntv, d_ntv, raw, truth), g_tv, d_tv, has_aux=True)
         one, zero = jnp.ones_like(gen_total), jnp.zeros_like(disc)
@@ -108,6 +120,17 @@ def make_train_step(generator, discriminator, gen_opt, disc_opt, s):
         return (g_tv, g_ntv, d_tv, d_ntv, g_opt_v, d_opt_v), (gen_total, gen_gan, gen_l1, disc)
 
     return step
+
+
+def with_learning_rate(optimizer, values, rate):
+    """The optimizer's variable values (stateless_apply's) with its learning rate set to rate."""
+    return [jnp.asarray(rate, v.dtype) if var.name == "learning_rate" else v
+            for var, v in zip(optimizer.variables, values, strict=True)]
+
+
+def learning_rate(optimizer, values):
+    """The learning rate held in the optimizer's variable values (the one the epoch's steps used)."""
+    return next(float(v) for var, v in zip(optimizer.variables, values, strict=True) if var.name == "learning_rate")
 
 
 def make_predict(generator):
@@ -163,7 +186,7 @@ def train(s):
     steps_per_epoch = len(train_raw) // s.batch_size
 
     fields = ["epoch", "step", "gen_total", "gen_gan", "gen_l1", "disc", "val_l1", "threshold", "efficiency",
-              "rejection", "purity", "f1", "seconds", "images_per_s"]
+              "rejection", "purity", "f1", "learning_rate", "seconds", "images_per_s"]
     history = (out / "history.csv").open("w", newline="")
     writer = csv.DictWriter(history, fields)
     writer.writeheader()
@@ -173,6 +196,8 @@ def train(s):
             print(f"time limit ({s.seconds:.0f} s) reached after {epoch - 1} epochs", flush=True)
             break
         t0 = time.perf_counter()
+        rate = s.learning_rate * pm.lr_factor(s.lr_decay, epoch - 1, s.epochs)
+        state = (*state[:4], with_learning_rate(gen_opt, state[4], rate), with_learning_rate(disc_opt, state[5], rate))
         order = rng.permutation(len(train_raw))[:steps_per_epoch * s.batch_size].reshape(steps_per_epoch, -1)
         sums = jnp.zeros(4)
         for idx in order:
@@ -186,7 +211,8 @@ def train(s):
         predict_params = lambda raw, st=state: predict(st[0], st[1], jnp.asarray(raw))
         scores, _ = pm.validate(predict_params, batches(val_raw, val_truth))
         row = {"epoch": epoch, "step": total_steps, **dict(zip(fields[2:6], sums / steps_per_epoch, strict=True)),
-               **{k: scores[k] for k in fields[6:12]}, "seconds": round(seconds, 2),
+               **{k: scores[k] for k in fields[6:12]}, "learning_rate": learning_rate(gen_opt, state[4]),
+               "seconds": round(seconds, 2),
                "images_per_s": round(steps_per_epoch * s.batch_size / seconds, 1)}
         writer.writerow(row)
         history.flush()
@@ -228,6 +254,12 @@ def parse_args(argv=None):
                    help="weight of the GAN term; 0 trains the generator on the weighted L1 alone")
     p.add_argument("--noise-augment", type=float, default=NOISE_AUGMENT,
                    help="extra noise hits on a fraction of each training event's cells drawn in 0..this (0 = off)")
+    p.add_argument("--beside-augment", type=float, default=BESIDE_AUGMENT,
+                   help="share of training events given one superlayer's track hits copied aside as background")
+    p.add_argument("--mix-tracks", type=float, default=MIX_TRACKS,
+                   help="share of training events given the batch's previous event's track hits (raw and truth)")
+    p.add_argument("--lr-decay", choices=("none", "cosine"), default=LR_DECAY,
+                   help="cosine: each epoch's learning rate is the set one x 0.5 (1 + cos(pi epoch / --epochs))")
     p.add_argument("--seed", type=int, default=SEED)
     p.add_argument("--precision", default=PRECISION, choices=("mixed_bfloat16", "float32"))
     return p.parse_args(argv)

@@ -729,7 +729,7 @@ def test_beside_augment_copies_one_superlayers_track_hits_a_few_wires_aside_into
         s = superlayers.pop()
         signs = set()
         for layer in range(6 * s, 6 * s + 6):  # each layer: its track hits moved d wires, 1 <= |d| <= 6
-            fits = [d for d in range(-ptr.BESIDE_WIRES - 1, ptr.BESIDE_WIRES + 2) if d and np.array_equal(
+            fits = [d for d in range(-pm.BESIDE_WIRES - 1, pm.BESIDE_WIRES + 2) if d and np.array_equal(
                 added[e, layer], np.roll(track[e, layer], d) & ~before[e, layer] & (np.arange(ei.WIRES) >= d)
                 & (np.arange(ei.WIRES) < ei.WIRES + d))]
             assert fits or not added[e, layer].any(), (e, layer)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import h5py
+import keras
 import numpy as np
 import pytest
 from conftest import ROOT
@@ -16,6 +17,7 @@ import data_management as dm
 import evaluation
 import event_image as ei
 import make_events
+import pix2pix_model as pm
 
 pytest.importorskip("jax")
 
@@ -35,18 +37,73 @@ def run(script, *args):
                           capture_output=True, text=True, timeout=600)
 
 
+TINY = ("--base-filters", 4, "--batch-size", 4, "--precision", "float32", "--learning-rate", 2e-3, "--gan-weight", 0.5)
+LEVERS = {"--lr-decay": "cosine", "--beside-augment": 0.5, "--mix-tracks": 0.5}
+
+
 @pytest.fixture(scope="module")
 def jax_run(tmp_path_factory):
-    """Two epochs of a width-4 model on 48 events (GAN term at half weight); the outputs of a second
-    file's test split too."""
+    """Two epochs of a width-4 model on 48 events (GAN term at half weight, cosine decay, beside
+    segments and another event's tracks on half the events); the outputs of a second file's test split too."""
     tmp = tmp_path_factory.mktemp("jax")
     split = write_events(tmp / "events.h5", 48, seed=3)
     other_split = write_events(tmp / "other.h5", 24, seed=4)
-    proc = run("train_jax.py", "--data", tmp / "events.h5", "--output-dir", tmp / "run", "--base-filters", 4,
-               "--batch-size", 4, "--epochs", 2, "--precision", "float32", "--learning-rate", 2e-3,
-               "--gan-weight", 0.5, "--also-score", tmp / "other.h5")
+    proc = run("train_jax.py", "--data", tmp / "events.h5", "--output-dir", tmp / "run", *TINY, "--epochs", 2,
+               *(str(a) for kv in LEVERS.items() for a in kv), "--also-score", tmp / "other.h5")
     assert proc.returncode == 0, proc.stderr[-3000:]
     return tmp, split, other_split
+
+
+def first_epoch_losses(tmp, name, **changed):
+    """The epoch-1 losses of a one-epoch run like jax_run's with some levers changed."""
+    levers = {**LEVERS, **changed}
+    proc = run("train_jax.py", "--data", tmp / "events.h5", "--output-dir", tmp / name, *TINY, "--epochs", 1,
+               *(str(a) for kv in levers.items() for a in kv))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(tmp / name / "history.csv", newline="") as f:
+        row = next(csv.DictReader(f))
+    return [float(row[k]) for k in ("gen_total", "gen_l1", "val_l1")]
+
+
+def test_the_levers_reach_the_training_steps(jax_run):
+    """The learning rate follows --lr-decay per epoch; --beside-augment and --mix-tracks change what the
+    steps train on (the same run without one of them ends its first epoch elsewhere; with both, where jax_run did)."""
+    tmp = jax_run[0]
+    with open(tmp / "run" / "history.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [float(r["learning_rate"]) for r in rows] == pytest.approx([2e-3, 1e-3])  # 0.5 (1 + cos(pi e / 2))
+    base = [float(rows[0][k]) for k in ("gen_total", "gen_l1", "val_l1")]
+    assert first_epoch_losses(tmp, "same") == pytest.approx(base, rel=1e-6)  # deterministic: the comparisons below hold
+    assert first_epoch_losses(tmp, "no_beside", **{"--beside-augment": 0})[0] != pytest.approx(base[0], rel=1e-6)
+    assert first_epoch_losses(tmp, "no_mix", **{"--mix-tracks": 0})[0] != pytest.approx(base[0], rel=1e-6)
+
+
+def test_the_extra_hits_are_the_same_under_jax_as_under_tensorflow(tmp_path):
+    """pix2pix_model's beside_segments and mixed_tracks (keras.ops) give the same images under JAX as under
+    TensorFlow (Pix2Pix_training's) for the same random numbers."""
+    raw, truth = (ei.pad_event(a).astype(np.float32) / 255 for a in make_events.generate_events(8, seed=5))
+    rng = np.random.default_rng(1)
+    np.savez(tmp_path / "in.npz", raw=raw, truth=truth, u5=rng.random((8, 5), np.float32), u1=rng.random(8, np.float32))
+    code = """
+import sys
+import numpy as np
+sys.path.insert(0, ".")
+import pix2pix_model as pm
+d = np.load(sys.argv[1])
+np.savez(sys.argv[2], beside=np.asarray(pm.beside_segments(d["raw"], d["truth"], d["u5"], 0.5)[0]),
+         mixed=np.asarray(pm.mixed_tracks(d["raw"], d["truth"], d["u1"], 0.5)[1]))
+"""
+    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", code, tmp_path / "in.npz", tmp_path / "jax.npz"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    under_jax, d = np.load(tmp_path / "jax.npz"), np.load(tmp_path / "in.npz")
+    assert keras.backend.backend() == "tensorflow"  # this process
+    beside = np.asarray(pm.beside_segments(d["raw"], d["truth"], d["u5"], 0.5)[0])
+    mixed = np.asarray(pm.mixed_tracks(d["raw"], d["truth"], d["u1"], 0.5)[1])
+    np.testing.assert_array_equal(under_jax["beside"], beside)
+    np.testing.assert_array_equal(under_jax["mixed"], mixed)
+    assert 0 < (beside != raw).any(axis=(1, 2, 3)).sum() < 8 and 0 < (mixed != truth).any(axis=(1, 2, 3)).sum() < 8
 
 
 def test_history_best_epoch_and_gated_outputs(jax_run):
