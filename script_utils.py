@@ -21,6 +21,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 from tqdm import tqdm
@@ -225,23 +226,36 @@ POOL_START = "spawn"  # worker processes start fresh: no threads, locks or open 
 def start_pool(workers, initializer=None, initargs=()):
     """A multiprocessing pool of fresh workers, made with Ctrl-C and SIGTERM held back.
 
-    An interrupt inside Pool() can lose its workers (a run was seen hanging past 60 s). The
-    workers inherit the held signals and let them through only once their own handlers are set
-    (Ctrl-C is the main process's to handle; SIGTERM is how the pool stops them); then they run
-    initializer(*initargs). An interrupt that came meanwhile is raised here, after the pool is stopped.
+    An interrupt inside Pool() can lose its workers (a run was seen hanging past 60 s) or cut a
+    worker's start-up data short (it then prints a traceback). So while the pool starts, the stop
+    signals only are noted: blocked in this thread (the workers inherit that and let them through
+    once their own handlers are set: Ctrl-C is the main process's to handle, SIGTERM is how the pool
+    stops them) and, for one that another thread receives (BLAS threads do not block signals),
+    recorded by a Python handler. A noted signal is raised again once the pool stands, with the
+    caller's handlers back; if that raises, the pool is stopped first. Then initializer(*initargs).
     """
     import multiprocessing
 
+    noted = []
+
+    def note(signum, frame):
+        noted.append(signum)
+
+    in_main = threading.current_thread() is threading.main_thread()  # Python handlers are the main thread's
+    handlers = {s: signal.signal(s, note) for s in STOP_SIGNALS} if in_main else {}
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-    pool = None
     try:
         pool = multiprocessing.get_context(POOL_START).Pool(workers, _start_worker, (initializer, initargs))
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a signal blocked meanwhile is recorded here
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+    try:
+        for signum in noted[:1]:
+            signal.raise_signal(signum)  # as if it came now: the caller's handler (Ctrl-C: KeyboardInterrupt)
     except BaseException:
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        if pool is not None:
-            pool.terminate()
-            pool.join()
+        pool.terminate()
+        pool.join()
         raise
     return pool
 

@@ -4,8 +4,11 @@ that are inputs, empty and folder paths."""
 import argparse
 import importlib
 import os
+import subprocess
+import sys
 
 import pytest
+from conftest import ROOT
 from test_settings import SCRIPTS
 
 from script_utils import InputError, atomic_output, check_not_an_input, check_output_path
@@ -100,3 +103,39 @@ def test_output_names_too_long_or_below_a_file(tmp_path):
         check_output_path(tmp_path / "afile" / "sub" / "out.h5", overwrite=True)
     with pytest.raises(InputError, match="does not exist"):
         check_output_path(tmp_path / "missing" / "out.h5", overwrite=True)
+
+
+STOP_WHILE_THE_POOL_STARTS = """
+import multiprocessing, os, signal, sys, threading
+sys.path.insert(0, sys.argv[1])
+import script_utils
+
+
+class StopNow:
+    \"\"\"Pickled for each worker inside Pool(): a SIGTERM to the process arrives at the second one,
+    when the first worker is already running.\"\"\"
+    pickled = 0
+
+    def __reduce__(self):
+        StopNow.pickled += 1
+        if StopNow.pickled == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return (int, ())
+
+
+signal.signal(signal.SIGTERM, signal.default_int_handler)  # the scripts' SIGTERM: as Ctrl-C
+# A thread that does not hold the signals back (as BLAS threads do): the kernel hands it the SIGTERM.
+threading.Thread(target=threading.Event().wait, daemon=True).start()
+try:
+    script_utils.start_pool(2, print, (StopNow(),))
+    print("no interrupt")
+except KeyboardInterrupt:
+    print("interrupted;", len(multiprocessing.active_children()), "workers left")
+"""
+
+
+def test_a_stop_while_the_pool_starts_its_workers_waits_for_the_pool_and_leaves_no_worker():
+    proc = subprocess.run([sys.executable, "-c", STOP_WHILE_THE_POOL_STARTS, str(ROOT)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.stdout.strip().splitlines()[-1] == "interrupted; 0 workers left", (proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr, proc.stderr
