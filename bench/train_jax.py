@@ -158,6 +158,31 @@ def test_probabilities(predict_params, raw_u8):
     return np.concatenate(probs).astype(np.float16)
 
 
+def optimizers_and_state(generator, discriminator, s):
+    """Both Adam optimizers, built, and the training state: the values of the two networks' and the
+    two optimizers' variables, as the jitted step takes and returns them."""
+    gen_opt = keras.optimizers.Adam(s.learning_rate, beta_1=s.beta_1)
+    disc_opt = keras.optimizers.Adam(s.learning_rate, beta_1=s.beta_1)
+    gen_opt.build(generator.trainable_variables)
+    disc_opt.build(discriminator.trainable_variables)
+    values = lambda variables: [v.value for v in variables]
+    state = (values(generator.trainable_variables), values(generator.non_trainable_variables),
+             values(discriminator.trainable_variables), values(discriminator.non_trainable_variables),
+             values(gen_opt.variables), values(disc_opt.variables))
+    return gen_opt, disc_opt, state
+
+
+def write_best(s, when, validation, test_raws, predict_params):
+    """The best epoch so far: best.json and the outputs of each test split (test_probabilities{SUFFIX}.npz)."""
+    out = Path(s.output_dir)
+    for suffix, raw in test_raws.items():
+        probabilities = test_probabilities(predict_params, raw)
+        np.savez_compressed(out / f"test_probabilities{suffix}.npz", probabilities=probabilities)
+    best = {**when, "base_filters": s.base_filters, "validation": validation, "settings": vars(s),
+            "test_indices_from": str(Path(s.data).with_suffix(".split.npz"))}
+    (out / "best.json").write_text(json.dumps(best, indent=2))
+
+
 def train(s):
     """Train for s.epochs or s.seconds, write history.csv, best.json and the best epoch's test outputs."""
     out = Path(s.output_dir)
@@ -171,14 +196,7 @@ def train(s):
           f"test {len(test_raw)} pairs; width {s.base_filters}, {s.precision}", flush=True)
 
     generator, discriminator = pm.build_generator(s.base_filters), pm.build_discriminator(s.base_filters)
-    gen_opt = keras.optimizers.Adam(s.learning_rate, beta_1=s.beta_1)
-    disc_opt = keras.optimizers.Adam(s.learning_rate, beta_1=s.beta_1)
-    gen_opt.build(generator.trainable_variables)
-    disc_opt.build(discriminator.trainable_variables)
-    values = lambda variables: [v.value for v in variables]
-    state = (values(generator.trainable_variables), values(generator.non_trainable_variables),
-             values(discriminator.trainable_variables), values(discriminator.non_trainable_variables),
-             values(gen_opt.variables), values(disc_opt.variables))
+    gen_opt, disc_opt, state = optimizers_and_state(generator, discriminator, s)
     step = make_train_step(generator, discriminator, gen_opt, disc_opt, s)
     predict = make_predict(generator)
     train_raw_d, train_truth_d = jax.device_put(train_raw), jax.device_put(train_truth)  # uint8, on the device
@@ -219,16 +237,8 @@ def train(s):
         print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()), flush=True)
         if scores["f1"] > best_f1:
             best_f1 = scores["f1"]
-            np.savez_compressed(out / "test_probabilities.npz",
-                                probabilities=test_probabilities(predict_params, test_raw))
-            for stem, raw in also.items():
-                np.savez_compressed(out / f"test_probabilities_{stem}.npz",
-                                    probabilities=test_probabilities(predict_params, raw))
-            best = {"epoch": epoch, "step": total_steps, "threshold": scores["threshold"],
-                    "base_filters": s.base_filters,
-                    "validation": {k: scores[k] for k in fields[6:12]}, "settings": vars(s),
-                    "test_indices_from": str(Path(s.data).with_suffix(".split.npz"))}
-            (out / "best.json").write_text(json.dumps(best, indent=2))
+            write_best(s, {k: row[k] for k in ("epoch", "step", "threshold")}, {k: scores[k] for k in fields[6:12]},
+                       {"": test_raw, **{f"_{stem}": raw for stem, raw in also.items()}}, predict_params)
     history.close()
     print(f"best validation F1 {best_f1:.4f}; {out / 'best.json'}, {out / 'test_probabilities.npz'}")
 
