@@ -268,15 +268,18 @@ def scores_from_counts(c):
     }
 
 
-def counts_from_padded(raw, truth, output, threshold):
-    """hit_counts of padded (N, 128, 128, 3) images scaled to 0..1 and a network output.
-
-    The output is a hit where any channel exceeds threshold; only the detector cells are
-    judged (the borders are cropped away first).
-    """
+def padded_hits(raw, truth, output):
+    """(raw hits, truth hits, output's brightest channel) of padded (N, 128, 128, 3) images scaled to
+    0..1 and a network output, on the detector cells only (the borders cropped away): the output is a
+    hit at a threshold where brightest > threshold. Worked out once for a sweep of thresholds."""
     raw, truth, output = (crop_event(np.asarray(a)) for a in (raw, truth, output))
-    return hit_counts(hit_mask(raw, SCALED_HIT_THRESHOLD), hit_mask(truth, SCALED_HIT_THRESHOLD),
-                      hit_mask(output, threshold))
+    return hit_mask(raw, SCALED_HIT_THRESHOLD), hit_mask(truth, SCALED_HIT_THRESHOLD), output.max(axis=-1)
+
+
+def counts_from_padded(raw, truth, output, threshold):
+    """hit_counts of padded images and a network output at one threshold (padded_hits)."""
+    raw_hits, truth_hits, brightest = padded_hits(raw, truth, output)
+    return hit_counts(raw_hits, truth_hits, brightest > threshold)
 
 
 def hit_scores(raw, truth, kept):

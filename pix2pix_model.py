@@ -272,11 +272,13 @@ def validate(predict, dataset, max_batches=0, criterion="balanced", track_ids=No
         if first is None:
             first = (raw, truth, output)
         l1_sum += float(np.abs(truth - output).mean(axis=(1, 2, 3)).sum())
+        raw_hits, truth_hits, brightest = ei.padded_hits(raw, truth, output)
+        kept = {t: brightest > t for t in thresholds}
         for t in thresholds:
-            counts[t] = ei.add_counts(counts[t], ei.counts_from_padded(raw, truth, output, t))
+            counts[t] = ei.add_counts(counts[t], ei.hit_counts(raw_hits, truth_hits, kept[t]))
         if criterion == "tracks":
             ids = None if track_ids is None else track_ids[events:events + len(raw)]
-            add_tracking_counts(track_counts, raw, truth, output, ids)
+            add_tracking_counts(track_counts, raw_hits, truth_hits, kept, ids)
         events += len(raw)
     scores = {t: ei.scores_from_counts(c) for t, c in counts.items()}
     f1 = {t: (sc["f1"] if not math.isnan(sc["f1"]) else -1.0) for t, sc in scores.items()}
@@ -286,28 +288,27 @@ def validate(predict, dataset, max_batches=0, criterion="balanced", track_ids=No
         best = choose_for_tracking(tracked, tracks_kept)
         extra = {"tracks_kept": tracked[best]["kept_ge5"],
                  "fake_segments_per_event": tracked[best]["fake_segments_per_event"]}
+    elif criterion == "balanced":
+        balanced = {t: min(sc["efficiency"], sc["rejection"]) for t, sc in scores.items()}
+        best = best_threshold({t: (v if not math.isnan(v) else -1.0) for t, v in balanced.items()})
     else:
-        if criterion == "balanced":
-            goodness = {t: min(sc["efficiency"], sc["rejection"]) for t, sc in scores.items()}
-            goodness = {t: (v if not math.isnan(v) else -1.0) for t, v in goodness.items()}
-        else:
-            goodness = f1
-        best = max(thresholds, key=lambda t: (goodness[t], -abs(t - 0.5)))  # ties: the one nearest 0.5
+        best = best_threshold(f1)
     return {"val_l1": l1_sum / max(events, 1), "threshold": float(best), **scores[best], **extra,
             "f1_by_threshold": {str(t): v for t, v in f1.items()}}, first
 
 
-def add_tracking_counts(track_counts, raw, truth, output, track_ids):
+def best_threshold(goodness):
+    """The threshold with the highest goodness ({threshold: value}); ties: the one nearest 0.5."""
+    return max(goodness, key=lambda t: (goodness[t], -abs(t - 0.5)))
+
+
+def add_tracking_counts(track_counts, raw_hits, truth_hits, kept, track_ids):
     """Add one batch's tracking counts (tracking.counts_of_keeps) at each threshold of track_counts, in place.
 
-    raw, truth, output: padded (B, 128, 128, 3) in 0..1; a kept hit is a raw hit whose output
-    exceeds the threshold in any channel, as ei.counts_from_padded judges hits.
+    raw_hits, truth_hits: the batch's hit masks (B, 36, 112); kept: {threshold: the output's hits}
+    (ei.padded_hits); only raw hits count as kept.
     """
-    raw, truth, output = (ei.crop_event(a) for a in (raw, truth, output))
-    raw_hits = ei.hit_mask(raw, ei.SCALED_HIT_THRESHOLD)
-    truth_hits = ei.hit_mask(truth, ei.SCALED_HIT_THRESHOLD)
-    brightest = output.max(axis=-1)
-    keeps = [raw_hits & (brightest > t) for t in track_counts]
+    keeps = [raw_hits & kept[t] for t in track_counts]
     for t, per_event in zip(track_counts, tracking.counts_of_keeps(raw_hits, truth_hits, keeps, track_ids),
                             strict=True):
         track_counts[t] = tracking.add_counts(track_counts[t], {k: int(v.sum()) for k, v in per_event.items()})
