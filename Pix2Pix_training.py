@@ -15,7 +15,6 @@ Several GPUs or a TF_CONFIG cluster of workers train together (only the chief wr
 
 import argparse
 import dataclasses
-import math
 import shutil
 import signal
 import sys
@@ -50,6 +49,7 @@ from training_files import (  # noqa: E402
     check_output_dir,
     check_same_data,
     data_record,
+    epoch_rank,
     export_generator,
     read_history,
     restore_latest,
@@ -282,15 +282,16 @@ def end_of_epoch(run, sums, n_steps, seconds):
     rows = append_history(run.out / "history.csv", row, s.collapse_drop)
     row["collapse"] = rows[-1]["collapse"]
     with run.log.as_default():
-        for key in CSV_FIELDS[2:-2]:
-            tf.summary.scalar(key, float(row[key]), step=epoch)
+        for key in CSV_FIELDS[2:]:
+            if key not in ("disc_winning", "collapse") and key in row:
+                tf.summary.scalar(key, float(row[key]), step=epoch)
     run.log.flush()
     if first is not None:
         save_samples(run.out / "samples" / f"epoch_{epoch:03d}.png", first, scores["threshold"], s.sample_events)
     report_epoch(s, row, seconds)
-    f1 = scores["f1"] if not math.isnan(scores["f1"]) else -1.0
-    if f1 > float(trainer.best_f1.numpy()):
-        trainer.best_f1.assign(f1)
+    earlier = [epoch_rank(r, s.threshold_criterion, s.tracks_kept) for r in rows[:-1]]
+    if scores["f1"] >= 0 and (not earlier or epoch_rank(row, s.threshold_criterion, s.tracks_kept) > max(earlier)):
+        trainer.best_f1.assign(scores["f1"])
         export_generator(trainer, run.out, "generator_best", scores, epoch, step, vars(s), run_stability(rows, epoch))
     return scores
 

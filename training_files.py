@@ -19,7 +19,8 @@ tf = import_tensorflow()  # first, so that its C++ start-up lines stay off stder
 from pix2pix_model import GENERATOR_BLOCKS, IMAGE_SHAPE, build_generator, dtype_policy, with_raw_hit_gate  # noqa: E402
 
 CSV_FIELDS = ("epoch", "step", "gen_total", "gen_gan", "gen_l1", "disc", "val_l1", "threshold", "efficiency",
-              "rejection", "purity", "f1", "invented_per_event", "seconds", "images_per_s", "disc_winning", "collapse")
+              "rejection", "purity", "f1", "invented_per_event", "seconds", "images_per_s", "disc_winning", "collapse",
+              "tracks_kept", "fake_segments_per_event")  # the last two: --threshold-criterion tracks only (else empty)
 RECENT_EPOCHS = 5  # the sidecar compares the exported epoch's F1 with the median of the run's last this many
 
 
@@ -165,6 +166,25 @@ def f1_of(row):
     except (TypeError, ValueError):
         return 0.0
     return 0.0 if np.isnan(f1) else f1
+
+
+def epoch_rank(row, criterion, tracks_kept):
+    """How an epoch's validation (a history row, numbers or strings) ranks for the best export: higher is better.
+
+    Its F1, except under the "tracks" criterion, where epochs rank as pix2pix_model.choose_for_tracking
+    ranks thresholds: keeping tracks_kept of the reconstructable tracks first, then the fewest fake
+    segments per event, then more tracks kept, then F1.
+    """
+    f1 = f1_of(row)
+    if criterion != "tracks":
+        return (f1,)
+    try:
+        kept, fakes = float(row["tracks_kept"]), float(row["fake_segments_per_event"])
+    except (KeyError, TypeError, ValueError):  # a row written without them
+        return (0, -1.0, -np.inf, f1)
+    kept = -1.0 if np.isnan(kept) else kept
+    fakes = np.inf if np.isnan(fakes) else fakes
+    return (1, -fakes, kept, f1) if kept >= tracks_kept else (0, kept, -fakes, f1)
 
 
 def mark_collapses(rows, drop):

@@ -27,6 +27,7 @@ import pix2pix_trainer as ptr
 import Pix2Pix_training as pt
 from Pix2Pix_training import keras, tf
 from script_utils import InputError
+from training_files import epoch_rank
 
 TINY = ["--base-filters", "4", "--batch-size", "4", "--mixed-precision", "float32", "--sample-events", "2",
         "--gan-weight", "1"]  # the GAN term on (off by default): these runs check its discriminator too
@@ -473,6 +474,35 @@ def test_threshold_criterion_tracks_reads_the_validation_track_ids_in_the_datase
     assert f"threshold {final['threshold']:.3f}, from validation (criterion tracks)" in proc.stdout
     with pytest.raises(InputError, match="--tracks-kept"):
         pt.parse_args(["--tracks-kept", "0"])
+
+
+def test_under_the_tracks_criterion_generator_best_is_the_epoch_tracking_would_want(events_h5, tmp_path, monkeypatch):
+    """Each epoch's real validation, its tracking figures replaced by known ones: epoch 2 keeps 99 % of the tracks
+    with the fewest fake segments, epoch 3 has the best F1 but loses tracks, epoch 1 keeps them with more fakes."""
+    known = {1: (0.998, 0.012, 0.8), 2: (0.993, 0.002, 0.7), 3: (0.95, 0.0, 0.9)}  # tracks kept, fakes, F1
+    real_validate_run = pt.validate_run
+
+    def validate_run(run):
+        scores, first = real_validate_run(run)
+        kept, fakes, f1 = known[int(run.trainer.counters()[1])]
+        return {**scores, "tracks_kept": kept, "fake_segments_per_event": fakes, "f1": f1}, first
+
+    monkeypatch.setattr(pt, "validate_run", validate_run)
+    out = tmp_path / "run"
+    pt.train(settings(events_h5, out, "--epochs", 3, "--steps-per-epoch", 1, "--validation-batches", 1,
+                      "--threshold-criterion", "tracks"))
+    rows = read_rows(out)
+    assert [(float(r["tracks_kept"]), float(r["fake_segments_per_event"])) for r in rows] == [k[:2] for k in
+                                                                                             known.values()]
+    best = json.loads((out / "generator_best.json").read_text())
+    assert best["epoch"] == 2 and best["validation"]["fake_segments_per_event"] == 0.002
+    # The rank itself: meeting --tracks-kept first, then fewer fake segments, more tracks, F1; rows read back as text.
+    rank = lambda kept, fakes, f1="0.9": epoch_rank({"tracks_kept": kept, "fake_segments_per_event": fakes, "f1": f1},
+                                                    "tracks", 0.99)
+    assert rank("0.99", "0.01") > rank("0.999", "0.02") > rank("0.98", "0.0") > rank("0.97", "0.0")
+    assert rank("0.995", "0.01", "0.95") > rank("0.99", "0.01", "0.99") > rank("0.99", "0.01", "0.98")
+    assert rank("", "") < rank("0.5", "1.0")  # a row without them (an older history) ranks last
+    assert epoch_rank({"f1": "0.7", "tracks_kept": "0.999"}, "balanced", 0.99) == (0.7,)  # other criteria: F1
 
 
 def test_a_run_whose_losses_become_non_finite_stops_with_one_line_and_exports_nothing(events_h5, tmp_path):
