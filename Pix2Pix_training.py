@@ -328,7 +328,7 @@ def finish(run, scores):
         export_generator(trainer, run.out, "generator_final", scores, epoch, step, vars(s), run_stability(rows, epoch))
         update_stability(run.out / "generator_best.json", rows)  # against the run's last five epochs
         best = float(trainer.best_f1.numpy())
-        best_text = (f"best F1 {best:.3f}: {run.out / 'generator_best.keras'}" if best >= 0 else
+        best_text = (f"best epoch's validation F1 {best:.3f}: {run.out / 'generator_best.keras'}" if best >= 0 else
                      "no epoch scored a validation F1, so no generator_best.keras was written")
         print(f"Done: {epoch} epochs, {step} steps in {time.time() - run.started:.0f} s; {best_text}; final: "
               f"{run.out / 'generator_final.keras'}", flush=True)
