@@ -321,9 +321,14 @@ def choose_for_tracking(tracked, tracks_kept=TRACKS_KEPT):
     superlayers in the raw events, the one leaving the fewest fake segments (ties: the one
     keeping more tracks, then the one nearest 0.5); when none keeps that many, the one keeping the most.
     """
-    kept = {t: (sc["kept_ge5"] if not math.isnan(sc["kept_ge5"]) else -1.0) for t, sc in tracked.items()}
-    fakes = {t: sc["fake_segments_per_event"] for t, sc in tracked.items()}
-    enough = [t for t in tracked if kept[t] >= tracks_kept]
-    if enough:
-        return min(enough, key=lambda t: (fakes[t], -kept[t], abs(t - 0.5)))
-    return max(tracked, key=lambda t: (kept[t], -fakes[t], -abs(t - 0.5)))
+    return max(tracked, key=lambda t: (*tracking_rank(tracked[t]["kept_ge5"], tracked[t]["fake_segments_per_event"],
+                                                      tracks_kept), -abs(t - 0.5)))
+
+
+def tracking_rank(kept, fakes, tracks_kept=TRACKS_KEPT):
+    """The order tracking wants (higher is better) of a share of tracks kept and fake segments per event:
+    keeping at least tracks_kept first, then fewer fake segments and more tracks; below it, more tracks
+    and then fewer fake segments. NaN counts as nothing kept / endless fake segments."""
+    kept = -1.0 if math.isnan(kept) else kept
+    fakes = math.inf if math.isnan(fakes) else fakes
+    return (1, -fakes, kept) if kept >= tracks_kept else (0, kept, -fakes)

@@ -16,7 +16,14 @@ from script_utils import InputError, atomic_output, import_tensorflow, json_read
 
 tf = import_tensorflow()  # first, so that its C++ start-up lines stay off stderr
 
-from pix2pix_model import GENERATOR_BLOCKS, IMAGE_SHAPE, build_generator, dtype_policy, with_raw_hit_gate  # noqa: E402
+from pix2pix_model import (  # noqa: E402
+    GENERATOR_BLOCKS,
+    IMAGE_SHAPE,
+    build_generator,
+    dtype_policy,
+    tracking_rank,
+    with_raw_hit_gate,
+)
 
 CSV_FIELDS = ("epoch", "step", "gen_total", "gen_gan", "gen_l1", "disc", "val_l1", "threshold", "efficiency",
               "rejection", "purity", "f1", "invented_per_event", "seconds", "images_per_s", "disc_winning", "collapse",
@@ -171,9 +178,9 @@ def f1_of(row):
 def epoch_rank(row, criterion, tracks_kept):
     """How an epoch's validation (a history row, numbers or strings) ranks for the best export: higher is better.
 
-    Its F1, except under the "tracks" criterion, where epochs rank as pix2pix_model.choose_for_tracking
-    ranks thresholds: keeping tracks_kept of the reconstructable tracks first, then the fewest fake
-    segments per event, then more tracks kept, then F1.
+    Its F1, except under the "tracks" criterion, where epochs rank as thresholds do
+    (pix2pix_model.tracking_rank: keeping tracks_kept of the reconstructable tracks first, then the
+    fewest fake segments per event, then more tracks), then by F1.
     """
     f1 = f1_of(row)
     if criterion != "tracks":
@@ -181,10 +188,8 @@ def epoch_rank(row, criterion, tracks_kept):
     try:
         kept, fakes = float(row["tracks_kept"]), float(row["fake_segments_per_event"])
     except (KeyError, TypeError, ValueError):  # a row written without them
-        return (0, -1.0, -np.inf, f1)
-    kept = -1.0 if np.isnan(kept) else kept
-    fakes = np.inf if np.isnan(fakes) else fakes
-    return (1, -fakes, kept, f1) if kept >= tracks_kept else (0, kept, -fakes, f1)
+        kept, fakes = np.nan, np.nan
+    return (*tracking_rank(kept, fakes, tracks_kept), f1)
 
 
 def mark_collapses(rows, drop):
