@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from scipy import stats
 
 import event_image as ei
 import tracking
@@ -226,7 +227,30 @@ def tracking_verdict(result):
             f"{model['fake_segments_per_event']:.3f} fake segments per event, "
             f"{model['fake_beside_tracks_per_event']:.3f} of them beside a track (raw "
             f"{model['raw_fake_segments_per_event']:.3f} / {model['raw_fake_beside_tracks_per_event']:.3f}{fake}).")
-    return text + at_equal_tracks(result) + at_equal_fakes(result) + track_ids_note(result, " ")
+    return text + fake_segment_counts(result) + at_equal_tracks(result) + at_equal_fakes(result) + \
+        track_ids_note(result, " ")
+
+
+def fake_segment_counts(result):
+    """' Fake segments in these N events: model a; SNR b (fewer, p < 0.001); CAE c (too few to tell apart, ...).'
+
+    The counts behind the per-event figures, and whether they differ by more than chance: each p is the
+    two-sided exact binomial test of the model's share of the two methods' total against one half, how often
+    two methods with equal rates on these events would split their fake segments this unevenly ('' without
+    a baseline). A handful of segments either way is no evidence; p < 0.05 is called a difference.
+    """
+    counts = {m: e["tracking"]["counts"]["fake_segments"] for m, e in result["methods"].items() if "tracking" in e}
+    ours = counts["model"]
+    parts = []
+    for other in (m for m in ("SNR", "CAE") if m in counts):
+        total = ours + counts[other]
+        p = stats.binomtest(ours, total, 0.5).pvalue if total else 1.0
+        p_text = "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+        word = "too few to tell apart" if p >= 0.05 else ("fewer" if ours < counts[other] else "more")
+        parts.append(f"{other} {counts[other]} ({word}, {p_text})")
+    if not parts:
+        return ""
+    return f" Fake segments in these {result['events']} events: model {ours}; {'; '.join(parts)}."
 
 
 def swept_tracking(result, other):

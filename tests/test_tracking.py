@@ -242,6 +242,26 @@ def test_threshold_sweep_carries_tracking_and_the_model_is_compared_at_the_cae_s
     assert "At CAE's fake segments" not in no_sweep["verdict"]
 
 
+def verdict_with_fakes(model_events, cae_events, events=20):
+    """The verdict on `events` events with a track and a background cluster, the model keeping the cluster in
+    the first model_events of them, the CAE in the first cae_events."""
+    raw = np.repeat(straight_track() | background(CLUSTER), events, axis=0)
+    truth = np.repeat(straight_track(), events, axis=0)
+    with_cluster = [np.arange(events)[:, None, None] < n for n in (model_events, cae_events)]
+    model, cae = (np.where(c, raw, truth) for c in with_cluster)
+    return evaluation.evaluate(raw, truth, {"model": model, "CAE": cae, "SNR": raw})["verdict"]
+
+
+def test_the_verdict_says_whether_the_fake_segment_counts_differ_by_more_than_chance():
+    # two-sided exact binomial test of the model's share against one half, by hand:
+    # 0 of 6: 2 / 2^6 = 0.031; 1 of 6: 2 x (1 + 6) / 2^6 = 0.219; 6 of 6: the same as 0 of 6
+    assert "Fake segments in these 20 events: model 0; SNR 20 (fewer, p < 0.001); CAE 6 (fewer, p = 0.031)." \
+        in verdict_with_fakes(0, 6)
+    assert "model 1; SNR 20 (fewer, p < 0.001); CAE 5 (too few to tell apart, p = 0.219)." in verdict_with_fakes(1, 5)
+    assert "model 6; SNR 20 (fewer, p = 0.009); CAE 0 (more, p = 0.031)." in verdict_with_fakes(6, 0)  # 6 of 26
+    assert "model 0; SNR 20 (fewer, p < 0.001); CAE 0 (too few to tell apart, p = 1.000)." in verdict_with_fakes(0, 0)
+
+
 def test_report_json_and_png_carry_the_tracking(tmp_path):
     raw, truth, ids = make_events.generate_masks(30, seed=13, track_ids=True)
     res = evaluation.evaluate(raw, truth, {"model": truth, "keep-all": raw}, track_ids=ids)
