@@ -33,6 +33,7 @@ DROPOUT = 0.5  # dropout rate on the decoder's three deepest blocks (the paper's
 NOISE_AUGMENT = 0.05  # training batches get extra noise hits on up to this fraction of each event's cells (README)
 BESIDE_AUGMENT = 0.0  # share of training events given a track's segment copied aside as background (README)
 MIX_TRACKS = 0.0  # share of training events given another training event's tracks, in raw and truth (README)
+MIX_BACKGROUND = 0.0  # share of training events given another training event's background hits, in raw (README)
 TRACKS_KEPT = 0.99  # threshold criterion "tracks": the share of reconstructable tracks the threshold must keep
 EVENT_CELLS = ei.event_region_mask()[..., None].astype(np.float32)  # 1 on the layout's 36x112 event cells
 IMAGE_SHAPE = (ei.PADDED_SIZE, ei.PADDED_SIZE, ei.CHANNELS)
@@ -238,6 +239,15 @@ def mixed_tracks(raw, truth, u, share):
     uniform in [0, 1)."""
     other = ops.roll(truth, 1, axis=0) * ops.cast(u < share, truth.dtype)[:, None, None, None]
     return ops.maximum(raw, other), ops.maximum(truth, other)
+
+
+def mixed_background(raw, truth, u, share):
+    """(raw, truth) with, on a share of the events, the next event's background hits in the batch (its raw
+    hits that are not in its truth) added to the raw image only (--mix-background): two events' background
+    over one event's tracks, as CLAS12 simulation merges recorded background into its events. u: (n,)
+    uniform in [0, 1)."""
+    other = ops.roll(raw * (1 - truth), -1, axis=0) * ops.cast(u < share, raw.dtype)[:, None, None, None]
+    return ops.maximum(raw, other), truth
 
 
 def lr_factor(decay, epoch, epochs):

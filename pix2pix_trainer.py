@@ -1,8 +1,8 @@
 """The trainer of Pix2Pix_training.py: the devices, precision and strategy; the models, their
 optimizers, the counters and the compiled train and predict steps under that strategy, with the
 recipe's levers (--gan-weight, --gan-warmup, --disc-every, --label-smoothing, --ema-decay,
---lr-decay, --pixel-loss, --noise-augment, --beside-augment, --mix-tracks; the README's "Training"
-section).
+--lr-decay, --pixel-loss, --noise-augment, --beside-augment, --mix-tracks, --mix-background; the
+README's "Training" section).
 """
 
 import json
@@ -24,6 +24,7 @@ from pix2pix_model import (  # noqa: E402
     discriminator_loss,
     generator_loss,
     lr_factor,
+    mixed_background,
     mixed_tracks,
     synchronize_batch_norm,
     with_raw_hit_gate,
@@ -51,20 +52,28 @@ def with_mixed_tracks(raw, truth, share, seed):
     return mixed_tracks(raw, truth, tf.random.stateless_uniform([tf.shape(raw)[0]], seed), share)
 
 
+def with_mixed_background(raw, truth, share, seed):
+    """pix2pix_model.mixed_background (--mix-background) with stateless random numbers. seed: shape (2,)."""
+    return mixed_background(raw, truth, tf.random.stateless_uniform([tf.shape(raw)[0]], seed), share)
+
+
 def augment(data, s, epoch):
-    """The training batches with --mix-tracks', --noise-augment's and --beside-augment's hits added, seeded
-    by (seed, epoch, batch): a resumed epoch gets the same ones."""
+    """The training batches with --mix-tracks', --mix-background's, --noise-augment's and --beside-augment's
+    hits added, seeded by (seed, epoch, batch): a resumed epoch gets the same ones."""
     @tf.autograph.experimental.do_not_convert  # plain TensorFlow ops and Python settings: nothing to convert
     def add(i, batch):
         seed = tf.stack([tf.constant(s.seed * 100_003 + epoch, tf.int64), 2 * i])
         if s.mix_tracks:
             batch = with_mixed_tracks(*batch, s.mix_tracks, tf.random.experimental.stateless_fold_in(seed, 11))
+        if s.mix_background:
+            batch = with_mixed_background(*batch, s.mix_background, tf.random.experimental.stateless_fold_in(seed, 13))
         if s.noise_augment:
             batch = with_noise_hits(*batch, s.noise_augment, seed)
         if s.beside_augment:
             batch = with_beside_segments(*batch, s.beside_augment, tf.random.experimental.stateless_fold_in(seed, 7))
         return batch
-    return data.enumerate().map(add) if s.noise_augment or s.beside_augment or s.mix_tracks else data
+    on = s.noise_augment or s.beside_augment or s.mix_tracks or s.mix_background
+    return data.enumerate().map(add) if on else data
 
 
 # --- Devices, precision, strategy ---------------------------------------------------------------------

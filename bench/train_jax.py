@@ -59,6 +59,7 @@ GAN_WEIGHT = 0.0  # weight of the GAN term; 0 (the default) = the weighted L1 al
 NOISE_AUGMENT = pm.NOISE_AUGMENT  # extra noise hits on 0..this of each training event's cells (Pix2Pix_training's)
 BESIDE_AUGMENT = pm.BESIDE_AUGMENT  # share of training events given a segment beside a track (Pix2Pix_training's)
 MIX_TRACKS = pm.MIX_TRACKS  # share of training events given the batch's previous event's tracks (Pix2Pix_training's)
+MIX_BACKGROUND = pm.MIX_BACKGROUND  # share of training events given the next event's background (Pix2Pix_training's)
 LR_DECAY = "none"  # none | cosine: the learning rate of each epoch, as Pix2Pix_training's --lr-decay
 SEED = 1
 PRECISION = "mixed_bfloat16"  # a Keras dtype policy: mixed_bfloat16 | float32
@@ -105,6 +106,9 @@ def make_train_step(generator, discriminator, gen_opt, disc_opt, s):
         if s.mix_tracks:
             u = jax.random.uniform(jax.random.fold_in(key, 11), (n,))
             raw, truth = pm.mixed_tracks(raw, truth, u, s.mix_tracks)
+        if s.mix_background:
+            u = jax.random.uniform(jax.random.fold_in(key, 13), (n,))
+            raw, truth = pm.mixed_background(raw, truth, u, s.mix_background)
         if s.noise_augment:
             raw = with_noise_hits(raw, s.noise_augment, key)
         if s.beside_augment:
@@ -268,6 +272,8 @@ def parse_args(argv=None):
                    help="share of training events given one superlayer's track hits copied aside as background")
     p.add_argument("--mix-tracks", type=float, default=MIX_TRACKS,
                    help="share of training events given the batch's previous event's track hits (raw and truth)")
+    p.add_argument("--mix-background", type=float, default=MIX_BACKGROUND,
+                   help="share of training events given the batch's next event's background hits (raw only)")
     p.add_argument("--lr-decay", choices=("none", "cosine"), default=LR_DECAY,
                    help="cosine: each epoch's learning rate is the set one x 0.5 (1 + cos(pi epoch / --epochs))")
     p.add_argument("--seed", type=int, default=SEED)

@@ -813,3 +813,35 @@ def test_mix_tracks_adds_the_previous_events_track_hits_to_raw_and_truth_on_a_sh
     np.testing.assert_array_equal(aug_raw, np.maximum(plain_raw, aug_truth))  # every added track hit is in the raw
     with pytest.raises(InputError, match="--mix-tracks"):
         pt.parse_args(["--data", str(events_h5), "--mix-tracks", "1"])
+
+
+def test_mix_background_adds_the_next_events_background_hits_to_the_raw_image_on_a_share_of_the_events(events_h5,
+                                                                                                       tmp_path):
+    events = make_events.generate_events(64, seed=3)
+    raw, truth = (tf.constant(ei.pad_event(a).astype(np.float32) / 255) for a in events)
+    seed = tf.constant([7, 0], tf.int64)
+    mixed_raw, mixed_truth = (np.asarray(a) for a in ptr.with_mixed_background(raw, truth, 1.0, seed))
+    r, t = np.asarray(raw) > 0, np.asarray(truth) > 0
+    following = np.roll(r & ~t, -1, axis=0)  # event i gets event i+1's background (the last event the first's)
+    np.testing.assert_array_equal(mixed_truth, np.asarray(truth))  # the truth never changes
+    np.testing.assert_array_equal(mixed_raw > 0, r | following)
+    assert not (mixed_raw > 0)[np.roll(t & ~r, -1, axis=0) & ~r].any()  # the next event's track hits are not added
+    assert (following & ~r).any(axis=(1, 2, 3)).mean() > 0.9  # new background hits in nearly every event
+    half_raw = np.asarray(ptr.with_mixed_background(raw, truth, 0.5, seed)[0])
+    changed = (half_raw != np.asarray(raw)).any(axis=(1, 2, 3))
+    assert 0.25 < changed.mean() < 0.75  # the share of events given another's background
+    np.testing.assert_array_equal(half_raw[~changed], np.asarray(raw)[~changed])
+    np.testing.assert_array_equal(ptr.with_mixed_background(raw, truth, 0.5, seed)[0], half_raw)  # seeded
+    assert not np.array_equal(ptr.with_mixed_background(raw, truth, 0.5, seed + 2)[0], half_raw)
+    # The training pipeline: off by default; on, the same batches with hits added to the raw images only.
+    def first_batch(*extra):
+        return first_training_batch(events_h5, tmp_path, "--noise-augment", 0, *extra)
+
+    plain_raw, plain_truth = first_batch()
+    aug_raw, aug_truth = first_batch("--mix-background", 0.99)
+    assert pt.MIX_BACKGROUND == 0
+    np.testing.assert_array_equal(first_batch("--mix-background", 0)[0], plain_raw)
+    np.testing.assert_array_equal(aug_truth, plain_truth)
+    assert (aug_raw >= plain_raw).all() and (aug_raw > plain_raw).any()
+    with pytest.raises(InputError, match="--mix-background"):
+        pt.parse_args(["--data", str(events_h5), "--mix-background", "1"])
