@@ -743,6 +743,31 @@ def test_noise_augment_adds_noise_hits_on_the_events_cells_to_the_training_batch
     assert (aug_raw >= plain_raw).all() and (aug_raw > plain_raw).any()
 
 
+def first_batches_off_and_on(events_h5, tmp_path, flag):
+    """The first training batch (raw, truth) with an extra-hits flag off and on (0.99), the training's own
+    noise hits off; checks that the batch without the flag is the batch at 0 and that 1 is refused."""
+    def first_batch(*extra):
+        return first_training_batch(events_h5, tmp_path, "--noise-augment", 0, *extra)
+
+    off = first_batch(flag, 0)
+    np.testing.assert_array_equal(np.stack(first_batch()), np.stack(off))
+    with pytest.raises(InputError, match=flag):
+        pt.parse_args(["--data", str(events_h5), flag, "1"])
+    return off, first_batch(flag, 0.99)
+
+
+def assert_on_a_seeded_share_of_the_events(augment, raw, truth, seed):
+    """augment(raw, truth, 0.5, seed) changes about half of the events, leaves the others as they were, and
+    gives the same images for the same seed and others for another."""
+    half = [np.asarray(a) for a in augment(raw, truth, 0.5, seed)]
+    changed = ((half[0] != np.asarray(raw)) | (half[1] != np.asarray(truth))).any(axis=(1, 2, 3))
+    assert 0.25 < changed.mean() < 0.75
+    np.testing.assert_array_equal(half[0][~changed], np.asarray(raw)[~changed])
+    np.testing.assert_array_equal(half[1][~changed], np.asarray(truth)[~changed])
+    np.testing.assert_array_equal(np.stack(augment(raw, truth, 0.5, seed)), np.stack(half))
+    assert not np.array_equal(np.stack(augment(raw, truth, 0.5, seed + 2)), np.stack(half))
+
+
 def test_beside_augment_copies_one_superlayers_track_hits_a_few_wires_aside_into_the_raw_only(events_h5, tmp_path):
     events = make_events.generate_events(64, seed=3)
     raw, truth = (tf.constant(ei.pad_event(a).astype(np.float32) / 255) for a in events)
@@ -772,17 +797,10 @@ def test_beside_augment_copies_one_superlayers_track_hits_a_few_wires_aside_into
     np.testing.assert_array_equal(ptr.with_beside_segments(raw, truth, 1.0, seed)[0], out)  # seeded
     assert not np.array_equal(ptr.with_beside_segments(raw, truth, 1.0, seed + 2)[0], out)
     # The training pipeline: off by default; on, the same batches with hits added to the raw images only.
-    def first_batch(*extra):
-        return first_training_batch(events_h5, tmp_path, "--noise-augment", 0, *extra)
-
-    plain_raw, plain_truth = first_batch("--beside-augment", 0)
-    aug_raw, aug_truth = first_batch("--beside-augment", 0.99)
+    (plain_raw, plain_truth), (aug_raw, aug_truth) = first_batches_off_and_on(events_h5, tmp_path, "--beside-augment")
     assert pt.BESIDE_AUGMENT == 0
-    np.testing.assert_array_equal(first_batch()[0], plain_raw)
     np.testing.assert_array_equal(aug_truth, plain_truth)
     assert (aug_raw >= plain_raw).all() and (aug_raw > plain_raw).any()
-    with pytest.raises(InputError, match="--beside-augment"):
-        pt.parse_args(["--data", str(events_h5), "--beside-augment", "1"])
 
 
 def test_mix_tracks_adds_the_previous_events_track_hits_to_raw_and_truth_on_a_share_of_the_events(events_h5, tmp_path):
@@ -794,25 +812,12 @@ def test_mix_tracks_adds_the_previous_events_track_hits_to_raw_and_truth_on_a_sh
     np.testing.assert_array_equal(mixed_truth, np.maximum(truth, previous))
     np.testing.assert_array_equal(mixed_raw, np.maximum(raw, previous))
     assert (mixed_truth > np.asarray(truth)).any(axis=(1, 2, 3)).mean() > 0.9  # new track hits in nearly every event
-    half_raw, half_truth = (np.asarray(a) for a in ptr.with_mixed_tracks(raw, truth, 0.5, seed))
-    changed = (half_truth != np.asarray(truth)).any(axis=(1, 2, 3))
-    assert 0.25 < changed.mean() < 0.75  # the share of events given another's tracks
-    np.testing.assert_array_equal(half_truth[~changed], np.asarray(truth)[~changed])
-    np.testing.assert_array_equal(half_raw[~changed], np.asarray(raw)[~changed])  # the others untouched
-    np.testing.assert_array_equal(ptr.with_mixed_tracks(raw, truth, 0.5, seed)[1], half_truth)  # seeded
-    assert not np.array_equal(ptr.with_mixed_tracks(raw, truth, 0.5, seed + 2)[1], half_truth)
+    assert_on_a_seeded_share_of_the_events(ptr.with_mixed_tracks, raw, truth, seed)
     # The training pipeline: off by default; on, the same batches with track hits added to raw and truth alike.
-    def first_batch(*extra):
-        return first_training_batch(events_h5, tmp_path, "--noise-augment", 0, *extra)
-
-    plain_raw, plain_truth = first_batch()
-    aug_raw, aug_truth = first_batch("--mix-tracks", 0.99)
+    (plain_raw, plain_truth), (aug_raw, aug_truth) = first_batches_off_and_on(events_h5, tmp_path, "--mix-tracks")
     assert pt.MIX_TRACKS == 0
-    np.testing.assert_array_equal(first_batch("--mix-tracks", 0)[1], plain_truth)
     assert (aug_truth >= plain_truth).all() and (aug_truth > plain_truth).any()
     np.testing.assert_array_equal(aug_raw, np.maximum(plain_raw, aug_truth))  # every added track hit is in the raw
-    with pytest.raises(InputError, match="--mix-tracks"):
-        pt.parse_args(["--data", str(events_h5), "--mix-tracks", "1"])
 
 
 def test_mix_background_adds_the_next_events_background_hits_to_the_raw_image_on_a_share_of_the_events(events_h5,
@@ -827,21 +832,9 @@ def test_mix_background_adds_the_next_events_background_hits_to_the_raw_image_on
     np.testing.assert_array_equal(mixed_raw > 0, r | following)
     assert not (mixed_raw > 0)[np.roll(t & ~r, -1, axis=0) & ~r].any()  # the next event's track hits are not added
     assert (following & ~r).any(axis=(1, 2, 3)).mean() > 0.9  # new background hits in nearly every event
-    half_raw = np.asarray(ptr.with_mixed_background(raw, truth, 0.5, seed)[0])
-    changed = (half_raw != np.asarray(raw)).any(axis=(1, 2, 3))
-    assert 0.25 < changed.mean() < 0.75  # the share of events given another's background
-    np.testing.assert_array_equal(half_raw[~changed], np.asarray(raw)[~changed])
-    np.testing.assert_array_equal(ptr.with_mixed_background(raw, truth, 0.5, seed)[0], half_raw)  # seeded
-    assert not np.array_equal(ptr.with_mixed_background(raw, truth, 0.5, seed + 2)[0], half_raw)
+    assert_on_a_seeded_share_of_the_events(ptr.with_mixed_background, raw, truth, seed)
     # The training pipeline: off by default; on, the same batches with hits added to the raw images only.
-    def first_batch(*extra):
-        return first_training_batch(events_h5, tmp_path, "--noise-augment", 0, *extra)
-
-    plain_raw, plain_truth = first_batch()
-    aug_raw, aug_truth = first_batch("--mix-background", 0.99)
+    (plain_raw, plain_truth), (aug_raw, aug_truth) = first_batches_off_and_on(events_h5, tmp_path, "--mix-background")
     assert pt.MIX_BACKGROUND == 0
-    np.testing.assert_array_equal(first_batch("--mix-background", 0)[0], plain_raw)
     np.testing.assert_array_equal(aug_truth, plain_truth)
     assert (aug_raw >= plain_raw).all() and (aug_raw > plain_raw).any()
-    with pytest.raises(InputError, match="--mix-background"):
-        pt.parse_args(["--data", str(events_h5), "--mix-background", "1"])
