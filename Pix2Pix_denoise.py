@@ -451,8 +451,10 @@ def main(argv=None):
         reader, writer = png_job(args, out, inputs) if args.input_dir else h5_job(args, out, model_path, threshold)
 
     model, _ = load_model(model_path, args.threads or cpu_cores())
-    criterion = info.get("settings", {}).get("threshold_criterion", "?")
-    origin = f", from validation (criterion {criterion})" if args.threshold is None else ""
+    settings = info.get("settings", {})
+    times = settings.get("validation_background", 1)
+    chosen = settings.get("threshold_criterion", "?") + (f", {times} events' background" if times != 1 else "")
+    origin = f", from validation (criterion {chosen})" if args.threshold is None else ""
     print(f"model {model_path} (threshold {threshold:.3f}{origin})")
     scoring = baselines = None
     if args.evaluate:

@@ -85,6 +85,7 @@ LOGICAL_CPUS = 0  # split the CPU into this many logical devices (>1 trains with
 KEEP_WORKER_CHECKPOINTS = False  # multi-worker: other workers keep their checkpoints (OUTPUT_DIR/.worker_*_tmp)
 THRESHOLD_CRITERION = "balanced"  # balanced: best min(efficiency, rejection); f1: best F1; tracks: as tracking would
 TRACKS_KEPT = pix2pix_model.TRACKS_KEPT  # tracks: the share of reconstructable tracks the chosen threshold keeps
+VALIDATION_BACKGROUND = 1  # validation events carry this many events' background (3: as at 3x the luminosity)
 D_SATURATED_LOSS = 0.1  # discriminator loss below this (balanced: 2 log 2 = 1.39) is flagged as winning
 GAN_WEIGHT = 0.0  # weight of the GAN term in the generator's loss; 0 (measured best) = a plain U-Net, no discriminator
 GAN_WARMUP = 0  # epochs over which the GAN weight ramps up linearly from 0 (0 = full weight from the start)
@@ -266,7 +267,7 @@ def validate_run(run):
     """pix2pix_model.validate of the run's generator on its validation split, with the run's criterion."""
     s = run.s
     return validate(run.trainer.predict, run.validation, s.validation_batches, s.threshold_criterion,
-                    run.validation_ids, s.tracks_kept)
+                    run.validation_ids, s.tracks_kept, s.validation_background)
 
 
 def end_of_epoch(run, sums, n_steps, seconds):
@@ -388,6 +389,9 @@ def build_parser():
     p.add_argument("--tracks-kept", type=float, default=TRACKS_KEPT,
                    help="--threshold-criterion tracks: the share of tracks the threshold must keep, in (0, 1] "
                         "(default %(default)s)")
+    p.add_argument("--validation-background", type=int, default=VALIDATION_BACKGROUND, metavar="N",
+                   help="validate (choose the threshold, generator_best) on events carrying their own and the next "
+                        "N - 1 events' background, as at N x the luminosity; 1 to --batch-size (default %(default)s)")
     p.add_argument("--hit-weight", type=float, default=HIT_WEIGHT,
                    help="L1 weight of the truth's hit pixels; 1 = plain L1 (default %(default)s)")
     p.add_argument("--generator-lr", type=float, default=GENERATOR_LR, help="(default %(default)s)")
@@ -480,6 +484,9 @@ def parse_args(argv=None):
                          "in [0, 1)")
     if not 0 < s.tracks_kept <= 1:
         raise InputError(f"--tracks-kept must be in (0, 1], not {s.tracks_kept}")
+    if not 1 <= s.validation_background <= s.batch_size:
+        raise InputError(f"--validation-background must be 1 to --batch-size ({s.batch_size}), "
+                         f"not {s.validation_background}")
     for name in ("hit_weight", "generator_lr", "discriminator_lr"):
         if not getattr(s, name) > 0:
             raise InputError(f"--{name.replace('_', '-')} must be positive, not {getattr(s, name)}")

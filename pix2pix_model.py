@@ -250,6 +250,16 @@ def mixed_background(raw, truth, u, share):
     return ops.maximum(raw, other), truth
 
 
+def with_more_background(raw, truth, times):
+    """raw (numpy) with the background hits (raw hits not in the truth) of the batch's next times - 1 events
+    added, as mixed_background adds the next one's: each event then carries times events' background over
+    its own tracks, as at times the luminosity (--validation-background)."""
+    background = raw * (1 - truth)
+    for k in range(1, times):
+        raw = np.maximum(raw, np.roll(background, -k, axis=0))
+    return raw
+
+
 def lr_factor(decay, epoch, epochs):
     """The learning rate of epoch (0-based) over the set one: none = 1; cosine = 0.5 (1 + cos(pi epoch / epochs)),
     from 1 in the first epoch down towards 0 in the last (--lr-decay)."""
@@ -257,8 +267,11 @@ def lr_factor(decay, epoch, epochs):
 
 
 # --- Validation: the output threshold ----------------------------------------------------------------
-def validate(predict, dataset, max_batches=0, criterion="balanced", track_ids=None, tracks_kept=TRACKS_KEPT):
+def validate(predict, dataset, max_batches=0, criterion="balanced", track_ids=None, tracks_kept=TRACKS_KEPT,
+             background=1):
     """Validation L1 and hit-level scores at every threshold tried; the best one chosen.
+
+    background: each event carries that many events' background (with_more_background), 1 = its own.
 
     criterion "balanced" picks the threshold of event_image.THRESHOLDS where the worse of
     efficiency and rejection is best (physicists want both high); "f1" the best F1 (which
@@ -277,8 +290,9 @@ def validate(predict, dataset, max_batches=0, criterion="balanced", track_ids=No
     for i, (raw, truth) in enumerate(dataset):
         if max_batches and i >= max_batches:
             break
-        output = np.asarray(predict(raw), np.float32)
         raw, truth = np.asarray(raw, np.float32), np.asarray(truth, np.float32)
+        raw = with_more_background(raw, truth, background)
+        output = np.asarray(predict(raw), np.float32)
         if first is None:
             first = (raw, truth, output)
         l1_sum += float(np.abs(truth - output).mean(axis=(1, 2, 3)).sum())

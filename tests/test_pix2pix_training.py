@@ -445,6 +445,37 @@ def test_threshold_criterion_tracks_keeps_the_tracks_and_then_leaves_the_fewest_
     assert pm.choose_for_tracking(tracked((0.3, 0.9, 2.0), (0.6, 0.8, 1.0)), 0.99) == 0.3  # none keeps 99 %
 
 
+def test_validation_background_validates_on_events_carrying_the_next_events_background():
+    raw, truth = (ei.pad_event(a).astype(np.float32) / 255 for a in make_events.generate_events(16, seed=3))
+    dataset = [(tf.constant(raw[:8]), tf.constant(truth[:8])), (tf.constant(raw[8:]), tf.constant(truth[8:]))]
+    seen = []
+
+    def keep_all(x):  # the model: every raw hit kept; what it was given recorded
+        seen.append(np.asarray(x))
+        return x
+
+    three, _ = pm.validate(keep_all, dataset, criterion="tracks", background=3)
+    hits, tracks = raw > 0, truth > 0
+    for b, given in enumerate(seen):  # each event: its raw hits and the next two events' (in its batch) background
+        own, background = hits[8 * b:8 * b + 8], (hits & ~tracks)[8 * b:8 * b + 8]
+        np.testing.assert_array_equal(given > 0, own | np.roll(background, -1, axis=0) | np.roll(background, -2, 0))
+    assert all((given > 0).sum() > 1.5 * hits[:8].sum() for given in seen)  # their tracks never, their background yes
+    by_hand = [(tf.constant(given), tf.constant(truth[8 * b:8 * b + 8])) for b, given in enumerate(seen)]
+    assert pm.validate(lambda x: x, by_hand, criterion="tracks")[0] == three  # the scores are those events'
+    plain, _ = pm.validate(lambda x: x, dataset, criterion="tracks")
+    assert three["fake_segments_per_event"] > plain["fake_segments_per_event"]
+    trainer = types.SimpleNamespace(predict=lambda x: x)  # the training passes --validation-background on
+    fields = dict.fromkeys(f.name for f in dataclasses.fields(pt.Run))
+    run = pt.Run(**{**fields, "s": settings("d.h5", "run", "--threshold-criterion", "tracks",
+                                            "--validation-background", 3),
+                    "trainer": trainer, "validation": dataset, "validation_ids": None})
+    assert pt.validate_run(run)[0] == three
+    assert pt.VALIDATION_BACKGROUND == 1
+    for bad in ("0", str(pt.BATCH_SIZE + 1)):
+        with pytest.raises(InputError, match="--validation-background"):
+            pt.parse_args(["--validation-background", bad])
+
+
 def test_threshold_criterion_tracks_reads_the_validation_track_ids_in_the_datasets_order(tmp_path):
     path = tmp_path / "ids.h5"
     raw, truth, ids = make_events.generate_events(48, seed=4, track_ids=True)
@@ -460,18 +491,19 @@ def test_threshold_criterion_tracks_reads_the_validation_track_ids_in_the_datase
     assert not np.array_equal(validation_ids, ids[:9])
     assert pt.load_data(settings(path, tmp_path / "run"), replicas=1)[3] is None  # only read for "tracks"
     pt.train(settings(path, tmp_path / "run", "--threshold-criterion", "tracks", "--tracks-kept", 0.95, "--epochs", 1,
-                      "--steps-per-epoch", 2))
+                      "--steps-per-epoch", 2, "--validation-background", 2))
     final = json.loads((tmp_path / "run" / "generator_final.json").read_text())
     model = keras.models.load_model(tmp_path / "run" / "generator_final.keras", compile=False)
     again, _ = pm.validate(lambda x: model(x, training=False), validation, criterion="tracks",
-                           track_ids=validation_ids, tracks_kept=0.95)  # the exported weights, as chosen in training
+                           track_ids=validation_ids, tracks_kept=0.95, background=2)  # the exported weights, as chosen
     assert final["threshold"] == again["threshold"] in ei.SWEEP_THRESHOLDS
     assert final["validation"]["tracks_kept"] == pytest.approx(again["tracks_kept"])
     assert final["validation"]["fake_segments_per_event"] == pytest.approx(again["fake_segments_per_event"])
     proc = run_script("Pix2Pix_denoise.py", "--model", tmp_path / "run" / "generator_final.keras", "--data", path,
                       "--output", tmp_path / "denoised.h5")
     assert proc.returncode == 0, proc.stderr
-    assert f"threshold {final['threshold']:.3f}, from validation (criterion tracks)" in proc.stdout
+    chosen = f"threshold {final['threshold']:.3f}, from validation (criterion tracks, 2 events' background)"
+    assert chosen in proc.stdout
     with pytest.raises(InputError, match="--tracks-kept"):
         pt.parse_args(["--tracks-kept", "0"])
 
