@@ -253,7 +253,8 @@ def mixed_background(raw, truth, u, share):
 def with_more_background(raw, truth, times):
     """raw (numpy) with the background hits (raw hits not in the truth) of the batch's next times - 1 events
     added, as mixed_background adds the next one's: each event then carries times events' background over
-    its own tracks, as at times the luminosity (--validation-background)."""
+    its own tracks, as at times the luminosity (--validation-background). In a batch of fewer than times
+    events each event gets the background of all the others."""
     background = raw * (1 - truth)
     for k in range(1, times):
         raw = np.maximum(raw, np.roll(background, -k, axis=0))
