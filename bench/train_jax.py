@@ -1,15 +1,15 @@
 """Train the Pix2Pix model under Keras' JAX backend: for a GPU machine that has JAX but no TensorFlow.
 
-The project trains with Pix2Pix_training.py (TensorFlow). Some GPU machines (this team's lent
-H100s, for one) carry JAX and not TensorFlow; this script lets them train the same model to
-measure what the full-width (BASE_FILTERS 64) generator reaches. It shares with the real trainer
-everything that decides the result: the generator, discriminator and losses (pix2pix_model.py),
-the default recipe (no GAN term, Adam 1e-3, beta_1 0.5, extra noise hits in the training batches),
-the levers --lr-decay, --beside-augment and --mix-tracks (off by default, as there; pix2pix_model's
-beside_segments, mixed_tracks and lr_factor), batch 16, the hit-weighted L1 (raw hits weighted
-too), the raw-hit gate at validation, the threshold chosen on the validation split by
-min(efficiency, rejection) and the best epoch by validation F1. It does not checkpoint, resume,
-distribute or export a .keras file.
+The project trains with Pix2Pix_training.py (TensorFlow). Some GPU machines (this team's lent H100s,
+for one) carry JAX and not TensorFlow; this script lets them train the same model to measure what
+the full-width (BASE_FILTERS 64) generator reaches. It shares with the real trainer everything that
+decides the result: the generator, discriminator and losses (pix2pix_model.py), the default recipe
+(no GAN term, Adam 1e-3, beta_1 0.5, extra noise hits in the training batches), the levers
+--lr-decay, --beside-augment, --mix-tracks, --mix-background and --pixel-loss (off or l1 by default,
+as there; pix2pix_model's beside_segments, mixed_tracks, mixed_background, lr_factor and
+generator_loss), batch 16, the hit-weighted pixel loss (raw hits weighted too), the raw-hit gate at
+validation, the threshold chosen on the validation split by min(efficiency, rejection) and the best
+epoch by validation F1. It does not checkpoint, resume, distribute or export a .keras file.
 
 Input: the project's HDF5 file and the split data_management.py saved beside it
 (NAME.split.npz; run `python data_management.py --data FILE` first). Output, in OUTPUT_DIR:
@@ -61,6 +61,7 @@ BESIDE_AUGMENT = pm.BESIDE_AUGMENT  # share of training events given a segment b
 MIX_TRACKS = pm.MIX_TRACKS  # share of training events given the batch's previous event's tracks (Pix2Pix_training's)
 MIX_BACKGROUND = pm.MIX_BACKGROUND  # share of training events given the next event's background (Pix2Pix_training's)
 LR_DECAY = "none"  # none | cosine: the learning rate of each epoch, as Pix2Pix_training's --lr-decay
+PIXEL_LOSS = "l1"  # l1 | bce: the generator's per-pixel term, as Pix2Pix_training's --pixel-loss
 SEED = 1
 PRECISION = "mixed_bfloat16"  # a Keras dtype policy: mixed_bfloat16 | float32
 # ----------------------------------------------------------------------------------------------
@@ -94,7 +95,8 @@ def make_train_step(generator, discriminator, gen_opt, disc_opt, s):
         real, d_ntv = discriminator.stateless_call(d_tv, d_ntv, [raw, truth], training=True)
         fake, d_ntv = discriminator.stateless_call(d_tv, d_ntv, [raw, out], training=True)
         gen_total, gen_gan, gen_l1 = pm.generator_loss(fake, out, truth, s.batch_size, s.lam, s.hit_weight,
-                                                       raw if s.weight_raw_hits else None, s.gan_weight)
+                                                       raw if s.weight_raw_hits else None, s.gan_weight,
+                                                       s.pixel_loss)
         disc = pm.discriminator_loss(real, fake, s.batch_size)
         return (gen_total, disc), (gen_gan, gen_l1, g_ntv, d_ntv)
 
@@ -276,6 +278,9 @@ def parse_args(argv=None):
                    help="share of training events given the batch's next event's background hits (raw only)")
     p.add_argument("--lr-decay", choices=("none", "cosine"), default=LR_DECAY,
                    help="cosine: each epoch's learning rate is the set one x 0.5 (1 + cos(pi epoch / --epochs))")
+    p.add_argument("--pixel-loss", choices=("l1", "bce"), default=PIXEL_LOSS,
+                   help="the generator's per-pixel term with the hit weights: l1, or bce (the output a hit "
+                        "probability, the truth its label)")
     p.add_argument("--seed", type=int, default=SEED)
     p.add_argument("--precision", default=PRECISION, choices=("mixed_bfloat16", "float32"))
     return p.parse_args(argv)
