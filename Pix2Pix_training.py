@@ -16,7 +16,6 @@ Several GPUs or a TF_CONFIG cluster of workers train together (only the chief wr
 import argparse
 import dataclasses
 import shutil
-import signal
 import sys
 import time
 from pathlib import Path
@@ -25,7 +24,16 @@ import numpy as np
 
 import data_management
 import pairs_h5
-from script_utils import ArgumentParser, InputError, import_keras, import_tensorflow, progress, run_main
+from script_utils import (
+    ArgumentParser,
+    InputError,
+    catch_stop_signals,
+    check_stop,
+    import_keras,
+    import_tensorflow,
+    progress,
+    run_main,
+)
 
 tf = import_tensorflow()  # first, so that its C++ start-up lines stay off stderr
 keras = import_keras()
@@ -101,39 +109,6 @@ MIX_BACKGROUND = pix2pix_model.MIX_BACKGROUND  # training only: share of events 
 PIXEL_LOSS = "l1"  # l1: the weighted L1 (the paper's term); bce: the weighted binary cross-entropy per pixel
 COLLAPSE_DROP = 0.1  # an epoch whose validation F1 is more than this below the best so far is flagged
 # ---------------------------------------------------------------------------------------------------
-
-
-# --- Stopping: Ctrl-C or a batch system's SIGTERM ------------------------------------------------------
-STOP_REQUESTED = []  # the signal that asked the run to stop (request_stop), if any
-
-
-def request_stop(signum, frame):
-    """Ctrl-C or a batch system's SIGTERM (pre-emption, the end of a time slot): stop after the
-    current step, with a checkpoint of it, so that the same command resumes from there.
-
-    The signal only sets a flag that the training loop reads between steps (check_stop). A
-    KeyboardInterrupt raised wherever the signal lands can be lost: Python drops one raised in a
-    garbage-collector callback, and Keras imports JAX's when JAX is installed. A second signal
-    stops at once.
-    """
-    if STOP_REQUESTED:
-        raise KeyboardInterrupt
-    STOP_REQUESTED.append(signum)
-    print(f"\n{signal.Signals(signum).name}: stopping after the current step (again to stop at once)",
-          file=sys.stderr, flush=True)
-
-
-def catch_stop_signals():
-    """From now on Ctrl-C and SIGTERM go to request_stop."""
-    STOP_REQUESTED.clear()
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
-
-
-def check_stop():
-    """Between steps: a stop asked for by a signal becomes the KeyboardInterrupt that saves and exits."""
-    if STOP_REQUESTED:
-        raise KeyboardInterrupt
 
 
 # --- The run -------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@
   exit code 2, with no traceback (imported as a library, InputError is an ordinary exception).
 - warn: the one way a script prints a warning.
 - atomic_output: every file and folder the project writes goes through it.
+- catch_stop_signals / check_stop: Ctrl-C or SIGTERM stops a loop between steps (Pix2Pix_training).
 - start_pool: worker pools that an interrupt cannot leave half made.
 - progress: a tqdm bar that shows on a terminal and stays quiet in logs and tests.
 - import_tensorflow / import_keras: TensorFlow and Keras without their C++ start-up lines.
@@ -218,6 +219,38 @@ def replace_folder(new, target):
 
 
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}  # Ctrl-C and a batch system's stop
+
+
+STOP_REQUESTED = []  # the signal that asked the run to stop (request_stop), if any
+
+
+def request_stop(signum, frame):
+    """Ctrl-C or a batch system's SIGTERM (pre-emption, the end of a time slot): stop after the
+    current step, with a checkpoint of it, so that the same command resumes from there.
+
+    The signal only sets a flag that the training loop reads between steps (check_stop). A
+    KeyboardInterrupt raised wherever the signal lands can be lost: Python drops one raised in a
+    garbage-collector callback, and Keras imports JAX's when JAX is installed. A second signal
+    stops at once.
+    """
+    if STOP_REQUESTED:
+        raise KeyboardInterrupt
+    STOP_REQUESTED.append(signum)
+    print(f"\n{signal.Signals(signum).name}: stopping after the current step (again to stop at once)",
+          file=sys.stderr, flush=True)
+
+
+def catch_stop_signals():
+    """From now on Ctrl-C and SIGTERM go to request_stop."""
+    STOP_REQUESTED.clear()
+    for s in STOP_SIGNALS:
+        signal.signal(s, request_stop)
+
+
+def check_stop():
+    """Between steps: a stop asked for by a signal becomes the KeyboardInterrupt that saves and exits."""
+    if STOP_REQUESTED:
+        raise KeyboardInterrupt
 
 
 POOL_START = "spawn"  # worker processes start fresh: no threads, locks or open files of the caller
