@@ -255,6 +255,8 @@ def with_more_background(raw, truth, times):
     added, as mixed_background adds the next one's: each event then carries times events' background over
     its own tracks, as at times the luminosity (--validation-background). In a batch of fewer than times
     events each event gets the background of all the others."""
+    if times == 1:
+        return raw
     background = raw * (1 - truth)
     for k in range(1, times):
         raw = np.maximum(raw, np.roll(background, -k, axis=0))
