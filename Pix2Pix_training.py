@@ -91,9 +91,9 @@ MIXED_PRECISION = "auto"  # auto | float32 | bfloat16 | float16 (auto: bf16 CPU 
 DETERMINISTIC = False  # deterministic ops and seeds: a resumed run ends with the same weights
 LOGICAL_CPUS = 0  # split the CPU into this many logical devices (>1 trains with MirroredStrategy; for tests)
 KEEP_WORKER_CHECKPOINTS = False  # multi-worker: other workers keep their checkpoints (OUTPUT_DIR/.worker_*_tmp)
-THRESHOLD_CRITERION = "balanced"  # balanced: best min(efficiency, rejection); f1: best F1; tracks: as tracking would
+THRESHOLD_CRITERION = "tracks"  # balanced: best min(efficiency, rejection); f1: best F1; tracks: as tracking would
 TRACKS_KEPT = pix2pix_model.TRACKS_KEPT  # tracks: the share of reconstructable tracks the chosen threshold keeps
-VALIDATION_BACKGROUND = 1  # validation events carry this many events' background (3: as at 3x the luminosity)
+VALIDATION_BACKGROUND = 2  # validation events carry this many events' background (2: as at twice the luminosity)
 D_SATURATED_LOSS = 0.1  # discriminator loss below this (balanced: 2 log 2 = 1.39) is flagged as winning
 GAN_WEIGHT = 0.0  # weight of the GAN term in the generator's loss; 0 (measured best) = a plain U-Net, no discriminator
 GAN_WARMUP = 0  # epochs over which the GAN weight ramps up linearly from 0 (0 = full weight from the start)
@@ -101,12 +101,12 @@ DISC_EVERY = 1  # step the discriminator every K generator steps
 LABEL_SMOOTHING = 0.0  # the discriminator's label for real pairs is 1 - this
 DROPOUT = pix2pix_model.DROPOUT  # dropout on the decoder's three deepest blocks while training (0 = none)
 EMA_DECAY = 0.0  # validate and export an exponential moving average of the generator's weights (0 = off)
-LR_DECAY = "none"  # none: constant learning rates; cosine: both fall along a half cosine over --epochs, per epoch
+LR_DECAY = pix2pix_model.LR_DECAY  # none: constant learning rates; cosine: both fall along a half cosine over --epochs
 NOISE_AUGMENT = pix2pix_model.NOISE_AUGMENT  # training only: noise hits added on 0..this of each event's cells
 BESIDE_AUGMENT = pix2pix_model.BESIDE_AUGMENT  # training only: share of events given a segment beside a track
 MIX_TRACKS = pix2pix_model.MIX_TRACKS  # training only: share of events given another training event's tracks
 MIX_BACKGROUND = pix2pix_model.MIX_BACKGROUND  # training only: share of events given another event's background
-PIXEL_LOSS = "l1"  # l1: the weighted L1 (the paper's term); bce: the weighted binary cross-entropy per pixel
+PIXEL_LOSS = pix2pix_model.PIXEL_LOSS  # l1: the weighted L1 (the paper's term); bce: the weighted cross-entropy
 COLLAPSE_DROP = 0.1  # an epoch whose validation F1 is more than this below the best so far is flagged
 # ---------------------------------------------------------------------------------------------------
 
@@ -276,9 +276,9 @@ def end_of_epoch(run, sums, n_steps, seconds):
 def report_epoch(s, row, seconds):
     """The epoch's line of the log, and a note when the discriminator wins outright."""
     print(f"epoch {row['epoch']}/{s.epochs} step {row['step']}: G {row['gen_total']:.4f} (GAN {row['gen_gan']:.3f}, "
-          f"L1 {row['gen_l1']:.5f}) D {row['disc']:.3f} | validation L1 {row['val_l1']:.5f}, threshold "
-          f"{row['threshold']:.2f}: efficiency {row['efficiency']:.3f} rejection {row['rejection']:.3f} purity "
-          f"{row['purity']:.3f} F1 {row['f1']:.3f}{tracking_text(row)} ({seconds:.0f} s)", flush=True)
+          f"{s.pixel_loss.upper()} {row['gen_l1']:.5f}) D {row['disc']:.3f} | validation L1 {row['val_l1']:.5f}, "
+          f"threshold {row['threshold']:.2f}: efficiency {row['efficiency']:.3f} rejection {row['rejection']:.3f} "
+          f"purity {row['purity']:.3f} F1 {row['f1']:.3f}{tracking_text(row)} ({seconds:.0f} s)", flush=True)
     if row.get("collapse"):
         print(f"note: collapse: validation F1 {row['f1']:.3f} fell more than {s.collapse_drop:g} below the best so "
               "far (history.csv's collapse column)", flush=True)
@@ -461,7 +461,7 @@ def parse_args(argv=None):
         raise InputError(f"--tracks-kept must be in (0, 1], not {s.tracks_kept}")
     if not 1 <= s.validation_background <= s.batch_size:
         raise InputError(f"--validation-background must be 1 to --batch-size ({s.batch_size}), "
-                         f"not {s.validation_background}")
+                         f"not {s.validation_background} (with --batch-size 1 give --validation-background 1)")
     for name in ("hit_weight", "generator_lr", "discriminator_lr"):
         if not getattr(s, name) > 0:
             raise InputError(f"--{name.replace('_', '-')} must be positive, not {getattr(s, name)}")

@@ -31,9 +31,11 @@ HIT_WEIGHT = 10.0  # L1 weight of the hit pixels (1 = plain L1, which learns a b
 BATCH_SIZE = 16  # training events per step and replica: measured better than 32 (twice the steps per epoch; README)
 DROPOUT = 0.5  # dropout rate on the decoder's three deepest blocks (the paper's; 0 = none)
 NOISE_AUGMENT = 0.05  # training batches get extra noise hits on up to this fraction of each event's cells (README)
-BESIDE_AUGMENT = 0.0  # share of training events given a track's segment copied aside as background (README)
-MIX_TRACKS = 0.0  # share of training events given another training event's tracks, in raw and truth (README)
+BESIDE_AUGMENT = 0.5  # share of training events given a track's segment copied aside as background (README)
+MIX_TRACKS = 0.5  # share of training events given another training event's tracks, in raw and truth (README)
 MIX_BACKGROUND = 0.0  # share of training events given another training event's background hits, in raw (README)
+PIXEL_LOSS = "bce"  # the generator's per-pixel term: l1 (the paper's) | bce, a hit probability per pixel (README)
+LR_DECAY = "cosine"  # none: constant learning rates | cosine: falling along a half cosine over the epochs
 TRACKS_KEPT = 0.99  # threshold criterion "tracks": the share of reconstructable tracks the threshold must keep
 EVENT_CELLS = ei.event_region_mask()[..., None].astype(np.float32)  # 1 on the layout's 36x112 event cells
 IMAGE_SHAPE = (ei.PADDED_SIZE, ei.PADDED_SIZE, ei.CHANNELS)
@@ -176,7 +178,7 @@ def average_over_batch(per_example, global_batch):
 
 
 def generator_loss(disc_fake, gen_output, target, global_batch, lam=LAMBDA, hit_weight=HIT_WEIGHT, raw=None,
-                   gan_weight=1.0, pixel_loss="l1"):
+                   gan_weight=1.0, pixel_loss=PIXEL_LOSS):
     """gan_weight x GAN loss (fool the discriminator) + lam x L1, the truth's hit pixels weighted by hit_weight.
 
     With raw given, the raw image's hits are weighted too: every pixel the denoiser has to decide

@@ -5,11 +5,13 @@ for one) carry JAX and not TensorFlow; this script lets them train the same mode
 the full-width (BASE_FILTERS 64) generator reaches. It shares with the real trainer everything that
 decides the result: the generator, discriminator and losses (pix2pix_model.py), the default recipe
 (no GAN term, Adam 1e-3, beta_1 0.5, extra noise hits in the training batches), the levers
---lr-decay, --beside-augment, --mix-tracks, --mix-background and --pixel-loss (off or l1 by default,
-as there; pix2pix_model's beside_segments, mixed_tracks, mixed_background, lr_factor and
-generator_loss), batch 16, the hit-weighted pixel loss (raw hits weighted too), the raw-hit gate at
-validation, the threshold chosen on the validation split by min(efficiency, rejection) and the best
-epoch by validation F1. It does not checkpoint, resume, distribute or export a .keras file.
+--lr-decay, --beside-augment, --mix-tracks, --mix-background and --pixel-loss with its defaults
+(cosine, 0.5, 0.5, off, bce; pix2pix_model's beside_segments, mixed_tracks, mixed_background,
+lr_factor and generator_loss), batch 16, the hit-weighted pixel loss (raw hits weighted too), the
+raw-hit gate at validation. Unlike it, the threshold is chosen on the validation split by
+min(efficiency, rejection) and the best epoch by validation F1 (Pix2Pix_training's tracks criterion
+and --validation-background are not here; bench/score_probabilities.py reports tracks and fake
+segments at every threshold). It does not checkpoint, resume, distribute or export a .keras file.
 
 Input: the project's HDF5 file and the split data_management.py saved beside it
 (NAME.split.npz; run `python data_management.py --data FILE` first). Output, in OUTPUT_DIR:
@@ -60,8 +62,8 @@ NOISE_AUGMENT = pm.NOISE_AUGMENT  # extra noise hits on 0..this of each training
 BESIDE_AUGMENT = pm.BESIDE_AUGMENT  # share of training events given a segment beside a track (Pix2Pix_training's)
 MIX_TRACKS = pm.MIX_TRACKS  # share of training events given the batch's previous event's tracks (Pix2Pix_training's)
 MIX_BACKGROUND = pm.MIX_BACKGROUND  # share of training events given the next event's background (Pix2Pix_training's)
-LR_DECAY = "none"  # none | cosine: the learning rate of each epoch, as Pix2Pix_training's --lr-decay
-PIXEL_LOSS = "l1"  # l1 | bce: the generator's per-pixel term, as Pix2Pix_training's --pixel-loss
+LR_DECAY = pm.LR_DECAY  # none | cosine: the learning rate of each epoch, as Pix2Pix_training's --lr-decay
+PIXEL_LOSS = pm.PIXEL_LOSS  # l1 | bce: the generator's per-pixel term, as Pix2Pix_training's --pixel-loss
 SEED = 1
 PRECISION = "mixed_bfloat16"  # a Keras dtype policy: mixed_bfloat16 | float32
 # ----------------------------------------------------------------------------------------------

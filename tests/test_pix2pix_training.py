@@ -92,17 +92,17 @@ def test_hit_weighted_l1_matches_its_definition():
     target = (rng.random((3, 128, 128, 3)) < 0.01).astype(np.float32)
     output = rng.random((3, 128, 128, 3)).astype(np.float32)
     fake = np.zeros((3, 14, 14, 1), np.float32)
-    _, gan, l1 = pm.generator_loss(fake, output, target, global_batch=3, lam=100, hit_weight=10)
+    _, gan, l1 = pm.generator_loss(fake, output, target, global_batch=3, lam=100, hit_weight=10, pixel_loss="l1")
     weights = np.where(target.max(-1, keepdims=True) > 0.5, 10.0, 1.0)
     assert float(l1) == pytest.approx(float(np.mean(weights * np.abs(target - output))), rel=1e-5)
     assert float(gan) == pytest.approx(np.log(2), rel=1e-5)  # logits 0: the balanced value
     # An empty output on sparse images: plain L1 is tiny, the weighted one is not.
-    _, _, plain = pm.generator_loss(fake, np.zeros_like(target), target, 3, lam=100, hit_weight=1)
-    _, _, weighted = pm.generator_loss(fake, np.zeros_like(target), target, 3, hit_weight=10)
+    _, _, plain = pm.generator_loss(fake, np.zeros_like(target), target, 3, lam=100, hit_weight=1, pixel_loss="l1")
+    _, _, weighted = pm.generator_loss(fake, np.zeros_like(target), target, 3, hit_weight=10, pixel_loss="l1")
     assert float(weighted) == pytest.approx(10 * float(plain), rel=1e-5) and float(plain) < 0.02
     # With the raw image given, its noise hits are weighted too.
     raw = np.maximum(target, (rng.random((3, 128, 128, 3)) < 0.01).astype(np.float32))
-    _, _, l1_raw = pm.generator_loss(fake, output, target, 3, hit_weight=10, raw=raw)
+    _, _, l1_raw = pm.generator_loss(fake, output, target, 3, hit_weight=10, raw=raw, pixel_loss="l1")
     weights = np.where(raw.max(-1, keepdims=True) > 0.5, 10.0, 1.0)
     assert float(l1_raw) == pytest.approx(float(np.mean(weights * np.abs(target - output))), rel=1e-5)
 
@@ -231,7 +231,7 @@ def test_generator_best_is_the_best_validation_epoch_and_reproduces_its_scores(e
     monkeypatch.setattr(pt, "train_epoch", train_epoch)
     out = tmp_path / "run"
     pt.train(settings(events_h5, out, "--epochs", 3, "--steps-per-epoch", 2, "--validation-batches", 2,
-                      "--generator-lr", 2e-3))
+                      "--generator-lr", 2e-3, "--threshold-criterion", "balanced", "--validation-background", 1))
     rows = read_rows(out)
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
     chosen_by = [f if not np.isnan(f) else -1.0 for f in (float(r["f1"]) for r in rows)]  # training's rule
@@ -470,7 +470,6 @@ def test_validation_background_validates_on_events_carrying_the_next_events_back
                                             "--validation-background", 3),
                     "trainer": trainer, "validation": dataset, "validation_ids": None})
     assert pt.validate_run(run)[0] == three
-    assert pt.VALIDATION_BACKGROUND == 1
     for bad in ("0", str(pt.BATCH_SIZE + 1)):
         with pytest.raises(InputError, match="--validation-background"):
             pt.parse_args(["--validation-background", bad])
@@ -489,7 +488,8 @@ def test_threshold_criterion_tracks_reads_the_validation_track_ids_in_the_datase
     assert len(truths) == len(split["validation"]) == len(validation_ids) == 9
     np.testing.assert_array_equal(validation_ids > 0, truths)  # the ids lie on the same events' truth hits
     assert not np.array_equal(validation_ids, ids[:9])
-    assert pt.load_data(settings(path, tmp_path / "run"), replicas=1)[3] is None  # only read for "tracks"
+    balanced = settings(path, tmp_path / "run", "--threshold-criterion", "balanced")
+    assert pt.load_data(balanced, replicas=1)[3] is None  # only read for "tracks"
     pt.train(settings(path, tmp_path / "run", "--threshold-criterion", "tracks", "--tracks-kept", 0.95, "--epochs", 1,
                       "--steps-per-epoch", 2, "--validation-background", 2))
     final = json.loads((tmp_path / "run" / "generator_final.json").read_text())
@@ -683,7 +683,11 @@ def test_collapse_flag_on_a_hand_made_history(capsys):
            "threshold": 0.5, "efficiency": 0.7, "rejection": 0.9, "purity": 0.8, "f1": 0.79, "disc_winning": 0,
            "collapse": 1}
     pt.report_epoch(settings("x.h5", "run"), row, 1.0)
-    assert "collapse: validation F1 0.790 fell more than 0.1 below the best" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "collapse: validation F1 0.790 fell more than 0.1 below the best" in out
+    assert "(GAN 0.100, BCE 0.01000)" in out  # the line names the pixel loss the run trains with
+    pt.report_epoch(settings("x.h5", "run", "--pixel-loss", "l1"), row, 1.0)
+    assert "(GAN 0.100, L1 0.01000)" in capsys.readouterr().out
 
 
 def test_a_plain_unet_run_writes_the_collapse_column_and_the_stability(events_h5, tmp_path):
@@ -776,16 +780,16 @@ def test_noise_augment_adds_noise_hits_on_the_events_cells_to_the_training_batch
 
 
 def first_batches_off_and_on(events_h5, tmp_path, flag):
-    """The first training batch (raw, truth) with an extra-hits flag off and on (0.99), the training's own
-    noise hits off; checks that the batch without the flag is the batch at 0 and that 1 is refused."""
-    def first_batch(*extra):
-        return first_training_batch(events_h5, tmp_path, "--noise-augment", 0, *extra)
+    """The first training batch (raw, truth) with every extra-hits lever off (some are on by default), then with
+    flag on (0.99); checks that 1 is refused."""
+    levers_off = ("--noise-augment", 0, "--beside-augment", 0, "--mix-tracks", 0, "--mix-background", 0)
 
-    off = first_batch(flag, 0)
-    np.testing.assert_array_equal(np.stack(first_batch()), np.stack(off))
+    def first_batch(*extra):
+        return first_training_batch(events_h5, tmp_path, *levers_off, *extra)
+
     with pytest.raises(InputError, match=flag):
         pt.parse_args(["--data", str(events_h5), flag, "1"])
-    return off, first_batch(flag, 0.99)
+    return first_batch(), first_batch(flag, 0.99)
 
 
 def assert_on_a_seeded_share_of_the_events(augment, raw, truth, seed):
@@ -828,9 +832,8 @@ def test_beside_augment_copies_one_superlayers_track_hits_a_few_wires_aside_into
     np.testing.assert_array_equal(np.asarray(ptr.with_beside_segments(raw, truth, 0.0, seed)[0]), np.asarray(raw))
     np.testing.assert_array_equal(ptr.with_beside_segments(raw, truth, 1.0, seed)[0], out)  # seeded
     assert not np.array_equal(ptr.with_beside_segments(raw, truth, 1.0, seed + 2)[0], out)
-    # The training pipeline: off by default; on, the same batches with hits added to the raw images only.
+    # The training pipeline: on, the same batches with hits added to the raw images only.
     (plain_raw, plain_truth), (aug_raw, aug_truth) = first_batches_off_and_on(events_h5, tmp_path, "--beside-augment")
-    assert pt.BESIDE_AUGMENT == 0
     np.testing.assert_array_equal(aug_truth, plain_truth)
     assert (aug_raw >= plain_raw).all() and (aug_raw > plain_raw).any()
 
@@ -845,9 +848,8 @@ def test_mix_tracks_adds_the_previous_events_track_hits_to_raw_and_truth_on_a_sh
     np.testing.assert_array_equal(mixed_raw, np.maximum(raw, previous))
     assert (mixed_truth > np.asarray(truth)).any(axis=(1, 2, 3)).mean() > 0.9  # new track hits in nearly every event
     assert_on_a_seeded_share_of_the_events(ptr.with_mixed_tracks, raw, truth, seed)
-    # The training pipeline: off by default; on, the same batches with track hits added to raw and truth alike.
+    # The training pipeline: on, the same batches with track hits added to raw and truth alike.
     (plain_raw, plain_truth), (aug_raw, aug_truth) = first_batches_off_and_on(events_h5, tmp_path, "--mix-tracks")
-    assert pt.MIX_TRACKS == 0
     assert (aug_truth >= plain_truth).all() and (aug_truth > plain_truth).any()
     np.testing.assert_array_equal(aug_raw, np.maximum(plain_raw, aug_truth))  # every added track hit is in the raw
 
@@ -865,8 +867,7 @@ def test_mix_background_adds_the_next_events_background_hits_to_the_raw_image_on
     assert not (mixed_raw > 0)[np.roll(t & ~r, -1, axis=0) & ~r].any()  # the next event's track hits are not added
     assert (following & ~r).any(axis=(1, 2, 3)).mean() > 0.9  # new background hits in nearly every event
     assert_on_a_seeded_share_of_the_events(ptr.with_mixed_background, raw, truth, seed)
-    # The training pipeline: off by default; on, the same batches with hits added to the raw images only.
+    # The training pipeline: on, the same batches with hits added to the raw images only.
     (plain_raw, plain_truth), (aug_raw, aug_truth) = first_batches_off_and_on(events_h5, tmp_path, "--mix-background")
-    assert pt.MIX_BACKGROUND == 0
     np.testing.assert_array_equal(aug_truth, plain_truth)
     assert (aug_raw >= plain_raw).all() and (aug_raw > plain_raw).any()

@@ -69,7 +69,7 @@ def first_epoch_losses(tmp, name, **changed):
 def test_the_levers_reach_the_training_steps(jax_run):
     """The learning rate follows --lr-decay per epoch; --beside-augment, --mix-tracks and --mix-background change
     what the steps train on (the same run without one of them ends its first epoch elsewhere; with all, where
-    jax_run did); --pixel-loss bce changes the pixel term the steps minimise (l1, the default, does not)."""
+    jax_run did); --pixel-loss l1 changes the pixel term the steps minimise (bce, the default, does not)."""
     tmp = jax_run[0]
     with open(tmp / "run" / "history.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -79,8 +79,8 @@ def test_the_levers_reach_the_training_steps(jax_run):
     assert first_epoch_losses(tmp, "no_beside", **{"--beside-augment": 0})[0] != pytest.approx(base[0], rel=1e-6)
     assert first_epoch_losses(tmp, "no_mix", **{"--mix-tracks": 0})[0] != pytest.approx(base[0], rel=1e-6)
     assert first_epoch_losses(tmp, "no_background", **{"--mix-background": 0})[0] != pytest.approx(base[0], rel=1e-6)
-    assert first_epoch_losses(tmp, "l1", **{"--pixel-loss": "l1"}) == pytest.approx(base, rel=1e-6)  # the default
-    assert first_epoch_losses(tmp, "bce", **{"--pixel-loss": "bce"})[1] != pytest.approx(base[1], rel=1e-6)
+    assert first_epoch_losses(tmp, "bce", **{"--pixel-loss": "bce"}) == pytest.approx(base, rel=1e-6)  # the default
+    assert first_epoch_losses(tmp, "l1", **{"--pixel-loss": "l1"})[1] != pytest.approx(base[1], rel=1e-6)
 
 
 def test_the_extra_hits_are_the_same_under_jax_as_under_tensorflow(tmp_path):
