@@ -39,7 +39,7 @@ tf = import_tensorflow()  # first, so that its C++ start-up lines stay off stder
 keras = import_keras()
 
 import pix2pix_model  # noqa: E402
-from pix2pix_model import dtype_policy, validate  # noqa: E402
+from pix2pix_model import dtype_policy, epoch_rank, validate  # noqa: E402
 from pix2pix_trainer import (  # noqa: E402, F401 (tests)
     EVENT_CELLS,
     Trainer,
@@ -57,7 +57,6 @@ from training_files import (  # noqa: E402
     check_output_dir,
     check_same_data,
     data_record,
-    epoch_rank,
     export_generator,
     read_history,
     restore_latest,
@@ -91,9 +90,9 @@ MIXED_PRECISION = "auto"  # auto | float32 | bfloat16 | float16 (auto: bf16 CPU 
 DETERMINISTIC = False  # deterministic ops and seeds: a resumed run ends with the same weights
 LOGICAL_CPUS = 0  # split the CPU into this many logical devices (>1 trains with MirroredStrategy; for tests)
 KEEP_WORKER_CHECKPOINTS = False  # multi-worker: other workers keep their checkpoints (OUTPUT_DIR/.worker_*_tmp)
-THRESHOLD_CRITERION = "tracks"  # balanced: best min(efficiency, rejection); f1: best F1; tracks: as tracking would
+THRESHOLD_CRITERION = pix2pix_model.THRESHOLD_CRITERION  # balanced | f1 | tracks: as tracking would (README)
 TRACKS_KEPT = pix2pix_model.TRACKS_KEPT  # tracks: the share of reconstructable tracks the chosen threshold keeps
-VALIDATION_BACKGROUND = 2  # validation events carry this many events' background (2: as at twice the luminosity)
+VALIDATION_BACKGROUND = pix2pix_model.VALIDATION_BACKGROUND  # validation events carry N events' background
 D_SATURATED_LOSS = 0.1  # discriminator loss below this (balanced: 2 log 2 = 1.39) is flagged as winning
 GAN_WEIGHT = 0.0  # weight of the GAN term in the generator's loss; 0 (measured best) = a plain U-Net, no discriminator
 GAN_WARMUP = 0  # epochs over which the GAN weight ramps up linearly from 0 (0 = full weight from the start)

@@ -36,6 +36,8 @@ MIX_TRACKS = 0.5  # share of training events given another training event's trac
 MIX_BACKGROUND = 0.0  # share of training events given another training event's background hits, in raw (README)
 PIXEL_LOSS = "bce"  # the generator's per-pixel term: l1 (the paper's) | bce, a hit probability per pixel (README)
 LR_DECAY = "cosine"  # none: constant learning rates | cosine: falling along a half cosine over the epochs
+THRESHOLD_CRITERION = "tracks"  # how validation chooses the threshold: balanced | f1 | tracks (as tracking would)
+VALIDATION_BACKGROUND = 2  # validation events carry this many events' background (2: as at twice the luminosity)
 TRACKS_KEPT = 0.99  # threshold criterion "tracks": the share of reconstructable tracks the threshold must keep
 EVENT_CELLS = ei.event_region_mask()[..., None].astype(np.float32)  # 1 on the layout's 36x112 event cells
 IMAGE_SHAPE = (ei.PADDED_SIZE, ei.PADDED_SIZE, ei.CHANNELS)
@@ -361,3 +363,29 @@ def tracking_rank(kept, fakes, tracks_kept=TRACKS_KEPT):
     kept = -1.0 if math.isnan(kept) else kept
     fakes = math.inf if math.isnan(fakes) else fakes
     return (1, -fakes, kept) if kept >= tracks_kept else (0, kept, -fakes)
+
+
+def f1_of(row):
+    """A row's validation F1 as a float; nan (no hit kept at all) counts as 0."""
+    try:
+        f1 = float(row["f1"])
+    except (TypeError, ValueError):
+        return 0.0
+    return 0.0 if math.isnan(f1) else f1
+
+
+def epoch_rank(row, criterion, tracks_kept):
+    """How an epoch's validation (a history row, numbers or strings) ranks for the best export: higher is better.
+
+    Its F1, except under the "tracks" criterion, where epochs rank as thresholds do
+    (tracking_rank: keeping tracks_kept of the reconstructable tracks first, then the
+    fewest fake segments per event, then more tracks), then by F1.
+    """
+    f1 = f1_of(row)
+    if criterion != "tracks":
+        return (f1,)
+    try:
+        kept, fakes = float(row["tracks_kept"]), float(row["fake_segments_per_event"])
+    except (KeyError, TypeError, ValueError):  # a row written without them
+        kept, fakes = math.nan, math.nan
+    return (*tracking_rank(kept, fakes, tracks_kept), f1)

@@ -21,7 +21,7 @@ from pix2pix_model import (  # noqa: E402
     IMAGE_SHAPE,
     build_generator,
     dtype_policy,
-    tracking_rank,
+    f1_of,
     with_raw_hit_gate,
 )
 
@@ -164,32 +164,6 @@ def read_history(path):
         return []
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
-
-
-def f1_of(row):
-    """A row's validation F1 as a float; nan (no hit kept at all) counts as 0."""
-    try:
-        f1 = float(row["f1"])
-    except (TypeError, ValueError):
-        return 0.0
-    return 0.0 if np.isnan(f1) else f1
-
-
-def epoch_rank(row, criterion, tracks_kept):
-    """How an epoch's validation (a history row, numbers or strings) ranks for the best export: higher is better.
-
-    Its F1, except under the "tracks" criterion, where epochs rank as thresholds do
-    (pix2pix_model.tracking_rank: keeping tracks_kept of the reconstructable tracks first, then the
-    fewest fake segments per event, then more tracks), then by F1.
-    """
-    f1 = f1_of(row)
-    if criterion != "tracks":
-        return (f1,)
-    try:
-        kept, fakes = float(row["tracks_kept"]), float(row["fake_segments_per_event"])
-    except (KeyError, TypeError, ValueError):  # a row written without them
-        kept, fakes = np.nan, np.nan
-    return (*tracking_rank(kept, fakes, tracks_kept), f1)
 
 
 def mark_collapses(rows, drop):

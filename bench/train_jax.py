@@ -8,10 +8,9 @@ decides the result: the generator, discriminator and losses (pix2pix_model.py), 
 --lr-decay, --beside-augment, --mix-tracks, --mix-background and --pixel-loss with its defaults
 (cosine, 0.5, 0.5, off, bce; pix2pix_model's beside_segments, mixed_tracks, mixed_background,
 lr_factor and generator_loss), batch 16, the hit-weighted pixel loss (raw hits weighted too), the
-raw-hit gate at validation. Unlike it, the threshold is chosen on the validation split by
-min(efficiency, rejection) and the best epoch by validation F1 (Pix2Pix_training's tracks criterion
-and --validation-background are not here; bench/score_probabilities.py reports tracks and fake
-segments at every threshold). It does not checkpoint, resume, distribute or export a .keras file.
+raw-hit gate at validation, and the threshold and best epoch chosen on the validation split by
+--threshold-criterion (tracks: with the file's track ids), --tracks-kept and --validation-background
+(pix2pix_model's validate and epoch_rank). It does not checkpoint, resume, distribute or export a .keras file.
 
 Input: the project's HDF5 file and the split data_management.py saved beside it
 (NAME.split.npz; run `python data_management.py --data FILE` first). Output, in OUTPUT_DIR:
@@ -64,20 +63,25 @@ MIX_TRACKS = pm.MIX_TRACKS  # share of training events given the batch's previou
 MIX_BACKGROUND = pm.MIX_BACKGROUND  # share of training events given the next event's background (Pix2Pix_training's)
 LR_DECAY = pm.LR_DECAY  # none | cosine: the learning rate of each epoch, as Pix2Pix_training's --lr-decay
 PIXEL_LOSS = pm.PIXEL_LOSS  # l1 | bce: the generator's per-pixel term, as Pix2Pix_training's --pixel-loss
+THRESHOLD_CRITERION = pm.THRESHOLD_CRITERION  # balanced | f1 | tracks, as Pix2Pix_training's --threshold-criterion
+TRACKS_KEPT = pm.TRACKS_KEPT  # tracks: the share of reconstructable tracks the threshold keeps (--tracks-kept)
+VALIDATION_BACKGROUND = pm.VALIDATION_BACKGROUND  # validation events carry N events' background (as there)
 SEED = 1
 PRECISION = "mixed_bfloat16"  # a Keras dtype policy: mixed_bfloat16 | float32
 # ----------------------------------------------------------------------------------------------
 
 
 def load_pairs(h5_path):
-    """(raw, truth) uint8 arrays of each split, from the file and its saved split."""
+    """(raw, truth, track ids or None) uint8 arrays of each split, from the file and its saved split."""
     split_path = Path(h5_path).with_suffix(".split.npz")
     if not split_path.is_file():
         raise SystemExit(f"{split_path}: no saved split; run `python data_management.py --data {h5_path}` first")
     split = np.load(split_path)
     with h5py.File(h5_path, "r") as f:
         raw, truth = f["raw"][:], f["truth"][:]
-    return {name: (raw[split[name]], truth[split[name]]) for name in ("train", "validation", "test")}
+        ids = f["track_ids"][:] if "track_ids" in f else None
+    return {name: (raw[split[name]], truth[split[name]], None if ids is None else ids[split[name]])
+            for name in ("train", "validation", "test")}
 
 
 def with_noise_hits(raw, most, key):
@@ -166,6 +170,14 @@ def test_probabilities(predict_params, raw_u8):
     return np.concatenate(probs).astype(np.float16)
 
 
+def validate_epoch(s, predict_params, validation):
+    """pix2pix_model.validate's scores of the validation split (raw, truth, track ids or None; uint8) in
+    batches of --batch-size, with the run's --threshold-criterion, --tracks-kept and --validation-background."""
+    raw, truth, ids = validation
+    return pm.validate(predict_params, batches(raw, truth, s.batch_size), criterion=s.threshold_criterion,
+                       track_ids=ids, tracks_kept=s.tracks_kept, background=s.validation_background)[0]
+
+
 def optimizers_and_state(generator, discriminator, s):
     """Both Adam optimizers, built, and the training state: the values of the two networks' and the
     two optimizers' variables, as the jitted step takes and returns them."""
@@ -198,8 +210,12 @@ def train(s):
     keras.mixed_precision.set_dtype_policy(s.precision)
     keras.utils.set_random_seed(s.seed)
     data = load_pairs(s.data)
-    (train_raw, train_truth), (val_raw, val_truth), (test_raw, _) = data["train"], data["validation"], data["test"]
+    (train_raw, train_truth, _), (val_raw, val_truth, val_ids) = data["train"], data["validation"]
+    test_raw = data["test"][0]
     also = {Path(h5).stem: load_pairs(h5)["test"][0] for h5 in s.also_score}  # other files' test splits
+    if s.threshold_criterion == "tracks" and val_ids is None:
+        print(f"note: {s.data} has no track_ids: the threshold criterion counts each validation event's truth "
+              "as one track", flush=True)
     print(f"{jax.devices()[0].device_kind}: train {len(train_raw)}, validation {len(val_raw)}, "
           f"test {len(test_raw)} pairs; width {s.base_filters}, {s.precision}", flush=True)
 
@@ -211,12 +227,14 @@ def train(s):
     rng, noise_key = np.random.default_rng(s.seed), jax.random.key(s.seed)
     steps_per_epoch = len(train_raw) // s.batch_size
 
-    fields = ["epoch", "step", "gen_total", "gen_gan", "gen_l1", "disc", "val_l1", "threshold", "efficiency",
-              "rejection", "purity", "f1", "learning_rate", "seconds", "images_per_s"]
+    scored = ["val_l1", "threshold", "efficiency", "rejection", "purity", "f1"]
+    scored += ["tracks_kept", "fake_segments_per_event"] if s.threshold_criterion == "tracks" else []
+    fields = ["epoch", "step", "gen_total", "gen_gan", "gen_l1", "disc", *scored, "learning_rate", "seconds",
+              "images_per_s"]
     history = (out / "history.csv").open("w", newline="")
     writer = csv.DictWriter(history, fields)
     writer.writeheader()
-    best_f1, started, total_steps = -1.0, time.perf_counter(), 0
+    best, started, total_steps = None, time.perf_counter(), 0
     for epoch in range(1, s.epochs + 1):
         if time.perf_counter() - started > s.seconds:
             print(f"time limit ({s.seconds:.0f} s) reached after {epoch - 1} epochs", flush=True)
@@ -235,20 +253,22 @@ def train(s):
         sums = np.asarray(sums, np.float64)
         seconds = time.perf_counter() - t0
         predict_params = lambda raw, st=state: predict(st[0], st[1], jnp.asarray(raw))
-        scores, _ = pm.validate(predict_params, batches(val_raw, val_truth))
+        scores = validate_epoch(s, predict_params, (val_raw, val_truth, val_ids))
         row = {"epoch": epoch, "step": total_steps, **dict(zip(fields[2:6], sums / steps_per_epoch, strict=True)),
-               **{k: scores[k] for k in fields[6:12]}, "learning_rate": learning_rate(gen_opt, state[4]),
+               **{k: scores[k] for k in scored}, "learning_rate": learning_rate(gen_opt, state[4]),
                "seconds": round(seconds, 2),
                "images_per_s": round(steps_per_epoch * s.batch_size / seconds, 1)}
         writer.writerow(row)
         history.flush()
         print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()), flush=True)
-        if scores["f1"] > best_f1:
-            best_f1 = scores["f1"]
-            write_best(s, {k: row[k] for k in ("epoch", "step", "threshold")}, {k: scores[k] for k in fields[6:12]},
+        rank = pm.epoch_rank(row, s.threshold_criterion, s.tracks_kept)
+        if best is None or rank > best[0]:
+            best = (rank, epoch)
+            write_best(s, {k: row[k] for k in ("epoch", "step", "threshold")}, {k: scores[k] for k in scored},
                        {"": test_raw, **{f"_{stem}": raw for stem, raw in also.items()}}, predict_params)
     history.close()
-    print(f"best validation F1 {best_f1:.4f}; {out / 'best.json'}, {out / 'test_probabilities.npz'}")
+    if best:
+        print(f"best epoch {best[1]} ({s.threshold_criterion}); {out / 'best.json'}, {out / 'test_probabilities.npz'}")
 
 
 def parse_args(argv=None):
@@ -283,9 +303,18 @@ def parse_args(argv=None):
     p.add_argument("--pixel-loss", choices=("l1", "bce"), default=PIXEL_LOSS,
                    help="the generator's per-pixel term with the hit weights: l1, or bce (the output a hit "
                         "probability, the truth its label)")
+    p.add_argument("--threshold-criterion", choices=("balanced", "f1", "tracks"), default=THRESHOLD_CRITERION,
+                   help="how validation chooses the threshold and the best epoch, as Pix2Pix_training's")
+    p.add_argument("--tracks-kept", type=float, default=TRACKS_KEPT,
+                   help="tracks criterion: the share of reconstructable tracks the threshold must keep")
+    p.add_argument("--validation-background", type=int, default=VALIDATION_BACKGROUND, metavar="N",
+                   help="validation events carry their own and the next N - 1 events' background (1 to --batch-size)")
     p.add_argument("--seed", type=int, default=SEED)
     p.add_argument("--precision", default=PRECISION, choices=("mixed_bfloat16", "float32"))
-    return p.parse_args(argv)
+    s = p.parse_args(argv)
+    if not 1 <= s.validation_background <= s.batch_size:
+        p.error(f"--validation-background must be 1 to --batch-size ({s.batch_size}), not {s.validation_background}")
+    return s
 
 
 if __name__ == "__main__":

@@ -25,9 +25,9 @@ import make_events
 import pix2pix_model as pm
 import pix2pix_trainer as ptr
 import Pix2Pix_training as pt
+from pix2pix_model import epoch_rank
 from Pix2Pix_training import keras, tf
 from script_utils import InputError
-from training_files import epoch_rank
 
 TINY = ["--base-filters", "4", "--batch-size", "4", "--mixed-precision", "float32", "--sample-events", "2",
         "--gan-weight", "1"]  # the GAN term on (off by default): these runs check its discriminator too

@@ -23,11 +23,12 @@ pytest.importorskip("jax")
 
 
 def write_events(path, n, seed):
-    """n synthetic pairs in the project's HDF5 layout, with data_management's split saved beside."""
-    raw, truth = make_events.generate_events(n, seed=seed)
+    """n synthetic pairs in the project's HDF5 layout with their track ids, data_management's split saved beside."""
+    raw, truth, ids = make_events.generate_events(n, seed=seed, track_ids=True)
     with h5py.File(path, "w") as f:
         f.create_dataset("raw", data=ei.pad_event(raw), chunks=(8, 128, 128, 3))
         f.create_dataset("truth", data=ei.pad_event(truth), chunks=(8, 128, 128, 3))
+        f.create_dataset("track_ids", data=ids)
     return dm.load_split(path)
 
 
@@ -120,12 +121,14 @@ def test_history_best_epoch_and_gated_outputs(jax_run):
     with open(tmp / "run" / "history.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [int(r["epoch"]) for r in rows] == [1, 2] and int(rows[-1]["step"]) == 2 * (len(split["train"]) // 4)
-    for r in rows:
-        assert float(r["threshold"]) in ei.THRESHOLDS and 0 <= float(r["efficiency"]) <= 1
+    for r in rows:  # the tracks criterion, the default: the report's sweep, tracks and fake segments recorded
+        assert float(r["threshold"]) in ei.SWEEP_THRESHOLDS and 0 <= float(r["efficiency"]) <= 1
+        assert 0 <= float(r["tracks_kept"]) <= 1 and float(r["fake_segments_per_event"]) >= 0
         assert float(r["gen_total"]) == pytest.approx(0.5 * float(r["gen_gan"]) + 100 * float(r["gen_l1"]), rel=1e-4)
     assert float(rows[1]["gen_l1"]) < float(rows[0]["gen_l1"])  # it learns
     best = json.loads((tmp / "run" / "best.json").read_text())
-    assert best["validation"]["f1"] == max(float(r["f1"]) for r in rows)
+    assert best["epoch"] == max((1, 2), key=lambda e: pm.epoch_rank(rows[e - 1], "tracks", pm.TRACKS_KEPT))
+    assert best["validation"]["tracks_kept"] == pytest.approx(float(rows[best["epoch"] - 1]["tracks_kept"]))
     assert float(rows[best["epoch"] - 1]["threshold"]) == best["threshold"]
     for name, indices in (("test_probabilities.npz", split["test"]), ("test_probabilities_other.npz",
                                                                       other_split["test"])):
@@ -185,3 +188,41 @@ print(json.dumps({"default": tj.NOISE_AUGMENT, "same_key": bool((out[0] == out[1
     assert got["outside"] == 0  # never on the layout's padding
     fractions = got["fractions"]
     assert max(fractions) < 0.2 * 1.1 and len(set(np.round(fractions, 3))) == len(fractions)  # 0..0.2, per event
+
+
+def test_validation_reads_the_track_ids_and_uses_the_runs_criterion_and_background(jax_run):
+    """train_jax's validation split carries its events' track ids in the order of its images, and an epoch's
+    validation is pix2pix_model.validate with the run's --threshold-criterion, --tracks-kept and
+    --validation-background, as Pix2Pix_training's."""
+    tmp = jax_run[0]
+    code = """
+import json, sys
+import numpy as np
+sys.path.insert(0, "bench")
+import train_jax as tj
+validation = tj.load_pairs(sys.argv[1])["validation"]
+np.savez(sys.argv[2], raw=validation[0], truth=validation[1], ids=validation[2])
+doubtful = np.where(np.arange(128) % 5 == 0, 0.3, 0.9)[None, None, :, None]  # every fifth wire's hits at 0.3
+for name, flags in (("two", ["--validation-background", "2"]), ("own", ["--validation-background", "1"])):
+    s = tj.parse_args(["--data", sys.argv[1], "--batch-size", "4", "--tracks-kept", "0.5", *flags])
+    scores = tj.validate_epoch(s, lambda raw: raw * doubtful, validation)
+    print(json.dumps({"name": name, **{k: scores[k] for k in ("threshold", "tracks_kept", "fake_segments_per_event")}}))
+"""
+    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", code, tmp / "events.h5", tmp / "validation.npz"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = {d.pop("name"): d for d in (json.loads(line) for line in proc.stdout.strip().splitlines()[-2:])}
+    d = np.load(tmp / "validation.npz")
+    np.testing.assert_array_equal(d["ids"] > 0, ei.hit_mask(ei.crop_event(d["truth"])))  # each image's own ids
+    doubtful = np.where(np.arange(128) % 5 == 0, 0.3, 0.9)[None, None, :, None]
+    batches = [(d["raw"][i:i + 4] / 255, d["truth"][i:i + 4] / 255) for i in range(0, len(d["raw"]), 4)]
+    for name, background in (("two", 2), ("own", 1)):
+        want, _ = pm.validate(lambda raw: raw * doubtful, batches, criterion="tracks", track_ids=d["ids"],
+                              tracks_kept=0.5, background=background)
+        assert got[name] == {k: pytest.approx(want[k]) for k in got[name]}, name
+    assert got["two"]["fake_segments_per_event"] > got["own"]["fake_segments_per_event"]
+    assert 0.3 <= got["two"]["threshold"] < 0.9  # the doubtful hits dropped, some tracks with them
+    one_track_each, _ = pm.validate(lambda raw: raw * doubtful, batches, criterion="tracks", tracks_kept=0.5,
+                                    background=2)
+    assert got["two"]["tracks_kept"] != pytest.approx(one_track_each["tracks_kept"])  # the ids count here
