@@ -69,6 +69,8 @@ VALIDATION_BACKGROUND = pm.VALIDATION_BACKGROUND  # validation events carry N ev
 SEED = 1
 PRECISION = "mixed_bfloat16"  # a Keras dtype policy: mixed_bfloat16 | float32
 # ----------------------------------------------------------------------------------------------
+SCORED = ("val_l1", "threshold", "efficiency", "rejection", "purity", "f1")  # validation scores kept per epoch
+TRACKING_SCORED = ("tracks_kept", "fake_segments_per_event")  # and these under the tracks criterion
 
 
 def load_pairs(h5_path):
@@ -170,6 +172,18 @@ def test_probabilities(predict_params, raw_u8):
     return np.concatenate(probs).astype(np.float16)
 
 
+def run_epoch(step, state, train, order, noise_key, steps_before):
+    """One epoch's steps over order's batches (rows of training indices) of train (raw, truth on the device):
+    the new state and the losses summed over the epoch. Step k of the run draws its noise hits from key k."""
+    sums = jnp.zeros(4)
+    for k, idx in enumerate(order, steps_before + 1):
+        idx = jnp.asarray(idx)
+        key = jax.random.fold_in(noise_key, k)  # the batch's noise hits (--noise-augment)
+        state, losses = step(state, train[0][idx], train[1][idx], key)
+        sums = sums + jnp.stack(losses)  # summed on the device: no wait for each step
+    return state, np.asarray(sums, np.float64)
+
+
 def validate_epoch(s, predict_params, validation):
     """pix2pix_model.validate's scores of the validation split (raw, truth, track ids or None; uint8) in
     batches of --batch-size, with the run's --threshold-criterion, --tracks-kept and --validation-background."""
@@ -210,13 +224,12 @@ def train(s):
     keras.mixed_precision.set_dtype_policy(s.precision)
     keras.utils.set_random_seed(s.seed)
     data = load_pairs(s.data)
-    (train_raw, train_truth, _), (val_raw, val_truth, val_ids) = data["train"], data["validation"]
-    test_raw = data["test"][0]
+    (train_raw, train_truth, _), validation, test_raw = data["train"], data["validation"], data["test"][0]
     also = {Path(h5).stem: load_pairs(h5)["test"][0] for h5 in s.also_score}  # other files' test splits
-    if s.threshold_criterion == "tracks" and val_ids is None:
+    if s.threshold_criterion == "tracks" and validation[2] is None:
         print(f"note: {s.data} has no track_ids: the threshold criterion counts each validation event's truth "
               "as one track", flush=True)
-    print(f"{jax.devices()[0].device_kind}: train {len(train_raw)}, validation {len(val_raw)}, "
+    print(f"{jax.devices()[0].device_kind}: train {len(train_raw)}, validation {len(validation[0])}, "
           f"test {len(test_raw)} pairs; width {s.base_filters}, {s.precision}", flush=True)
 
     generator, discriminator = pm.build_generator(s.base_filters), pm.build_discriminator(s.base_filters)
@@ -227,8 +240,7 @@ def train(s):
     rng, noise_key = np.random.default_rng(s.seed), jax.random.key(s.seed)
     steps_per_epoch = len(train_raw) // s.batch_size
 
-    scored = ["val_l1", "threshold", "efficiency", "rejection", "purity", "f1"]
-    scored += ["tracks_kept", "fake_segments_per_event"] if s.threshold_criterion == "tracks" else []
+    scored = SCORED + (TRACKING_SCORED if s.threshold_criterion == "tracks" else ())
     fields = ["epoch", "step", "gen_total", "gen_gan", "gen_l1", "disc", *scored, "learning_rate", "seconds",
               "images_per_s"]
     history = (out / "history.csv").open("w", newline="")
@@ -243,17 +255,11 @@ def train(s):
         rate = s.learning_rate * pm.lr_factor(s.lr_decay, epoch - 1, s.epochs)
         state = (*state[:4], with_learning_rate(gen_opt, state[4], rate), with_learning_rate(disc_opt, state[5], rate))
         order = rng.permutation(len(train_raw))[:steps_per_epoch * s.batch_size].reshape(steps_per_epoch, -1)
-        sums = jnp.zeros(4)
-        for idx in order:
-            idx = jnp.asarray(idx)
-            total_steps += 1
-            key = jax.random.fold_in(noise_key, total_steps)  # the batch's noise hits (--noise-augment)
-            state, losses = step(state, train_raw_d[idx], train_truth_d[idx], key)
-            sums = sums + jnp.stack(losses)  # summed on the device: no wait for each step
-        sums = np.asarray(sums, np.float64)
+        state, sums = run_epoch(step, state, (train_raw_d, train_truth_d), order, noise_key, total_steps)
+        total_steps += len(order)
         seconds = time.perf_counter() - t0
         predict_params = lambda raw, st=state: predict(st[0], st[1], jnp.asarray(raw))
-        scores = validate_epoch(s, predict_params, (val_raw, val_truth, val_ids))
+        scores = validate_epoch(s, predict_params, validation)
         row = {"epoch": epoch, "step": total_steps, **dict(zip(fields[2:6], sums / steps_per_epoch, strict=True)),
                **{k: scores[k] for k in scored}, "learning_rate": learning_rate(gen_opt, state[4]),
                "seconds": round(seconds, 2),
@@ -267,8 +273,8 @@ def train(s):
             write_best(s, {k: row[k] for k in ("epoch", "step", "threshold")}, {k: scores[k] for k in scored},
                        {"": test_raw, **{f"_{stem}": raw for stem, raw in also.items()}}, predict_params)
     history.close()
-    if best:
-        print(f"best epoch {best[1]} ({s.threshold_criterion}); {out / 'best.json'}, {out / 'test_probabilities.npz'}")
+    print(f"best epoch {best and best[1]} ({s.threshold_criterion}); {out / 'best.json'}, "
+          f"{out / 'test_probabilities.npz'}")
 
 
 def parse_args(argv=None):
