@@ -73,15 +73,16 @@ SCORED = ("val_l1", "threshold", "efficiency", "rejection", "purity", "f1")  # v
 TRACKING_SCORED = ("tracks_kept", "fake_segments_per_event")  # and these under the tracks criterion
 
 
-def load_pairs(h5_path):
-    """(raw, truth, track ids or None) uint8 arrays of each split, from the file and its saved split."""
+def load_pairs(h5_path, track_ids=False):
+    """(raw, truth, track ids or None) uint8 arrays of each split, from the file and its saved split; the
+    track ids only when asked for and the file has them."""
     split_path = Path(h5_path).with_suffix(".split.npz")
     if not split_path.is_file():
         raise SystemExit(f"{split_path}: no saved split; run `python data_management.py --data {h5_path}` first")
     split = np.load(split_path)
     with h5py.File(h5_path, "r") as f:
         raw, truth = f["raw"][:], f["truth"][:]
-        ids = f["track_ids"][:] if "track_ids" in f else None
+        ids = f["track_ids"][:] if track_ids and "track_ids" in f else None
     return {name: (raw[split[name]], truth[split[name]], None if ids is None else ids[split[name]])
             for name in ("train", "validation", "test")}
 
@@ -223,7 +224,7 @@ def train(s):
     out.mkdir(parents=True, exist_ok=True)
     keras.mixed_precision.set_dtype_policy(s.precision)
     keras.utils.set_random_seed(s.seed)
-    data = load_pairs(s.data)
+    data = load_pairs(s.data, track_ids=s.threshold_criterion == "tracks")
     (train_raw, train_truth, _), validation, test_raw = data["train"], data["validation"], data["test"][0]
     also = {Path(h5).stem: load_pairs(h5)["test"][0] for h5 in s.also_score}  # other files' test splits
     if s.threshold_criterion == "tracks" and validation[2] is None:

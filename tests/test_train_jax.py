@@ -200,7 +200,7 @@ import json, sys
 import numpy as np
 sys.path.insert(0, "bench")
 import train_jax as tj
-validation = tj.load_pairs(sys.argv[1])["validation"]
+validation = tj.load_pairs(sys.argv[1], track_ids=True)["validation"]
 np.savez(sys.argv[2], raw=validation[0], truth=validation[1], ids=validation[2])
 doubtful = np.where(np.arange(128) % 5 == 0, 0.3, 0.9)[None, None, :, None]  # every fifth wire's hits at 0.3
 for name, flags in (("two", ["--validation-background", "2"]), ("own", ["--validation-background", "1"])):
