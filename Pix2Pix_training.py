@@ -15,6 +15,7 @@ Several GPUs or a TF_CONFIG cluster of workers train together (only the chief wr
 
 import argparse
 import dataclasses
+import json
 import shutil
 import sys
 import time
@@ -293,6 +294,14 @@ def tracking_text(scores):
     return f", tracks kept {scores['tracks_kept']:.4f}, fake segments/event {scores['fake_segments_per_event']:.4f}"
 
 
+def best_epoch_text(out):
+    """'best epoch E (threshold T: F1 ..., tracks kept ...): PATH', read back from generator_best.json."""
+    info = json.loads((out / "generator_best.json").read_text())
+    v = info["validation"]
+    return (f"best epoch {info['epoch']} (threshold {info['threshold']:.2f}: F1 {v['f1']:.3f}{tracking_text(v)}): "
+            f"{out / 'generator_best.keras'}")
+
+
 def finish(run, scores):
     """After the last epoch: the chief exports the final generator; other workers delete their checkpoints."""
     s, trainer = run.s, run.trainer
@@ -303,8 +312,7 @@ def finish(run, scores):
         rows = read_history(run.out / "history.csv")
         export_generator(trainer, run.out, "generator_final", scores, epoch, step, vars(s), run_stability(rows, epoch))
         update_stability(run.out / "generator_best.json", rows)  # against the run's last five epochs
-        best = float(trainer.best_f1.numpy())
-        best_text = (f"best epoch's validation F1 {best:.3f}: {run.out / 'generator_best.keras'}" if best >= 0 else
+        best_text = (best_epoch_text(run.out) if float(trainer.best_f1.numpy()) >= 0 else
                      "no epoch scored a validation F1, so no generator_best.keras was written")
         print(f"Done: {epoch} epochs, {step} steps in {time.time() - run.started:.0f} s; {best_text}; final: "
               f"{run.out / 'generator_final.keras'}", flush=True)

@@ -508,7 +508,8 @@ def test_threshold_criterion_tracks_reads_the_validation_track_ids_in_the_datase
         pt.parse_args(["--tracks-kept", "0"])
 
 
-def test_under_the_tracks_criterion_generator_best_is_the_epoch_tracking_would_want(events_h5, tmp_path, monkeypatch):
+def test_under_the_tracks_criterion_generator_best_is_the_epoch_tracking_would_want(events_h5, tmp_path, monkeypatch,
+                                                                                     capsys):
     """Each epoch's real validation, its tracking figures replaced by known ones: epoch 2 keeps 99 % of the tracks
     with the fewest fake segments, epoch 3 has the best F1 but loses tracks, epoch 1 keeps them with more fakes."""
     known = {1: (0.998, 0.012, 0.8), 2: (0.993, 0.002, 0.7), 3: (0.95, 0.0, 0.9)}  # tracks kept, fakes, F1
@@ -528,6 +529,9 @@ def test_under_the_tracks_criterion_generator_best_is_the_epoch_tracking_would_w
                                                                                              known.values()]
     best = json.loads((out / "generator_best.json").read_text())
     assert best["epoch"] == 2 and best["validation"]["fake_segments_per_event"] == 0.002
+    done = capsys.readouterr().out.splitlines()[-1]  # the closing line names that epoch and its figures
+    assert done.startswith("Done: 3 epochs") and (f"best epoch 2 (threshold {best['threshold']:.2f}: F1 0.700, "
+                                                  "tracks kept 0.9930, fake segments/event 0.0020)") in done
     # The rank itself: meeting --tracks-kept first, then fewer fake segments, more tracks, F1; rows read back as text.
     rank = lambda kept, fakes, f1="0.9": epoch_rank({"tracks_kept": kept, "fake_segments_per_event": fakes, "f1": f1},
                                                     "tracks", 0.99)
