@@ -15,7 +15,6 @@ Several GPUs or a TF_CONFIG cluster of workers train together (only the chief wr
 
 import argparse
 import dataclasses
-import json
 import shutil
 import sys
 import time
@@ -294,9 +293,8 @@ def tracking_text(scores):
     return f", tracks kept {scores['tracks_kept']:.4f}, fake segments/event {scores['fake_segments_per_event']:.4f}"
 
 
-def best_epoch_text(out):
-    """'best epoch E (threshold T: F1 ..., tracks kept ...): PATH', read back from generator_best.json."""
-    info = json.loads((out / "generator_best.json").read_text())
+def best_epoch_text(out, info):
+    """'best epoch E (threshold T: F1 ..., tracks kept ...): PATH' of generator_best.json's contents (info)."""
     v = info["validation"]
     return (f"best epoch {info['epoch']} (threshold {info['threshold']:.2f}: F1 {v['f1']:.3f}{tracking_text(v)}): "
             f"{out / 'generator_best.keras'}")
@@ -311,8 +309,8 @@ def finish(run, scores):
             scores, _ = validate_run(run)
         rows = read_history(run.out / "history.csv")
         export_generator(trainer, run.out, "generator_final", scores, epoch, step, vars(s), run_stability(rows, epoch))
-        update_stability(run.out / "generator_best.json", rows)  # against the run's last five epochs
-        best_text = (best_epoch_text(run.out) if float(trainer.best_f1.numpy()) >= 0 else
+        best = update_stability(run.out / "generator_best.json", rows)  # against the run's last five epochs
+        best_text = (best_epoch_text(run.out, best) if float(trainer.best_f1.numpy()) >= 0 else
                      "no epoch scored a validation F1, so no generator_best.keras was written")
         print(f"Done: {epoch} epochs, {step} steps in {time.time() - run.started:.0f} s; {best_text}; final: "
               f"{run.out / 'generator_final.keras'}", flush=True)

@@ -188,11 +188,14 @@ def run_stability(rows, epoch, last=RECENT_EPOCHS):
 
 
 def update_stability(sidecar, rows):
-    """Rewrite an exported generator's JSON with its epoch compared to the run's last epochs now."""
-    if sidecar.exists():
-        data = json.loads(sidecar.read_text())
-        data["stability"] = run_stability(rows, data["epoch"])
-        write_json(sidecar, data)
+    """Rewrite an exported generator's JSON with its epoch compared to the run's last epochs now; returns
+    what it holds (None where there is none)."""
+    if not sidecar.exists():
+        return None
+    data = json.loads(sidecar.read_text())
+    data["stability"] = run_stability(rows, data["epoch"])
+    write_json(sidecar, data)
+    return data
 
 
 def append_history(path, row, collapse_drop=0.1):
