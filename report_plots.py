@@ -12,13 +12,22 @@ import event_image as ei
 from script_utils import atomic_output
 
 COLORS = {"model": "tab:red", "keep-all": "tab:gray", "SNR": "tab:blue", "CAE": "tab:green"}  # one per method
+# Marker sizes, in the order the report draws the methods: each smaller than the one drawn before, so that
+# where two methods' figures are the same (SNR keeps every fake segment keep-all does) both still show.
+MARKER_SIZES = {"model": 9, "keep-all": 7, "SNR": 5, "CAE": 3}
+
+
+def look(method):
+    """A method's colour, marker size and line width in the report's panels."""
+    size = MARKER_SIZES.get(method, 3)
+    return {"color": COLORS.get(method), "ms": size, "lw": 0.5 + size / 4}
 
 
 def plot_efficiency_rejection(ax, x, groups, method):
     """One method's efficiency (solid) and rejection (dashed) over groups of events (bins, superlayers)."""
-    color = COLORS.get(method)
-    ax.plot(x, [g["scores"]["efficiency"] for g in groups], "o-", color=color, label=f"{method} efficiency")
-    ax.plot(x, [g["scores"]["rejection"] for g in groups], "s--", color=color, alpha=0.6, label=f"{method} rejection")
+    ax.plot(x, [g["scores"]["efficiency"] for g in groups], "o-", **look(method), label=f"{method} efficiency")
+    ax.plot(x, [g["scores"]["rejection"] for g in groups], "s--", **look(method), alpha=0.6,
+            label=f"{method} rejection")
 
 
 def finish_axes(ax, xlabel, title, ncol=2):
@@ -90,7 +99,7 @@ def plot_tracking_tradeoff(ax, result):
     for m, e in result["methods"].items():
         if m != "model" and "tracking" in e:
             t = e["tracking"]["scores"]
-            ax.plot(t["fake_segments_per_event"], t["kept_ge5"], "s", color=COLORS.get(m), label=m)
+            ax.plot(t["fake_segments_per_event"], t["kept_ge5"], "s", **look(m), label=m)
     ax.set_xscale("symlog", linthresh=0.01)
     ax.set_xlabel("fake segments per event")
     ax.set_ylabel("tracks >= 5/6 still reconstructable")
@@ -139,8 +148,7 @@ def plot_tracks_vs_background(ax, result):
         for key, style, label in (("kept_ge5", "o-", ">=5/6"), ("kept_6", "s:", "6/6")):
             values = [b["tracking"]["scores"][key] for b in bins]
             shown += [v for v in values if math.isfinite(v)]
-            ax.plot(x, values, style, color=COLORS.get(m), alpha=1.0 if key == "kept_ge5" else 0.6,
-                    label=f"{m} {label}")
+            ax.plot(x, values, style, **look(m), alpha=1.0 if key == "kept_ge5" else 0.6, label=f"{m} {label}")
     finish_axes(ax, "background hits in the event", "tracks still reconstructable (of those in the raw event)")
     low = min(shown)  # zoomed in: the differences that matter are a few per cent
     ax.set_ylim(low - 0.05 * (1.0 - low) - 0.005, 1.0 + 0.05 * (1.0 - low) + 0.005)
@@ -150,8 +158,7 @@ def plot_fake_segments_vs_background(ax, result):
     """Fake segments per event left by each method vs the background hits in the event."""
     for m in result["methods"]:
         x, bins = tracking_bins(result, m)
-        ax.plot(x, [b["tracking"]["scores"]["fake_segments_per_event"] for b in bins], "o-", color=COLORS.get(m),
-                label=m)
+        ax.plot(x, [b["tracking"]["scores"]["fake_segments_per_event"] for b in bins], "o-", **look(m), label=m)
     ax.set_yscale("symlog", linthresh=0.01)  # the denoisers' few hundredths beside the raw event's several
     ax.set_xlabel("background hits in the event")
     ax.set_title("fake segments per event (background, >= 4 of 6 layers in an SNR road)")

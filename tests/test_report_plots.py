@@ -1,0 +1,72 @@
+"""report_plots.py: in every line panel of the report, a method whose figures equal another's stays visible."""
+
+import matplotlib
+import numpy as np
+import pytest
+from matplotlib.colors import to_rgb
+
+import report_plots
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+METHODS = ("model", "keep-all", "SNR", "CAE")  # the report's order: the model drawn first
+
+
+def a_bin(low, value):
+    """One background-hit bin of 10 events whose every score is `value`."""
+    scores = {"efficiency": value, "rejection": value, "kept_ge5": value, "kept_6": value,
+              "fake_segments_per_event": value}
+    return {"low": low, "high": low + 20, "counts": {"events": 10}, "scores": scores,
+            "tracking": {"scores": scores}}
+
+
+def a_result(values):
+    """A report result in which method m has score values[m] in three bins and on each superlayer (the
+    model's threshold sweep, which the trade-off panel draws for it, a line of its own)."""
+    result = {"methods": {}, "vs_background_hits": {}, "per_superlayer": {}, "threshold_sweep": [
+        {"threshold": t, "tracking": {"scores": {"fake_segments_per_event": values["model"] * t, "kept_ge5": 1 - t}}}
+        for t in (0.25, 0.5, 0.75)]}
+    for m, v in values.items():
+        result["methods"][m] = {"tracking": {"scores": {"fake_segments_per_event": v, "kept_ge5": v}}}
+        result["vs_background_hits"][m] = [a_bin(low, v) for low in (40, 60, 80)]
+        result["per_superlayer"][m] = [a_bin(0, v) for _ in range(6)]
+    return result
+
+
+def bare(ax):
+    """Only the lines left: no legend (it shows every colour whatever the lines do), no text (grey edges)."""
+    ax.get_legend().remove()
+    ax.set_axis_off()
+    ax.set_title("")
+
+
+def pixels_of(fig, color, tolerance=0.02):
+    """Pixels of the drawn figure within tolerance of a colour."""
+    fig.canvas.draw()
+    image = np.asarray(fig.canvas.buffer_rgba())[..., :3] / 255.0
+    return int((np.abs(image - np.array(to_rgb(color))).max(axis=-1) < tolerance).sum())
+
+
+@pytest.mark.parametrize("panel", [report_plots.plot_fake_segments_vs_background, report_plots.plot_vs_background,
+                                   report_plots.plot_tracks_vs_background, report_plots.plot_superlayers,
+                                   report_plots.plot_tracking_tradeoff])
+def test_a_method_with_the_same_figures_as_one_drawn_after_it_still_shows(panel):
+    """The model and the CAE leave the same fake segments in every bin (it happens: 4 each in a demo's
+    750 test events, in the same bin), keep-all and SNR too: each still shows in its own colour."""
+    fig, ax = plt.subplots(figsize=(5, 4), dpi=80)
+    panel(ax, a_result({"model": 0.02, "keep-all": 0.9, "SNR": 0.9, "CAE": 0.02}))
+    bare(ax)
+    shown = {m: pixels_of(fig, report_plots.COLORS[m]) for m in METHODS}
+    plt.close(fig)
+    assert all(n >= 10 for n in shown.values()), shown
+
+
+def test_apart_each_method_shows_in_its_colour():
+    """The same panels with four different figures: every colour shows (the check above is not about overlap)."""
+    fig, ax = plt.subplots(figsize=(5, 4), dpi=80)
+    report_plots.plot_fake_segments_vs_background(ax, a_result({"model": 0.005, "keep-all": 2.0, "SNR": 0.5,
+                                                                 "CAE": 0.05}))
+    bare(ax)
+    assert all(pixels_of(fig, report_plots.COLORS[m]) >= 20 for m in METHODS)
+    plt.close(fig)
