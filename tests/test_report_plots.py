@@ -70,3 +70,47 @@ def test_apart_each_method_shows_in_its_colour():
     bare(ax)
     assert all(pixels_of(fig, report_plots.COLORS[m]) >= 20 for m in METHODS)
     plt.close(fig)
+
+
+def test_decisions_image_colours_each_hit_by_what_the_method_did():
+    """A track of 36 hits and 3 noise hits; the method removes one track hit and keeps one noise hit."""
+    raw = np.zeros((36, 112), bool)
+    truth = np.zeros_like(raw)
+    raw[:, 50] = truth[:, 50] = True
+    raw[5, 10] = raw[6, 11] = raw[7, 90] = True
+    kept = raw.copy()
+    kept[3, 50] = False  # a lost track hit
+    kept[5, 10] = kept[7, 90] = False  # two noise hits removed, (6, 11) kept
+    image = report_plots.decisions_image(raw, truth, kept)
+    colour = {tuple(c) for c in image.reshape(-1, 3)}
+    assert colour == {(0, 0, 0), report_plots.KEPT_TRACK_HIT, report_plots.LOST_TRACK_HIT, report_plots.KEPT_NOISE_HIT}
+    assert tuple(image[3, 50]) == report_plots.LOST_TRACK_HIT and tuple(image[4, 50]) == report_plots.KEPT_TRACK_HIT
+    assert tuple(image[6, 11]) == report_plots.KEPT_NOISE_HIT
+    assert tuple(image[5, 10]) == tuple(image[7, 90]) == tuple(image[20, 20]) == (0, 0, 0)
+
+
+def test_the_event_grid_shows_a_methods_mistakes_in_their_colours(tmp_path):
+    """The grid PNG of a real file: a model that loses track hits and keeps noise shows red and amber; a
+    perfect one shows neither."""
+    from PIL import Image
+
+    raw = np.zeros((36, 112), bool)
+    raw[:, 40] = True
+    truth = raw.copy()
+    raw[10:16, 80] = True  # a noise segment
+    perfect = truth.copy()
+    wrong = raw.copy()
+    wrong[:12, 40] = False
+
+    def colour_pixels(kept):
+        event = {"name": "e", "f1": 0.5, "raw": raw, "truth": truth, "keeps": {"model": kept}}
+        result = {"methods": {"model": {}}, "worst_events": [event], "best_events": []}
+        path = tmp_path / "grid.png"
+        report_plots.write_event_grid(path, result, overwrite=True)
+        image = np.asarray(Image.open(path).convert("RGB")).astype(int)
+        return [int((np.abs(image - np.array(c)).max(axis=-1) < 30).sum())
+                for c in (report_plots.LOST_TRACK_HIT, report_plots.KEPT_NOISE_HIT)]
+
+    lost, noise = colour_pixels(wrong)
+    assert lost > 100 and noise > 50
+    assert colour_pixels(perfect) == [0, 0]
