@@ -288,6 +288,22 @@ def hit_scores(raw, truth, kept):
 
 
 # --- Pictures a person can look at --------------------------------------------------------
+# The event grid's colours for one method's decisions on the raw hits (removed noise hits stay black).
+KEPT_TRACK_HIT, LOST_TRACK_HIT, KEPT_NOISE_HIT = (255, 255, 255), (230, 30, 30), (255, 190, 0)
+
+
+def decisions_image(raw, truth, kept):
+    """(36, 112, 3) uint8 picture of one method's decisions on an event's raw hits: a track hit kept white,
+    a track hit removed red, a noise hit kept amber (the hits a fake segment is made of), a noise hit
+    removed black; raw, truth, kept: (36, 112) bool."""
+    raw, truth, kept = (np.asarray(a, bool) for a in (raw, truth, kept))
+    image = np.zeros(raw.shape + (3,), np.uint8)
+    image[raw & truth & kept] = KEPT_TRACK_HIT
+    image[raw & truth & ~kept] = LOST_TRACK_HIT
+    image[raw & ~truth & kept] = KEPT_NOISE_HIT
+    return image
+
+
 def save_event_grid(path, columns, row_labels=None, title=None):
     """Write a PNG grid of event images, one event per row, enlarged for the eye.
 

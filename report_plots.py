@@ -188,32 +188,16 @@ def write_plots(path, result, overwrite):
     plt.close(fig)
 
 
-# The event grid's colours for one method's decisions on the raw hits (removed noise hits stay black).
-KEPT_TRACK_HIT, LOST_TRACK_HIT, KEPT_NOISE_HIT = (255, 255, 255), (230, 30, 30), (255, 190, 0)
-
-
-def decisions_image(raw, truth, kept):
-    """(36, 112, 3) uint8 picture of one method's decisions on an event's raw hits: a track hit kept white,
-    a track hit removed red, a noise hit kept amber (the hits a fake segment is made of), a noise hit
-    removed black; raw, truth, kept: (36, 112) bool."""
-    raw, truth, kept = (np.asarray(a, bool) for a in (raw, truth, kept))
-    image = np.zeros(raw.shape + (3,), np.uint8)
-    image[raw & truth & kept] = KEPT_TRACK_HIT
-    image[raw & truth & ~kept] = LOST_TRACK_HIT
-    image[raw & ~truth & kept] = KEPT_NOISE_HIT
-    return image
-
-
 def write_event_grid(path, result, overwrite):
-    """PREFIX.events.png: the worst and best events, raw, truth and each method's decisions (decisions_image's
-    colours; none to draw: no file)."""
+    """PREFIX.events.png: the worst and best events, raw, truth and each method's decisions
+    (event_image.decisions_image's colours; none to draw: no file)."""
     worst, shown = result["worst_events"], result["worst_events"] + result["best_events"]
     if not shown:
         return
     columns = {"raw": [e["raw"] for e in shown], "truth": [e["truth"] for e in shown]}
     for m in result["methods"]:
         if m != "keep-all":
-            columns[m] = [decisions_image(e["raw"], e["truth"], e["keeps"][m]) for e in shown]
+            columns[m] = [ei.decisions_image(e["raw"], e["truth"], e["keeps"][m]) for e in shown]
     labels = [f"{'worst' if i < len(worst) else 'best'} {e['name'][:18]}\nF1 {e['f1']:.3f}"
               for i, e in enumerate(shown)]
     with atomic_output(path, overwrite) as tmp, open(tmp, "wb") as fh:

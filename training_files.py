@@ -212,12 +212,15 @@ def append_history(path, row, collapse_drop=0.1):
 
 
 def save_samples(path, first, threshold, n):
-    """samples/epoch_NNN.png: a few validation events, raw | truth | output | kept raw hits."""
+    """samples/epoch_NNN.png: a few validation events, raw | truth | output | the decisions at the threshold
+    (event_image.decisions_image's colours: track hit kept white, removed red; noise hit kept amber)."""
     raw, truth, output = (ei.crop_event(a[:n]) for a in first)
     to_u8 = lambda a: np.clip(np.rint(a * 255), 0, 255).astype(np.uint8)
-    kept = ei.hit_mask(output, threshold) & ei.hit_mask(raw, ei.SCALED_HIT_THRESHOLD)
+    raw_hits, truth_hits = (ei.hit_mask(a, ei.SCALED_HIT_THRESHOLD) for a in (raw, truth))
+    kept = ei.hit_mask(output, threshold)
     columns = {"raw": list(to_u8(raw)), "truth": list(to_u8(truth)), "output": list(to_u8(output)),
-               f"kept (output > {threshold:.2f}, raw hits)": list(kept)}
+               f"output > {threshold:.2f} on the raw hits": [ei.decisions_image(*hits) for hits in
+                                                             zip(raw_hits, truth_hits, kept, strict=True)]}
     with atomic_output(path, overwrite=True, ext=".png") as tmp:  # matplotlib reads the format from the ending
         ei.save_event_grid(tmp, columns, title=path.stem)
 

@@ -198,3 +198,20 @@ def test_low_bit_depth_grayscale_is_scaled_to_full_hits(tmp_path):
     path = tmp_path / "gray4.png"
     write_raw_png(path, [bytes(values[r, 0::2] << 4 | values[r, 1::2]) for r in range(36)], 4, 0)
     assert np.argwhere(ei.hit_mask(ei.read_event_png(path))).tolist() == [[5, 10]]
+
+
+def test_decisions_image_colours_each_hit_by_what_the_method_did():
+    """A track of 36 hits and 3 noise hits; the method removes one track hit and keeps one noise hit."""
+    raw = np.zeros((36, 112), bool)
+    truth = np.zeros_like(raw)
+    raw[:, 50] = truth[:, 50] = True
+    raw[5, 10] = raw[6, 11] = raw[7, 90] = True
+    kept = raw.copy()
+    kept[3, 50] = False  # a lost track hit
+    kept[5, 10] = kept[7, 90] = False  # two noise hits removed, (6, 11) kept
+    image = ei.decisions_image(raw, truth, kept)
+    colour = {tuple(c) for c in image.reshape(-1, 3)}
+    assert colour == {(0, 0, 0), ei.KEPT_TRACK_HIT, ei.LOST_TRACK_HIT, ei.KEPT_NOISE_HIT}
+    assert tuple(image[3, 50]) == ei.LOST_TRACK_HIT and tuple(image[4, 50]) == ei.KEPT_TRACK_HIT
+    assert tuple(image[6, 11]) == ei.KEPT_NOISE_HIT
+    assert tuple(image[5, 10]) == tuple(image[7, 90]) == tuple(image[20, 20]) == (0, 0, 0)

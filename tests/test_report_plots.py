@@ -1,10 +1,12 @@
-"""report_plots.py: in every line panel of the report, a method whose figures equal another's stays visible."""
+"""report_plots.py: in every line panel a method whose figures equal another's stays visible; the events
+picture colours each method's mistakes."""
 
 import matplotlib
 import numpy as np
 import pytest
 from matplotlib.colors import to_rgb
 
+import event_image as ei
 import report_plots
 
 matplotlib.use("Agg")
@@ -72,23 +74,6 @@ def test_apart_each_method_shows_in_its_colour():
     plt.close(fig)
 
 
-def test_decisions_image_colours_each_hit_by_what_the_method_did():
-    """A track of 36 hits and 3 noise hits; the method removes one track hit and keeps one noise hit."""
-    raw = np.zeros((36, 112), bool)
-    truth = np.zeros_like(raw)
-    raw[:, 50] = truth[:, 50] = True
-    raw[5, 10] = raw[6, 11] = raw[7, 90] = True
-    kept = raw.copy()
-    kept[3, 50] = False  # a lost track hit
-    kept[5, 10] = kept[7, 90] = False  # two noise hits removed, (6, 11) kept
-    image = report_plots.decisions_image(raw, truth, kept)
-    colour = {tuple(c) for c in image.reshape(-1, 3)}
-    assert colour == {(0, 0, 0), report_plots.KEPT_TRACK_HIT, report_plots.LOST_TRACK_HIT, report_plots.KEPT_NOISE_HIT}
-    assert tuple(image[3, 50]) == report_plots.LOST_TRACK_HIT and tuple(image[4, 50]) == report_plots.KEPT_TRACK_HIT
-    assert tuple(image[6, 11]) == report_plots.KEPT_NOISE_HIT
-    assert tuple(image[5, 10]) == tuple(image[7, 90]) == tuple(image[20, 20]) == (0, 0, 0)
-
-
 def test_the_event_grid_shows_a_methods_mistakes_in_their_colours(tmp_path):
     """The grid PNG of a real file: a model that loses track hits and keeps noise shows red and amber; a
     perfect one shows neither."""
@@ -109,7 +94,7 @@ def test_the_event_grid_shows_a_methods_mistakes_in_their_colours(tmp_path):
         report_plots.write_event_grid(path, result, overwrite=True)
         image = np.asarray(Image.open(path).convert("RGB")).astype(int)
         return [int((np.abs(image - np.array(c)).max(axis=-1) < 30).sum())
-                for c in (report_plots.LOST_TRACK_HIT, report_plots.KEPT_NOISE_HIT)]
+                for c in (ei.LOST_TRACK_HIT, ei.KEPT_NOISE_HIT)]
 
     lost, noise = colour_pixels(wrong)
     assert lost > 100 and noise > 50
