@@ -105,6 +105,7 @@ NOISE_AUGMENT = pix2pix_model.NOISE_AUGMENT  # training only: noise hits added o
 BESIDE_AUGMENT = pix2pix_model.BESIDE_AUGMENT  # training only: share of events given a segment beside a track
 MIX_TRACKS = pix2pix_model.MIX_TRACKS  # training only: share of events given another training event's tracks
 MIX_BACKGROUND = pix2pix_model.MIX_BACKGROUND  # training only: share of events given another event's background
+BEND_AUGMENT = pix2pix_model.BEND_AUGMENT  # training only: share of events whose layers move by a tilt and a bend
 PIXEL_LOSS = pix2pix_model.PIXEL_LOSS  # l1: the weighted L1 (the paper's term); bce: the weighted cross-entropy
 COLLAPSE_DROP = 0.1  # an epoch whose validation F1 is more than this below the best so far is flagged
 # ---------------------------------------------------------------------------------------------------
@@ -436,6 +437,10 @@ def add_recipe_levers(p):
     p.add_argument("--mix-background", type=float, default=MIX_BACKGROUND,
                    help="training only: on this share of the training events, add another training event's "
                         "background hits to the raw image, in [0, 1); 0 = off (default %(default)s)")
+    p.add_argument("--bend-augment", type=float, default=BEND_AUGMENT,
+                   help="training only: on this share of the training events, move each layer's hits along the "
+                        "wires by a tilt and a bend drawn per event (tracks of other slopes and curvatures), in "
+                        "[0, 1); 0 = off (default %(default)s)")
     p.add_argument("--pixel-loss", choices=("l1", "bce"), default=PIXEL_LOSS,
                    help="the generator's per-pixel term, with the --hit-weight weights: l1, or bce (the "
                         "output as a hit probability, the truth as its label) (default %(default)s)")
@@ -456,7 +461,8 @@ def parse_args(argv=None):
             raise InputError(f"--{name.replace('_', '-')} must not be negative, not {getattr(s, name)}")
     if s.disc_every < 1:
         raise InputError(f"--disc-every must be at least 1, not {s.disc_every}")
-    for name in ("noise_augment", "beside_augment", "mix_tracks", "mix_background", "dropout", "beta_1"):
+    for name in ("noise_augment", "beside_augment", "mix_tracks", "mix_background", "bend_augment", "dropout",
+                 "beta_1"):
         if not 0 <= getattr(s, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be in [0, 1), not {getattr(s, name)}")
     if not 0 <= s.label_smoothing < 0.5 or not 0 <= s.ema_decay < 1:

@@ -12,7 +12,8 @@ JAX backend (bench/train_jax.py, for GPU machines without TensorFlow).
 - loss: GAN loss + LAMBDA x L1, where the L1 of the hit pixels is weighted by HIT_WEIGHT
   (a track lights ~50 of 16,384 pixels: plain L1 is smallest for an empty output);
 - the training recipe's levers both trainers share: the extra hits of --beside-augment and
-  --mix-tracks (each trainer draws the random numbers) and the learning rate of --lr-decay.
+  --mix-tracks, the moved layers of --bend-augment (each trainer draws the random numbers) and the
+  learning rate of --lr-decay.
 """
 
 import contextlib
@@ -34,6 +35,7 @@ NOISE_AUGMENT = 0.05  # training batches get extra noise hits on up to this frac
 BESIDE_AUGMENT = 0.5  # share of training events given a track's segment copied aside as background (README)
 MIX_TRACKS = 0.5  # share of training events given another training event's tracks, in raw and truth (README)
 MIX_BACKGROUND = 0.0  # share of training events given another training event's background hits, in raw (README)
+BEND_AUGMENT = 0.0  # share of training events whose layers are moved along the wires by a tilt and a bend (README)
 PIXEL_LOSS = "bce"  # the generator's per-pixel term: l1 (the paper's) | bce, a hit probability per pixel (README)
 LR_DECAY = "cosine"  # none: constant learning rates | cosine: falling along a half cosine over the epochs
 THRESHOLD_CRITERION = "tracks"  # how validation chooses the threshold: balanced | f1 | tracks (as tracking would)
@@ -243,6 +245,29 @@ def mixed_tracks(raw, truth, u, share):
     uniform in [0, 1)."""
     other = ops.roll(truth, 1, axis=0) * ops.cast(u < share, truth.dtype)[:, None, None, None]
     return ops.maximum(raw, other), ops.maximum(truth, other)
+
+
+# --bend-augment: the most wires the first and last layers move by the tilt, and by the bend (either way);
+# LAYER_POSITION: each padded row's layer on -1..1 (first to last layer; 0 on the empty rows).
+BEND_TILT_WIRES = 6.0
+BEND_CURVE_WIRES = 4.0
+LAYER_POSITION = np.zeros(ei.PADDED_SIZE, np.float32)
+LAYER_POSITION[ei.LAYER_ROWS] = np.linspace(-1.0, 1.0, ei.LAYERS)
+
+
+def bent_events(raw, truth, u, share):
+    """(raw, truth) with, on a share of the events, each layer's hits (raw and truth alike) moved along the
+    wires by round(tilt t + bend t^2), t the layer's LAYER_POSITION, tilt and bend drawn per event in
+    +-BEND_TILT_WIRES and +-BEND_CURVE_WIRES (--bend-augment): the same hits on tracks of other slopes and
+    curvatures. Hits moved off the 112 wires are dropped from both. u: (n, 3) uniform in [0, 1)."""
+    on = ops.cast(u[:, 0] < share, "float32")
+    tilt = (u[:, 1] * 2.0 - 1.0) * BEND_TILT_WIRES * on
+    bend = (u[:, 2] * 2.0 - 1.0) * BEND_CURVE_WIRES * on
+    t = ops.convert_to_tensor(LAYER_POSITION)[None, :]
+    shift = ops.cast(ops.round(tilt[:, None] * t + bend[:, None] * t * t), "int32")  # (n, 128) wires, per row
+    source = ops.arange(ei.PADDED_SIZE, dtype="int32")[None, None, :] - shift[:, :, None]  # (n, 128, 128) column
+    source = ops.clip(source, 0, ei.PADDED_SIZE - 1)[..., None]  # a clipped source is a side pad: empty
+    return tuple(ops.take_along_axis(a, source, axis=2) * EVENT_CELLS for a in (raw, truth))
 
 
 def mixed_background(raw, truth, u, share):

@@ -1,7 +1,7 @@
 """The trainer of Pix2Pix_training.py: the devices, precision and strategy; the models, their
 optimizers, the counters and the compiled train and predict steps under that strategy, with the
 recipe's levers (--gan-weight, --gan-warmup, --disc-every, --label-smoothing, --ema-decay,
---lr-decay, --pixel-loss, --noise-augment, --beside-augment, --mix-tracks, --mix-background; the
+--lr-decay, --pixel-loss, --noise-augment, --beside-augment, --mix-tracks, --mix-background, --bend-augment; the
 README's "Training" section).
 """
 
@@ -18,6 +18,7 @@ keras = import_keras()
 from pix2pix_model import (  # noqa: E402
     EVENT_CELLS,
     IMAGE_SHAPE,
+    bent_events,
     beside_segments,
     build_discriminator,
     build_generator,
@@ -52,19 +53,27 @@ def with_mixed_tracks(raw, truth, share, seed):
     return mixed_tracks(raw, truth, tf.random.stateless_uniform([tf.shape(raw)[0]], seed), share)
 
 
+def with_bent_events(raw, truth, share, seed):
+    """pix2pix_model.bent_events (--bend-augment) with TensorFlow's stateless random numbers. seed: shape (2,)."""
+    return bent_events(raw, truth, tf.random.stateless_uniform([tf.shape(raw)[0], 3], seed), share)
+
+
 def with_mixed_background(raw, truth, share, seed):
     """pix2pix_model.mixed_background (--mix-background) with stateless random numbers. seed: shape (2,)."""
     return mixed_background(raw, truth, tf.random.stateless_uniform([tf.shape(raw)[0]], seed), share)
 
 
 def augment(data, s, epoch):
-    """The training batches with --mix-tracks', --mix-background's, --noise-augment's and --beside-augment's
-    hits added, seeded by (seed, epoch, batch): a resumed epoch gets the same ones."""
+    """The training batches with --mix-tracks' hits added, --bend-augment's layers moved, then --mix-background's,
+    --noise-augment's and --beside-augment's hits added, seeded by (seed, epoch, batch): a resumed epoch gets
+    the same ones."""
     @tf.autograph.experimental.do_not_convert  # plain TensorFlow ops and Python settings: nothing to convert
     def add(i, batch):
         seed = tf.stack([tf.constant(s.seed * 100_003 + epoch, tf.int64), 2 * i])
         if s.mix_tracks:
             batch = with_mixed_tracks(*batch, s.mix_tracks, tf.random.experimental.stateless_fold_in(seed, 11))
+        if s.bend_augment:
+            batch = with_bent_events(*batch, s.bend_augment, tf.random.experimental.stateless_fold_in(seed, 17))
         if s.mix_background:
             batch = with_mixed_background(*batch, s.mix_background, tf.random.experimental.stateless_fold_in(seed, 13))
         if s.noise_augment:
@@ -72,7 +81,7 @@ def augment(data, s, epoch):
         if s.beside_augment:
             batch = with_beside_segments(*batch, s.beside_augment, tf.random.experimental.stateless_fold_in(seed, 7))
         return batch
-    on = s.noise_augment or s.beside_augment or s.mix_tracks or s.mix_background
+    on = s.noise_augment or s.beside_augment or s.mix_tracks or s.mix_background or s.bend_augment
     return data.enumerate().map(add) if on else data
 
 

@@ -5,8 +5,8 @@ for one) carry JAX and not TensorFlow; this script lets them train the same mode
 the full-width (BASE_FILTERS 64) generator reaches. It shares with the real trainer everything that
 decides the result: the generator, discriminator and losses (pix2pix_model.py), the default recipe
 (no GAN term, Adam 1e-3, beta_1 0.5, extra noise hits in the training batches), the levers
---lr-decay, --beside-augment, --mix-tracks, --mix-background and --pixel-loss with its defaults
-(cosine, 0.5, 0.5, off, bce; pix2pix_model's beside_segments, mixed_tracks, mixed_background,
+--lr-decay, --beside-augment, --mix-tracks, --mix-background, --bend-augment and --pixel-loss with its
+defaults (cosine, 0.5, 0.5, off, off, bce; pix2pix_model's beside_segments, mixed_tracks, mixed_background, bent_events,
 lr_factor and generator_loss), batch 16, the hit-weighted pixel loss (raw hits weighted too), the
 raw-hit gate at validation, and the threshold and best epoch chosen on the validation split by
 --threshold-criterion (tracks: with the file's track ids), --tracks-kept and --validation-background
@@ -60,6 +60,7 @@ GAN_WEIGHT = 0.0  # weight of the GAN term; 0 (the default) = the weighted L1 al
 NOISE_AUGMENT = pm.NOISE_AUGMENT  # extra noise hits on 0..this of each training event's cells (Pix2Pix_training's)
 BESIDE_AUGMENT = pm.BESIDE_AUGMENT  # share of training events given a segment beside a track (Pix2Pix_training's)
 MIX_TRACKS = pm.MIX_TRACKS  # share of training events given the batch's previous event's tracks (Pix2Pix_training's)
+BEND_AUGMENT = pm.BEND_AUGMENT  # share of training events whose layers move by a tilt and a bend (Pix2Pix_training's)
 MIX_BACKGROUND = pm.MIX_BACKGROUND  # share of training events given the next event's background (Pix2Pix_training's)
 LR_DECAY = pm.LR_DECAY  # none | cosine: the learning rate of each epoch, as Pix2Pix_training's --lr-decay
 PIXEL_LOSS = pm.PIXEL_LOSS  # l1 | bce: the generator's per-pixel term, as Pix2Pix_training's --pixel-loss
@@ -117,6 +118,9 @@ def make_train_step(generator, discriminator, gen_opt, disc_opt, s):
         if s.mix_tracks:
             u = jax.random.uniform(jax.random.fold_in(key, 11), (n,))
             raw, truth = pm.mixed_tracks(raw, truth, u, s.mix_tracks)
+        if s.bend_augment:
+            u = jax.random.uniform(jax.random.fold_in(key, 17), (n, 3))
+            raw, truth = pm.bent_events(raw, truth, u, s.bend_augment)
         if s.mix_background:
             u = jax.random.uniform(jax.random.fold_in(key, 13), (n,))
             raw, truth = pm.mixed_background(raw, truth, u, s.mix_background)
@@ -305,6 +309,8 @@ def parse_args(argv=None):
                    help="share of training events given the batch's previous event's track hits (raw and truth)")
     p.add_argument("--mix-background", type=float, default=MIX_BACKGROUND,
                    help="share of training events given the batch's next event's background hits (raw only)")
+    p.add_argument("--bend-augment", type=float, default=BEND_AUGMENT,
+                   help="share of training events whose layers move along the wires by a tilt and a bend")
     p.add_argument("--lr-decay", choices=("none", "cosine"), default=LR_DECAY,
                    help="cosine: each epoch's learning rate is the set one x 0.5 (1 + cos(pi epoch / --epochs))")
     p.add_argument("--pixel-loss", choices=("l1", "bce"), default=PIXEL_LOSS,

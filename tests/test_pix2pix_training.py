@@ -786,7 +786,8 @@ def test_noise_augment_adds_noise_hits_on_the_events_cells_to_the_training_batch
 def first_batches_off_and_on(events_h5, tmp_path, flag):
     """The first training batch (raw, truth) with every extra-hits lever off (some are on by default), then with
     flag on (0.99); checks that 1 is refused."""
-    levers_off = ("--noise-augment", 0, "--beside-augment", 0, "--mix-tracks", 0, "--mix-background", 0)
+    levers_off = ("--noise-augment", 0, "--beside-augment", 0, "--mix-tracks", 0, "--mix-background", 0,
+                  "--bend-augment", 0)
 
     def first_batch(*extra):
         return first_training_batch(events_h5, tmp_path, *levers_off, *extra)
@@ -875,3 +876,37 @@ def test_mix_background_adds_the_next_events_background_hits_to_the_raw_image_on
     (plain_raw, plain_truth), (aug_raw, aug_truth) = first_batches_off_and_on(events_h5, tmp_path, "--mix-background")
     np.testing.assert_array_equal(aug_truth, plain_truth)
     assert (aug_raw >= plain_raw).all() and (aug_raw > plain_raw).any()
+
+
+def test_bend_augment_moves_each_layers_hits_by_a_drawn_tilt_and_bend_in_raw_and_truth_alike(events_h5, tmp_path):
+    # A hand-made event: an upright track on wire 50 of every layer, noise hits on wires 10 and 111 of the last.
+    raw, truth = np.zeros((2, ei.LAYERS, ei.WIRES, 3), np.float32), np.zeros((2, ei.LAYERS, ei.WIRES, 3), np.float32)
+    raw[:, :, 50] = truth[:, :, 50] = 1.0
+    raw[:, -1, [10, 111]] = 1.0
+    raw, truth = (tf.constant(ei.pad_event(a)) for a in (raw, truth))
+    # u = (on, tilt, bend): event 0 tilted by +3 wires at the last layer (-3 at the first), event 1 bent by +2.
+    u = tf.constant([[0.0, 0.75, 0.5], [0.0, 0.5, 0.75]])
+    out_raw, out_truth = (ei.crop_event(np.asarray(a)).max(-1) > 0.5 for a in pm.bent_events(raw, truth, u, 1.0))
+    t = np.linspace(-1, 1, ei.LAYERS)
+    for e, shift in enumerate((np.round(3 * t), np.round(2 * t * t))):
+        wires = [np.flatnonzero(out_truth[e, layer]).tolist() for layer in range(ei.LAYERS)]
+        assert wires == [[50 + int(d)] for d in shift], (e, wires)
+    assert (out_raw >= out_truth).all() and (out_raw[:, :-1] == out_truth[:, :-1]).all()  # noise: the last layer
+    # The noise hits move with their layer (10 + 3, 10 + 2); the one moved off the 112 wires is dropped.
+    assert [np.flatnonzero(out_raw[e, -1]).tolist() for e in (0, 1)] == [[13, 53], [12, 52]]
+    # Off (share 0 or the event's draw above the share): the event unchanged.
+    for share, u_on in ((0.0, 0.0), (0.5, 0.6)):
+        same = pm.bent_events(raw, truth, tf.constant([[u_on, 0.75, 0.75]] * 2), share)
+        np.testing.assert_array_equal(np.asarray(same[0]), np.asarray(raw))
+        np.testing.assert_array_equal(np.asarray(same[1]), np.asarray(truth))
+    # Simulated events through the trainer's random numbers: on about half, seeded, the truth moving with the raw.
+    events = make_events.generate_events(64, seed=3)
+    raw, truth = (tf.constant(ei.pad_event(a).astype(np.float32) / 255) for a in events)
+    seed = tf.constant([7, 0], tf.int64)
+    assert_on_a_seeded_share_of_the_events(ptr.with_bent_events, raw, truth, seed)
+    bent_raw, bent_truth = (np.asarray(a) for a in ptr.with_bent_events(raw, truth, 1.0, seed))
+    assert (bent_raw >= bent_truth).all() and (bent_raw * (1 - pm.EVENT_CELLS) == 0).all()
+    # The training pipeline: on, other batches, every truth hit still a raw hit.
+    (plain_raw, plain_truth), (aug_raw, aug_truth) = first_batches_off_and_on(events_h5, tmp_path, "--bend-augment")
+    assert not np.array_equal(aug_truth, plain_truth)
+    assert (aug_raw >= aug_truth).all()

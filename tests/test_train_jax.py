@@ -39,14 +39,15 @@ def run(script, *args):
 
 
 TINY = ("--base-filters", 4, "--batch-size", 4, "--precision", "float32", "--learning-rate", 2e-3, "--gan-weight", 0.5)
-LEVERS = {"--lr-decay": "cosine", "--beside-augment": 0.5, "--mix-tracks": 0.5, "--mix-background": 0.5}
+LEVERS = {"--lr-decay": "cosine", "--beside-augment": 0.5, "--mix-tracks": 0.5, "--mix-background": 0.5,
+          "--bend-augment": 0.5}
 
 
 @pytest.fixture(scope="module")
 def jax_run(tmp_path_factory):
     """Two epochs of a width-4 model on 48 events (GAN term at half weight, cosine decay, beside
-    segments, another event's tracks and background on half the events); the outputs of a second file's test
-    split too."""
+    segments, another event's tracks and background, bent layers on half the events); the outputs of a second
+    file's test split too."""
     tmp = tmp_path_factory.mktemp("jax")
     split = write_events(tmp / "events.h5", 48, seed=3)
     other_split = write_events(tmp / "other.h5", 24, seed=4)
@@ -68,7 +69,8 @@ def first_epoch_losses(tmp, name, **changed):
 
 
 def test_the_levers_reach_the_training_steps(jax_run):
-    """The learning rate follows --lr-decay per epoch; --beside-augment, --mix-tracks and --mix-background change
+    """The learning rate follows --lr-decay per epoch; --beside-augment, --mix-tracks, --mix-background and
+    --bend-augment change
     what the steps train on (the same run without one of them ends its first epoch elsewhere; with all, where
     jax_run did); --pixel-loss l1 changes the pixel term the steps minimise (bce, the default, does not)."""
     tmp = jax_run[0]
@@ -80,13 +82,14 @@ def test_the_levers_reach_the_training_steps(jax_run):
     assert first_epoch_losses(tmp, "no_beside", **{"--beside-augment": 0})[0] != pytest.approx(base[0], rel=1e-6)
     assert first_epoch_losses(tmp, "no_mix", **{"--mix-tracks": 0})[0] != pytest.approx(base[0], rel=1e-6)
     assert first_epoch_losses(tmp, "no_background", **{"--mix-background": 0})[0] != pytest.approx(base[0], rel=1e-6)
+    assert first_epoch_losses(tmp, "no_bend", **{"--bend-augment": 0})[0] != pytest.approx(base[0], rel=1e-6)
     assert first_epoch_losses(tmp, "bce", **{"--pixel-loss": "bce"}) == pytest.approx(base, rel=1e-6)  # the default
     assert first_epoch_losses(tmp, "l1", **{"--pixel-loss": "l1"})[1] != pytest.approx(base[1], rel=1e-6)
 
 
 def test_the_extra_hits_are_the_same_under_jax_as_under_tensorflow(tmp_path):
-    """pix2pix_model's beside_segments, mixed_tracks and mixed_background (keras.ops) give the same images under
-    JAX as under TensorFlow (Pix2Pix_training's) for the same random numbers."""
+    """pix2pix_model's beside_segments, mixed_tracks, mixed_background and bent_events (keras.ops) give the same
+    images under JAX as under TensorFlow (Pix2Pix_training's) for the same random numbers."""
     raw, truth = (ei.pad_event(a).astype(np.float32) / 255 for a in make_events.generate_events(8, seed=5))
     rng = np.random.default_rng(1)
     np.savez(tmp_path / "in.npz", raw=raw, truth=truth, u5=rng.random((8, 5), np.float32), u1=rng.random(8, np.float32))
@@ -98,7 +101,8 @@ import pix2pix_model as pm
 d = np.load(sys.argv[1])
 np.savez(sys.argv[2], beside=np.asarray(pm.beside_segments(d["raw"], d["truth"], d["u5"], 0.5)[0]),
          mixed=np.asarray(pm.mixed_tracks(d["raw"], d["truth"], d["u1"], 0.5)[1]),
-         background=np.asarray(pm.mixed_background(d["raw"], d["truth"], d["u1"], 0.5)[0]))
+         background=np.asarray(pm.mixed_background(d["raw"], d["truth"], d["u1"], 0.5)[0]),
+         bent=np.stack(pm.bent_events(d["raw"], d["truth"], d["u5"][:, :3], 0.5)))
 """
     env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
     proc = subprocess.run([sys.executable, "-c", code, tmp_path / "in.npz", tmp_path / "jax.npz"], cwd=ROOT, env=env,
@@ -113,6 +117,9 @@ np.savez(sys.argv[2], beside=np.asarray(pm.beside_segments(d["raw"], d["truth"],
     background = np.asarray(pm.mixed_background(d["raw"], d["truth"], d["u1"], 0.5)[0])
     np.testing.assert_array_equal(under_jax["background"], background)
     assert 0 < (background != raw).any(axis=(1, 2, 3)).sum() < 8
+    bent = np.stack(pm.bent_events(d["raw"], d["truth"], d["u5"][:, :3], 0.5))
+    np.testing.assert_array_equal(under_jax["bent"], bent)
+    assert 0 < (bent[1] != truth).any(axis=(1, 2, 3)).sum() < 8
     assert 0 < (beside != raw).any(axis=(1, 2, 3)).sum() < 8 and 0 < (mixed != truth).any(axis=(1, 2, 3)).sum() < 8
 
 
