@@ -249,8 +249,8 @@ def mixed_tracks(raw, truth, u, share):
 
 # --bend-augment: the most wires the first and last layers move by the tilt, and by the bend (either way);
 # LAYER_POSITION: each padded row's layer on -1..1 (first to last layer; 0 on the empty rows).
-BEND_TILT_WIRES = 6.0
-BEND_CURVE_WIRES = 4.0
+BEND_TILT_WIRES = 10.0
+BEND_CURVE_WIRES = 6.0
 LAYER_POSITION = np.zeros(ei.PADDED_SIZE, np.float32)
 LAYER_POSITION[ei.LAYER_ROWS] = np.linspace(-1.0, 1.0, ei.LAYERS)
 

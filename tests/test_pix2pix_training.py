@@ -884,16 +884,20 @@ def test_bend_augment_moves_each_layers_hits_by_a_drawn_tilt_and_bend_in_raw_and
     raw[:, :, 50] = truth[:, :, 50] = 1.0
     raw[:, -1, [10, 111]] = 1.0
     raw, truth = (tf.constant(ei.pad_event(a)) for a in (raw, truth))
-    # u = (on, tilt, bend): event 0 tilted by +3 wires at the last layer (-3 at the first), event 1 bent by +2.
+    # u = (on, tilt, bend): event 0 tilted by half the most (at the last layer; as much the other way at the
+    # first), event 1 bent by half the most.
     u = tf.constant([[0.0, 0.75, 0.5], [0.0, 0.5, 0.75]])
     out_raw, out_truth = (ei.crop_event(np.asarray(a)).max(-1) > 0.5 for a in pm.bent_events(raw, truth, u, 1.0))
     t = np.linspace(-1, 1, ei.LAYERS)
-    for e, shift in enumerate((np.round(3 * t), np.round(2 * t * t))):
+    tilt, bend = pm.BEND_TILT_WIRES / 2, pm.BEND_CURVE_WIRES / 2
+    assert round(tilt) > 1 and round(bend) > 1  # moves that the checks below can see
+    for e, shift in enumerate((np.round(tilt * t), np.round(bend * t * t))):
         wires = [np.flatnonzero(out_truth[e, layer]).tolist() for layer in range(ei.LAYERS)]
         assert wires == [[50 + int(d)] for d in shift], (e, wires)
     assert (out_raw >= out_truth).all() and (out_raw[:, :-1] == out_truth[:, :-1]).all()  # noise: the last layer
-    # The noise hits move with their layer (10 + 3, 10 + 2); the one moved off the 112 wires is dropped.
-    assert [np.flatnonzero(out_raw[e, -1]).tolist() for e in (0, 1)] == [[13, 53], [12, 52]]
+    # The noise hits move with their layer; the one moved off the 112 wires is dropped.
+    last_layer = [np.flatnonzero(out_raw[e, -1]).tolist() for e in (0, 1)]
+    assert last_layer == [[10 + round(m), 50 + round(m)] for m in (tilt, bend)]
     # Off (share 0 or the event's draw above the share): the event unchanged.
     for share, u_on in ((0.0, 0.0), (0.5, 0.6)):
         same = pm.bent_events(raw, truth, tf.constant([[u_on, 0.75, 0.75]] * 2), share)
