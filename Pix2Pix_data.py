@@ -152,7 +152,7 @@ def decode_chunk(task):
     k = len(good)
     raw[k:], truth[k:] = 0, 0  # rows of an earlier chunk or of a bad pair
     raw_hits, truth_hits = ei.hit_mask(raw[:k]), ei.hit_mask(truth[:k])
-    stray = truth_hits & ~raw_hits  # truth hits that are not raw hits: swapped folders?
+    stray_pairs, stray_hits = ei.truth_outside_raw(raw_hits, truth_hits)  # swapped folders?
     raw_blob, truth_blob = padded_blobs(raw, truth, level)
     return {
         "good": good,
@@ -161,8 +161,8 @@ def decode_chunk(task):
         "truth": truth_blob,
         "raw_hits": int(raw_hits.sum()),
         "truth_hits": int(truth_hits.sum()),
-        "stray_hits": int(stray.sum()),
-        "stray_pairs": int(stray.any(axis=(1, 2)).sum()),
+        "stray_hits": stray_hits,
+        "stray_pairs": stray_pairs,
         **({"track_ids": np.where(truth_hits, ids[:k], 0).astype(np.uint8)} if paths and len(paths[0]) > 2 else {}),
     }
 

@@ -14,7 +14,6 @@ the result hit by hit against the truth and the CLAS12 baselines (evaluation.py)
 import argparse
 import contextlib
 import json
-import math
 import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
@@ -28,14 +27,17 @@ import evaluation
 import event_image as ei
 import hipo_denoise
 import pairs_h5
+import trained_model
 from script_utils import (
     ArgumentParser,
     InputError,
     atomic_output,
     check_not_an_input,
     check_output_path,
+    number_list,
     progress,
     run_main,
+    warn,
 )
 from trained_model import choose_threshold, cpu_cores, load_model, predicted, read_sidecar, resolve_model
 
@@ -50,7 +52,7 @@ THRESHOLD = None  # output > THRESHOLD is a hit; None = the one stored with the 
 GATE_BY_RAW_HITS = False  # keep only pixels that were hits in the raw image (no invented hits)
 BATCH_SIZE = 32
 THREADS = 0  # an .onnx model: batches predicted at once, each on one thread (0 = one per CPU core)
-SPLIT_SEED = data_management.SPLIT_SEED  # the train/validation/test split of --data
+SPLIT_SEED = None  # the split of --data: None = the model's own on the file it trained on, else data_management's
 EVALUATE = False
 TRUTH_DIR = None  # truth PNGs (same names as the inputs) for --evaluate on a folder
 TRACKS_DIR = None  # track-id PNGs (same names) for --evaluate on a folder (None: a `tracks` folder beside TRUTH_DIR)
@@ -63,21 +65,6 @@ BACKGROUND_BINS = evaluation.BACKGROUND_BINS  # lower edges of the report's back
 GRID_EVENTS = evaluation.GRID_EVENTS  # worst and best events drawn in the report
 REPORT = None  # report path prefix (default: next to the output)
 OVERWRITE = False
-
-def number_list(kind):
-    """argparse type: '0,10,20' -> (0, 10, 20), increasing."""
-    def parse(text):
-        try:
-            values = tuple(kind(v) for v in text.split(","))
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated {kind.__name__} values") from None
-        if not all(math.isfinite(v) and v >= 0 for v in values):  # the one rule of every numeric flag
-            raise argparse.ArgumentTypeError(f"{text!r}: every value must be a finite number, 0 or more")
-        if list(values) != sorted(set(values)):
-            raise argparse.ArgumentTypeError(f"{text!r}: values must increase")
-        return values
-    return parse
-
 
 def build_parser():
     """The command line; every default is a setting above."""
@@ -107,7 +94,8 @@ def build_parser():
                    help="with an .onnx model: batches predicted at once, each on one onnxruntime thread (default 0: "
                         "one per CPU core); a .keras model predicts one batch at a time on the library's own threads")
     p.add_argument("--split-seed", type=int, default=SPLIT_SEED,
-                   help=f"seed of the train/validation/test split of --data (default {SPLIT_SEED})")
+                   help="seed of the train/validation/test split of --data (default: the model's training split "
+                        f"on the file it trained on, else {data_management.SPLIT_SEED})")
     ev = p.add_argument_group("evaluation")
     ev.add_argument("--evaluate", action="store_true", default=EVALUATE,
                     help="score hit by hit against the truth and the baselines (keep-all, SNR, optionally CAE)")
@@ -159,14 +147,16 @@ def parse_args(argv=None):
         raise InputError(f"--grid-events {args.grid_events}: must be 0 or more")
     if args.batch_size < 1:
         raise InputError(f"--batch-size {args.batch_size}: must be at least 1")
-    if args.truth_dir and not args.evaluate:
-        raise InputError("--truth-dir is only used with --evaluate")
+    if args.truth_dir and not (args.evaluate and args.input_dir):
+        raise InputError("--truth-dir is only used with --evaluate on --input-dir (--data holds its truth)")
     if args.tracks_dir and not (args.evaluate and args.input_dir):
         raise InputError("--tracks-dir is only used with --evaluate on --input-dir")
     if args.evaluate and args.input_dir and not args.truth_dir:
         raise InputError("--evaluate on a PNG folder needs --truth-dir")
     if args.baseline_cae and not args.evaluate:
         raise InputError("--baseline-cae is only used with --evaluate")
+    if args.cae_epochs is not None and args.cae_epochs < 1:
+        raise InputError(f"--cae-epochs must be at least 1, got {args.cae_epochs}")
     if args.baseline_cae and not (args.cae_data or args.data):
         raise InputError("--baseline-cae on a PNG folder or a HIPO file needs --cae-data (the HDF5 file the CAE "
                          "trains on)")
@@ -198,13 +188,19 @@ class PngFolderReader:
         """Read every PNG (and its truth) once: a bad file stops the run before anything is written
         (the first batches, up to keep_bytes, are kept for the run rather than read twice)."""
         bar, size, self.checked = progress(total=len(self), desc="checking inputs", unit="event"), 0, []
+        stray = np.zeros(2, np.int64)  # events with truth hits that are not raw hits, and those hits
         for start in range(0, len(self.names), self.batch_size):
             batch = self.read(self.names[start:start + self.batch_size])
             size += sum(a.nbytes for a in batch[1:] if a is not None)
             if size <= self.keep_bytes:
                 self.checked.append(batch)
+            if batch[2] is not None:
+                stray += ei.truth_outside_raw(batch[1], batch[2])
             bar.update(len(batch[0]))
         bar.close()
+        if stray[0]:
+            warn(f"{stray[0]} event(s) have truth hits that are not raw hits ({stray[1]} in all): are --input-dir "
+                 "and --truth-dir swapped? (the scores count raw hits only)")
 
     def read(self, names):
         """(names, raw hit masks, truth hit masks or None, track ids or None) of these events."""
@@ -225,7 +221,7 @@ class H5SplitReader:
     """The test split of the project's HDF5 file, in file order (names from its `names`, else indices),
     with the track ids of its optional `track_ids` dataset (else None)."""
 
-    def __init__(self, data, split_seed=SPLIT_SEED, batch_size=BATCH_SIZE):
+    def __init__(self, data, split_seed=data_management.SPLIT_SEED, batch_size=BATCH_SIZE):
         self.data, self.batch_size = data, batch_size
         self.indices = np.asarray(data_management.load_split(data, split_seed=split_seed)["test"], np.int64)
         if len(self.indices) == 0:
@@ -424,11 +420,13 @@ def png_job(args, out, inputs):
     return reader, writer
 
 
-def h5_job(args, out, model_path, threshold):
+def h5_job(args, out, model_path, threshold, info):
     """Reader and writer of the HDF5 file's test split, the input and output checked."""
     if not Path(args.data).is_file():
         raise InputError(f"{args.data}: data file not found")
     data_management.check_h5(args.data)
+    args.split_seed = trained_model.scored_split_seed(args.split_seed, data_management.fingerprint(args.data),
+                                                      info, model_path, data_management.SPLIT_SEED)
     reader = H5SplitReader(args.data, args.split_seed, args.batch_size)
     layout = {k: list(v) if isinstance(v, tuple) else v for k, v in ei.LAYOUT.items()}
     attrs = {"source": str(Path(args.data).resolve()), "model": str(model_path), "threshold": threshold,
@@ -447,15 +445,13 @@ def main(argv=None):
     if args.hipo:
         hipo_denoise.check_job(args.hipo, out, args.overwrite, args.evaluate)
         writer = None
+    elif args.input_dir:
+        reader, writer = png_job(args, out, inputs)
     else:
-        reader, writer = png_job(args, out, inputs) if args.input_dir else h5_job(args, out, model_path, threshold)
+        reader, writer = h5_job(args, out, model_path, threshold, info)
 
     model, _ = load_model(model_path, args.threads or cpu_cores())
-    settings = info.get("settings", {})
-    times = settings.get("validation_background", 1)
-    chosen = settings.get("threshold_criterion", "?") + (f", {times} events' background" if times != 1 else "")
-    origin = f", from validation (criterion {chosen})" if args.threshold is None else ""
-    print(f"model {model_path} (threshold {threshold:.3f}{origin})")
+    print(f"model {model_path} (threshold {threshold:.3f}{trained_model.threshold_origin(args.threshold, info)})")
     scoring = baselines = None
     if args.evaluate:
         cae_data = (args.cae_data or args.data) if args.baseline_cae else None

@@ -252,6 +252,8 @@ def parse_args(argv=None):
     args = build_parser().parse_args(argv)
     if args.verify_events < 1:
         raise InputError(f"--verify-events {args.verify_events}: must be at least 1")
+    if args.threshold is not None and not args.threshold < 1:
+        raise InputError(f"--threshold {args.threshold}: must be in [0, 1) (a probability above it keeps a hit)")
     output = Path(args.output)
     if output.suffix != SUFFIXES[args.format]:
         raise InputError(f"{output}: a {args.format} model file ends with {SUFFIXES[args.format]}")
@@ -270,12 +272,14 @@ def load_trained(args):
 def sidecar_for(args, model_path, info, threshold, file_sha, check):
     """What the JSON beside the export records: interface, threshold, provenance, verification."""
     tensor = {"shape": list(ei.MODEL_TENSOR_SHAPE), "dtype": "float32"}
-    return {"format": args.format, "file": Path(args.output).name, "sha256": file_sha, "threshold": threshold,
+    source = {"threshold_source": "validation"} if args.threshold is None else {
+        "threshold_source": "export --threshold", "validation_threshold": info.get("threshold")}
+    return {"format": args.format, "file": Path(args.output).name, "sha256": file_sha, "threshold": threshold, **source,
             "decision": "probability > threshold keeps a hit",
             "input": dict(tensor, name=ei.MODEL_INPUT, meaning="1.0 at (layer-1, wire-1) of a hit, else 0.0"),
             "output": dict(tensor, name=ei.MODEL_OUTPUT, meaning="hit probability per wire, 0 where no input hit"),
             "layout": ei.LAYOUT, "source_model": str(model_path),
-            "training": {k: info.get(k) for k in ("epoch", "step", "base_filters", "validation", "settings")},
+            "training": {k: info.get(k) for k in ("epoch", "step", "base_filters", "validation", "settings", "data")},
             "verification": check}
 
 

@@ -56,6 +56,7 @@ from training_files import (  # noqa: E402
     architecture,
     check_output_dir,
     check_same_data,
+    check_same_settings,
     data_record,
     export_generator,
     read_history,
@@ -168,6 +169,7 @@ def set_up(s):
     replicas = strategy.num_replicas_in_sync
     data = data_record(s.data)
     check_same_data(out, data)  # before anything is written (the split beside the data too)
+    check_same_settings(out, vars(s))
     split, steps_per_epoch, validation, validation_ids = load_data(s, replicas)
 
     restored = restore_latest(trainer, out / "checkpoints")
@@ -471,8 +473,10 @@ def parse_args(argv=None):
     if not 0 < s.tracks_kept <= 1:
         raise InputError(f"--tracks-kept must be in (0, 1], not {s.tracks_kept}")
     if not 1 <= s.validation_background <= s.batch_size:
+        hint = (f" (its default is {VALIDATION_BACKGROUND}: with --batch-size {s.batch_size} give "
+                f"--validation-background {s.batch_size})" if s.batch_size < s.validation_background else "")
         raise InputError(f"--validation-background must be 1 to --batch-size ({s.batch_size}), "
-                         f"not {s.validation_background} (with --batch-size 1 give --validation-background 1)")
+                         f"not {s.validation_background}{hint}")
     for name in ("hit_weight", "generator_lr", "discriminator_lr"):
         if not getattr(s, name) > 0:
             raise InputError(f"--{name.replace('_', '-')} must be positive, not {getattr(s, name)}")

@@ -22,7 +22,7 @@ import h5py
 import numpy as np
 
 import data_management
-from data_management import fingerprint, load_split, warnings_as_lines
+from data_management import fingerprint, load_split
 from event_image import LAYERS, LAYERS_PER_SUPERLAYER, SUPERLAYERS, WIRES, crop_event, hit_mask, hit_scores
 from script_utils import ArgumentParser, InputError, atomic_output, check_not_an_input, import_keras, progress, run_main
 
@@ -394,8 +394,7 @@ def keep_function(method, args):
 def main(argv=None):
     """Score the chosen baselines on one split and print one line of scores per baseline."""
     args = parse_args(argv)
-    with warnings_as_lines():
-        indices = load_split(args.data, split_seed=args.split_seed)[args.split][:args.max_events]
+    indices = load_split(args.data, split_seed=args.split_seed)[args.split][:args.max_events]
     if len(indices) == 0:
         raise InputError(f"{args.data}: the {args.split} split is empty")
     raw, truth = read_masks(args.data, indices, desc=f"{args.split} events")

@@ -16,7 +16,6 @@ Run on its own it prints a summary of the split and times one epoch of the train
 """
 
 import argparse
-import contextlib
 import hashlib
 import itertools
 import sys
@@ -29,7 +28,7 @@ import numpy as np
 
 import pairs_h5
 from event_image import CHANNELS, LAYERS, PADDED_SIZE, PNG_HIT_THRESHOLD, WIRES, crop_event, hit_mask
-from script_utils import ArgumentParser, InputError, atomic_output, import_tensorflow, progress, run_main, warn
+from script_utils import ArgumentParser, InputError, atomic_output, import_tensorflow, progress, run_main
 
 # --- Settings (each one has a command-line option) ------------------------------------------
 DATA = "data/pairs.h5"  # the file written by Pix2Pix_data.py
@@ -412,14 +411,6 @@ def time_epoch(dataset):
     return pairs, time.perf_counter() - t0
 
 
-@contextlib.contextmanager
-def warnings_as_lines():
-    """Inside: a Python warning (SplitChangedWarning) is printed as script_utils.warn's one line."""
-    with warnings.catch_warnings():
-        warnings.showwarning = lambda message, *_, **__: warn(message)
-        yield
-
-
 def build_parser():
     """The command line: every setting above."""
     p = ArgumentParser(description=__doc__)
@@ -467,11 +458,11 @@ def main(argv=None):
     """Make or reuse the split, print its summary and time one training epoch."""
     args = parse_args(argv)
     saved = split_path(args.data)
-    existed = saved.exists()
-    with warnings_as_lines():
-        split = load_split(args.data, args.split_seed, args.test_fraction, args.validation_fraction)
+    before = saved.stat().st_mtime_ns if saved.exists() else None
+    split = load_split(args.data, args.split_seed, args.test_fraction, args.validation_fraction)
+    reused = before is not None and saved.exists() and saved.stat().st_mtime_ns == before  # not made again
     n = sum(len(v) for v in split.values())
-    print(f"{args.data}: {n} pairs, split {'reused from' if existed else 'saved to'} {saved} "
+    print(f"{args.data}: {n} pairs, split {'reused from' if reused else 'saved to'} {saved} "
           f"(split seed {args.split_seed})")
     print_split_table(args.data, split, args.batch_size)
     if not args.no_timing:

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from script_utils import ArgumentParser, run_main
+from script_utils import ArgumentParser, InputError, check_folder_can_be_made, run_main
 
 # --- Settings (each one can be overridden on the command line) ----------------------------
 OUTPUT_ROOT = "demo_output"  # each run gets its own timestamped folder in here
@@ -34,6 +34,7 @@ TINY = False  # a seconds-long smoke run (CI), with the sizes of TINY_SIZES
 HIPO = False  # also run the HIPO route on the same events (events.hipo -> HDF5 pairs, denoised HIPO file)
 # ---------------------------------------------------------------------------------------------
 TINY_SIZES = dict(events=96, epochs=1, base_filters=4, cae_epochs=1, hipo=True)
+MIN_EVENTS = 64  # fewer leave the training split short of one batch
 
 HERE = Path(__file__).resolve().parent
 
@@ -90,11 +91,23 @@ def hipo_route(a, out, h5, run):
          "Pix2Pix_denoise.py", "--model", run, "--hipo", hipo, "--output", denoised, "--evaluate")
 
 
-def main(argv=None):
-    """Run the five steps with the command line's settings."""
+def parse_args(argv=None):
+    """The settings, refused in one line (InputError) before any folder is made where they cannot work."""
     a = build_parser().parse_args(argv)
     if a.tiny:
         vars(a).update(TINY_SIZES)
+    if a.events < MIN_EVENTS:
+        raise InputError(f"--events must be at least {MIN_EVENTS}, not {a.events}")
+    for name in ("epochs", "base_filters", "cae_epochs"):
+        if getattr(a, name) < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(a, name)}")
+    check_folder_can_be_made(a.output_root)
+    return a
+
+
+def main(argv=None):
+    """Run the five steps with the command line's settings."""
+    a = parse_args(argv)
     out = Path(a.output_root) / time.strftime("run-%Y%m%d-%H%M%S")
     out.mkdir(parents=True)
     t0 = time.time()

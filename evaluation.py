@@ -232,7 +232,7 @@ def tracking_verdict(result):
 
 
 def fake_segment_counts(result):
-    """' Fake segments in these N events: model a; SNR b (fewer, p < 0.001); CAE c (too few to tell apart, ...).'
+    """' Fake segments in these N events: model a; SNR b (fewer, p < 0.001); CAE c (as many within chance, ...).'
 
     The counts behind the per-event figures, and whether they differ by more than chance: each p is the
     two-sided exact binomial test of the model's share of the two methods' total against one half, how often
@@ -246,7 +246,7 @@ def fake_segment_counts(result):
         total = ours + counts[other]
         p = stats.binomtest(ours, total, 0.5).pvalue if total else 1.0
         p_text = "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
-        word = "too few to tell apart" if p >= 0.05 else ("fewer" if ours < counts[other] else "more")
+        word = "as many within chance" if p >= 0.05 else ("fewer" if ours < counts[other] else "more")
         parts.append(f"{other} {counts[other]} ({word}, {p_text})")
     if not parts:
         return ""

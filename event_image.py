@@ -104,6 +104,12 @@ def hit_mask(image, threshold=PNG_HIT_THRESHOLD):
     return brightest > threshold
 
 
+def truth_outside_raw(raw_hits, truth_hits):
+    """(events, hits) of truth hit masks that are not raw hits: what swapped raw and truth inputs give."""
+    stray = np.asarray(truth_hits) & ~np.asarray(raw_hits)
+    return int(stray.any(axis=(1, 2)).sum()), int(stray.sum())
+
+
 def mask_to_image(mask):
     """uint8 RGB image(s) (..., 3): HIT_VALUE where the mask is set, 0 elsewhere."""
     return np.repeat(np.asarray(mask, bool)[..., None], CHANNELS, axis=-1).astype(np.uint8) * HIT_VALUE

@@ -2,7 +2,7 @@
 
 - InputError, run_main, ArgumentParser: a bad input or setting is one line on stderr and
   exit code 2, with no traceback (imported as a library, InputError is an ordinary exception).
-- warn: the one way a script prints a warning.
+- warn: the one way a script prints a warning (run_main prints Python warnings through it too).
 - atomic_output: every file and folder the project writes goes through it.
 - catch_stop_signals / check_stop: Ctrl-C or SIGTERM stops a loop between steps (Pix2Pix_training).
 - start_pool: worker pools that an interrupt cannot leave half made.
@@ -23,6 +23,7 @@ import signal
 import sys
 import tempfile
 import threading
+import warnings
 from pathlib import Path
 
 from tqdm import tqdm
@@ -38,9 +39,11 @@ class InputError(Exception):
 
 
 def run_main(main, argv=None):
-    """Run main(argv) as a script: InputError -> one line on stderr and exit 2, Ctrl-C -> 130."""
+    """Run main(argv) as a script: InputError -> one line on stderr and exit 2, Ctrl-C -> 130, a Python
+    warning -> warn's one line."""
     try:
-        code = main(argv)
+        with warnings_as_lines():
+            code = main(argv)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
@@ -84,6 +87,21 @@ def setting_number(kind):
     return parse
 
 
+def number_list(kind):
+    """argparse type: '0,10,20' -> (0, 10, 20), increasing."""
+    def parse(text):
+        try:
+            values = tuple(kind(v) for v in text.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated {kind.__name__} values") from None
+        if not all(math.isfinite(v) and v >= 0 for v in values):  # the one rule of every numeric flag
+            raise argparse.ArgumentTypeError(f"{text!r}: every value must be a finite number, 0 or more")
+        if list(values) != sorted(set(values)):
+            raise argparse.ArgumentTypeError(f"{text!r}: values must increase")
+        return values
+    return parse
+
+
 def json_ready(obj):
     """obj with NaN/inf -> None and numpy values -> Python ones: strict JSON that every reader takes."""
     if isinstance(obj, dict):
@@ -100,6 +118,15 @@ def json_ready(obj):
 def warn(message):
     """A warning line on stderr: the run goes on."""
     print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def warnings_as_lines():
+    """Inside: a Python warning (data_management's SplitChangedWarning, a library's) is printed as warn's
+    one line, without the file, line and source that Python adds."""
+    with warnings.catch_warnings():
+        warnings.showwarning = lambda message, *_, **__: warn(message)
+        yield
 
 
 def check_output_path(target, overwrite, folder=False):
@@ -126,6 +153,16 @@ def check_output_path(target, overwrite, folder=False):
         raise InputError(f"{target}: folder {parent} does not exist")
     if not os.access(parent, os.W_OK):
         raise InputError(f"{target}: folder {parent} is not writable")
+
+
+def check_folder_can_be_made(folder):
+    """Refuse a folder path under a file or a read-only folder (the nearest part of it that exists)."""
+    folder = Path(folder)
+    made_in = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
+    if not made_in.is_dir():
+        raise InputError(f"{folder}: {made_in} is not a folder")
+    if not os.access(made_in, os.W_OK | os.X_OK):
+        raise InputError(f"{folder}: folder {made_in} is not writable")
 
 
 def check_not_an_input(output, inputs):

@@ -12,6 +12,7 @@ without TensorFlow. Beside either, a sidecar JSON holds the threshold chosen on 
 import collections
 import json
 import os
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -32,6 +33,8 @@ class KerasModel:
     concurrent_batches = 1
 
     def __init__(self, path, threads=None):
+        if not zipfile.is_zipfile(path):  # Keras itself would say "file not found"
+            raise InputError(f"{path}: not a Keras model file (a .keras file is a zip archive)")
         keras = import_keras()
         try:
             self.model = keras.models.load_model(path, compile=False)
@@ -131,6 +134,37 @@ def read_sidecar(model_path):
     return info
 
 
+def training_data(info, model_path):
+    """(fingerprint, split seed) of the pairs file a model trained on, from its sidecar (an export keeps the
+    training's under "training"), else from run_config.json beside it (runs before the sidecar held it);
+    (None, None) where neither says."""
+    training = info.get("training") or info
+    record, seed = training.get("data"), (training.get("settings") or {}).get("split_seed")
+    config = Path(model_path).parent / "run_config.json"
+    if record is None and config.is_file():
+        try:
+            saved = json.loads(config.read_text())
+            record, seed = saved.get("data"), seed if seed is not None else saved["settings"]["split_seed"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None, None
+    if not isinstance(record, dict) or seed is None:
+        return None, None
+    return record.get("fingerprint"), seed
+
+
+def scored_split_seed(given, fingerprint, info, model_path, default):
+    """The split seed whose test events are scored on a pairs file of this fingerprint: the model's own on
+    the file it trained on (another seed's test events would hold its training events: refused), else
+    given or default."""
+    trained_on, seed = training_data(info, model_path)
+    if trained_on is None or trained_on != fingerprint:
+        return default if given is None else given
+    if given is not None and given != seed:
+        raise InputError(f"{model_path} trained on this file with split seed {seed}: the test events of "
+                         f"--split-seed {given} hold its training events; leave --split-seed out")
+    return seed
+
+
 def load_model(path, threads=None):
     """(model, info): the model of a file or training directory, and its sidecar JSON ({} if none).
 
@@ -145,9 +179,26 @@ def choose_threshold(threshold, info, model_path):
     if threshold is not None:
         return float(threshold)
     t = info.get("threshold")
+    sidecar = Path(model_path).with_suffix(".json")
+    if not sidecar.is_file():
+        raise InputError(f"{model_path}: no {sidecar.name} beside it with the threshold chosen on validation; give "
+                         "--threshold")
     if isinstance(t, bool) or not isinstance(t, int | float) or not 0.0 <= t < 1.0:
-        raise InputError(f"{Path(model_path).with_suffix('.json')}: no valid stored threshold; give --threshold")
+        raise InputError(f"{sidecar}: no valid stored threshold; give --threshold")
     return float(t)
+
+
+def threshold_origin(given, info):
+    """', from validation (criterion ...)' or ', set at export; validation chose T': where a stored
+    threshold came from ('' for one given on the command line)."""
+    if given is not None:
+        return ""
+    if info.get("threshold_source") == "export --threshold":
+        return f", set at export; validation chose {info.get('validation_threshold')}"
+    settings = (info.get("training") or info).get("settings") or {}  # an export keeps the training's
+    times = settings.get("validation_background", 1)
+    chosen = settings.get("threshold_criterion", "?") + (f", {times} events' background" if times != 1 else "")
+    return f", from validation (criterion {chosen})"
 
 
 def predicted(model, batches):

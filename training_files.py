@@ -5,14 +5,13 @@ the exported generators (generator_best / generator_final .keras + .json).
 
 import csv
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
 import data_management
 import event_image as ei
-from script_utils import InputError, atomic_output, import_tensorflow, json_ready, warn
+from script_utils import InputError, atomic_output, check_folder_can_be_made, import_tensorflow, json_ready, warn
 
 tf = import_tensorflow()  # first, so that its C++ start-up lines stay off stderr
 
@@ -28,6 +27,9 @@ from pix2pix_model import (  # noqa: E402
 CSV_FIELDS = ("epoch", "step", "gen_total", "gen_gan", "gen_l1", "disc", "val_l1", "threshold", "efficiency",
               "rejection", "purity", "f1", "invented_per_event", "seconds", "images_per_s", "disc_winning", "collapse",
               "tracks_kept", "fake_segments_per_event")  # the last two: --threshold-criterion tracks only (else empty)
+# settings a resume may change (the rest must be the run's: check_same_settings)
+RESUME_MAY_CHANGE = {"epochs", "output_dir", "data", "checkpoint_every", "keep_checkpoints", "sample_events",
+                     "logical_cpus", "keep_worker_checkpoints", "mixed_precision", "deterministic", "collapse_drop"}
 RECENT_EPOCHS = 5  # the sidecar compares the exported epoch's F1 with the median of the run's last this many
 
 
@@ -56,11 +58,7 @@ def check_output_dir(out, wanted, chief=True):
     config_path = out / "run_config.json"
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: is not a folder")
-    made_in = next(p for p in (out, *out.parents) if p.exists())  # the nearest folder that exists
-    if not made_in.is_dir():
-        raise InputError(f"{out}: {made_in} is not a folder")
-    if not os.access(made_in, os.W_OK | os.X_OK):
-        raise InputError(f"{out}: folder {made_in} is not writable")
+    check_folder_can_be_made(out)
     if config_path.exists():
         try:
             saved = json.loads(config_path.read_text())["architecture"]
@@ -104,6 +102,20 @@ def check_same_data(out, wanted):
                          "fingerprint differs); use another --output-dir")
     raise InputError(f"{out}: holds a run started on {saved.get('path')}, not on --data {wanted['path']} (another "
                      "pairs file: the fingerprints differ); resume with the run's file or use another --output-dir")
+
+
+def check_same_settings(out, settings):
+    """Refuse to resume a run with settings that change what it learns or how its best epoch is chosen
+    (run_config.json's "settings"; those of RESUME_MAY_CHANGE, and settings it does not record, may differ)."""
+    config_path = out / "run_config.json"
+    if not config_path.exists():
+        return
+    saved = json.loads(config_path.read_text()).get("settings") or {}
+    changed = [f"--{k.replace('_', '-')} {saved[k]} there, {v} asked" for k, v in settings.items()
+               if k in saved and k not in RESUME_MAY_CHANGE and saved[k] != v]
+    if changed:
+        raise InputError(f"{out}: holds a run started with other settings ({'; '.join(changed)}); resume with "
+                         "the run's settings or use another --output-dir")
 
 
 def is_worker_folder(path):
@@ -227,7 +239,8 @@ def save_samples(path, first, threshold, n):
 
 def export_generator(trainer, out, stem, scores, epoch, step, settings, stability=None):
     """generator_<stem>.keras (float32 copy of the weights, the EMA's with --ema-decay, gated if so set) and
-    its JSON with the threshold and the epoch's F1 against the run's recent median (run_stability)."""
+    its JSON with the threshold, the epoch's F1 against the run's recent median (run_stability) and the pairs
+    file it trained on (run_config.json's record: Pix2Pix_denoise scores that file's own test events)."""
     weights = (trainer.ema_generator or trainer.generator).get_weights()
     if not all(np.isfinite(w).all() for w in weights):
         raise InputError(f"{out / stem}.keras: not written, the generator's weights are not finite (nan or inf)")
@@ -239,7 +252,8 @@ def export_generator(trainer, out, stem, scores, epoch, step, settings, stabilit
     with atomic_output(out / f"{stem}.keras", overwrite=True, ext=".keras") as tmp:  # Keras wants the ending
         model.save(tmp)
     validation = {k: v for k, v in scores.items() if k != "threshold"}
+    data = json.loads((out / "run_config.json").read_text()).get("data")  # the pairs file: denoising's split
     write_json(out / f"{stem}.json", {"threshold": scores["threshold"], "epoch": epoch, "step": step,
                                       "base_filters": trainer.s.base_filters, "validation": validation,
-                                      "precision": trainer.precision, "settings": settings,
+                                      "precision": trainer.precision, "settings": settings, "data": data,
                                       "stability": stability})

@@ -284,6 +284,12 @@ def test_script_prints_the_summary(tmp_path, script):
         in proc.stdout
     assert "saved to" in proc.stdout
     assert "reused from" in script("data_management.py", h5, "--no-timing").stdout  # the old positional
+    # A damaged split file is replaced: one warning line (no Python source line), and "saved to", not "reused".
+    dm.split_path(h5).write_bytes(b"not a split")
+    proc = script("data_management.py", "--data", h5, "--no-timing")
+    assert proc.returncode == 0 and "saved to" in proc.stdout and "reused from" not in proc.stdout
+    assert [line.split(":")[0] for line in proc.stderr.splitlines() if line.strip()] == ["warning"], proc.stderr
+    assert "replacing the saved split" in proc.stderr
 
 
 def test_help_lists_the_settings(script):

@@ -4,7 +4,7 @@ import json
 import math
 
 import pytest
-from conftest import run_script
+from conftest import assert_one_line_error, run_script
 
 import clas12_hipo
 
@@ -59,3 +59,16 @@ def test_tiny_demo_runs_the_whole_chain(tmp_path):
     hipo_report = json.loads((run / "events_denoised.report.json").read_text())
     assert hipo_report["events"] == 96 and list(hipo_report["methods"]) == ["model", "keep-all", "SNR"]
     assert_a_working_model(hipo_report)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--events", "10"], ["--events must be at least 64, not 10"]),
+    (["--epochs", "0"], ["--epochs must be at least 1, not 0"]),
+    (["--output-root", "AFILE/runs"], ["afile is not a folder"]),
+])
+def test_settings_that_cannot_work_are_one_line_before_any_folder(tmp_path, args, words):
+    (tmp_path / "afile").write_text("a user's file")
+    args = [a.replace("AFILE", str(tmp_path / "afile")) for a in args]
+    proc = run_script("demo.py", "--output-root", tmp_path / "out", *args)
+    assert_one_line_error(proc, *words)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]

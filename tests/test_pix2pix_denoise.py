@@ -249,6 +249,23 @@ def test_png_evaluate_report_and_table(models, folders, capsys):
     assert (tmp / "out.report.png").is_file() and (tmp / "out.report.events.png").is_file()
 
 
+def test_swapped_raw_and_truth_folders_are_named_in_a_warning(script, models, folders):
+    """Truth hits that are not raw hits (the folders given the wrong way round) get one warning line; the
+    right way round, none."""
+    tmp, raw, truth, names = folders
+    proc = script(SCRIPT, "--model", models["track"], "--input-dir", tmp / "truth", "--output-dir", tmp / "o",
+                  "--evaluate", "--truth-dir", tmp / "raw")
+    assert proc.returncode == 0, proc.stderr
+    noise = ei.hit_mask(raw) & ~ei.hit_mask(truth)
+    expected = (f"warning: {int(noise.any(axis=(1, 2)).sum())} event(s) have truth hits that are not raw hits "
+                f"({int(noise.sum())} in all): are --input-dir and --truth-dir swapped?")
+    assert [line for line in proc.stderr.splitlines() if "swapped" in line] == [
+        expected + " (the scores count raw hits only)"]
+    proc = script(SCRIPT, "--model", models["track"], "--input-dir", tmp / "raw", "--output-dir", tmp / "o2",
+                  "--evaluate", "--truth-dir", tmp / "truth")
+    assert proc.returncode == 0 and "swapped" not in proc.stderr
+
+
 def test_png_evaluate_with_track_ids_from_the_tracks_folder(models, folders):
     tmp, raw, truth, names = folders
     (tmp / "tracks").mkdir()  # beside truth/: found without a flag
@@ -327,7 +344,8 @@ def test_bad_inputs_one_line_error_and_no_output(script, models, folders, tmp_pa
     base = ["--input-dir", tmp / "raw", "--output-dir", out]
     broken = tmp_path / "broken.keras"
     broken.write_bytes(b"not a zip file")
-    assert_one_line_error(script(SCRIPT, "--model", broken, *base, "--threshold", "0.5"), "broken.keras", "cannot load")
+    assert_one_line_error(script(SCRIPT, "--model", broken, *base, "--threshold", "0.5"), "broken.keras",
+                          "not a Keras model file")
     (tmp / "empty").mkdir()
     assert_one_line_error(script(SCRIPT, "--model", models["track"], "--input-dir", tmp / "empty", "--output-dir", out),
                           "empty", "no .png files")
@@ -348,10 +366,12 @@ def test_bad_inputs_one_line_error_and_no_output(script, models, folders, tmp_pa
     ("missing truth", "event_0005.png: file not found"),
     ("evaluate without truth", "needs --truth-dir"),
     ("threshold out of range", "--threshold 1.5: must be in [0, 1)"),
-    ("no stored threshold", "bare.json: no valid stored threshold; give --threshold"),
+    ("no stored threshold", "bare.keras: no bare.json beside it with the threshold chosen on validation"),
     ("both inputs", "exactly one input"),
     ("decreasing bins", "--background-bins: '10,5': values must increase"),
     ("no model", "the following arguments are required: --model"),
+    ("cae epochs 0", "--cae-epochs must be at least 1, got 0"),
+    ("truth dir with data", "--truth-dir is only used with --evaluate on --input-dir"),
     ("negative threads", "--threads: -1 must not be negative"),
 ])
 def test_bad_settings_are_input_errors_before_any_output(models, folders, tmp_path, case, words):
@@ -379,6 +399,11 @@ def test_bad_settings_are_input_errors_before_any_output(models, folders, tmp_pa
         args = args[2:]
     elif case == "negative threads":
         args += ["--threads", "-1"]
+    elif case == "cae epochs 0":
+        args += ["--evaluate", "--truth-dir", tmp / "truth", "--baseline-cae", "--cae-data", tmp_path / "x.h5",
+                 "--cae-epochs", "0"]
+    elif case == "truth dir with data":
+        args = [*args[:2], "--data", tmp_path / "x.h5", "--evaluate", "--truth-dir", tmp / "truth"]
     with pytest.raises(InputError) as err:
         run_main(*args)
     assert words in str(err.value)
@@ -496,6 +521,38 @@ def test_h5_test_split_denoised_and_scored(models, h5file, capsys):
         run_main("--model", models["run"], "--data", path, "--output", out)
     with pytest.raises(InputError, match="output is the input file"):
         run_main("--model", models["run"], "--data", path, "--output", path, "--overwrite")
+
+
+def test_h5_scores_the_test_events_of_the_split_the_model_trained_on(models, h5file, tmp_path):
+    """A sidecar recording the pairs file (its fingerprint) and split seed 7: --data on that file scores split
+    7's test events; another split seed there is refused (its test events hold training events); on another
+    file the default split."""
+    import h5py
+
+    import data_management
+
+    path, raw, truth = h5file
+    model = shutil.copy(models["track"], tmp_path / "m.keras")
+    sidecar = {"threshold": 0.5, "settings": {"split_seed": 7},
+               "data": {"path": "elsewhere/events.h5", "fingerprint": data_management.fingerprint(path)}}
+    Path(model).with_suffix(".json").write_text(json.dumps(sidecar))
+    ours = data_management.make_split(16, 7)["test"]
+    assert set(ours) != set(data_management.make_split(16, data_management.SPLIT_SEED)["test"])
+    assert run_main("--model", model, "--data", path, "--output", tmp_path / "a.h5") == 0
+    with h5py.File(tmp_path / "a.h5", "r") as f:
+        np.testing.assert_array_equal(f["indices"][:], np.sort(ours))
+    with pytest.raises(InputError, match=r"m.keras trained on this file with split seed 7: the test events of "
+                                         r"--split-seed 1234 hold its training events"):
+        run_main("--model", model, "--data", path, "--output", tmp_path / "b.h5", "--split-seed", 1234)
+    assert not (tmp_path / "b.h5").exists()
+    assert run_main("--model", model, "--data", path, "--output", tmp_path / "c.h5", "--split-seed", 7) == 0
+    other = tmp_path / "other.h5"  # other pairs: the model did not train on them
+    shutil.copy(path, other)
+    with h5py.File(other, "a") as f:
+        f["raw"][0] = 0
+    assert run_main("--model", model, "--data", other, "--output", tmp_path / "d.h5") == 0
+    with h5py.File(tmp_path / "d.h5", "r") as f:
+        np.testing.assert_array_equal(f["indices"][:], data_management.load_split(other)["test"])
 
 
 def test_h5_bad_file_one_line_error(script, models, tmp_path):

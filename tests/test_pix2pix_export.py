@@ -16,6 +16,7 @@ from script_utils import InputError, import_keras
 
 keras = import_keras()
 import pix2pix_model  # noqa: E402
+import trained_model  # noqa: E402
 
 SCRIPT = "Pix2Pix_export.py"
 
@@ -41,8 +42,9 @@ def run(tmp_path_factory):
     on_hits = keras_probabilities(generator, hits)[hits > 0]
     threshold = round(float(np.median(on_hits)), 4)  # about half the hits kept: decisions are tested
     generator.save(folder / "generator_best.keras")
+    settings = {"threshold_criterion": "tracks", "validation_background": 2}
     (folder / "generator_best.json").write_text(json.dumps({"threshold": threshold, "epoch": 2, "base_filters": 4,
-                                                            "validation": {"f1": 0.5}}))
+                                                            "validation": {"f1": 0.5}, "settings": settings}))
     return folder, generator, threshold
 
 
@@ -91,12 +93,19 @@ def test_sidecar_and_metadata_carry_the_threshold(run, exported):
     assert float(meta["threshold"]) == threshold
 
 
-def test_threshold_override_is_stored(run, tmp_path):
+def test_threshold_override_is_stored_and_said(run, exported, tmp_path):
     folder, _, _ = run
     out = tmp_path / "t.onnx"
     assert export.main(["--model", str(folder), "--output", str(out), "--verify-events", "8",
                         "--threshold", "0.3"]) == 0
-    assert json.loads(out.with_suffix(".json").read_text())["threshold"] == 0.3
+    sidecar = json.loads(out.with_suffix(".json").read_text())
+    assert sidecar["threshold"] == 0.3 and sidecar["threshold_source"] == "export --threshold"
+    # Pix2Pix_denoise's first line says where each export's threshold came from.
+    assert trained_model.threshold_origin(None, sidecar) == f", set at export; validation chose {run[2]}"
+    stored = json.loads(exported.with_suffix(".json").read_text())
+    assert stored["threshold_source"] == "validation"
+    assert trained_model.threshold_origin(None, stored) == ", from validation (criterion tracks, 2 events' background)"
+    assert trained_model.threshold_origin(0.3, stored) == ""
 
 
 def test_refuses_an_export_that_disagrees(run, tmp_path, monkeypatch):
@@ -116,6 +125,7 @@ def test_bad_inputs(run, exported, tmp_path):
         (["--model", tmp_path / "none.keras", "--output", tmp_path / "x.onnx"], ["none.keras", "not found"]),
         (["--model", folder, "--output", exported], [exported.name, "exists"]),
         (["--model", folder, "--output", tmp_path / "x.onnx", "--verify-events", "0"], ["verify-events"]),
+        (["--model", folder, "--output", tmp_path / "x.onnx", "--threshold", "1"], ["--threshold 1.0", "[0, 1)"]),
         (["--model", folder, "--output", folder / "generator_best.onnx", "--overwrite"], ["generator_best.json",
                                                                                          "its inputs"]),
         (["--model", folder, "--output", tmp_path / "x.onnx", "--data", tmp_path / "x.onnx"], ["x.onnx", "inputs"]),

@@ -147,7 +147,7 @@ def tiny_run(events_h5, tmp_path_factory):
     return out, proc
 
 
-def test_run_writes_history_tensorboard_samples_and_reloadable_generators(tiny_run):
+def test_run_writes_history_tensorboard_samples_and_reloadable_generators(events_h5, tiny_run):
     out, proc = tiny_run
     with open(out / "history.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -180,6 +180,7 @@ def test_run_writes_history_tensorboard_samples_and_reloadable_generators(tiny_r
         side = json.loads((out / f"{stem}.json").read_text())
         assert side["threshold"] in ei.THRESHOLDS and side["base_filters"] == 4
         assert {"efficiency", "rejection", "purity", "f1"} <= set(side["validation"]) and side["settings"]
+        assert side["data"] == {"path": str(events_h5.resolve()), "fingerprint": dm.fingerprint(events_h5)}
     final = json.loads((out / "generator_final.json").read_text())
     assert final["epoch"] == 2 and final["step"] == 6
     assert final["validation"]["f1"] == pytest.approx(float(rows[-1]["f1"]))
@@ -302,6 +303,11 @@ def test_resuming_on_another_pairs_file_is_refused_and_the_same_file_resumes(eve
     # The run's own file rewritten with other pairs since: refused too, said so.
     with pytest.raises(InputError, match="whose pairs have changed"):
         check_same_data(part, data_record(events_h5, dm.fingerprint(other)))
+    # Settings that change what the run learns or how its best epoch is chosen are refused too, nothing written.
+    with pytest.raises(InputError, match=r"holds a run started with other settings \(--split-seed 1234 there, 7 "
+                                         r"asked; --pixel-loss bce there, l1 asked\); resume with the run's"):
+        pt.train(settings(events_h5, part, *more, "--pixel-loss", "l1", "--split-seed", 7))
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
     # The same --data resumes; so does a copy of it elsewhere (the data folder moved: the same fingerprint).
     pt.train(settings(events_h5, part, *more))
     moved = tmp_path / "moved.h5"

@@ -497,7 +497,7 @@ def setup_case(script, kind, tmp, good):
     copy("raw")
     if kind == "model file that is not a model":
         (tmp / "model.keras").write_bytes(b"these are not the weights you are looking for\n")
-        return png_job, ["model.keras", "cannot load"]
+        return png_job, ["model.keras", "not a Keras model file"]
     if kind == "zip that is not a model":
         shutil.make_archive(str(tmp / "model"), "zip", tmp / "raw")
         (tmp / "model.zip").replace(tmp / "model.keras")

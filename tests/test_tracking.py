@@ -257,9 +257,9 @@ def test_the_verdict_says_whether_the_fake_segment_counts_differ_by_more_than_ch
     # 0 of 6: 2 / 2^6 = 0.031; 1 of 6: 2 x (1 + 6) / 2^6 = 0.219; 6 of 6: the same as 0 of 6
     assert "Fake segments in these 20 events: model 0; SNR 20 (fewer, p < 0.001); CAE 6 (fewer, p = 0.031)." \
         in verdict_with_fakes(0, 6)
-    assert "model 1; SNR 20 (fewer, p < 0.001); CAE 5 (too few to tell apart, p = 0.219)." in verdict_with_fakes(1, 5)
+    assert "model 1; SNR 20 (fewer, p < 0.001); CAE 5 (as many within chance, p = 0.219)." in verdict_with_fakes(1, 5)
     assert "model 6; SNR 20 (fewer, p = 0.009); CAE 0 (more, p = 0.031)." in verdict_with_fakes(6, 0)  # 6 of 26
-    assert "model 0; SNR 20 (fewer, p < 0.001); CAE 0 (too few to tell apart, p = 1.000)." in verdict_with_fakes(0, 0)
+    assert "model 0; SNR 20 (fewer, p < 0.001); CAE 0 (as many within chance, p = 1.000)." in verdict_with_fakes(0, 0)
 
 
 def test_report_json_and_png_carry_the_tracking(tmp_path):
