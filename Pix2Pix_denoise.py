@@ -428,6 +428,7 @@ def h5_job(args, out, model_path, threshold, info):
     args.split_seed = trained_model.scored_split_seed(args.split_seed, data_management.fingerprint(args.data),
                                                       info, model_path, data_management.SPLIT_SEED)
     reader = H5SplitReader(args.data, args.split_seed, args.batch_size)
+    print(f"{args.data}: the {len(reader)} test events of split seed {args.split_seed}")
     layout = {k: list(v) if isinstance(v, tuple) else v for k, v in ei.LAYOUT.items()}
     attrs = {"source": str(Path(args.data).resolve()), "model": str(model_path), "threshold": threshold,
              "split": "test", "mask_with_raw": args.gate_by_raw_hits, "layout": json.dumps(layout)}
@@ -473,7 +474,7 @@ def main(argv=None):
         if scoring is not None:
             meta = {"model": str(model_path), "model_info": info,
                     "input": str(args.input_dir or args.data or args.hipo), "output": str(out),
-                    "mask_with_raw": args.gate_by_raw_hits}
+                    "mask_with_raw": args.gate_by_raw_hits, "split_seed": args.split_seed if args.data else None}
             evaluation.finish_report(scoring.result(), threshold, report, args.overwrite, meta)
     except BaseException:  # a run that fails (or is stopped) after writing leaves nothing of its own behind
         if writer is not None:

@@ -523,7 +523,7 @@ def test_h5_test_split_denoised_and_scored(models, h5file, capsys):
         run_main("--model", models["run"], "--data", path, "--output", path, "--overwrite")
 
 
-def test_h5_scores_the_test_events_of_the_split_the_model_trained_on(models, h5file, tmp_path):
+def test_h5_scores_the_test_events_of_the_split_the_model_trained_on(models, h5file, tmp_path, capsys):
     """A sidecar recording the pairs file (its fingerprint) and split seed 7: --data on that file scores split
     7's test events; another split seed there is refused (its test events hold training events); on another
     file the default split."""
@@ -538,9 +538,11 @@ def test_h5_scores_the_test_events_of_the_split_the_model_trained_on(models, h5f
     Path(model).with_suffix(".json").write_text(json.dumps(sidecar))
     ours = data_management.make_split(16, 7)["test"]
     assert set(ours) != set(data_management.make_split(16, data_management.SPLIT_SEED)["test"])
-    assert run_main("--model", model, "--data", path, "--output", tmp_path / "a.h5") == 0
+    assert run_main("--model", model, "--data", path, "--output", tmp_path / "a.h5", "--evaluate") == 0
     with h5py.File(tmp_path / "a.h5", "r") as f:
         np.testing.assert_array_equal(f["indices"][:], np.sort(ours))
+    assert f"the {len(ours)} test events of split seed 7" in capsys.readouterr().out
+    assert json.loads((tmp_path / "a.report.json").read_text())["split_seed"] == 7
     with pytest.raises(InputError, match=r"m.keras trained on this file with split seed 7: the test events of "
                                          r"--split-seed 1234 hold its training events"):
         run_main("--model", model, "--data", path, "--output", tmp_path / "b.h5", "--split-seed", 1234)
