@@ -471,7 +471,9 @@ def main(argv=None):
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # a batch system's stop: as Ctrl-C, no temporary left
     args = parse_args(argv)
     if args.format == "hipo":
-        if args.out.is_dir() or args.out.suffix != ".hipo":
+        if args.out.is_dir():
+            raise InputError(f"{args.out}: is a folder; --format hipo writes one file")
+        if args.out.suffix != ".hipo":
             raise InputError(f"{args.out}: --format hipo writes one file named .hipo")
         check_output_path(args.out, args.overwrite)
     else:

@@ -87,7 +87,7 @@ def test_make_events_hipo_sectors_and_bad_settings(tmp_path):
     assert [r.sector for r in ch.read_sector_events(out)] == [1, 2, 3, 4, 5, 6] * 2 + [me.hipo_sectors(2, 2, 6)[0]]
     assert_one_line_error(run_script("make_events.py", "--format", "hipo", "--out", out, "-n", 5), "already exists")
     for args, words in ((["--sectors", 7], "--sectors 7"), (["--layout", "tagged"], "--layout tagged"),
-                        (["--out", tmp_path], "is a folder")):
+                        (["--out", tmp_path], "is a folder"), (["--out", tmp_path / "o.txt"], "named .hipo")):
         full = ["--format", "hipo", "--out", tmp_path / "x.hipo", "-n", 5, *args]
         assert_one_line_error(run_script("make_events.py", *full), words)
     assert leftovers(tmp_path) == ["six.hipo"]

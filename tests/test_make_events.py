@@ -239,10 +239,6 @@ def test_cli_bad_output_places(script, tmp_path):
     proc = script("make_events.py", "--out", tmp_path / "x", "-n", 2, "--preview", tmp_path / "look.png")
     assert_one_line_error(proc, "look.png", "already exists")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "look.png"]
-    for out in (tmp_path / "events.txt", tmp_path):  # --format hipo writes one .hipo file, not a folder
-        proc = script("make_events.py", "--format", "hipo", "--out", out, "-n", 2, "--overwrite")
-        assert_one_line_error(proc, str(out), "one file named .hipo")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "look.png"]
 
 
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "batch-system-sigterm"])
