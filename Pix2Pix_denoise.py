@@ -27,7 +27,6 @@ import evaluation
 import event_image as ei
 import hipo_denoise
 import pairs_h5
-import trained_model
 from script_utils import (
     ArgumentParser,
     InputError,
@@ -39,7 +38,16 @@ from script_utils import (
     run_main,
     warn,
 )
-from trained_model import choose_threshold, cpu_cores, load_model, predicted, read_sidecar, resolve_model
+from trained_model import (
+    choose_threshold,
+    cpu_cores,
+    load_model,
+    predicted,
+    read_sidecar,
+    resolve_model,
+    scored_split_seed,
+    threshold_origin,
+)
 
 # --- Settings (each one has its command-line flag) ---------------------------------------
 MODEL = None  # a .keras generator, a training output directory (its generator_best.keras) or an exported .onnx
@@ -425,8 +433,8 @@ def h5_job(args, out, model_path, threshold, info):
     if not Path(args.data).is_file():
         raise InputError(f"{args.data}: data file not found")
     data_management.check_h5(args.data)
-    args.split_seed = trained_model.scored_split_seed(args.split_seed, data_management.fingerprint(args.data),
-                                                      info, model_path, data_management.SPLIT_SEED)
+    args.split_seed = scored_split_seed(args.split_seed, data_management.fingerprint(args.data), info, model_path,
+                                        data_management.SPLIT_SEED)
     reader = H5SplitReader(args.data, args.split_seed, args.batch_size)
     print(f"{args.data}: the {len(reader)} test events of split seed {args.split_seed}")
     layout = {k: list(v) if isinstance(v, tuple) else v for k, v in ei.LAYOUT.items()}
@@ -452,7 +460,7 @@ def main(argv=None):
         reader, writer = h5_job(args, out, model_path, threshold, info)
 
     model, _ = load_model(model_path, args.threads or cpu_cores())
-    print(f"model {model_path} (threshold {threshold:.3f}{trained_model.threshold_origin(args.threshold, info)})")
+    print(f"model {model_path} (threshold {threshold:.3f}{threshold_origin(args.threshold, info)})")
     scoring = baselines = None
     if args.evaluate:
         cae_data = (args.cae_data or args.data) if args.baseline_cae else None
