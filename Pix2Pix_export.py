@@ -103,21 +103,29 @@ def one_channel_unet(generator):
     return keras.Model(image, output, name="one_channel_generator")
 
 
-def with_clas12_interface(generator):
+def with_clas12_interface(generator, mirror_average=False):
     """A keras.Model [B,1,36,112] hit map -> [B,1,36,112] probability, around a 128x128x3 generator.
 
     The probability is the generator's (the highest of its channels) where the map has a hit (> 0.5),
-    times the map, 0 elsewhere: the trained gated generator's output, cropped, times the map.
+    times the map, 0 elsewhere: the trained gated generator's output, cropped, times the map. With
+    mirror_average (the training's --mirror-average) the channels are first averaged with those of the
+    mirrored map's output, mirrored back (pix2pix_model.mirror_averaged): two passes of the U-Net.
     """
     keras = import_keras()
     from keras import ops
 
+    from pix2pix_model import mirror_averaged
+
+    unet = one_channel_unet(generator)
+
+    def gated_output(hit_map):  # (B, 36, 112, 1) -> (B, 36, 112, 3)
+        image = ops.pad(pad_layers(hit_map), [[0, 0], [0, 0], [ei.PAD_LEFT, ei.PAD_RIGHT], [0, 0]])
+        return unet(image, training=False) * ops.cast(hit_map > ei.SCALED_HIT_THRESHOLD, "float32")
+
     hits = keras.Input((1, ei.LAYERS, ei.WIRES), name=ei.MODEL_INPUT)
     hit_map = ops.transpose(hits, (0, 2, 3, 1))  # (B, 36, 112, 1)
-    image = ops.pad(pad_layers(hit_map), [[0, 0], [0, 0], [ei.PAD_LEFT, ei.PAD_RIGHT], [0, 0]])
-    output = one_channel_unet(generator)(image, training=False)  # (B, 36, 112, 3)
-    gate = ops.cast(hit_map > ei.SCALED_HIT_THRESHOLD, "float32")  # the raw-hit gate
-    probability = ops.max(output, axis=-1, keepdims=True) * gate * hit_map
+    output = mirror_averaged(gated_output, hit_map) if mirror_average else gated_output(hit_map)
+    probability = ops.max(output, axis=-1, keepdims=True) * hit_map
     return keras.Model(hits, ops.transpose(probability, (0, 3, 1, 2)), name="clas12_dc_denoiser")
 
 
@@ -296,7 +304,7 @@ def export(args):
         check_output_path(target, args.overwrite)
     model_path, generator, info, threshold = load_trained(args)
     hits = verification_hits(args.data, args.verify_events)
-    wrapped = with_clas12_interface(generator)
+    wrapped = with_clas12_interface(generator, trained_model.mirror_average(info))
     metadata = {"threshold": threshold, "input": ei.MODEL_INPUT, "output": ei.MODEL_OUTPUT,
                 "layout": json.dumps(ei.LAYOUT), "source_model": model_path.name}
     with atomic_output(output, args.overwrite, ext=SUFFIXES[args.format]) as tmp, \

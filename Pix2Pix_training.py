@@ -94,6 +94,7 @@ KEEP_WORKER_CHECKPOINTS = False  # multi-worker: other workers keep their checkp
 THRESHOLD_CRITERION = pix2pix_model.THRESHOLD_CRITERION  # balanced | f1 | tracks: as tracking would (README)
 TRACKS_KEPT = pix2pix_model.TRACKS_KEPT  # tracks: the share of reconstructable tracks the chosen threshold keeps
 VALIDATION_BACKGROUND = pix2pix_model.VALIDATION_BACKGROUND  # validation events carry N events' background
+MIRROR_AVERAGE = False  # validate, denoise and export the output averaged with the mirrored event's (2x the time)
 D_SATURATED_LOSS = 0.1  # discriminator loss below this (balanced: 2 log 2 = 1.39) is flagged as winning
 GAN_WEIGHT = 0.0  # weight of the GAN term in the generator's loss; 0 (measured best) = a plain U-Net, no discriminator
 GAN_WARMUP = 0  # epochs over which the GAN weight ramps up linearly from 0 (0 = full weight from the start)
@@ -375,6 +376,10 @@ def build_parser():
     p.add_argument("--validation-background", type=int, default=VALIDATION_BACKGROUND, metavar="N",
                    help="validate (choose the threshold, generator_best) on events carrying their own and the next "
                         "N - 1 events' background, as at N x the luminosity; 1 to --batch-size (default %(default)s)")
+    p.add_argument("--mirror-average", action=argparse.BooleanOptionalAction, default=MIRROR_AVERAGE,
+                   help="the model's output: the average of its answers for the event and for the event mirrored "
+                        "along the wires, in validation and wherever the model is used (twice the time) "
+                        "(default %(default)s)")
     p.add_argument("--hit-weight", type=float, default=HIT_WEIGHT,
                    help="L1 weight of the truth's hit pixels; 1 = plain L1 (default %(default)s)")
     p.add_argument("--generator-lr", type=float, default=GENERATOR_LR, help="(default %(default)s)")

@@ -48,6 +48,9 @@ REGION_ROWS = tuple(PAD_TOP + r * (LAYERS_PER_REGION + REGION_GAP) for r in rang
 # Padded row of each of the 36 layers, and the padded columns of the wires.
 LAYER_ROWS = np.concatenate([np.arange(start, start + LAYERS_PER_REGION) for start in REGION_ROWS])
 WIRE_COLUMNS = slice(PAD_LEFT, PAD_LEFT + WIRES)
+# Each cell's mirror along its layer (--mirror-average): wire 111 - w, and 110 - w in the odd layers, whose cells
+# sit half a cell over, so that a track's mirror has the same stagger; -1 for the odd layers' wire 111 (none).
+MIRROR_WIRE = (WIRES - 1 - np.arange(LAYERS) % 2)[:, None] - np.arange(WIRES)[None, :]
 
 LAYOUT = {  # recorded in every HDF5 file the project writes
     "event_shape": (LAYERS, WIRES, CHANNELS),

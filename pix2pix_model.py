@@ -124,6 +124,38 @@ def with_raw_hit_gate(generator):
     return keras.Model(inputs, gated, name="gated_generator")
 
 
+def mirror_tables():
+    """{rows: (each cell's mirror as a flat row x column index, whether it has one)} for the 36x112 event
+    (rows 36) and the 128x128 layout (rows 128), from event_image.MIRROR_WIRE; cells off the event are
+    their own mirror."""
+    event = np.maximum(ei.MIRROR_WIRE, 0), ei.MIRROR_WIRE >= 0
+    padded = np.tile(np.arange(ei.PADDED_SIZE), (ei.PADDED_SIZE, 1)), np.zeros((ei.PADDED_SIZE,) * 2, bool)
+    cells = ei.LAYER_ROWS[:, None], np.arange(ei.WIRES)[None, :] + ei.PAD_LEFT
+    padded[0][cells], padded[1][cells] = event[0] + ei.PAD_LEFT, event[1]
+    return {rows: ((index + index.shape[1] * np.arange(rows)[:, None]).ravel().astype("int32"), valid[None, :, :, None])
+            for rows, (index, valid) in ((ei.LAYERS, event), (ei.PADDED_SIZE, padded))}
+
+
+MIRROR_TABLES = mirror_tables()
+
+
+def mirrored(images):
+    """images (B, 36 or 128, W, C) with every layer mirrored along its wires (event_image.MIRROR_WIRE);
+    a cell without a mirror gets 0."""
+    index, valid = MIRROR_TABLES[images.shape[1]]  # index: the flat (row, column) cell each cell takes
+    _, rows, columns, channels = images.shape
+    cells = ops.take(ops.reshape(images, (-1, rows * columns, channels)), index, axis=1)
+    return ops.reshape(cells, (-1, rows, columns, channels)) * valid.astype("float32")  # numpy: a constant in graphs
+
+
+def mirror_averaged(predict, images):
+    """predict(images) averaged with the mirror of predict(mirrored(images)) wherever a cell has a mirror
+    (--mirror-average): the answers for an event and for its mirror image, made one."""
+    direct = predict(images)
+    valid = MIRROR_TABLES[images.shape[1]][1]
+    return ops.where(valid, (direct + mirrored(predict(mirrored(images)))) / 2, direct)
+
+
 def build_discriminator(base_filters=BASE_FILTERS):
     """The 70x70 PatchGAN on the (input, target) pair: a (N, 14, 14, 1) float32 map of logits."""
     f = base_filters

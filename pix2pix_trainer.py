@@ -25,6 +25,7 @@ from pix2pix_model import (  # noqa: E402
     discriminator_loss,
     generator_loss,
     lr_factor,
+    mirror_averaged,
     mixed_background,
     mixed_tracks,
     synchronize_batch_norm,
@@ -189,7 +190,9 @@ class Trainer:
         self.train_step = tf.function(lambda batch: self._train_step(batch, True), autograph=False)  # G and D
         self.generator_step = tf.function(lambda batch: self._train_step(batch, False), autograph=False)  # G only
         self.update_ema = tf.function(self._update_ema, autograph=False)
-        self.predict = tf.function(lambda raw: self.inference_model(raw, training=False), autograph=False,
+        decide = lambda raw: self.inference_model(raw, training=False)  # noqa: E731
+        self.predict = tf.function(lambda raw: mirror_averaged(decide, raw) if s.mirror_average else decide(raw),
+                                   autograph=False,
                                    input_signature=[tf.TensorSpec((None,) + IMAGE_SHAPE, tf.float32)])
 
     def set_epoch(self, epoch):

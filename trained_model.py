@@ -32,7 +32,8 @@ class KerasModel:
 
     concurrent_batches = 1
 
-    def __init__(self, path, threads=None):
+    def __init__(self, path, threads=None, mirror_average=False):
+        self.mirror_average = mirror_average  # its training's --mirror-average: average with the mirrored event's
         if not zipfile.is_zipfile(path):  # Keras itself would say "file not found"
             raise InputError(f"{path}: not a Keras model file (a .keras file is a zip archive)")
         keras = import_keras()
@@ -57,13 +58,20 @@ class KerasModel:
         hits of 255 gives); a cell's probability is its largest output channel, so `prob > t`
         equals event_image.hit_mask(output, t). A batch shorter than the largest one so far is
         filled up with empty images (their outputs dropped): the predict function is traced once.
+        With mirror_average the output is pix2pix_model.mirror_averaged's, as in the training's validation.
         """
         maps = np.asarray(hit_maps, np.float32)
         n = len(maps)
         self.batch_size = max(self.batch_size, n)
         images = np.zeros((self.batch_size, ei.LAYERS, ei.WIRES, ei.CHANNELS), np.float32)
         images[:n] = maps[..., None]
-        out = np.asarray(self.model.predict_on_batch(ei.pad_event(images)), np.float32)[:n]
+        predict = lambda x: np.asarray(self.model.predict_on_batch(x), np.float32)  # noqa: E731
+        if self.mirror_average:
+            from pix2pix_model import mirror_averaged
+
+            out = np.asarray(mirror_averaged(predict, ei.pad_event(images)), np.float32)[:n]
+        else:
+            out = predict(ei.pad_event(images))[:n]
         return ei.crop_event(out).max(axis=-1)
 
 
@@ -171,7 +179,16 @@ def load_model(path, threads=None):
     threads: for an .onnx model, N single-thread runs at once (OnnxModel); a .keras model ignores it.
     """
     path = resolve_model(path)
-    return MODEL_TYPES[path.suffix](path, threads), read_sidecar(path)
+    info = read_sidecar(path)
+    if path.suffix == ".onnx":  # an export holds its mirror averaging, if any, in its graph
+        return OnnxModel(path, threads), info
+    return KerasModel(path, threads, mirror_average=mirror_average(info)), info
+
+
+def mirror_average(info):
+    """Whether the model's training chose its threshold on outputs averaged with the mirrored event's
+    (--mirror-average), so that it must be run so (an export's sidecar keeps its training's settings)."""
+    return bool(((info.get("training") or info).get("settings") or {}).get("mirror_average", False))
 
 
 def choose_threshold(threshold, info, model_path):
@@ -189,8 +206,8 @@ def choose_threshold(threshold, info, model_path):
 
 
 def threshold_origin(given, info):
-    """', from validation (criterion ...)' or ', set at export; validation chose T': where a stored
-    threshold came from ('' for one given on the command line)."""
+    """', from validation (criterion ..., output mirror-averaged if so)' or ', set at export; validation
+    chose T': where a stored threshold came from ('' for one given on the command line)."""
     if given is not None:
         return ""
     if info.get("threshold_source") == "export --threshold":
@@ -198,7 +215,7 @@ def threshold_origin(given, info):
     settings = (info.get("training") or info).get("settings") or {}  # an export keeps the training's
     times = settings.get("validation_background", 1)
     chosen = settings.get("threshold_criterion", "?") + (f", {times} events' background" if times != 1 else "")
-    return f", from validation (criterion {chosen})"
+    return f", from validation (criterion {chosen}{', output mirror-averaged' if mirror_average(info) else ''})"
 
 
 def predicted(model, batches):

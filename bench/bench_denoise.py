@@ -6,7 +6,8 @@ For each generator width, the same events go through:
     optimisations, a thread per core), one batch at a time; onnx-1thread: one thread;
     onnx-Nx1thread: N batches at once, each on one thread (what Pix2Pix_denoise does with an
     .onnx model: --threads, default one per core); onnx-int8: the export after onnxruntime's
-    dynamic int8 quantisation (its decisions are compared with float32's);
+    dynamic int8 quantisation (its decisions are compared with float32's); onnx-mirror-Nx1thread:
+    the export of a run trained with --mirror-average (the U-Net run on the event and on its mirror);
   - the CLAS12 auto-encoder (baselines.py) on the same hit maps, as the reference rate.
 Model only: `probabilities(hit maps)` on batches already in memory. End to end:
 Pix2Pix_denoise.main on a folder of PNG events (list, check, read, predict, write one PNG per
@@ -50,8 +51,9 @@ BATCH_SIZE = Pix2Pix_denoise.BATCH_SIZE
 ROUNDS = 2
 SEED = 0
 CONCURRENT = "onnx-Nx1thread"  # named after --threads in the table
-VARIANTS = ("keras-float32", "keras-bfloat16", "onnx", "onnx-1thread", CONCURRENT, "onnx-int8")
-END_TO_END = {"keras-float32": 0, "onnx-1thread": 1, CONCURRENT: 0, "onnx-int8": 0}  # -> --threads (0: N)
+MIRROR = "onnx-mirror-Nx1thread"
+VARIANTS = ("keras-float32", "keras-bfloat16", "onnx", "onnx-1thread", CONCURRENT, "onnx-int8", MIRROR)
+END_TO_END = {"keras-float32": 0, "onnx-1thread": 1, CONCURRENT: 0, "onnx-int8": 0, MIRROR: 0}  # -> --threads (0: N)
 
 
 def parse_args(argv=None):
@@ -79,7 +81,8 @@ def generator_files(folder, width, trained):
         keras.utils.set_random_seed(SEED)
         generator, threshold = pm.with_raw_hit_gate(pm.build_generator(width)), 0.5
     files = {"keras-float32": folder / f"w{width}.keras", "keras-bfloat16": folder / f"w{width}_bf16.keras",
-             "onnx": folder / f"w{width}.onnx", "onnx-int8": folder / f"w{width}_int8.onnx"}
+             "onnx": folder / f"w{width}.onnx", "onnx-int8": folder / f"w{width}_int8.onnx",
+             MIRROR: folder / f"w{width}_mirror.onnx"}
     generator.save(files["keras-float32"])
     with pm.dtype_policy("mixed_bfloat16"):
         bf16 = pm.with_raw_hit_gate(pm.build_generator(width))
@@ -87,6 +90,8 @@ def generator_files(folder, width, trained):
     bf16.save(files["keras-bfloat16"])
     Pix2Pix_export.write_onnx(Pix2Pix_export.with_clas12_interface(generator), files["onnx"], {"threshold": threshold})
     quantize_dynamic(str(files["onnx"]), str(files["onnx-int8"]), weight_type=QuantType.QInt8)
+    Pix2Pix_export.write_onnx(Pix2Pix_export.with_clas12_interface(generator, mirror_average=True), files[MIRROR],
+                              {"threshold": threshold})
     for path in files.values():
         path.with_suffix(".json").write_text(json.dumps({"threshold": threshold}))
     return files, threshold, generator.count_params(), width
@@ -97,6 +102,7 @@ def load_variants(files, threads):
     models = {name: trained_model.load_model(path)[0] for name, path in files.items()}
     models["onnx-1thread"] = trained_model.OnnxModel(files["onnx"], threads=1)
     models[CONCURRENT] = trained_model.OnnxModel(files["onnx"], threads=threads)
+    models[MIRROR] = trained_model.OnnxModel(files[MIRROR], threads=threads)
     return models
 
 
@@ -187,7 +193,7 @@ def main(argv=None):
     print(f"\nsector images/s (ratio to the CAE's {cae_rate:.0f}/s, model only) and CPU ms per image (this "
           "process, all its threads: with other jobs on the machine the rates are floors; C free cores could "
           "do at most C * 1000 / (CPU ms) images/s)")
-    print(f"{'width':>10} {'variant':>15} {'model only':>11} {'x CAE':>6} {'CPU ms':>6} {'end to end':>11} "
+    print(f"{'width':>10} {'variant':>21} {'model only':>11} {'x CAE':>6} {'CPU ms':>6} {'end to end':>11} "
           f"{'x CAE':>6} {'CPU ms':>6}")
     for row in rows:
         w = row["width"]
@@ -195,7 +201,7 @@ def main(argv=None):
             cells = []
             for rate, cpu in (row["model"][v], row["end_to_end"].get(v, (None, None))):
                 cells.append(f"{rate:>11.0f} {rate / cae_rate:>6.2f} {cpu:>6.2f}" if rate else f"{'-':>11} {'':>13}")
-            print(f"{w:>10} {name(v, args):>15} {' '.join(cells)}")
+            print(f"{w:>10} {name(v, args):>21} {' '.join(cells)}")
         print(f"{w:>10} int8 vs float32 ONNX: {100 * row['int8_differ']:.3f} % of hit decisions differ "
               f"({row['params']:,} parameters)")
 

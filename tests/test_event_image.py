@@ -215,3 +215,17 @@ def test_decisions_image_colours_each_hit_by_what_the_method_did():
     assert tuple(image[3, 50]) == ei.LOST_TRACK_HIT and tuple(image[4, 50]) == ei.KEPT_TRACK_HIT
     assert tuple(image[6, 11]) == ei.KEPT_NOISE_HIT
     assert tuple(image[5, 10]) == tuple(image[7, 90]) == tuple(image[20, 20]) == (0, 0, 0)
+
+
+def test_mirror_wire_is_the_wire_of_the_mirrored_position_in_every_layer():
+    """A hit at position x across the layer (wire units, odd layers' cells half a cell over, as make_events
+    draws them) mirrored to 111 - x lands on MIRROR_WIRE's wire, in even and odd layers alike."""
+    from event_worlds import STAGGER
+
+    rng = np.random.default_rng(4)
+    x = rng.uniform(0.6, 110.4, (500, ei.LAYERS))
+    wire = lambda pos: np.rint(pos - STAGGER).astype(int)  # noqa: E731
+    layers = np.broadcast_to(np.arange(ei.LAYERS), x.shape)
+    assert np.array_equal(ei.MIRROR_WIRE[layers, wire(x)], wire(ei.WIRES - 1 - x))
+    assert (ei.MIRROR_WIRE[1::2, -1] == -1).all() and (ei.MIRROR_WIRE >= -1).all()
+    assert sorted(ei.MIRROR_WIRE[0]) == list(range(ei.WIRES)) and sorted(ei.MIRROR_WIRE[1])[1:] == list(range(111))

@@ -355,3 +355,40 @@ def test_fresh_inference_environment_denoises_and_scores(exported, events, tmp_p
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads((tmp_path / "d.report.json").read_text())
     assert list(report["methods"]) == ["model", "keep-all", "SNR"]
+
+
+def mirror_maps(hits):
+    """[n,1,36,112] hit maps mirrored along the wires (event_image.MIRROR_WIRE; none there: 0)."""
+    source = np.broadcast_to(np.maximum(ei.MIRROR_WIRE, 0), hits.shape)
+    return np.take_along_axis(hits, source, axis=-1) * (ei.MIRROR_WIRE >= 0)
+
+
+@pytest.fixture(scope="module")
+def mirror_run(run, tmp_path_factory):
+    """The run's generator, its sidecar saying it trained with --mirror-average."""
+    folder = tmp_path_factory.mktemp("mirror_run")
+    (folder / "generator_best.keras").write_bytes((run[0] / "generator_best.keras").read_bytes())
+    info = json.loads((run[0] / "generator_best.json").read_text())
+    info["settings"]["mirror_average"] = True
+    (folder / "generator_best.json").write_text(json.dumps(info))
+    return folder
+
+
+def test_mirror_averaged_export_answers_an_event_and_its_mirror_alike(run, exported, mirror_run, tmp_path):
+    """--mirror-average: the export averages the event's and its mirror's answers, as the Keras model
+    loaded from the same run does; the same generator without it does not (the check can fail)."""
+    out = tmp_path / "mirror.onnx"
+    assert export.main(["--model", str(mirror_run), "--output", str(out), "--verify-events", "16"]) == 0
+    hits = hit_maps(40, seed=12) * (ei.MIRROR_WIRE >= 0)  # no hit without a mirror: mirroring twice restores it
+    has_mirror = np.broadcast_to(ei.MIRROR_WIRE >= 0, hits.shape)
+    answers = {}
+    for name, path in (("mirror", out), ("plain", exported)):
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        prob, of_mirror = (session.run(None, {"hits": h})[0] for h in (hits, mirror_maps(hits)))
+        answers[name] = np.abs(mirror_maps(of_mirror) - prob)[has_mirror & (hits > 0)].max(), prob
+    assert answers["mirror"][0] < 1e-5 < answers["plain"][0]
+    keras_model, info = trained_model.load_model(mirror_run)
+    assert keras_model.mirror_average and trained_model.mirror_average(json.loads(out.with_suffix(".json").read_text()))
+    expected = keras_model.probabilities(hits[:, 0])[:, None]
+    assert np.abs(answers["mirror"][1] - expected).max() < 1e-5
+    assert np.abs(answers["plain"][1] - expected).max() > 1e-3

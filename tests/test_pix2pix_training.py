@@ -25,6 +25,7 @@ import make_events
 import pix2pix_model as pm
 import pix2pix_trainer as ptr
 import Pix2Pix_training as pt
+import trained_model
 from pix2pix_model import epoch_rank
 from Pix2Pix_training import keras, tf
 from script_utils import InputError
@@ -920,3 +921,22 @@ def test_bend_augment_moves_each_layers_hits_by_a_drawn_tilt_and_bend_in_raw_and
     (plain_raw, plain_truth), (aug_raw, aug_truth) = first_batches_off_and_on(events_h5, tmp_path, "--bend-augment")
     assert not np.array_equal(aug_truth, plain_truth)
     assert (aug_raw >= aug_truth).all()
+
+
+def test_mirror_average_validates_and_saves_an_answer_alike_for_an_event_and_its_mirror(events_h5, tmp_path):
+    """--mirror-average: what validation scores answers an event and its mirror alike (the plain model does
+    not), and the saved model is loaded to answer so."""
+    raw = one_batch()[0] * pm.MIRROR_TABLES[ei.PADDED_SIZE][1]  # hits that have a mirror: mirroring twice restores them
+    valid = pm.MIRROR_TABLES[ei.PADDED_SIZE][1] & (np.asarray(raw) > 0.5)
+    gaps = {}
+    for extra in ((), ("--mirror-average",)):
+        predict = trainer_with(tmp_path, "--gan-weight", 0, *extra).predict
+        direct, of_mirror = np.asarray(predict(raw)), np.asarray(predict(pm.mirrored(raw)))
+        gaps[extra] = np.abs(np.asarray(pm.mirrored(of_mirror)) - direct)[valid].max()
+    assert gaps[("--mirror-average",)] < 1e-5 < gaps[()]
+    out = tmp_path / "run"
+    pt.train(settings(events_h5, out, "--epochs", 1, "--steps-per-epoch", 1, "--validation-batches", 1,
+                      "--mirror-average"))
+    model, info = trained_model.load_model(out)
+    assert info["settings"]["mirror_average"] and model.mirror_average
+    assert "output mirror-averaged" in trained_model.threshold_origin(None, info)
