@@ -142,12 +142,17 @@ def read_sidecar(model_path):
     return info
 
 
+def training_settings(info):
+    """The training run's settings from a model's sidecar ({} if none): an export's sidecar keeps them under
+    "training"."""
+    return (info.get("training") or info).get("settings") or {}
+
+
 def training_data(info, model_path):
     """(fingerprint, split seed) of the pairs file a model trained on, from its sidecar (an export keeps the
     training's under "training"), else from run_config.json beside it (runs before the sidecar held it);
     (None, None) where neither says."""
-    training = info.get("training") or info
-    record, seed = training.get("data"), (training.get("settings") or {}).get("split_seed")
+    record, seed = (info.get("training") or info).get("data"), training_settings(info).get("split_seed")
     config = Path(model_path).parent / "run_config.json"
     if record is None and config.is_file():
         try:
@@ -188,7 +193,7 @@ def load_model(path, threads=None):
 def mirror_average(info):
     """Whether the model's training chose its threshold on outputs averaged with the mirrored event's
     (--mirror-average), so that it must be run so (an export's sidecar keeps its training's settings)."""
-    return bool(((info.get("training") or info).get("settings") or {}).get("mirror_average", False))
+    return bool(training_settings(info).get("mirror_average", False))
 
 
 def choose_threshold(threshold, info, model_path):
@@ -212,7 +217,7 @@ def threshold_origin(given, info):
         return ""
     if info.get("threshold_source") == "export --threshold":
         return f", set at export; validation chose {info.get('validation_threshold')}"
-    settings = (info.get("training") or info).get("settings") or {}  # an export keeps the training's
+    settings = training_settings(info)
     times = settings.get("validation_background", 1)
     chosen = settings.get("threshold_criterion", "?") + (f", {times} events' background" if times != 1 else "")
     return f", from validation (criterion {chosen}{', output mirror-averaged' if mirror_average(info) else ''})"
