@@ -19,14 +19,15 @@ WORLD_STREAM = 0x3A7D  # seeds event i of a set: default_rng([WORLD_STREAM, seed
 # Default-like values (used when an option is given with --preset default) and the hard world.
 WORLDS = {
     "default": {"tracks": (1, 3), "track_span": 16.0, "bend": 0.35, "inefficiency": 0.06, "segment_rate": 1.0,
-                "occupancy_scale": (1.0, 1.0), "crosstalk_rate": 1.0, "unwanted_fraction": 0.0},
+                "occupancy_scale": (1.0, 1.0), "crosstalk_rate": 1.0, "unwanted_fraction": 0.0, "wire_gradient": 0.0},
     "hard": {"tracks": (1, 5), "track_span": 45.0, "bend": 0.6, "inefficiency": 0.05, "segment_rate": 4.0,
-             "occupancy_scale": (1.0, 3.0), "crosstalk_rate": 2.0, "unwanted_fraction": 0.5},
+             "occupancy_scale": (1.0, 3.0), "crosstalk_rate": 2.0, "unwanted_fraction": 0.5,
+             "wire_gradient": 0.0},
 }
 PRESETS = tuple(WORLDS)
 MAX_LUMINOSITY = 10.0  # every world's limit (make_events' default generator draws slots for up to this)
 WORLD_OPTIONS = ("tracks", "track_span", "bend", "inefficiency", "segment_rate", "occupancy_scale", "crosstalk_rate",
-                 "unwanted_fraction")
+                 "unwanted_fraction", "wire_gradient")
 STEREO_MAX = 2.0  # as make_events
 DOUBLE_HIT = 0.06
 NOISE_OCCUPANCY = np.array((0.025, 0.012, 0.008))  # today's uncorrelated hits per region (R1, R2, R3)
@@ -100,10 +101,16 @@ def render_track(rng, w, layers, position, slope):
     return mask
 
 
+def wire_profile(gradient):
+    """Uncorrelated hits' density along the wires, mean 1: 1 + gradient at the first wire, 1 - gradient at the last."""
+    return 1 + gradient * (1 - 2 * np.arange(ei.WIRES) / (ei.WIRES - 1))
+
+
 def background(rng, w, luminosity):
     """Uncorrelated hits (regional scale drawn per event), background segments and cross-talk runs."""
     scale = rng.uniform(*w["occupancy_scale"], ei.REGIONS)
     occupancy = np.repeat(NOISE_OCCUPANCY * scale, ei.LAYERS_PER_REGION)[:, None] * luminosity
+    occupancy = occupancy * wire_profile(w["wire_gradient"])
     raw = rng.random((ei.LAYERS, ei.WIRES)) < occupancy
     for _ in range(rng.poisson(SEGMENTS_PER_EVENT * w["segment_rate"] * luminosity)):
         region = rng.choice(ei.REGIONS, p=SEGMENT_REGION_WEIGHTS)
@@ -214,6 +221,9 @@ def add_world_options(parser, preset, **defaults):
                    help=f"cross-talk runs per event, x today's {CROSSTALK_PER_EVENT:g} (hard: 2)")
     w.add_argument("--unwanted-fraction", type=float, default=defaults["unwanted_fraction"],
                    help="share of tracks that are unwanted: curling, ending before region 3, raw hits only (hard: 0.5)")
+    w.add_argument("--wire-gradient", type=float, default=defaults["wire_gradient"], metavar="G",
+                   help="uncorrelated hits fall linearly along the wires, from 1 + G times the mean at wire 1 to "
+                        "1 - G at wire 112, as CLAS12's fall with the polar angle; G in 0..1 (hard: 0)")
 
 
 def world_settings(args):
@@ -226,9 +236,10 @@ def world_settings(args):
     if not 0 <= lo <= hi:
         raise InputError(f"--tracks {lo} {hi}: need 0 <= MIN <= MAX")
     lo, hi = world["occupancy_scale"]
-    if not 0 <= lo <= hi or max(NOISE_OCCUPANCY) * hi * args.luminosity > 1:
-        raise InputError(f"--occupancy-scale {lo:g} {hi:g}: need 0 <= LO <= HI, and at most 100 % occupancy")
-    for name in ("inefficiency", "unwanted_fraction"):
+    if not 0 <= lo <= hi or max(NOISE_OCCUPANCY) * hi * args.luminosity * (1 + world["wire_gradient"]) > 1:
+        raise InputError(f"--occupancy-scale {lo:g} {hi:g}: need 0 <= LO <= HI, and at most 100 % occupancy "
+                         "(with --wire-gradient's densest wire)")
+    for name in ("inefficiency", "unwanted_fraction", "wire_gradient"):
         if not 0 <= world[name] <= 1:
             raise InputError(f"--{name.replace('_', '-')} {world[name]:g}: must be in 0..1")
     for name in ("track_span", "bend", "segment_rate", "crosstalk_rate"):

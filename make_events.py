@@ -48,6 +48,7 @@ SEGMENT_RATE = None  # background segments per event, x today's
 OCCUPANCY_SCALE = None  # LO HI: each region's uncorrelated hits x a factor drawn in LO..HI per event
 CROSSTALK_RATE = None  # cross-talk runs per event, x today's
 UNWANTED_FRACTION = None  # share of tracks that are unwanted (curling, ending before region 3; raw only)
+WIRE_GRADIENT = None  # uncorrelated hits 1 + G times the mean at wire 1 falling to 1 - G at wire 112
 
 # --- Fixed ----------------------------------------------------------------------------------
 PREVIEW_NAME = "preview.png"  # the preview's file name when --preview gives none
@@ -439,10 +440,8 @@ def build_parser():
                    help="pairs shown by --preview (default %(default)s)")
     p.add_argument("--overwrite", action="store_true", default=OVERWRITE,
                    help="replace an existing output folder or preview file")
-    event_worlds.add_world_options(p, preset=PRESET, tracks=TRACKS, track_span=TRACK_SPAN, bend=BEND,
-                                   inefficiency=INEFFICIENCY, segment_rate=SEGMENT_RATE,
-                                   occupancy_scale=OCCUPANCY_SCALE, crosstalk_rate=CROSSTALK_RATE,
-                                   unwanted_fraction=UNWANTED_FRACTION)
+    world_defaults = {name: globals()[name.upper()] for name in event_worlds.WORLD_OPTIONS}  # TRACKS, ... above
+    event_worlds.add_world_options(p, preset=PRESET, **world_defaults)
     return p
 
 

@@ -360,6 +360,23 @@ def test_hard_occupancy_per_region_one_to_three_times_todays():
     assert (hard_raw & ~hard_truth).sum() > 2 * (today_raw & ~today_truth).sum()
 
 
+def test_wire_gradient_tilts_the_uncorrelated_hits_along_the_wires():
+    quiet = world(unwanted_fraction=0.0, segment_rate=0.0, crosstalk_rate=0.0, occupancy_scale=(1.0, 1.0))
+    flat, tilted = (me.generate_events(400, seed=4, preset={**quiet, "wire_gradient": g}) for g in (0.0, 0.8))
+    np.testing.assert_array_equal(flat[1], tilted[1])  # the same tracks
+    noise = [(ei.hit_mask(raw) & ~ei.hit_mask(truth)).sum(axis=(0, 1)) for raw, truth in (flat, tilted)]
+    assert 0.95 < noise[1].sum() / noise[0].sum() < 1.05  # as many hits in all
+    quarter = 28  # the profile 1 + 0.8 (1 - 2 w / 111) averages 1.61 over wires 0-27 and 0.39 over 84-111
+    assert 1.5 < noise[1][:quarter].sum() / noise[0][:quarter].sum() < 1.72
+    assert 0.3 < noise[1][-quarter:].sum() / noise[0][-quarter:].sum() < 0.48
+    assert me.parse_args(["--out", "x", "--wire-gradient", "0.5"]).world["wire_gradient"] == 0.5
+    me.parse_args(["--out", "x", "--occupancy-scale", "3", "3", "--luminosity", "10"])  # 75 % at most: fine
+    for bad in (["--wire-gradient", "1.5"], ["--wire-gradient", "-0.1"],  # 112 % on the densest wire
+                ["--occupancy-scale", "3", "3", "--luminosity", "10", "--wire-gradient", "0.5"]):
+        with pytest.raises(InputError):
+            me.parse_args(["--out", "x", *bad])
+
+
 def test_unwanted_tracks_are_raw_hits_never_truth():
     raw, truth, ids = (me.generate_events(200, seed=5, track_ids=True, preset=world(unwanted_fraction=1.0, **QUIET)))
     assert not ei.hit_mask(truth).any() and not ids.any()  # all unwanted: empty truth
