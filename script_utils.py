@@ -39,11 +39,14 @@ class InputError(Exception):
 
 
 def run_main(main, argv=None):
-    """Run main(argv) as a script: InputError -> one line on stderr and exit 2, Ctrl-C -> 130, a Python
-    warning -> warn's one line."""
+    """Run main(argv) as a script: InputError -> one line on stderr and exit 2, Ctrl-C -> 130 (also one
+    that Python dropped: note_dropped_interrupt), a Python warning -> warn's one line."""
+    INTERRUPTED.clear()
+    sys.unraisablehook = note_dropped_interrupt
     try:
         with warnings_as_lines():
             code = main(argv)
+        check_interrupted()
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
@@ -51,6 +54,26 @@ def run_main(main, argv=None):
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     sys.exit(code or 0)
+
+
+INTERRUPTED = []  # Ctrl-Cs whose KeyboardInterrupt Python dropped (note_dropped_interrupt)
+
+
+def note_dropped_interrupt(unraisable):
+    """run_main's sys.unraisablehook. A Ctrl-C (or SIGTERM, where a script makes it one) that lands while a
+    __del__ or a garbage-collector callback runs raises KeyboardInterrupt there, and Python drops it with a
+    traceback; TensorFlow's objects run such code often. It is noted instead, so that atomic_output keeps
+    nothing and run_main still exits 130. Anything else goes to Python's own hook."""
+    if isinstance(unraisable.exc_value, KeyboardInterrupt):
+        INTERRUPTED.append(unraisable.exc_type)
+    else:
+        sys.__unraisablehook__(unraisable)
+
+
+def check_interrupted():
+    """Raise the KeyboardInterrupt of a Ctrl-C that Python dropped (note_dropped_interrupt), if there was one."""
+    if INTERRUPTED:
+        raise KeyboardInterrupt
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -234,6 +257,7 @@ def atomic_output(target, overwrite=False, suffix="", ext="", folder=False):
         else:
             os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # O_EXCL refuses a clash
         yield tmp
+        check_interrupted()  # a Ctrl-C dropped on the way still keeps the output from landing
         if not overwrite:
             rename_noreplace(tmp, target)  # a file that appeared meanwhile is never replaced
         elif folder and target.is_dir():

@@ -139,3 +139,42 @@ def test_a_stop_while_the_pool_starts_its_workers_waits_for_the_pool_and_leaves_
                           text=True, timeout=120)
     assert proc.stdout.strip().splitlines()[-1] == "interrupted; 0 workers left", (proc.stdout, proc.stderr)
     assert "Traceback" not in proc.stderr, proc.stderr
+
+
+CTRL_C_IN_A_FINALIZER = """
+import os, signal, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+import script_utils
+
+
+class Finalizer:
+    def __del__(self):  # a Ctrl-C that lands while a finalizer runs (TensorFlow's objects have many)
+        os.kill(os.getpid(), signal.SIGINT)
+        sum(range(1000))  # the handler runs here: its KeyboardInterrupt is dropped with the finalizer
+
+
+def main(argv):
+    if len(sys.argv) < 3:  # no output to keep back: run_main still exits 130
+        Finalizer()
+        print("went on", flush=True)
+        return 0
+    with script_utils.atomic_output(Path(sys.argv[2])) as tmp:
+        tmp.write_text("half")
+        Finalizer()
+        print("went on", flush=True)
+    print("wrote it")
+
+
+script_utils.run_main(main)
+"""
+
+
+@pytest.mark.parametrize("writes", [True, False], ids=["with-an-output", "without"])
+def test_a_ctrl_c_that_python_drops_in_a_finalizer_still_stops_the_run_and_keeps_no_output(tmp_path, writes):
+    out = [str(tmp_path / "out.txt")] if writes else []
+    proc = subprocess.run([sys.executable, "-c", CTRL_C_IN_A_FINALIZER, str(ROOT), *out], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.stdout.split() == ["went", "on"]  # Python dropped the interrupt: the body went on ...
+    assert proc.returncode == 130 and proc.stderr.strip() == "interrupted", proc.stderr  # ... but it counts
+    assert list(tmp_path.iterdir()) == []  # neither the output nor its temporary
