@@ -142,17 +142,21 @@ def read_sidecar(model_path):
     return info
 
 
+def training_record(info):
+    """The training run's part of a model's sidecar: the sidecar itself, or for an export its "training"."""
+    return info.get("training") or info
+
+
 def training_settings(info):
-    """The training run's settings from a model's sidecar ({} if none): an export's sidecar keeps them under
-    "training"."""
-    return (info.get("training") or info).get("settings") or {}
+    """The training run's settings from a model's sidecar ({} if none)."""
+    return training_record(info).get("settings") or {}
 
 
 def training_data(info, model_path):
     """(fingerprint, split seed) of the pairs file a model trained on, from its sidecar (an export keeps the
     training's under "training"), else from run_config.json beside it (runs before the sidecar held it);
     (None, None) where neither says."""
-    record, seed = (info.get("training") or info).get("data"), training_settings(info).get("split_seed")
+    record, seed = training_record(info).get("data"), training_settings(info).get("split_seed")
     config = Path(model_path).parent / "run_config.json"
     if record is None and config.is_file():
         try:
