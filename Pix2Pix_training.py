@@ -94,7 +94,7 @@ KEEP_WORKER_CHECKPOINTS = False  # multi-worker: other workers keep their checkp
 THRESHOLD_CRITERION = pix2pix_model.THRESHOLD_CRITERION  # balanced | f1 | tracks: as tracking would (README)
 TRACKS_KEPT = pix2pix_model.TRACKS_KEPT  # tracks: the share of reconstructable tracks the chosen threshold keeps
 VALIDATION_BACKGROUND = pix2pix_model.VALIDATION_BACKGROUND  # validation events carry N events' background
-MIRROR_AVERAGE = False  # validate, denoise and export the output averaged with the mirrored event's (2x the time)
+MIRROR_AVERAGE = pix2pix_model.MIRROR_AVERAGE  # output averaged with the mirrored event's (validate, denoise, export)
 D_SATURATED_LOSS = 0.1  # discriminator loss below this (balanced: 2 log 2 = 1.39) is flagged as winning
 GAN_WEIGHT = 0.0  # weight of the GAN term in the generator's loss; 0 (measured best) = a plain U-Net, no discriminator
 GAN_WARMUP = 0  # epochs over which the GAN weight ramps up linearly from 0 (0 = full weight from the start)

@@ -41,6 +41,7 @@ LR_DECAY = "cosine"  # none: constant learning rates | cosine: falling along a h
 THRESHOLD_CRITERION = "tracks"  # how validation chooses the threshold: balanced | f1 | tracks (as tracking would)
 VALIDATION_BACKGROUND = 2  # validation events carry this many events' background (2: as at twice the luminosity)
 TRACKS_KEPT = 0.99  # threshold criterion "tracks": the share of reconstructable tracks the threshold must keep
+MIRROR_AVERAGE = False  # validate, denoise and export the output averaged with the mirrored event's (2x the time)
 EVENT_CELLS = ei.event_region_mask()[..., None].astype(np.float32)  # 1 on the layout's 36x112 event cells
 IMAGE_SHAPE = (ei.PADDED_SIZE, ei.PADDED_SIZE, ei.CHANNELS)
 GENERATOR_BLOCKS = 7  # 128 -> 1 pixel at the bottleneck

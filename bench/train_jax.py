@@ -1,23 +1,24 @@
 """Train the Pix2Pix model under Keras' JAX backend: for a GPU machine that has JAX but no TensorFlow.
 
-The project trains with Pix2Pix_training.py (TensorFlow). Some GPU machines (this team's lent H100s,
-for one) carry JAX and not TensorFlow; this script lets them train the same model to measure what
-the full-width (BASE_FILTERS 64) generator reaches. It shares with the real trainer everything that
-decides the result: the generator, discriminator and losses (pix2pix_model.py), the default recipe
-(no GAN term, Adam 1e-3, beta_1 0.5, extra noise hits in the training batches), the levers
---lr-decay, --beside-augment, --mix-tracks, --mix-background, --bend-augment and --pixel-loss with its
-defaults (cosine, 0.5, 0.5, off, off, bce; pix2pix_model's beside_segments, mixed_tracks, mixed_background, bent_events,
-lr_factor and generator_loss), batch 16, the hit-weighted pixel loss (raw hits weighted too), the
-raw-hit gate at validation, and the threshold and best epoch chosen on the validation split by
---threshold-criterion (tracks: with the file's track ids), --tracks-kept and --validation-background
-(pix2pix_model's validate and epoch_rank). It does not checkpoint, resume, distribute or export a .keras file.
+The project trains with Pix2Pix_training.py (TensorFlow). Some GPU machines (this team's lent H100s, for
+one) carry JAX and not TensorFlow; this script lets them train the same model to measure what the
+full-width (BASE_FILTERS 64) generator reaches. It shares with the real trainer everything that decides
+the result: the generator, discriminator and losses (pix2pix_model.py), the default recipe (no GAN term,
+Adam 1e-3, beta_1 0.5, extra noise hits in the training batches), the levers --lr-decay,
+--beside-augment, --mix-tracks, --mix-background, --bend-augment, --pixel-loss and --mirror-average with
+its defaults (cosine, 0.5, 0.5, off, off, bce, off; pix2pix_model's beside_segments, mixed_tracks,
+mixed_background, bent_events, lr_factor, generator_loss and mirror_averaged), batch 16, the hit-weighted
+pixel loss (raw hits weighted too), the raw-hit gate at validation, and the threshold and best epoch
+chosen on the validation split by --threshold-criterion (tracks: with the file's track ids),
+--tracks-kept and --validation-background (pix2pix_model's validate and epoch_rank). It does not
+checkpoint, resume, distribute or export a .keras file.
 
-Input: the project's HDF5 file and the split data_management.py saved beside it
-(NAME.split.npz; run `python data_management.py --data FILE` first). Output, in OUTPUT_DIR:
-history.csv (losses and validation scores per epoch), best.json (epoch, threshold, scores) and
-test_probabilities.npz: the best epoch's gated output of the test split, float16 (N_test, 36, 112),
-the largest channel per detector cell (compressed: the gate zeroes ~97 % of the cells), and the
-same for the test split of each --also-score file (test_probabilities_STEM.npz).
+Input: the project's HDF5 file and the split data_management.py saved beside it (NAME.split.npz; run
+`python data_management.py --data FILE` first). Output, in OUTPUT_DIR: history.csv (losses and validation
+scores per epoch, as it goes) and, at the end, best.json (epoch, threshold, scores) and
+test_probabilities.npz: the best epoch's gated output of the test split, float16 (N_test, 36, 112), the
+largest channel per detector cell (compressed: the gate zeroes ~97 % of the cells), and the same for the
+test split of each --also-score file (test_probabilities_STEM.npz).
 bench/score_probabilities.py scores that file against the baselines.
 
     KERAS_BACKEND=jax python bench/train_jax.py --data data/pairs.h5 --output-dir runs/jax64 --seconds 300
@@ -61,6 +62,7 @@ NOISE_AUGMENT = pm.NOISE_AUGMENT  # extra noise hits on 0..this of each training
 BESIDE_AUGMENT = pm.BESIDE_AUGMENT  # share of training events given a segment beside a track (Pix2Pix_training's)
 MIX_TRACKS = pm.MIX_TRACKS  # share of training events given the batch's previous event's tracks (Pix2Pix_training's)
 BEND_AUGMENT = pm.BEND_AUGMENT  # share of training events whose layers move by a tilt and a bend (Pix2Pix_training's)
+MIRROR_AVERAGE = pm.MIRROR_AVERAGE  # validate and score the output averaged with the mirrored event's (as there)
 MIX_BACKGROUND = pm.MIX_BACKGROUND  # share of training events given the next event's background (Pix2Pix_training's)
 LR_DECAY = pm.LR_DECAY  # none | cosine: the learning rate of each epoch, as Pix2Pix_training's --lr-decay
 PIXEL_LOSS = pm.PIXEL_LOSS  # l1 | bce: the generator's per-pixel term, as Pix2Pix_training's --pixel-loss
@@ -152,14 +154,17 @@ def learning_rate(optimizer, values):
     return next(float(v) for var, v in zip(optimizer.variables, values, strict=True) if var.name == "learning_rate")
 
 
-def make_predict(generator):
-    """Jitted inference (batch norm's moving statistics, no dropout), gated by the raw hits."""
+def make_predict(generator, mirror_average=False):
+    """Jitted inference (batch norm's moving statistics, no dropout), gated by the raw hits; with
+    mirror_average averaged with the mirrored event's (pix2pix_model.mirror_averaged, as Pix2Pix_training)."""
 
     @jax.jit
     def predict(g_tv, g_ntv, raw):
-        out, _ = generator.stateless_call(g_tv, g_ntv, raw, training=False)
-        gate = (jnp.max(raw, axis=-1, keepdims=True) > ei.SCALED_HIT_THRESHOLD).astype(out.dtype)
-        return out * gate
+        def gated(images):
+            out, _ = generator.stateless_call(g_tv, g_ntv, images, training=False)
+            return out * (jnp.max(images, axis=-1, keepdims=True) > ei.SCALED_HIT_THRESHOLD).astype(out.dtype)
+
+        return pm.mirror_averaged(gated, raw) if mirror_average else gated(raw)
 
     return predict
 
@@ -211,8 +216,8 @@ def optimizers_and_state(generator, discriminator, s):
     return gen_opt, disc_opt, state
 
 
-def write_best(s, when, validation, test_raws, predict_params):
-    """The best epoch so far: best.json and the outputs of each test split (test_probabilities{SUFFIX}.npz)."""
+def write_best(s, when, validation, predict_params, test_raws):
+    """The best epoch's best.json and outputs of each test split (test_probabilities{SUFFIX}.npz)."""
     out = Path(s.output_dir)
     for suffix, raw in test_raws.items():
         probabilities = test_probabilities(predict_params, raw)
@@ -240,7 +245,7 @@ def train(s):
     generator, discriminator = pm.build_generator(s.base_filters), pm.build_discriminator(s.base_filters)
     gen_opt, disc_opt, state = optimizers_and_state(generator, discriminator, s)
     step = make_train_step(generator, discriminator, gen_opt, disc_opt, s)
-    predict = make_predict(generator)
+    predict = make_predict(generator, s.mirror_average)
     train_raw_d, train_truth_d = jax.device_put(train_raw), jax.device_put(train_truth)  # uint8, on the device
     rng, noise_key = np.random.default_rng(s.seed), jax.random.key(s.seed)
     steps_per_epoch = len(train_raw) // s.batch_size
@@ -273,11 +278,11 @@ def train(s):
         history.flush()
         print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()), flush=True)
         rank = pm.epoch_rank(row, s.threshold_criterion, s.tracks_kept)
-        if best is None or rank > best[0]:
-            best = (rank, epoch)
-            write_best(s, {k: row[k] for k in ("epoch", "step", "threshold")}, {k: scores[k] for k in scored},
-                       {"": test_raw, **{f"_{stem}": raw for stem, raw in also.items()}}, predict_params)
+        if best is None or rank > best[0]:  # the state's arrays are kept, not copied: the step makes new ones
+            best = (rank, epoch, {k: row[k] for k in ("epoch", "step", "threshold")}, {k: scores[k] for k in scored},
+                    predict_params)
     history.close()
+    write_best(s, *best[2:], {"": test_raw, **{f"_{stem}": raw for stem, raw in also.items()}})
     print(f"best epoch {best and best[1]} ({s.threshold_criterion}); {out / 'best.json'}, "
           f"{out / 'test_probabilities.npz'}")
 
@@ -311,6 +316,8 @@ def parse_args(argv=None):
                    help="share of training events given the batch's next event's background hits (raw only)")
     p.add_argument("--bend-augment", type=float, default=BEND_AUGMENT,
                    help="share of training events whose layers move along the wires by a tilt and a bend")
+    p.add_argument("--mirror-average", action=argparse.BooleanOptionalAction, default=MIRROR_AVERAGE,
+                   help="validate and score the output averaged with the mirrored event's, as Pix2Pix_training's")
     p.add_argument("--lr-decay", choices=("none", "cosine"), default=LR_DECAY,
                    help="cosine: each epoch's learning rate is the set one x 0.5 (1 + cos(pi epoch / --epochs))")
     p.add_argument("--pixel-loss", choices=("l1", "bce"), default=PIXEL_LOSS,

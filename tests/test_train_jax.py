@@ -233,3 +233,38 @@ for name, flags in (("two", ["--validation-background", "2"]), ("own", ["--valid
     one_track_each, _ = pm.validate(lambda raw: raw * doubtful, batches, criterion="tracks", tracks_kept=0.5,
                                     background=2)
     assert got["two"]["tracks_kept"] != pytest.approx(one_track_each["tracks_kept"])  # the ids count here
+
+
+def test_mirror_average_answers_an_event_and_its_mirror_alike_under_jax(tmp_path):
+    """--mirror-average: the JAX trainer's inference (what validation and the test outputs use) answers an
+    event and its mirror alike, as Pix2Pix_training's does; the plain model does not."""
+    code = """
+import sys
+import numpy as np
+sys.path.insert(0, "bench")
+import keras
+import event_image as ei
+import pix2pix_model as pm
+import train_jax as tj
+keras.utils.set_random_seed(1)
+generator = pm.build_generator(4)
+has_mirror = pm.MIRROR_TABLES[ei.PADDED_SIZE][1]
+raw = (np.random.default_rng(2).random((2, 128, 128, 3)) > 0.9) * has_mirror * ei.event_region_mask()[..., None]
+raw = raw.astype("float32")
+valid = has_mirror & (raw > 0.5)
+for mirror_average in (False, True):
+    predict = tj.make_predict(generator, mirror_average)
+    params = ([v.value for v in generator.trainable_variables], [v.value for v in generator.non_trainable_variables])
+    direct = np.asarray(predict(*params, raw))
+    of_mirror = np.asarray(pm.mirrored(np.asarray(predict(*params, np.asarray(pm.mirrored(raw))))))
+    print(mirror_average, float(np.abs(of_mirror - direct)[valid].max()), float(direct[raw.max(-1) < 0.5].max()))
+print(tj.parse_args(["--mirror-average"]).mirror_average, tj.parse_args([]).mirror_average)
+"""
+    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    *lines, flags = proc.stdout.strip().splitlines()
+    gaps = {words[0]: (float(words[1]), float(words[2])) for words in map(str.split, lines)}
+    assert gaps["True"][0] < 1e-5 < gaps["False"][0]
+    assert gaps["True"][1] == gaps["False"][1] == 0  # gated by the raw hits either way
+    assert flags == "True False"  # the flag, off by default
