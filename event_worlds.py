@@ -19,15 +19,16 @@ WORLD_STREAM = 0x3A7D  # seeds event i of a set: default_rng([WORLD_STREAM, seed
 # Default-like values (used when an option is given with --preset default) and the hard world.
 WORLDS = {
     "default": {"tracks": (1, 3), "track_span": 16.0, "bend": 0.35, "inefficiency": 0.06, "segment_rate": 1.0,
-                "occupancy_scale": (1.0, 1.0), "crosstalk_rate": 1.0, "unwanted_fraction": 0.0, "wire_gradient": 0.0},
+                "occupancy_scale": (1.0, 1.0), "crosstalk_rate": 1.0, "unwanted_fraction": 0.0, "wire_gradient": 0.0,
+                "background_lean": 0.0},
     "hard": {"tracks": (1, 5), "track_span": 45.0, "bend": 0.6, "inefficiency": 0.05, "segment_rate": 4.0,
              "occupancy_scale": (1.0, 3.0), "crosstalk_rate": 2.0, "unwanted_fraction": 0.5,
-             "wire_gradient": 0.0},
+             "wire_gradient": 0.0, "background_lean": 0.0},
 }
 PRESETS = tuple(WORLDS)
 MAX_LUMINOSITY = 10.0  # every world's limit (make_events' default generator draws slots for up to this)
 WORLD_OPTIONS = ("tracks", "track_span", "bend", "inefficiency", "segment_rate", "occupancy_scale", "crosstalk_rate",
-                 "unwanted_fraction", "wire_gradient")
+                 "unwanted_fraction", "wire_gradient", "background_lean")
 STEREO_MAX = 2.0  # as make_events
 DOUBLE_HIT = 0.06
 NOISE_OCCUPANCY = np.array((0.025, 0.012, 0.008))  # today's uncorrelated hits per region (R1, R2, R3)
@@ -74,11 +75,18 @@ def wanted_track(rng, w):
     return LAYER, position, entry + (exit_slope - entry) * REGION_TWO_SLOPE
 
 
-def unwanted_track(rng):
-    """A low-momentum track: from layer 0, curling ever more steeply, ending before region 3."""
+def leaning(rng, value, lean):
+    """value, its sign made + with probability lean (else as drawn): background leaning one way along the wires,
+    as CLAS12's torus field curls low-momentum particles of one charge one way. No draw when lean is 0."""
+    return abs(value) if lean and rng.random() < lean else value
+
+
+def unwanted_track(rng, lean=0.0):
+    """A low-momentum track: from layer 0, curling ever more steeply (towards higher wires with probability
+    lean, else either way), ending before region 3."""
     last = rng.integers(UNWANTED_LAST_LAYER[0], UNWANTED_LAST_LAYER[1] + 1)
     layers = LAYER[:last + 1]
-    curvature = rng.uniform(*UNWANTED_CURVATURE) * rng.choice((-1.0, 1.0))
+    curvature = leaning(rng, rng.uniform(*UNWANTED_CURVATURE) * rng.choice((-1.0, 1.0)), lean)
     slope = rng.uniform(-0.5, 0.5) + curvature * layers
     position = rng.uniform(10, ei.WIRES - 11) + rng.uniform(-0.5, 0.5) * layers + curvature * layers**2 / 2 - STAGGER[
         layers]
@@ -118,7 +126,7 @@ def background(rng, w, luminosity):
         length = rng.integers(3, 7)
         first = superlayer * ei.LAYERS_PER_SUPERLAYER + rng.integers(0, ei.LAYERS_PER_SUPERLAYER - length + 1)
         layers = np.arange(first, first + length)
-        slope = rng.uniform(-SEGMENT_SLOPE_MAX, SEGMENT_SLOPE_MAX)
+        slope = leaning(rng, rng.uniform(-SEGMENT_SLOPE_MAX, SEGMENT_SLOPE_MAX), w["background_lean"])
         light_runs(raw, layers, rng.uniform(0, ei.WIRES - 1) + slope * (layers - first) - STAGGER[layers],
                    np.full(length, slope))
     p = NOISE_OCCUPANCY / NOISE_OCCUPANCY.sum()
@@ -143,7 +151,7 @@ def world_event(rng, w, luminosity):
     ids = np.zeros(truth.shape, np.uint8)
     k = 0
     for is_unwanted in unwanted:
-        path = unwanted_track(rng) if is_unwanted else wanted_track(rng, w)
+        path = unwanted_track(rng, w["background_lean"]) if is_unwanted else wanted_track(rng, w)
         hits = render_track(rng, w, *path)
         if is_unwanted:
             junk |= hits
@@ -224,6 +232,10 @@ def add_world_options(parser, preset, **defaults):
     w.add_argument("--wire-gradient", type=float, default=defaults["wire_gradient"], metavar="G",
                    help="uncorrelated hits fall linearly along the wires, from 1 + G times the mean at wire 1 to "
                         "1 - G at wire 112, as CLAS12's fall with the polar angle; G in 0..1 (hard: 0)")
+    w.add_argument("--background-lean", type=float, default=defaults["background_lean"], metavar="L",
+                   help="background segments slope and unwanted tracks curl towards higher wires with probability "
+                        "L, else either way (1: all one way, as one charge in CLAS12's torus field); L in 0..1 "
+                        "(hard: 0)")
 
 
 def world_settings(args):
@@ -239,7 +251,7 @@ def world_settings(args):
     if not 0 <= lo <= hi or max(NOISE_OCCUPANCY) * hi * args.luminosity * (1 + world["wire_gradient"]) > 1:
         raise InputError(f"--occupancy-scale {lo:g} {hi:g}: need 0 <= LO <= HI, and at most 100 % occupancy "
                          "(with --wire-gradient's densest wire)")
-    for name in ("inefficiency", "unwanted_fraction", "wire_gradient"):
+    for name in ("inefficiency", "unwanted_fraction", "wire_gradient", "background_lean"):
         if not 0 <= world[name] <= 1:
             raise InputError(f"--{name.replace('_', '-')} {world[name]:g}: must be in 0..1")
     for name in ("track_span", "bend", "segment_rate", "crosstalk_rate"):

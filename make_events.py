@@ -49,6 +49,7 @@ OCCUPANCY_SCALE = None  # LO HI: each region's uncorrelated hits x a factor draw
 CROSSTALK_RATE = None  # cross-talk runs per event, x today's
 UNWANTED_FRACTION = None  # share of tracks that are unwanted (curling, ending before region 3; raw only)
 WIRE_GRADIENT = None  # uncorrelated hits 1 + G times the mean at wire 1 falling to 1 - G at wire 112
+BACKGROUND_LEAN = None  # background segments slope, unwanted tracks curl towards higher wires with this probability
 
 # --- Fixed ----------------------------------------------------------------------------------
 PREVIEW_NAME = "preview.png"  # the preview's file name when --preview gives none

@@ -1,5 +1,6 @@
 """The synthetic event generator: its statistics, determinism, luminosity scaling and its CLI."""
 
+import hashlib
 import itertools
 import signal
 import subprocess
@@ -375,6 +376,40 @@ def test_wire_gradient_tilts_the_uncorrelated_hits_along_the_wires():
                 ["--occupancy-scale", "3", "3", "--luminosity", "10", "--wire-gradient", "0.5"]):
         with pytest.raises(InputError):
             me.parse_args(["--out", "x", *bad])
+
+
+def two_layer_lean(background):
+    """(pairs leaning to higher wires - pairs leaning to lower) / all: background hits two layers apart in one
+    superlayer (the same stagger) and 1-3 wires apart; about the --background-lean L of the segments."""
+    m = background.reshape(len(background), ei.SUPERLAYERS, ei.LAYERS_PER_SUPERLAYER, ei.WIRES)
+    a, b = m[:, :, :-2], m[:, :, 2:]
+    up = sum((a[..., :-d] & b[..., d:]).sum() for d in (1, 2, 3))
+    down = sum((a[..., d:] & b[..., :-d]).sum() for d in (1, 2, 3))
+    return (up - down) / (up + down)
+
+
+def test_background_lean_tilts_background_segments_and_curls_one_way():
+    segments_only = world(occupancy_scale=(0.0, 0.0), crosstalk_rate=0.0, tracks=(0, 0), segment_rate=1.0)
+    unwanted_only = world(**QUIET, tracks=(1, 1), unwanted_fraction=1.0)
+    lean = {}
+    for value in (0.0, 0.5, 1.0):
+        lean[value] = []
+        for only in (segments_only, unwanted_only):
+            events = me.generate_events(N, seed=4, preset={**only, "background_lean": value})
+            raw, truth = (ei.hit_mask(a) for a in events)
+            lean[value].append(two_layer_lean(raw & ~truth))
+        rng = np.random.default_rng(4)
+        curls = [ew.unwanted_track(rng, value)[2] for _ in range(N)]  # local slopes along each unwanted track
+        lean[value].append(np.mean([slope[-1] > slope[0] for slope in curls]))
+    assert abs(lean[0.0][0]) < 0.15 and abs(lean[0.0][1]) < 0.15 and 0.4 < lean[0.0][2] < 0.6  # either way alike
+    assert 0.4 < lean[0.5][0] < 0.7 and 0.3 < lean[0.5][1] < 0.7 and 0.68 < lean[0.5][2] < 0.82  # 3 in 4 one way
+    assert lean[1.0][0] > 0.95 and lean[1.0][1] > 0.8 and lean[1.0][2] == 1.0  # all one way
+    raw, truth = me.generate_events(50, seed=4, preset="hard")  # lean 0 draws nothing: the events measured before it
+    assert hashlib.sha256(raw.tobytes() + truth.tobytes()).hexdigest().startswith("0a41916e78c07b30")
+    assert me.parse_args(["--out", "x", "--background-lean", "0.5"]).world["background_lean"] == 0.5
+    for bad in ("1.5", "-0.1"):
+        with pytest.raises(InputError):
+            me.parse_args(["--out", "x", "--background-lean", bad])
 
 
 def test_unwanted_tracks_are_raw_hits_never_truth():
