@@ -282,9 +282,10 @@ def train(s):
             best = (rank, epoch, {k: row[k] for k in ("epoch", "step", "threshold")}, {k: scores[k] for k in scored},
                     predict_params)
     history.close()
+    if best is None:
+        raise SystemExit("no epoch ran (--seconds): no best.json or test outputs written")
     write_best(s, *best[2:], {"": test_raw, **{f"_{stem}": raw for stem, raw in also.items()}})
-    print(f"best epoch {best and best[1]} ({s.threshold_criterion}); {out / 'best.json'}, "
-          f"{out / 'test_probabilities.npz'}")
+    print(f"best epoch {best[1]} ({s.threshold_criterion}); {out / 'best.json'}, {out / 'test_probabilities.npz'}")
 
 
 def parse_args(argv=None):
