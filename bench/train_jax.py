@@ -279,13 +279,14 @@ def train(s):
         print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()), flush=True)
         rank = pm.epoch_rank(row, s.threshold_criterion, s.tracks_kept)
         if best is None or rank > best[0]:  # the state's arrays are kept, not copied: the step makes new ones
-            best = (rank, epoch, {k: row[k] for k in ("epoch", "step", "threshold")}, {k: scores[k] for k in scored},
+            best = (rank, {k: row[k] for k in ("epoch", "step", "threshold")}, {k: scores[k] for k in scored},
                     predict_params)
     history.close()
     if best is None:
         raise SystemExit("no epoch ran (--seconds): no best.json or test outputs written")
-    write_best(s, *best[2:], {"": test_raw, **{f"_{stem}": raw for stem, raw in also.items()}})
-    print(f"best epoch {best[1]} ({s.threshold_criterion}); {out / 'best.json'}, {out / 'test_probabilities.npz'}")
+    write_best(s, *best[1:], {"": test_raw, **{f"_{stem}": raw for stem, raw in also.items()}})
+    print(f"best epoch {best[1]['epoch']} ({s.threshold_criterion}); {out / 'best.json'}, "
+          f"{out / 'test_probabilities.npz'}")
 
 
 def parse_args(argv=None):
