@@ -103,18 +103,19 @@ def one_channel_unet(generator):
     return keras.Model(image, output, name="one_channel_generator")
 
 
-def with_clas12_interface(generator, mirror_average=False):
+def with_clas12_interface(generator, views=None):
     """A keras.Model [B,1,36,112] hit map -> [B,1,36,112] probability, around a 128x128x3 generator.
 
     The probability is the generator's (the highest of its channels) where the map has a hit (> 0.5),
-    times the map, 0 elsewhere: the trained gated generator's output, cropped, times the map. With
-    mirror_average (the training's --mirror-average) the channels are first averaged with those of the
-    mirrored map's output, mirrored back (pix2pix_model.mirror_averaged): two passes of the U-Net.
+    times the map, 0 elsewhere: the trained gated generator's output, cropped, times the map. With views
+    (trained_model.output_views: the training's --mirror-average, --shift-average) the channels are first
+    averaged with those of the mirrored or moved map's output, brought back (pix2pix_model.view_averaged):
+    one more pass of the U-Net per view.
     """
     keras = import_keras()
     from keras import ops
 
-    from pix2pix_model import mirror_averaged
+    from pix2pix_model import view_averaged
 
     unet = one_channel_unet(generator)
 
@@ -124,7 +125,7 @@ def with_clas12_interface(generator, mirror_average=False):
 
     hits = keras.Input((1, ei.LAYERS, ei.WIRES), name=ei.MODEL_INPUT)
     hit_map = ops.transpose(hits, (0, 2, 3, 1))  # (B, 36, 112, 1)
-    output = mirror_averaged(gated_output, hit_map) if mirror_average else gated_output(hit_map)
+    output = view_averaged(gated_output, hit_map, **(views or {}))
     probability = ops.max(output, axis=-1, keepdims=True) * hit_map
     return keras.Model(hits, ops.transpose(probability, (0, 3, 1, 2)), name="clas12_dc_denoiser")
 
@@ -304,7 +305,7 @@ def export(args):
         check_output_path(target, args.overwrite)
     model_path, generator, info, threshold = load_trained(args)
     hits = verification_hits(args.data, args.verify_events)
-    wrapped = with_clas12_interface(generator, trained_model.mirror_average(info))
+    wrapped = with_clas12_interface(generator, trained_model.output_views(info))
     metadata = {"threshold": threshold, "input": ei.MODEL_INPUT, "output": ei.MODEL_OUTPUT,
                 "layout": json.dumps(ei.LAYOUT), "source_model": model_path.name}
     with atomic_output(output, args.overwrite, ext=SUFFIXES[args.format]) as tmp, \

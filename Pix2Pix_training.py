@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 import data_management
+import event_image as ei
 import pairs_h5
 from script_utils import (
     ArgumentParser,
@@ -95,6 +96,7 @@ THRESHOLD_CRITERION = pix2pix_model.THRESHOLD_CRITERION  # balanced | f1 | track
 TRACKS_KEPT = pix2pix_model.TRACKS_KEPT  # tracks: the share of reconstructable tracks the chosen threshold keeps
 VALIDATION_BACKGROUND = pix2pix_model.VALIDATION_BACKGROUND  # validation events carry N events' background
 MIRROR_AVERAGE = pix2pix_model.MIRROR_AVERAGE  # output averaged with the mirrored event's (validate, denoise, export)
+SHIFT_AVERAGE = pix2pix_model.SHIFT_AVERAGE  # wires: and with the event's moved so far along its layers (0 = off)
 D_SATURATED_LOSS = 0.1  # discriminator loss below this (balanced: 2 log 2 = 1.39) is flagged as winning
 GAN_WEIGHT = 0.0  # weight of the GAN term in the generator's loss; 0 (measured best) = a plain U-Net, no discriminator
 GAN_WARMUP = 0  # epochs over which the GAN weight ramps up linearly from 0 (0 = full weight from the start)
@@ -380,6 +382,9 @@ def build_parser():
                    help="the model's output: the average of its answers for the event and for the event mirrored "
                         "along the wires, in validation and wherever the model is used (twice the time) "
                         "(default %(default)s)")
+    p.add_argument("--shift-average", type=int, default=SHIFT_AVERAGE, metavar="WIRES",
+                   help="the model's output also averaged with its answer for the event moved WIRES wires up along "
+                        "its layers, in validation and wherever the model is used (0 = off) (default %(default)s)")
     p.add_argument("--hit-weight", type=float, default=HIT_WEIGHT,
                    help="L1 weight of the truth's hit pixels; 1 = plain L1 (default %(default)s)")
     p.add_argument("--generator-lr", type=float, default=GENERATOR_LR, help="(default %(default)s)")
@@ -482,6 +487,8 @@ def parse_args(argv=None):
                 f"--validation-background {s.batch_size})" if s.batch_size < s.validation_background else "")
         raise InputError(f"--validation-background must be 1 to --batch-size ({s.batch_size}), "
                          f"not {s.validation_background}{hint}")
+    if not s.shift_average < ei.WIRES:
+        raise InputError(f"--shift-average must be below {ei.WIRES} wires, not {s.shift_average}")
     for name in ("hit_weight", "generator_lr", "discriminator_lr"):
         if not getattr(s, name) > 0:
             raise InputError(f"--{name.replace('_', '-')} must be positive, not {getattr(s, name)}")

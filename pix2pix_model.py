@@ -42,6 +42,7 @@ THRESHOLD_CRITERION = "tracks"  # how validation chooses the threshold: balanced
 VALIDATION_BACKGROUND = 2  # validation events carry this many events' background (2: as at twice the luminosity)
 TRACKS_KEPT = 0.99  # threshold criterion "tracks": the share of reconstructable tracks the threshold must keep
 MIRROR_AVERAGE = False  # validate, denoise and export the output averaged with the mirrored event's (2x the time)
+SHIFT_AVERAGE = 0  # wires (0 = off): the same with the event moved this many wires along its layers (one pass more)
 EVENT_CELLS = ei.event_region_mask()[..., None].astype(np.float32)  # 1 on the layout's 36x112 event cells
 IMAGE_SHAPE = (ei.PADDED_SIZE, ei.PADDED_SIZE, ei.CHANNELS)
 GENERATOR_BLOCKS = 7  # 128 -> 1 pixel at the bottleneck
@@ -125,11 +126,11 @@ def with_raw_hit_gate(generator):
     return keras.Model(inputs, gated, name="gated_generator")
 
 
-def mirror_tables():
-    """{rows: (each cell's mirror as a flat row x column index, whether it has one)} for the 36x112 event
-    (rows 36) and the 128x128 layout (rows 128), from event_image.MIRROR_WIRE; cells off the event are
-    their own mirror."""
-    event = np.maximum(ei.MIRROR_WIRE, 0), ei.MIRROR_WIRE >= 0
+def view_tables(source_wire):
+    """{rows: (each cell's source as a flat row x column index, whether it has one)} of a view of the 36x112
+    event in which cell (layer, wire) shows the event's cell (layer, source_wire[layer, wire]) (-1: none), for
+    the event (rows 36) and the 128x128 layout (rows 128); cells off the event are their own source, unshown."""
+    event = np.maximum(source_wire, 0), source_wire >= 0
     padded = np.tile(np.arange(ei.PADDED_SIZE), (ei.PADDED_SIZE, 1)), np.zeros((ei.PADDED_SIZE,) * 2, bool)
     cells = ei.LAYER_ROWS[:, None], np.arange(ei.WIRES)[None, :] + ei.PAD_LEFT
     padded[0][cells], padded[1][cells] = event[0] + ei.PAD_LEFT, event[1]
@@ -137,24 +138,43 @@ def mirror_tables():
             for rows, (index, valid) in ((ei.LAYERS, event), (ei.PADDED_SIZE, padded))}
 
 
-MIRROR_TABLES = mirror_tables()
+MIRROR_TABLES = view_tables(ei.MIRROR_WIRE)
 
 
-def mirrored(images):
-    """images (B, 36 or 128, W, C) with every layer mirrored along its wires (event_image.MIRROR_WIRE);
-    a cell without a mirror gets 0."""
-    index, valid = MIRROR_TABLES[images.shape[1]]  # index: the flat (row, column) cell each cell takes
+def shift_tables(wires):
+    """view_tables of the event moved `wires` wires along its layers (negative: towards wire 0); the hits
+    moved off the event's wires are left out."""
+    source = np.arange(ei.WIRES) - wires
+    return view_tables(np.broadcast_to(np.where((source >= 0) & (source < ei.WIRES), source, -1), ei.MIRROR_WIRE.shape))
+
+
+def viewed(images, tables):
+    """images (B, 36 or 128, W, C) as a view of view_tables shows them; a cell with no source gets 0."""
+    index, valid = tables[images.shape[1]]  # index: the flat (row, column) cell each cell takes
     _, rows, columns, channels = images.shape
     cells = ops.take(ops.reshape(images, (-1, rows * columns, channels)), index, axis=1)
     return ops.reshape(cells, (-1, rows, columns, channels)) * valid.astype("float32")  # numpy: a constant in graphs
 
 
-def mirror_averaged(predict, images):
-    """predict(images) averaged with the mirror of predict(mirrored(images)) wherever a cell has a mirror
-    (--mirror-average): the answers for an event and for its mirror image, made one."""
-    direct = predict(images)
-    valid = MIRROR_TABLES[images.shape[1]][1]
-    return ops.where(valid, (direct + mirrored(predict(mirrored(images)))) / 2, direct)
+def mirrored(images):
+    """images (B, 36 or 128, W, C) with every layer mirrored along its wires (event_image.MIRROR_WIRE);
+    a cell without a mirror gets 0."""
+    return viewed(images, MIRROR_TABLES)
+
+
+def view_averaged(predict, images, mirror=False, shift=0):
+    """predict(images) averaged, cell by cell, with its answers for views of the same events brought back:
+    the event mirrored along its wires (mirror: --mirror-average) and moved `shift` wires along its layers
+    (--shift-average). A cell a view leaves out (a hit without a mirror, moved off the wires) is left out of
+    that view's share. Each view is one more pass of predict."""
+    rows = images.shape[1]
+    views = ([(MIRROR_TABLES, MIRROR_TABLES)] if mirror else []) + \
+        ([(shift_tables(shift), shift_tables(-shift))] if shift else [])
+    total, count = predict(images), 1.0
+    for there, back in views:
+        total = total + viewed(predict(viewed(images, there)), back)
+        count = count + back[rows][1].astype("float32")
+    return total / count if views else total
 
 
 def build_discriminator(base_filters=BASE_FILTERS):

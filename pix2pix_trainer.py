@@ -25,10 +25,10 @@ from pix2pix_model import (  # noqa: E402
     discriminator_loss,
     generator_loss,
     lr_factor,
-    mirror_averaged,
     mixed_background,
     mixed_tracks,
     synchronize_batch_norm,
+    view_averaged,
     with_raw_hit_gate,
 )
 
@@ -191,7 +191,7 @@ class Trainer:
         self.generator_step = tf.function(lambda batch: self._train_step(batch, False), autograph=False)  # G only
         self.update_ema = tf.function(self._update_ema, autograph=False)
         decide = lambda raw: self.inference_model(raw, training=False)  # noqa: E731
-        self.predict = tf.function(lambda raw: mirror_averaged(decide, raw) if s.mirror_average else decide(raw),
+        self.predict = tf.function(lambda raw: view_averaged(decide, raw, s.mirror_average, s.shift_average),
                                    autograph=False,
                                    input_signature=[tf.TensorSpec((None,) + IMAGE_SHAPE, tf.float32)])
 

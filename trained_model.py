@@ -32,8 +32,8 @@ class KerasModel:
 
     concurrent_batches = 1
 
-    def __init__(self, path, threads=None, mirror_average=False):
-        self.mirror_average = mirror_average  # its training's --mirror-average: average with the mirrored event's
+    def __init__(self, path, threads=None, views=None):
+        self.views = views or {}  # output_views: its output averaged with the mirrored, moved event's
         if not zipfile.is_zipfile(path):  # Keras itself would say "file not found"
             raise InputError(f"{path}: not a Keras model file (a .keras file is a zip archive)")
         keras = import_keras()
@@ -58,7 +58,7 @@ class KerasModel:
         hits of 255 gives); a cell's probability is its largest output channel, so `prob > t`
         equals event_image.hit_mask(output, t). A batch shorter than the largest one so far is
         filled up with empty images (their outputs dropped): the predict function is traced once.
-        With mirror_average the output is pix2pix_model.mirror_averaged's, as in the training's validation.
+        With views the output is pix2pix_model.view_averaged's, as in the training's validation.
         """
         maps = np.asarray(hit_maps, np.float32)
         n = len(maps)
@@ -66,10 +66,10 @@ class KerasModel:
         images = np.zeros((self.batch_size, ei.LAYERS, ei.WIRES, ei.CHANNELS), np.float32)
         images[:n] = maps[..., None]
         predict = lambda x: np.asarray(self.model.predict_on_batch(x), np.float32)  # noqa: E731
-        if self.mirror_average:
-            from pix2pix_model import mirror_averaged
+        if self.views:
+            from pix2pix_model import view_averaged
 
-            out = np.asarray(mirror_averaged(predict, ei.pad_event(images)), np.float32)[:n]
+            out = np.asarray(view_averaged(predict, ei.pad_event(images), **self.views), np.float32)[:n]
         else:
             out = predict(ei.pad_event(images))[:n]
         return ei.crop_event(out).max(axis=-1)
@@ -189,15 +189,25 @@ def load_model(path, threads=None):
     """
     path = resolve_model(path)
     info = read_sidecar(path)
-    if path.suffix == ".onnx":  # an export holds its mirror averaging, if any, in its graph
+    if path.suffix == ".onnx":  # an export holds its output views, if any, in its graph
         return OnnxModel(path, threads), info
-    return KerasModel(path, threads, mirror_average=mirror_average(info)), info
+    return KerasModel(path, threads, views=output_views(info)), info
 
 
-def mirror_average(info):
-    """Whether the model's training chose its threshold on outputs averaged with the mirrored event's
-    (--mirror-average), so that it must be run so (an export's sidecar keeps its training's settings)."""
-    return bool(training_settings(info).get("mirror_average", False))
+def output_views(info):
+    """{"mirror": bool, "shift": wires} of the views the model's output is averaged over, as its training chose
+    its threshold (--mirror-average, --shift-average), so that it must be run so (an export's sidecar keeps its
+    training's settings); {} for none."""
+    settings = training_settings(info)
+    views = {"mirror": bool(settings.get("mirror_average", False)), "shift": int(settings.get("shift_average", 0))}
+    return views if any(views.values()) else {}
+
+
+def views_note(views):
+    """', output mirror-averaged and shift-averaged (K wires)' as far as views says ('' for none)."""
+    named = (["mirror-averaged"] if views.get("mirror") else []) + \
+        ([f"shift-averaged ({views['shift']} wire{'s' * (abs(views['shift']) != 1)})"] if views.get("shift") else [])
+    return ", output " + " and ".join(named) if named else ""
 
 
 def choose_threshold(threshold, info, model_path):
@@ -215,7 +225,7 @@ def choose_threshold(threshold, info, model_path):
 
 
 def threshold_origin(given, info):
-    """', from validation (criterion ..., output mirror-averaged if so)' or ', set at export; validation
+    """', from validation (criterion ..., output mirror-averaged if so: views_note)' or ', set at export; validation
     chose T': where a stored threshold came from ('' for one given on the command line)."""
     if given is not None:
         return ""
@@ -224,7 +234,7 @@ def threshold_origin(given, info):
     settings = training_settings(info)
     times = settings.get("validation_background", 1)
     chosen = settings.get("threshold_criterion", "?") + (f", {times} events' background" if times != 1 else "")
-    return f", from validation (criterion {chosen}{', output mirror-averaged' if mirror_average(info) else ''})"
+    return f", from validation (criterion {chosen}{views_note(output_views(info))})"
 
 
 def predicted(model, batches):

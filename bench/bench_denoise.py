@@ -90,7 +90,7 @@ def generator_files(folder, width, trained):
     bf16.save(files["keras-bfloat16"])
     Pix2Pix_export.write_onnx(Pix2Pix_export.with_clas12_interface(generator), files["onnx"], {"threshold": threshold})
     quantize_dynamic(str(files["onnx"]), str(files["onnx-int8"]), weight_type=QuantType.QInt8)
-    Pix2Pix_export.write_onnx(Pix2Pix_export.with_clas12_interface(generator, mirror_average=True), files[MIRROR],
+    Pix2Pix_export.write_onnx(Pix2Pix_export.with_clas12_interface(generator, {"mirror": True}), files[MIRROR],
                               {"threshold": threshold})
     for path in files.values():
         path.with_suffix(".json").write_text(json.dumps({"threshold": threshold}))

@@ -5,9 +5,9 @@ one) carry JAX and not TensorFlow; this script lets them train the same model to
 full-width (BASE_FILTERS 64) generator reaches. It shares with the real trainer everything that decides
 the result: the generator, discriminator and losses (pix2pix_model.py), the default recipe (no GAN term,
 Adam 1e-3, beta_1 0.5, extra noise hits in the training batches), the levers --lr-decay,
---beside-augment, --mix-tracks, --mix-background, --bend-augment, --pixel-loss and --mirror-average with
-its defaults (cosine, 0.5, 0.5, off, off, bce, off; pix2pix_model's beside_segments, mixed_tracks,
-mixed_background, bent_events, lr_factor, generator_loss and mirror_averaged), batch 16, the hit-weighted
+--beside-augment, --mix-tracks, --mix-background, --bend-augment, --pixel-loss, --mirror-average and
+--shift-average with its defaults (cosine, 0.5, 0.5, off, off, bce, off, off; pix2pix_model's beside_segments,
+mixed_tracks, mixed_background, bent_events, lr_factor, generator_loss and view_averaged), batch 16, the hit-weighted
 pixel loss (raw hits weighted too), the raw-hit gate at validation, and the threshold and best epoch
 chosen on the validation split by --threshold-criterion (tracks: with the file's track ids),
 --tracks-kept and --validation-background (pix2pix_model's validate and epoch_rank). It does not
@@ -63,6 +63,7 @@ BESIDE_AUGMENT = pm.BESIDE_AUGMENT  # share of training events given a segment b
 MIX_TRACKS = pm.MIX_TRACKS  # share of training events given the batch's previous event's tracks (Pix2Pix_training's)
 BEND_AUGMENT = pm.BEND_AUGMENT  # share of training events whose layers move by a tilt and a bend (Pix2Pix_training's)
 MIRROR_AVERAGE = pm.MIRROR_AVERAGE  # validate and score the output averaged with the mirrored event's (as there)
+SHIFT_AVERAGE = pm.SHIFT_AVERAGE  # wires: and with the event's moved so far along its layers (0 = off; as there)
 MIX_BACKGROUND = pm.MIX_BACKGROUND  # share of training events given the next event's background (Pix2Pix_training's)
 LR_DECAY = pm.LR_DECAY  # none | cosine: the learning rate of each epoch, as Pix2Pix_training's --lr-decay
 PIXEL_LOSS = pm.PIXEL_LOSS  # l1 | bce: the generator's per-pixel term, as Pix2Pix_training's --pixel-loss
@@ -154,9 +155,9 @@ def learning_rate(optimizer, values):
     return next(float(v) for var, v in zip(optimizer.variables, values, strict=True) if var.name == "learning_rate")
 
 
-def make_predict(generator, mirror_average=False):
-    """Jitted inference (batch norm's moving statistics, no dropout), gated by the raw hits; with
-    mirror_average averaged with the mirrored event's (pix2pix_model.mirror_averaged, as Pix2Pix_training)."""
+def make_predict(generator, mirror=False, shift=0):
+    """Jitted inference (batch norm's moving statistics, no dropout), gated by the raw hits; averaged with the
+    mirrored event's (mirror) and the event's moved `shift` wires (pix2pix_model.view_averaged, as Pix2Pix_training)."""
 
     @jax.jit
     def predict(g_tv, g_ntv, raw):
@@ -164,7 +165,7 @@ def make_predict(generator, mirror_average=False):
             out, _ = generator.stateless_call(g_tv, g_ntv, images, training=False)
             return out * (jnp.max(images, axis=-1, keepdims=True) > ei.SCALED_HIT_THRESHOLD).astype(out.dtype)
 
-        return pm.mirror_averaged(gated, raw) if mirror_average else gated(raw)
+        return pm.view_averaged(gated, raw, mirror, shift)
 
     return predict
 
@@ -245,7 +246,7 @@ def train(s):
     generator, discriminator = pm.build_generator(s.base_filters), pm.build_discriminator(s.base_filters)
     gen_opt, disc_opt, state = optimizers_and_state(generator, discriminator, s)
     step = make_train_step(generator, discriminator, gen_opt, disc_opt, s)
-    predict = make_predict(generator, s.mirror_average)
+    predict = make_predict(generator, s.mirror_average, s.shift_average)
     train_raw_d, train_truth_d = jax.device_put(train_raw), jax.device_put(train_truth)  # uint8, on the device
     rng, noise_key = np.random.default_rng(s.seed), jax.random.key(s.seed)
     steps_per_epoch = len(train_raw) // s.batch_size
@@ -320,6 +321,8 @@ def parse_args(argv=None):
                    help="share of training events whose layers move along the wires by a tilt and a bend")
     p.add_argument("--mirror-average", action=argparse.BooleanOptionalAction, default=MIRROR_AVERAGE,
                    help="validate and score the output averaged with the mirrored event's, as Pix2Pix_training's")
+    p.add_argument("--shift-average", type=int, default=SHIFT_AVERAGE, metavar="WIRES",
+                   help="the same with the event moved WIRES wires along its layers (0 = off), as Pix2Pix_training's")
     p.add_argument("--lr-decay", choices=("none", "cosine"), default=LR_DECAY,
                    help="cosine: each epoch's learning rate is the set one x 0.5 (1 + cos(pi epoch / --epochs))")
     p.add_argument("--pixel-loss", choices=("l1", "bce"), default=PIXEL_LOSS,
@@ -336,6 +339,8 @@ def parse_args(argv=None):
     s = p.parse_args(argv)
     if not 1 <= s.validation_background <= s.batch_size:
         p.error(f"--validation-background must be 1 to --batch-size ({s.batch_size}), not {s.validation_background}")
+    if not 0 <= s.shift_average < ei.WIRES:
+        p.error(f"--shift-average must be 0 to {ei.WIRES - 1} wires, not {s.shift_average}")
     return s
 
 

@@ -363,15 +363,20 @@ def mirror_maps(hits):
     return np.take_along_axis(hits, source, axis=-1) * (ei.MIRROR_WIRE >= 0)
 
 
+def run_trained_with(run, folder, **settings):
+    """folder: the run's generator, its sidecar saying it trained with these settings."""
+    folder.mkdir(exist_ok=True)
+    (folder / "generator_best.keras").write_bytes((run[0] / "generator_best.keras").read_bytes())
+    info = json.loads((run[0] / "generator_best.json").read_text())
+    info["settings"].update(settings)
+    (folder / "generator_best.json").write_text(json.dumps(info))
+    return folder
+
+
 @pytest.fixture(scope="module")
 def mirror_run(run, tmp_path_factory):
     """The run's generator, its sidecar saying it trained with --mirror-average."""
-    folder = tmp_path_factory.mktemp("mirror_run")
-    (folder / "generator_best.keras").write_bytes((run[0] / "generator_best.keras").read_bytes())
-    info = json.loads((run[0] / "generator_best.json").read_text())
-    info["settings"]["mirror_average"] = True
-    (folder / "generator_best.json").write_text(json.dumps(info))
-    return folder
+    return run_trained_with(run, tmp_path_factory.mktemp("mirror_run"), mirror_average=True)
 
 
 def test_mirror_averaged_export_answers_an_event_and_its_mirror_alike(run, exported, mirror_run, tmp_path):
@@ -388,7 +393,27 @@ def test_mirror_averaged_export_answers_an_event_and_its_mirror_alike(run, expor
         answers[name] = np.abs(mirror_maps(of_mirror) - prob)[has_mirror & (hits > 0)].max(), prob
     assert answers["mirror"][0] < 1e-5 < answers["plain"][0]
     keras_model, info = trained_model.load_model(mirror_run)
-    assert keras_model.mirror_average and trained_model.mirror_average(json.loads(out.with_suffix(".json").read_text()))
+    assert keras_model.views == {"mirror": True, "shift": 0} == trained_model.output_views(
+        json.loads(out.with_suffix(".json").read_text()))
     expected = keras_model.probabilities(hits[:, 0])[:, None]
     assert np.abs(answers["mirror"][1] - expected).max() < 1e-5
     assert np.abs(answers["plain"][1] - expected).max() > 1e-3
+
+
+def test_shift_averaged_export_answers_as_the_keras_model_trained_so(run, exported, tmp_path):
+    """--shift-average (with --mirror-average too): the export holds the extra passes (the map moved along its
+    wires, the mirrored map) in its graph and answers as the Keras model loaded from the same run; the plain
+    export does not. A 36x112 map moved inside the graph drops what leaves the wires, as the 128x128 one does."""
+    hits = hit_maps(40, seed=13)
+    for views in ({"mirror": False, "shift": 1}, {"mirror": True, "shift": 3}):
+        folder = run_trained_with(run, tmp_path / f"run{views['shift']}", mirror_average=views["mirror"],
+                                  shift_average=views["shift"])
+        out = tmp_path / f"shift{views['shift']}.onnx"
+        assert export.main(["--model", str(folder), "--output", str(out), "--verify-events", "16"]) == 0
+        keras_model, _ = trained_model.load_model(folder)
+        sidecar = json.loads(out.with_suffix(".json").read_text())
+        assert keras_model.views == views == trained_model.output_views(sidecar)
+        expected = keras_model.probabilities(hits[:, 0])[:, None]
+        got, plain = (onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+                      .run(None, {"hits": hits})[0] for path in (out, exported))
+        assert np.abs(got - expected).max() < 1e-5 < np.abs(plain - expected).max()

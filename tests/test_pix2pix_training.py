@@ -938,5 +938,63 @@ def test_mirror_average_validates_and_saves_an_answer_alike_for_an_event_and_its
     pt.train(settings(events_h5, out, "--epochs", 1, "--steps-per-epoch", 1, "--validation-batches", 1,
                       "--mirror-average"))
     model, info = trained_model.load_model(out)
-    assert info["settings"]["mirror_average"] and model.mirror_average
+    assert info["settings"]["mirror_average"] and model.views == {"mirror": True, "shift": 0}
     assert "output mirror-averaged" in trained_model.threshold_origin(None, info)
+
+
+def moved_wires(images, wires):
+    """images (B, 128, 128, C) with the event's wires moved `wires` columns (numpy, for the tests: what moves
+    off the event's 112 wires is dropped)."""
+    on_wires = np.zeros(images.shape[2], bool)
+    on_wires[ei.WIRE_COLUMNS] = True
+    return np.roll(np.asarray(images) * on_wires[:, None], wires, axis=2) * on_wires[:, None]
+
+
+def test_view_averaged_takes_each_cells_answers_from_every_view_that_shows_it():
+    """pix2pix_model.view_averaged with an answer that depends on where a cell lies: each event cell's output
+    is the mean of its own answer, its mirror's answer (a cell with a mirror) and the answer of the cell K
+    wires on (a cell whose moved place is on the wires); the 36-layer event and the 128x128 layout agree."""
+    place = (np.arange(128)[:, None] * 1000 + np.arange(128)[None, :]).astype(np.float32)[None, :, :, None]
+    predict = lambda x: np.asarray(x) * 0 + place[:, :x.shape[1], :x.shape[2]]  # noqa: E731 (answer: the cell's place)
+    images = np.ones((1, 128, 128, 1), np.float32)
+    row, wire = ei.LAYER_ROWS[1], np.arange(ei.WIRES)  # layer 1: odd, its wire 111 has no mirror
+    mirror = np.where(ei.MIRROR_WIRE[1] >= 0, ei.MIRROR_WIRE[1], wire)
+    for views, want in (({"shift": 3}, np.where(wire + 3 < ei.WIRES, wire + 1.5, wire)),
+                        ({"shift": -2}, np.where(wire >= 2, wire - 1, wire)),
+                        ({"mirror": True, "shift": 3},
+                         (wire + mirror * (ei.MIRROR_WIRE[1] >= 0) + (wire + 3) * (wire + 3 < ei.WIRES))
+                         / (1 + (ei.MIRROR_WIRE[1] >= 0) + (wire + 3 < ei.WIRES))),
+                        ({}, wire)):
+        out = np.asarray(pm.view_averaged(predict, images, **views))
+        assert np.allclose(out[0, row, ei.WIRE_COLUMNS, 0] - row * 1000 - ei.PAD_LEFT, want, atol=0.01), views
+        event = np.asarray(pm.view_averaged(predict, np.ones((1, ei.LAYERS, ei.WIRES, 1), np.float32), **views))
+        assert np.allclose(event[0, 1, :, 0] - 1000, want, atol=0.01), views
+
+
+def test_shift_average_validates_and_saves_the_mean_of_the_event_and_its_moved_copy(events_h5, tmp_path):
+    """--shift-average K: what validation scores is, on every hit, the mean of the model's answer for the event
+    and its answer for the event moved K wires along its layers, moved back (a hit moved off the wires keeps its
+    own answer), unlike the plain model's; the saved model is loaded to answer so; K out of the wires refused."""
+    raw = np.asarray(one_batch()[0])
+    trainer = trainer_with(tmp_path, "--gan-weight", 0, "--shift-average", 1)
+    plain = lambda x: np.asarray(trainer.inference_model(tf.constant(x), training=False))  # noqa: E731
+    want = (plain(raw) + moved_wires(plain(moved_wires(raw, 1)), -1)) / 2
+    want[:, :, ei.PAD_LEFT + ei.WIRES - 1:] = plain(raw)[:, :, ei.PAD_LEFT + ei.WIRES - 1:]
+    got, hits = np.asarray(trainer.predict(raw)), raw > 0.5
+    assert np.abs(got - want)[hits].max() < 1e-5 < np.abs(got - plain(raw))[hits].max()
+    out = tmp_path / "run"
+    pt.train(settings(events_h5, out, "--epochs", 1, "--steps-per-epoch", 1, "--validation-batches", 1,
+                      "--shift-average", 1))
+    model, info = trained_model.load_model(out)
+    assert info["settings"]["shift_average"] == 1 and model.views == {"mirror": False, "shift": 1}
+    assert "output shift-averaged (1 wire)" in trained_model.threshold_origin(None, info)
+    keras_model = keras.models.load_model(out / "generator_best.keras")
+    maps = raw[:, ei.LAYER_ROWS][:, :, ei.WIRE_COLUMNS].max(axis=-1)
+    plain = lambda x: np.asarray(keras_model(tf.constant(x), training=False))  # noqa: E731
+    image = raw.max(axis=-1, keepdims=True).repeat(3, axis=-1)
+    want = (plain(image) + moved_wires(plain(moved_wires(image, 1)), -1)) / 2
+    want[:, :, ei.PAD_LEFT + ei.WIRES - 1:] = plain(image)[:, :, ei.PAD_LEFT + ei.WIRES - 1:]
+    got = model.probabilities(maps)  # what Pix2Pix_denoise.py runs: a cell's largest channel
+    assert np.abs(got - ei.crop_event(want).max(axis=-1))[maps > 0.5].max() < 1e-5
+    with pytest.raises(InputError, match="--shift-average must be below 112 wires, not 112"):
+        settings(events_h5, out, "--shift-average", 112)

@@ -237,7 +237,8 @@ for name, flags in (("two", ["--validation-background", "2"]), ("own", ["--valid
 
 def test_mirror_average_answers_an_event_and_its_mirror_alike_under_jax(tmp_path):
     """--mirror-average: the JAX trainer's inference (what validation and the test outputs use) answers an
-    event and its mirror alike, as Pix2Pix_training's does; the plain model does not."""
+    event and its mirror alike, as Pix2Pix_training's does; the plain model does not. --shift-average: it
+    averages the event's and its moved copy's answers as the Keras-side view_averaged does."""
     code = """
 import sys
 import numpy as np
@@ -252,13 +253,18 @@ has_mirror = pm.MIRROR_TABLES[ei.PADDED_SIZE][1]
 raw = (np.random.default_rng(2).random((2, 128, 128, 3)) > 0.9) * has_mirror * ei.event_region_mask()[..., None]
 raw = raw.astype("float32")
 valid = has_mirror & (raw > 0.5)
+params = ([v.value for v in generator.trainable_variables], [v.value for v in generator.non_trainable_variables])
 for mirror_average in (False, True):
     predict = tj.make_predict(generator, mirror_average)
-    params = ([v.value for v in generator.trainable_variables], [v.value for v in generator.non_trainable_variables])
     direct = np.asarray(predict(*params, raw))
     of_mirror = np.asarray(pm.mirrored(np.asarray(predict(*params, np.asarray(pm.mirrored(raw))))))
     print(mirror_average, float(np.abs(of_mirror - direct)[valid].max()), float(direct[raw.max(-1) < 0.5].max()))
-print(tj.parse_args(["--mirror-average"]).mirror_average, tj.parse_args([]).mirror_average)
+plain, shifted = (np.asarray(tj.make_predict(generator, shift=k)(*params, raw)) for k in (0, 1))
+keras_side = np.asarray(pm.view_averaged(lambda x: generator(x, training=False) * (x.max(-1, keepdims=True) > 0.5),
+                                         raw, shift=1))
+print("shift", float(np.abs(shifted - keras_side)[raw > 0.5].max()), float(np.abs(plain - keras_side)[raw > 0.5].max()))
+print(tj.parse_args(["--mirror-average"]).mirror_average, tj.parse_args([]).mirror_average,
+      tj.parse_args(["--shift-average", "1"]).shift_average, tj.parse_args([]).shift_average)
 """
     env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
@@ -267,4 +273,5 @@ print(tj.parse_args(["--mirror-average"]).mirror_average, tj.parse_args([]).mirr
     gaps = {words[0]: (float(words[1]), float(words[2])) for words in map(str.split, lines)}
     assert gaps["True"][0] < 1e-5 < gaps["False"][0]
     assert gaps["True"][1] == gaps["False"][1] == 0  # gated by the raw hits either way
-    assert flags == "True False"  # the flag, off by default
+    assert gaps["shift"][0] < 1e-5 < gaps["shift"][1]  # --shift-average: view_averaged's, as Pix2Pix_training's
+    assert flags == "True False 1 0"  # the flags, off by default
