@@ -17,6 +17,7 @@ JAX backend (bench/train_jax.py, for GPU machines without TensorFlow).
 """
 
 import contextlib
+import functools
 import math
 
 import keras
@@ -141,6 +142,7 @@ def view_tables(source_wire):
 MIRROR_TABLES = view_tables(ei.MIRROR_WIRE)
 
 
+@functools.lru_cache
 def shift_tables(wires):
     """view_tables of the event moved `wires` wires along its layers (negative: towards wire 0); the hits
     moved off the event's wires are left out."""

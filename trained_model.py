@@ -66,12 +66,9 @@ class KerasModel:
         images = np.zeros((self.batch_size, ei.LAYERS, ei.WIRES, ei.CHANNELS), np.float32)
         images[:n] = maps[..., None]
         predict = lambda x: np.asarray(self.model.predict_on_batch(x), np.float32)  # noqa: E731
-        if self.views:
-            from pix2pix_model import view_averaged
+        from pix2pix_model import view_averaged  # keras: not for the ONNX route
 
-            out = np.asarray(view_averaged(predict, ei.pad_event(images), **self.views), np.float32)[:n]
-        else:
-            out = predict(ei.pad_event(images))[:n]
+        out = np.asarray(view_averaged(predict, ei.pad_event(images), **self.views), np.float32)[:n]
         return ei.crop_event(out).max(axis=-1)
 
 

@@ -1,6 +1,7 @@
 """The files of a training run's folder (Pix2Pix_training.py): run_config.json and the checks of a
 folder before a run starts or resumes in it, checkpoints/, history.csv, samples/epoch_NNN.png and
-the exported generators (generator_best / generator_final .keras + .json).
+the exported generators (generator_best / generator_final .keras + .json); and the log lines that
+say what an epoch's history row and generator_best hold.
 """
 
 import csv
@@ -257,3 +258,31 @@ def export_generator(trainer, out, stem, scores, epoch, step, settings, stabilit
                                       "base_filters": trainer.s.base_filters, "validation": validation,
                                       "precision": trainer.precision, "settings": settings, "data": data,
                                       "stability": stability})
+
+
+def report_epoch(s, row, seconds):
+    """The epoch's line of the log, and a note when the discriminator wins outright."""
+    print(f"epoch {row['epoch']}/{s.epochs} step {row['step']}: G {row['gen_total']:.4f} (GAN {row['gen_gan']:.3f}, "
+          f"{s.pixel_loss.upper()} {row['gen_l1']:.5f}) D {row['disc']:.3f} | validation L1 {row['val_l1']:.5f}, "
+          f"threshold {row['threshold']:.2f}: efficiency {row['efficiency']:.3f} rejection {row['rejection']:.3f} "
+          f"purity {row['purity']:.3f} F1 {row['f1']:.3f}{tracking_text(row)} ({seconds:.0f} s)", flush=True)
+    if row.get("collapse"):
+        print(f"note: collapse: validation F1 {row['f1']:.3f} fell more than {s.collapse_drop:g} below the best so "
+              "far (history.csv's collapse column)", flush=True)
+    if row["disc_winning"]:
+        print(f"note: the discriminator is winning (its loss {row['disc']:.3f}, balanced 1.39; the "
+              f"generator's GAN loss {row['gen_gan']:.2f}, balanced 0.69)", flush=True)
+
+
+def tracking_text(scores):
+    """', tracks kept ... fake segments/event ...' of --threshold-criterion tracks' scores ('' without them)."""
+    if "tracks_kept" not in scores:
+        return ""
+    return f", tracks kept {scores['tracks_kept']:.4f}, fake segments/event {scores['fake_segments_per_event']:.4f}"
+
+
+def best_epoch_text(out, info):
+    """'best epoch E (threshold T: F1 ..., tracks kept ...): PATH' of generator_best.json's contents (info)."""
+    v = info["validation"]
+    return (f"best epoch {info['epoch']} (threshold {info['threshold']:.2f}: F1 {v['f1']:.3f}{tracking_text(v)}): "
+            f"{out / 'generator_best.keras'}")
