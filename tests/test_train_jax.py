@@ -11,7 +11,7 @@ import h5py
 import keras
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, run_script
 
 import data_management as dm
 import evaluation
@@ -32,11 +32,13 @@ def write_events(path, n, seed):
     return dm.load_split(path)
 
 
+JAX = {"KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}  # Keras' JAX backend on the CPU, for every child here
+
+
 def start(script, *args):
-    """A bench script started under Keras' JAX backend on the CPU, its output captured."""
-    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
-    return subprocess.Popen([sys.executable, str(ROOT / "bench" / script), *map(str, args)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    """A bench script started under JAX, its output captured."""
+    return subprocess.Popen([sys.executable, str(ROOT / "bench" / script), *map(str, args)], cwd=ROOT,
+                            env=dict(os.environ, **JAX), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def finished(proc):
@@ -50,7 +52,8 @@ def finished(proc):
 
 
 def run(script, *args):
-    return finished(start(script, *args))
+    """A bench script run under JAX: its CompletedProcess."""
+    return run_script(f"bench/{script}", *args, env=JAX)
 
 
 TINY = ("--base-filters", 4, "--batch-size", 4, "--precision", "float32", "--learning-rate", 2e-3, "--gan-weight", 0.5)
@@ -125,7 +128,7 @@ np.savez(sys.argv[2], beside=np.asarray(pm.beside_segments(d["raw"], d["truth"],
          background=np.asarray(pm.mixed_background(d["raw"], d["truth"], d["u1"], 0.5)[0]),
          bent=np.stack(pm.bent_events(d["raw"], d["truth"], d["u5"][:, :3], 0.5)))
 """
-    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
+    env = dict(os.environ, **JAX)
     proc = subprocess.run([sys.executable, "-c", code, tmp_path / "in.npz", tmp_path / "jax.npz"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -208,7 +211,7 @@ print(json.dumps({"default": tj.NOISE_AUGMENT, "same_key": bool((out[0] == out[1
                   "outside": int(out[0][:, ~tj.ei.event_region_mask()].sum()),
                   "fractions": ((out[0][..., 0] > raw[..., 0]).sum(axis=(1, 2)) / (36 * 112)).tolist()}))
 """
-    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
+    env = dict(os.environ, **JAX)
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -236,7 +239,7 @@ for name, flags in (("two", ["--validation-background", "2"]), ("own", ["--valid
     scores = tj.validate_epoch(s, lambda raw: raw * doubtful, validation)
     print(json.dumps({"name": name, **{k: scores[k] for k in ("threshold", "tracks_kept", "fake_segments_per_event")}}))
 """
-    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
+    env = dict(os.environ, **JAX)
     proc = subprocess.run([sys.executable, "-c", code, tmp / "events.h5", tmp / "validation.npz"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -287,7 +290,7 @@ print("shift", float(np.abs(shifted - keras_side)[raw > 0.5].max()), float(np.ab
 print(tj.parse_args(["--mirror-average"]).mirror_average, tj.parse_args([]).mirror_average,
       tj.parse_args(["--shift-average", "1"]).shift_average, tj.parse_args([]).shift_average)
 """
-    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
+    env = dict(os.environ, **JAX)
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     *lines, flags = proc.stdout.strip().splitlines()
