@@ -56,6 +56,12 @@ def run(script, *args):
     return run_script(f"bench/{script}", *args, env=JAX)
 
 
+def run_code(code, *args):
+    """Python code run under JAX in a child process started in the project's folder: its CompletedProcess."""
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=ROOT, env=dict(os.environ, **JAX),
+                          capture_output=True, text=True, timeout=300)
+
+
 TINY = ("--base-filters", 4, "--batch-size", 4, "--precision", "float32", "--learning-rate", 2e-3, "--gan-weight", 0.5)
 LEVERS = {"--lr-decay": "cosine", "--beside-augment": 0.5, "--mix-tracks": 0.5, "--mix-background": 0.5,
           "--bend-augment": 0.5}
@@ -128,9 +134,7 @@ np.savez(sys.argv[2], beside=np.asarray(pm.beside_segments(d["raw"], d["truth"],
          background=np.asarray(pm.mixed_background(d["raw"], d["truth"], d["u1"], 0.5)[0]),
          bent=np.stack(pm.bent_events(d["raw"], d["truth"], d["u5"][:, :3], 0.5)))
 """
-    env = dict(os.environ, **JAX)
-    proc = subprocess.run([sys.executable, "-c", code, tmp_path / "in.npz", tmp_path / "jax.npz"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = run_code(code, tmp_path / "in.npz", tmp_path / "jax.npz")
     assert proc.returncode == 0, proc.stderr[-3000:]
     under_jax, d = np.load(tmp_path / "jax.npz"), np.load(tmp_path / "in.npz")
     assert keras.backend.backend() == "tensorflow"  # this process
@@ -211,8 +215,7 @@ print(json.dumps({"default": tj.NOISE_AUGMENT, "same_key": bool((out[0] == out[1
                   "outside": int(out[0][:, ~tj.ei.event_region_mask()].sum()),
                   "fractions": ((out[0][..., 0] > raw[..., 0]).sum(axis=(1, 2)) / (36 * 112)).tolist()}))
 """
-    env = dict(os.environ, **JAX)
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    proc = run_code(code)
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     assert got["default"] > 0 and got["same_key"] and got["other_key"] and got["kept"] and got["channels_equal"]
@@ -239,9 +242,7 @@ for name, flags in (("two", ["--validation-background", "2"]), ("own", ["--valid
     scores = tj.validate_epoch(s, lambda raw: raw * doubtful, validation)
     print(json.dumps({"name": name, **{k: scores[k] for k in ("threshold", "tracks_kept", "fake_segments_per_event")}}))
 """
-    env = dict(os.environ, **JAX)
-    proc = subprocess.run([sys.executable, "-c", code, tmp / "events.h5", tmp / "validation.npz"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = run_code(code, tmp / "events.h5", tmp / "validation.npz")
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = {d.pop("name"): d for d in (json.loads(line) for line in proc.stdout.strip().splitlines()[-2:])}
     d = np.load(tmp / "validation.npz")
@@ -290,8 +291,7 @@ print("shift", float(np.abs(shifted - keras_side)[raw > 0.5].max()), float(np.ab
 print(tj.parse_args(["--mirror-average"]).mirror_average, tj.parse_args([]).mirror_average,
       tj.parse_args(["--shift-average", "1"]).shift_average, tj.parse_args([]).shift_average)
 """
-    env = dict(os.environ, **JAX)
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    proc = run_code(code)
     assert proc.returncode == 0, proc.stderr[-3000:]
     *lines, flags = proc.stdout.strip().splitlines()
     gaps = {words[0]: (float(words[1]), float(words[2])) for words in map(str.split, lines)}
