@@ -14,7 +14,6 @@ the result hit by hit against the truth and the CLAS12 baselines (evaluation.py)
 import argparse
 import contextlib
 import json
-import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -31,6 +30,7 @@ from script_utils import (
     ArgumentParser,
     InputError,
     atomic_output,
+    can_write_in,
     check_not_an_input,
     check_output_path,
     number_list,
@@ -274,7 +274,7 @@ class PngFolderWriter:
         if not out.parent.is_dir():
             raise InputError(f"{self.folder}: its folder {out.parent} does not exist")
         writes_in = out if out.is_dir() else out.parent
-        if not os.access(writes_in, os.W_OK | os.X_OK):
+        if not can_write_in(writes_in):
             raise InputError(f"{self.folder}: folder {writes_in} is not writable")
         for name in names:
             if (self.folder / name).exists() and not self.overwrite:

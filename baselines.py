@@ -13,7 +13,6 @@
 import argparse
 import hashlib
 import json
-import os
 import time
 import zipfile
 from pathlib import Path
@@ -24,7 +23,16 @@ import numpy as np
 import data_management
 from data_management import fingerprint, load_split
 from event_image import LAYERS, LAYERS_PER_SUPERLAYER, SUPERLAYERS, WIRES, crop_event, hit_mask, hit_scores
-from script_utils import ArgumentParser, InputError, atomic_output, check_not_an_input, import_keras, progress, run_main
+from script_utils import (
+    ArgumentParser,
+    InputError,
+    atomic_output,
+    can_write_in,
+    check_not_an_input,
+    import_keras,
+    progress,
+    run_main,
+)
 
 # --- Settings (each one has a command-line option) ---------------------------------------
 DATA = data_management.DATA  # the HDF5 file of pairs
@@ -275,7 +283,7 @@ def get_cae(h5_path, cae_cache=None, train_if_missing=True, **train_kwargs):
         raise InputError(f"{path.parent}: CAE cache folder is a file, not a folder")
     if not path.parent.is_dir():
         raise InputError(f"{path}: folder {path.parent} does not exist")
-    if not os.access(path.parent, os.W_OK):  # found out before training, not after
+    if not can_write_in(path.parent):  # found out before training, not after
         raise InputError(f"{path}: folder {path.parent} is not writable (choose another CAE cache folder)")
     model = train_cae(h5_path, **train_kwargs)
     with atomic_output(path, overwrite=True, ext=".keras") as tmp:  # Keras insists on the .keras ending
@@ -358,7 +366,7 @@ def check_cae_cache(args):
         raise InputError(f"{args.cae_cache}: CAE cache folder does not exist")
     cached = any(Path(args.cae_cache).glob(f"{Path(args.data).stem}.cae-*.keras"))
     if "cae" in args.methods and not args.no_train and not cached \
-            and not os.access(args.cae_cache, os.W_OK | os.X_OK):  # refused before anything is made or written
+            and not can_write_in(args.cae_cache):  # refused before anything is made or written
         raise InputError(f"{args.cae_cache}: CAE cache folder is not writable (choose another --cae-cache)")
 
 

@@ -174,7 +174,7 @@ def check_output_path(target, overwrite, folder=False):
         if above is not None and not above.is_dir():
             raise InputError(f"{target}: {above} is a file, not a folder")
         raise InputError(f"{target}: folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
+    if not can_write_in(parent):
         raise InputError(f"{target}: folder {parent} is not writable")
 
 
@@ -184,8 +184,19 @@ def check_folder_can_be_made(folder):
     made_in = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
     if not made_in.is_dir():
         raise InputError(f"{folder}: {made_in} is not a folder")
-    if not os.access(made_in, os.W_OK | os.X_OK):
+    if not can_write_in(made_in):
         raise InputError(f"{folder}: folder {made_in} is not writable")
+
+
+def can_write_in(folder):
+    """Whether this process can make new files in folder, found out by making (and removing) an empty
+    hidden folder there: os.access says yes to root everywhere, and to folders that refuse every new
+    name (/proc, /sys)."""
+    try:
+        tempfile.TemporaryDirectory(dir=folder, prefix=".write-test.").cleanup()
+    except OSError:
+        return False
+    return True
 
 
 def check_not_an_input(output, inputs):

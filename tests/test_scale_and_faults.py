@@ -596,6 +596,8 @@ NEW_CASES = {  # case -> (script, words the one-line error must hold); the argum
     "--cae-cache is a file": ("Pix2Pix_denoise.py", ["afile", "is a file"]),
     "preview is an existing folder": ("make_events.py", ["prev.png", "is a folder"]),
     "preview below a file": ("make_events.py", ["afile", "is a file"]),
+    "events in a folder that refuses new names": ("make_events.py", ["/proc", "not writable"]),
+    "run folder in a folder that refuses new names": ("Pix2Pix_training.py", ["/proc", "not writable"]),
 }
 
 
@@ -669,6 +671,9 @@ def new_case_args(kind, tmp, good):
                                   "--baseline-cae", "--cae-cache", tmp / "afile"],
         "preview is an existing folder": ["--out", tmp / "ev", "-n", 5, "--preview", tmp / "prev.png"],
         "preview below a file": ["--out", tmp / "ev", "-n", 5, "--preview", tmp / "afile" / "prev.png"],
+        "events in a folder that refuses new names": ["--out", "/proc/events", "-n", 5],  # /proc: root too
+        "run folder in a folder that refuses new names": ["--data", tmp / "good.h5", "--output-dir", "/proc/run",
+                                                          "--epochs", 1, "--batch-size", 4, *TINY],
     }[kind]
 
 

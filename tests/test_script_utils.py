@@ -11,7 +11,7 @@ import pytest
 from conftest import ROOT
 from test_settings import SCRIPTS
 
-from script_utils import InputError, atomic_output, check_not_an_input, check_output_path
+from script_utils import InputError, atomic_output, can_write_in, check_not_an_input, check_output_path
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -103,6 +103,19 @@ def test_output_names_too_long_or_below_a_file(tmp_path):
         check_output_path(tmp_path / "afile" / "sub" / "out.h5", overwrite=True)
     with pytest.raises(InputError, match="does not exist"):
         check_output_path(tmp_path / "missing" / "out.h5", overwrite=True)
+
+
+def test_a_folder_that_refuses_new_names_is_not_writable_even_to_root(tmp_path):
+    """/proc and /sys pass os.access(W_OK) for root but refuse every new name: an output there is refused
+    before anything runs (it was a traceback at the end), and the probe leaves nothing in a writable folder."""
+    assert can_write_in(tmp_path) and list(tmp_path.iterdir()) == []
+    for folder in ("/proc", "/sys"):
+        assert not can_write_in(folder)
+        with pytest.raises(InputError, match=f"folder {folder} is not writable"):
+            check_output_path(f"{folder}/out.h5", overwrite=False)
+        with pytest.raises(InputError, match="is not writable"):
+            with atomic_output(f"{folder}/events", folder=True):
+                pass
 
 
 STOP_WHILE_THE_POOL_STARTS = """
