@@ -14,11 +14,12 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 demo: $(VENV)/.installed
 	$(PY) demo.py
 
+# Two test files at a time (pytest-xdist; a file's tests stay in one worker, so its fixtures are built once).
 test: $(VENV)/.installed lint
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile
 
 test-fast: $(VENV)/.installed
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -n 2 --dist loadfile -m "not slow"
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
