@@ -2,6 +2,8 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+# Two test files at a time (pytest-xdist; a file's tests stay in one worker, so its fixtures are built once).
+PYTEST := $(PY) -m pytest -n 2 --dist loadfile
 
 .PHONY: demo test test-fast lint
 
@@ -14,12 +16,11 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 demo: $(VENV)/.installed
 	$(PY) demo.py
 
-# Two test files at a time (pytest-xdist; a file's tests stay in one worker, so its fixtures are built once).
 test: $(VENV)/.installed lint
-	$(PY) -m pytest -n 2 --dist loadfile
+	$(PYTEST)
 
 test-fast: $(VENV)/.installed
-	$(PY) -m pytest -n 2 --dist loadfile -m "not slow"
+	$(PYTEST) -m "not slow"
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
