@@ -436,7 +436,8 @@ def build_parser():
                         "tracks image holds each truth hit's track number 1..k (default %(default)s)")
     p.add_argument("--preview", nargs="?", const="", default=None, metavar="PNG",
                    help="also write a grid of the first raw|truth pairs, enlarged, to PNG "
-                        f"(default path OUT/{PREVIEW_NAME}; tagged layout: OUT_{PREVIEW_NAME} beside OUT)")
+                        f"(default path OUT/{PREVIEW_NAME}; tagged layout: OUT_{PREVIEW_NAME} beside OUT; hipo: "
+                        f"NAME_{PREVIEW_NAME} beside the file)")
     p.add_argument("--preview-events", type=int, default=PREVIEW_EVENTS,
                    help="pairs shown by --preview (default %(default)s)")
     p.add_argument("--overwrite", action="store_true", default=OVERWRITE,

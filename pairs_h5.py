@@ -3,7 +3,7 @@
     raw, truth    uint8 (N, 128, 128, 3), chunked along axis 0, gzip (written as ISA-L deflate)
     names         the raw file names
     truth_names   the truth file names
-    track_ids     (optional) uint8 (N, 36, 112): the track number of each truth hit (HIPO conversions)
+    track_ids     (optional) uint8 (N, 36, 112): the track number of each truth hit (tracks images or HIPO's trkID)
     attrs         layout (event_image.LAYOUT as JSON), created, created_by and the writer's facts
 
 - ChunkWriter appends events to `raw` and `truth` one whole compressed chunk at a time;
