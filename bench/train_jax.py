@@ -57,7 +57,7 @@ HIT_WEIGHT = pm.HIT_WEIGHT
 WEIGHT_RAW_HITS = True
 LEARNING_RATE = 1e-3  # generator and discriminator (Pix2Pix_training's defaults)
 BETA_1 = 0.5
-GAN_WEIGHT = 0.0  # weight of the GAN term; 0 (the default) = the weighted L1 alone (the discriminator is still stepped)
+GAN_WEIGHT = 0.0  # weight of the GAN term; 0 (the default) = the weighted L1 alone, no discriminator run or stepped
 NOISE_AUGMENT = pm.NOISE_AUGMENT  # extra noise hits on 0..this of each training event's cells (Pix2Pix_training's)
 BESIDE_AUGMENT = pm.BESIDE_AUGMENT  # share of training events given a segment beside a track (Pix2Pix_training's)
 MIX_TRACKS = pm.MIX_TRACKS  # share of training events given the batch's previous event's tracks (Pix2Pix_training's)
@@ -101,16 +101,20 @@ def with_noise_hits(raw, most, key):
 
 
 def make_train_step(generator, discriminator, gen_opt, disc_opt, s):
-    """The jitted step: both networks' losses from one forward pass, each net's gradient of its own loss."""
+    """The jitted step: both networks' losses from one forward pass, each net's gradient of its own loss.
+    --gan-weight 0: the discriminator is neither run nor stepped (its loss 0), as in Pix2Pix_training."""
+    gan = s.gan_weight > 0
 
     def losses(g_tv, d_tv, g_ntv, d_ntv, raw, truth):
         out, g_ntv = generator.stateless_call(g_tv, g_ntv, raw, training=True)
-        real, d_ntv = discriminator.stateless_call(d_tv, d_ntv, [raw, truth], training=True)
-        fake, d_ntv = discriminator.stateless_call(d_tv, d_ntv, [raw, out], training=True)
+        fake, disc = None, jnp.zeros(())
+        if gan:
+            real, d_ntv = discriminator.stateless_call(d_tv, d_ntv, [raw, truth], training=True)
+            fake, d_ntv = discriminator.stateless_call(d_tv, d_ntv, [raw, out], training=True)
+            disc = pm.discriminator_loss(real, fake, s.batch_size)
         gen_total, gen_gan, gen_l1 = pm.generator_loss(fake, out, truth, s.batch_size, s.lam, s.hit_weight,
                                                        raw if s.weight_raw_hits else None, s.gan_weight,
                                                        s.pixel_loss)
-        disc = pm.discriminator_loss(real, fake, s.batch_size)
         return (gen_total, disc), (gen_gan, gen_l1, g_ntv, d_ntv)
 
     @jax.jit
@@ -136,9 +140,10 @@ def make_train_step(generator, discriminator, gen_opt, disc_opt, s):
             lambda g, d: losses(g, d, g_ntv, d_ntv, raw, truth), g_tv, d_tv, has_aux=True)
         one, zero = jnp.ones_like(gen_total), jnp.zeros_like(disc)
         g_grads, _ = pullback((one, zero))
-        _, d_grads = pullback((zero, one))
         g_tv, g_opt_v = gen_opt.stateless_apply(g_opt_v, g_grads, g_tv)
-        d_tv, d_opt_v = disc_opt.stateless_apply(d_opt_v, d_grads, d_tv)
+        if gan:
+            _, d_grads = pullback((zero, one))
+            d_tv, d_opt_v = disc_opt.stateless_apply(d_opt_v, d_grads, d_tv)
         return (g_tv, g_ntv, d_tv, d_ntv, g_opt_v, d_opt_v), (gen_total, gen_gan, gen_l1, disc)
 
     return step

@@ -101,7 +101,7 @@ def first_epoch_losses(tmp, changes):
         assert proc.returncode == 0, proc.stderr[-3000:]
         with open(tmp / name / "history.csv", newline="") as f:
             row = next(csv.DictReader(f))
-        losses[name] = [float(row[k]) for k in ("gen_total", "gen_l1", "val_l1")]
+        losses[name] = [float(row[k]) for k in ("gen_total", "gen_l1", "val_l1", "disc")]
     return losses
 
 
@@ -109,20 +109,23 @@ def test_the_levers_reach_the_training_steps(jax_run):
     """The learning rate follows --lr-decay per epoch; --beside-augment, --mix-tracks, --mix-background and
     --bend-augment change
     what the steps train on (the same run without one of them ends its first epoch elsewhere; with all, where
-    jax_run did); --pixel-loss l1 changes the pixel term the steps minimise (bce, the default, does not)."""
+    jax_run did); --pixel-loss l1 changes the pixel term the steps minimise (bce, the default, does not);
+    --gan-weight 0 runs no discriminator (its loss 0; jax_run's, at 0.5, is not)."""
     tmp = jax_run[0]
     with open(tmp / "run" / "history.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [float(r["learning_rate"]) for r in rows] == pytest.approx([2e-3, 1e-3])  # 0.5 (1 + cos(pi e / 2))
-    base = [float(rows[0][k]) for k in ("gen_total", "gen_l1", "val_l1")]
+    base = [float(rows[0][k]) for k in ("gen_total", "gen_l1", "val_l1", "disc")]
     losses = first_epoch_losses(tmp, {"bce": {"--pixel-loss": "bce"}, "no_beside": {"--beside-augment": 0},
                                       "no_mix": {"--mix-tracks": 0}, "no_background": {"--mix-background": 0},
-                                      "no_bend": {"--bend-augment": 0}, "l1": {"--pixel-loss": "l1"}})
+                                      "no_bend": {"--bend-augment": 0}, "l1": {"--pixel-loss": "l1"},
+                                      "no_gan": {"--gan-weight": 0}})
     # bce is the default: jax_run again, so the run is deterministic and the comparisons below hold
     assert losses["bce"] == pytest.approx(base, rel=1e-6)
     for name in ("no_beside", "no_mix", "no_background", "no_bend"):
         assert losses[name][0] != pytest.approx(base[0], rel=1e-6), name
     assert losses["l1"][1] != pytest.approx(base[1], rel=1e-6)
+    assert base[3] > 0 and losses["no_gan"][3] == 0
 
 
 def test_the_extra_hits_are_the_same_under_jax_as_under_tensorflow(tmp_path):
