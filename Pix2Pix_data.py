@@ -281,13 +281,17 @@ def write_skipped_list(path, skipped, output, overwrite):
         tmp.write_text("\n".join(lines + [f"{name}\t{reason}" for name, reason in skipped]) + "\n")
 
 
-def warn_at_end(skipped, skip_path, counts):
-    """The warnings a finished run ends with: pairs left out, truth hits that are not raw hits."""
+def warn_at_end(skipped, skip_path, counts, written, truth_source):
+    """The warnings a finished run ends with: pairs left out, truth hits that are not raw hits, no truth hits at
+    all (truth_source, e.g. "the images in --truth-dir DIR", names where the truth images came from)."""
     if skipped:
         warn(f"left out {len(skipped)} bad pair(s) or file(s), listed in {skip_path}: {describe_problems(skipped)}")
     if counts["stray_hits"]:
         warn(f"{counts['stray_pairs']} pair(s) have truth hits that are not raw hits ({counts['stray_hits']} in all): "
              "are the raw and truth folders swapped?")
+    if written and not counts["truth_hits"]:
+        warn(f"no truth hits in any of the {written} pairs (no truth pixel above {ei.PNG_HIT_THRESHOLD}): are "
+             f"{truth_source} truth images (not track ids, as in a `tracks` folder) with hits at 255 (not 0/1 masks)?")
 
 
 def convert(raw_dir, truth_dir, output, *, layout=LAYOUT, raw_tag=RAW_TAG, truth_tag=TRUTH_TAG,
@@ -334,7 +338,9 @@ def convert(raw_dir, truth_dir, output, *, layout=LAYOUT, raw_tag=RAW_TAG, truth
                         source_tracks=str(Path(pairs[0].tracks_path).parent.resolve()) if pairs[0].tracks_path else "")
         if skip_bad:
             write_skipped_list(skip_path, skipped, output, overwrite)
-    warn_at_end(skipped, skip_path, counts)
+    truth_source = (f"the images in --truth-dir {truth_dir}" if layout == "folders"
+                    else f"the {truth_tag} files in {raw_dir}")
+    warn_at_end(skipped, skip_path, counts, written, truth_source)
     seconds = time.perf_counter() - t0
     return {
         "output": str(output), "pairs": written, "skipped": len(skipped), "shard": f"{k}/{n}",

@@ -26,6 +26,7 @@ import evaluation
 import event_image as ei
 import hipo_denoise
 import pairs_h5
+import Pix2Pix_data
 from script_utils import (
     ArgumentParser,
     InputError,
@@ -172,6 +173,20 @@ def parse_args(argv=None):
 
 
 # --- Readers: batches of (names, raw hit masks, truth hit masks or None) --------------------
+def check_not_tagged(folder, names):
+    """Refuse a folder of Pix2Pix_data's tagged layout (dc_all_N.png beside dc_truth_N.png or dc_tracks_N.png):
+    its truth and track-id images would be denoised as raw events. Names that carry a tag but have no raw
+    file beside them are an ordinary folder's names."""
+    present = set(names)
+    for name in names:
+        for tag in (Pix2Pix_data.TRUTH_TAG, Pix2Pix_data.TRACKS_TAG):
+            if name.count(tag) == 1 and name.replace(tag, Pix2Pix_data.RAW_TAG) in present:
+                raise InputError(f"{folder}: holds the tagged layout's truth or track-id PNGs ({name} beside "
+                                 f"{name.replace(tag, Pix2Pix_data.RAW_TAG)}), which would be denoised as events: "
+                                 f"convert it with Pix2Pix_data.py --layout tagged --raw-dir {folder} and denoise the "
+                                 "HDF5 file's test split with --data, or move the raw PNGs to a folder of their own")
+
+
 class PngFolderReader:
     """Event PNGs of a folder, with the truth PNGs of the same names from truth_dir and the track-id
     PNGs (each truth hit's track number) from tracks_dir, if given."""
@@ -181,11 +196,15 @@ class PngFolderReader:
     def __init__(self, input_dir, truth_dir=None, batch_size=BATCH_SIZE, tracks_dir=None):
         self.folder = Path(input_dir)
         self.names = ei.list_pngs(self.folder)
+        check_not_tagged(self.folder, self.names)
         self.truth_dir = Path(truth_dir) if truth_dir else None
         self.tracks_dir = Path(tracks_dir) if tracks_dir else None
         for folder, what in ((self.truth_dir, "truth"), (self.tracks_dir, "track-id")):
             if folder and not folder.is_dir():
                 raise InputError(f"{folder}: {what} folder not found")
+            if folder and folder.samefile(self.folder):  # a symbolic link to it too
+                raise InputError(f"{folder}: the {what} folder is the input folder (--input-dir): the events would be "
+                                 f"scored against themselves; give the {what} PNGs in a folder of their own")
         self.batch_size = batch_size
         self.checked = []  # the first batches, as check() read them (none: read as the run goes)
 

@@ -53,8 +53,10 @@ class SectorTruth:
 def check_job(in_path, out_path, overwrite, evaluate):
     """Refuse a bad input or output before the model loads (InputError naming the file and the event).
 
-    Reads the file up to its first sector with hits: a file without DC banks, or with TBHits but no
-    bank to score against, or with a bad row in its first events, stops here."""
+    Reads the file up to its first sector with hits: a file without DC banks, or with a bad row in
+    its first events, stops here. With evaluate, a file without a TBHits bank stops here too, and
+    the file is read on up to its first sector with raw and TBHits hits: without one there is
+    nothing to score."""
     in_path, out_path = Path(in_path), Path(out_path)
     ch.check_hipo_file(in_path)
     if out_path.resolve() == in_path.resolve() or (out_path.exists() and out_path.samefile(in_path)):
@@ -63,6 +65,9 @@ def check_job(in_path, out_path, overwrite, evaluate):
     first = next(ch.read_sector_events(in_path, keep_sectors_without_truth=True), None)
     if evaluate and first is not None and first.truth is None:
         raise InputError(f"{in_path}: no {ch.TBHITS.name} bank to score against (--evaluate)")
+    if evaluate and not any(r.raw.any() for r in ch.read_sector_events(in_path)):  # SectorTruth's scored sectors
+        raise InputError(f"{in_path}: no sector with DC hits has {ch.TBHITS.name} hits: nothing to score "
+                         "(drop --evaluate to denoise it)")
 
 
 def denoise_hipo(model, threshold, in_path, out_path, *, batch_size=32, gate=False, overwrite=False,

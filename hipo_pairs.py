@@ -3,7 +3,8 @@
 Every sector image that clas12_hipo.read_sector_events yields becomes one pair, in file order:
 raw = the hits of DC::tot (else DC::tdc) rows whose order's tens digit is a raw order, truth =
 the TimeBasedTrkg::TBHits hits that are raw hits (the others are dropped, counted and warned
-about), name FILE:EVENT:SECTOR. Datasets and attributes are those of a PNG conversion (pairs_h5),
+about), name FILE:EVENT:SECTOR (FILE: the base name, or the path below the files' common folder when
+base names clash; a file given twice is refused). Datasets and attributes are those of a PNG conversion (pairs_h5),
 plus `track_ids` (N, 36, 112) uint8: TBHits' trkID of each truth hit, 0 elsewhere. Streamed, with
 padding and compression on worker processes: memory stays flat in the number of events.
 --shard K/N takes the K-th of N slices of the sector list, which each job finds in a first pass.
@@ -15,6 +16,7 @@ padding and compression on worker processes: memory stays flat in the number of 
 import contextlib
 import hashlib
 import itertools
+import os
 import time
 from collections import deque
 from pathlib import Path
@@ -55,16 +57,29 @@ def new_digest(raw_orders, keep_sectors_without_truth):
                           f"{bool(keep_sectors_without_truth)}\n".encode())
 
 
+def file_labels(paths):
+    """The FILE part of each file's pair names FILE:EVENT:SECTOR: its base name or, when two files share one
+    (farm outputs d1/dst.hipo, d2/dst.hipo), every file's path relative to the files' common folder."""
+    names = [Path(p).name for p in paths]
+    if len(set(names)) == len(names):
+        return names
+    full = [os.path.abspath(p) for p in paths]
+    common = os.path.commonpath(full)
+    return [Path(os.path.relpath(f, common)).as_posix() for f in full]
+
+
 def sector_records(paths, raw_orders, keep_sectors_without_truth, stats, digest):
-    """read_sector_events' records, each name added to digest as Pix2Pix_data.pair_list_digest adds a pair.
+    """read_sector_events' records, file by file, named FILE:EVENT:SECTOR with FILE from file_labels (unique);
+    each name added to digest as Pix2Pix_data.pair_list_digest adds a pair.
 
     A file without a TBHits bank has no truth: an InputError naming it."""
-    by_name = {Path(p).name: p for p in paths}
-    for record in ch.read_sector_events(paths, raw_orders, keep_sectors_without_truth, stats):
-        if record.truth is None:
-            raise InputError(f"{by_name[record.file]}: no {ch.TBHITS.name} bank: no truth for training pairs")
-        digest.update(f"{record.name}\0{record.name}\n".encode("utf-8", "surrogateescape"))
-        yield record
+    for path, label in zip(paths, file_labels(paths), strict=True):
+        for record in ch.read_sector_events([path], raw_orders, keep_sectors_without_truth, stats):
+            if record.truth is None:
+                raise InputError(f"{path}: no {ch.TBHITS.name} bank: no truth for training pairs")
+            record.name = f"{label}:{record.event}:{record.sector}"
+            digest.update(f"{record.name}\0{record.name}\n".encode("utf-8", "surrogateescape"))
+            yield record
 
 
 def chunk_tasks(records, chunk_events, level, side):
@@ -121,11 +136,28 @@ def check_args(args):
         raise InputError("--raw-orders and --keep-sectors-without-truth only go with --hipo")
 
 
+def check_given_once(paths):
+    """Refuse a file given twice (os.path.samefile's test: also through a link or another spelling of its path):
+    its events would be paired twice, and land in both the training and the test split."""
+    seen = {}
+    for path in paths:
+        try:
+            st = path.stat()
+        except OSError:
+            continue  # a missing or unreadable file: check_hipo_file names it
+        key = (st.st_dev, st.st_ino)
+        if key in seen:
+            raise InputError(f"{path}: given twice to --hipo (the same file as {seen[key]}); give each file once, "
+                             "or its events are paired twice")
+        seen[key] = path
+
+
 def check_inputs(paths, output, overwrite):
-    """Every input a complete HIPO file, the output none of them and writable; return the paths."""
+    """Every input a complete HIPO file given once, the output none of them and writable; return the paths."""
     paths = [Path(p) for p in paths]
     if Path(output).resolve() in {p.resolve() for p in paths}:
         raise InputError(f"{output}: the output is one of the --hipo input files")
+    check_given_once(paths)
     Pix2Pix_data.check_outputs(output, overwrite, skip_bad=False, inputs=paths)
     for path in paths:
         ch.check_hipo_file(path)

@@ -223,6 +223,30 @@ def test_pix2pix_data_hipo_bad_inputs(tmp_path, both):
     assert good.read_bytes() == hipo.read_bytes()
 
 
+
+def test_a_hipo_file_given_twice_is_refused_and_clashing_base_names_stay_apart(tmp_path):
+    for folder in ("d1", "d2"):  # farm job outputs: one base name in two folders
+        (tmp_path / folder).mkdir()
+        odd_file(tmp_path / folder / "dst.hipo")
+    one, other = tmp_path / "d1/dst.hipo", tmp_path / "d2/dst.hipo"
+    (tmp_path / "link.hipo").symlink_to(one)
+    out = tmp_path / "out.h5"
+    for twice in ([one, one], [one, tmp_path / "link.hipo"], [tmp_path / "d2/../d1/dst.hipo", other, one]):
+        proc = run_script("Pix2Pix_data.py", "--hipo", *twice, "--output", out, "--workers", 1)
+        assert_one_line_error(proc, "given twice to --hipo", "same file")
+    assert leftovers(tmp_path) == ["d1", "d2", "link.hipo"]
+    run = lambda *a: run_script("Pix2Pix_data.py", "--hipo", one, other, "--workers", 1, "--chunk-events", 1, *a)
+    assert run("--output", out).returncode == 0
+    whole, _ = read_h5(out)
+    assert [n.decode() for n in whole["names"]] == [f"{d}/dst.hipo:31:{s}" for d in ("d1", "d2") for s in (1, 3)]
+    parts = [tmp_path / f"part{k}.h5" for k in (1, 2)]
+    for k, part in enumerate(parts, 1):
+        assert run("--shard", f"{k}/2", "--output", part).returncode == 0
+    assert run_script("Pix2Pix_data.py", "--merge", *parts, "--output", tmp_path / "merged.h5").returncode == 0
+    merged, _ = read_h5(tmp_path / "merged.h5")
+    for key in ("raw", "truth", "names", "track_ids"):
+        np.testing.assert_array_equal(merged[key], whole[key])
+
 # --- Pix2Pix_denoise --hipo ---------------------------------------------------------------------------
 def expected_events(path, written, kept_by_model):
     """The events of path as the denoised file must hold them: every byte equal but the order of the
@@ -313,6 +337,21 @@ def test_evaluate_scores_the_sectors_with_tbhits_hits_only(tmp_path, track_model
     report = json.loads((tmp_path / "odd_denoised.report.json").read_text())
     counts = report["methods"]["keep-all"]["counts"]
     assert report["events"] == 2 and counts["track_hits"] == 3 and counts["noise_hits"] == 2  # sectors 1 and 3
+
+
+def test_evaluate_on_a_file_without_tbhits_hits_is_refused_and_leaves_nothing(tmp_path, track_model):
+    """A TBHits bank without a hit in it: --evaluate has nothing to score (no report of nan), one line before
+    any work; without --evaluate the file is denoised as usual."""
+    rng = np.random.default_rng(5)
+    hipo = tmp_path / "no_hits.hipo"
+    hipo_writer.write_events(hipo, [make_event(rng, 3, 9 + i, [2, 5], truth_sectors=[]) for i in range(3)])
+    out = tmp_path / "out.hipo"
+    assert_one_line_error(run_script("Pix2Pix_denoise.py", "--model", track_model, "--hipo", hipo, "--output", out,
+                                     "--evaluate"),
+                          "no_hits.hipo", "no sector with DC hits has TimeBasedTrkg::TBHits hits", "drop --evaluate")
+    assert leftovers(tmp_path) == ["no_hits.hipo"]
+    assert Pix2Pix_denoise.main(["--model", str(track_model), "--hipo", str(hipo), "--output", str(out)]) == 0
+    assert leftovers(tmp_path) == ["no_hits.hipo", "out.hipo"]
 
 
 def test_denoise_hipo_bad_inputs_name_the_file_and_leave_nothing(tmp_path, both, track_model):

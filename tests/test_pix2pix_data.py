@@ -325,6 +325,18 @@ def test_swapped_folders_are_warned_about(tmp_path):
     assert proc.returncode == 0 and "swapped" in proc.stderr
 
 
+
+def test_no_truth_hits_at_all_is_warned_about(tmp_path):
+    proc = run_script("make_events.py", "--out", tmp_path / "ev", "-n", 4, "--workers", 1)
+    assert proc.returncode == 0, proc.stderr
+    proc = convert_cli(tmp_path / "ev/raw", tmp_path / "ev/tracks", tmp_path / "q.h5", "--workers", 1)  # track ids
+    assert proc.returncode == 0 and "truth 0.0" in proc.stdout, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("warning: no truth hits in any of the 4 pairs"), proc.stderr
+    assert "ev/tracks" in lines[0] and "0/1 masks" in lines[0] and (tmp_path / "q.h5").exists()
+    proc = convert_cli(tmp_path / "ev/raw", tmp_path / "ev/truth", tmp_path / "good.h5", "--workers", 1)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+
 # --- Shards and merging ---------------------------------------------------------------------------
 def test_shards_merge_into_the_unsharded_file(tmp_path):
     names = event_names(45)

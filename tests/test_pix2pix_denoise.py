@@ -266,6 +266,37 @@ def test_swapped_raw_and_truth_folders_are_named_in_a_warning(script, models, fo
     assert proc.returncode == 0 and "swapped" not in proc.stderr
 
 
+def test_events_scored_against_themselves_are_refused_before_any_work(script, models, tmp_path):
+    """The input folder (or a link to it) as --truth-dir or --tracks-dir, and a folder of make_events' tagged
+    layout (its truth and track-id PNGs would be denoised as events): one line, nothing written. A folder of
+    tagged raw PNGs alone, or of names that carry a tag with no raw PNG beside them, is denoised as usual."""
+    for layout in ("folders", "tagged"):
+        proc = script("make_events.py", "--out", tmp_path / layout, "-n", 3, "--layout", layout, "--workers", 1)
+        assert proc.returncode == 0, proc.stderr
+    ev, tagged, out = tmp_path / "folders", tmp_path / "tagged", tmp_path / "out"
+    (tmp_path / "link").symlink_to(ev / "raw")
+    job = ["--model", models["track"], "--output-dir", out]
+    same = ["the events would be scored against themselves"]
+    for args, words in [
+        (["--input-dir", ev / "raw", "--evaluate", "--truth-dir", ev / "raw"], ["truth folder is the input", *same]),
+        (["--input-dir", ev / "raw", "--evaluate", "--truth-dir", tmp_path / "link"], ["link", *same]),
+        (["--input-dir", ev / "raw", "--evaluate", "--truth-dir", ev / "truth", "--tracks-dir", tmp_path / "link"],
+         ["track-id folder is the input", *same]),
+        (["--input-dir", tagged, "--evaluate", "--truth-dir", tagged], ["beside dc_all_000000.png",
+                                                                        "Pix2Pix_data.py --layout tagged", "--data"]),
+        (["--input-dir", tagged], ["tagged layout's truth or track-id PNGs"]),
+    ]:
+        assert_one_line_error(script(SCRIPT, *job, *args), *words)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folders", "link", "tagged"]
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    for name in ("dc_all_000000.png", "dc_all_000001.png"):
+        shutil.copy(tagged / name, alone / name)
+    shutil.copy(tagged / "dc_truth_000002.png", alone / "dc_truth_000002.png")  # no dc_all_000002.png beside it
+    assert run_main(*job, "--input-dir", alone) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in alone.iterdir())
+
+
 def test_png_evaluate_with_track_ids_from_the_tracks_folder(models, folders):
     tmp, raw, truth, names = folders
     (tmp / "tracks").mkdir()  # beside truth/: found without a flag
