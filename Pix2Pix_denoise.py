@@ -37,6 +37,7 @@ from script_utils import (
     number_list,
     progress,
     run_main,
+    seed_number,
     warn,
 )
 from trained_model import (
@@ -102,7 +103,7 @@ def build_parser():
     p.add_argument("--threads", type=int, default=THREADS,
                    help="with an .onnx model: batches predicted at once, each on one onnxruntime thread (default 0: "
                         "one per CPU core); a .keras model predicts one batch at a time on the library's own threads")
-    p.add_argument("--split-seed", type=int, default=SPLIT_SEED,
+    p.add_argument("--split-seed", type=seed_number, default=SPLIT_SEED,
                    help="seed of the train/validation/test split of --data (default: the model's training split "
                         f"on the file it trained on, else {data_management.SPLIT_SEED})")
     ev = p.add_argument_group("evaluation")

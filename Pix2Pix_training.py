@@ -34,6 +34,7 @@ from script_utils import (
     import_tensorflow,
     progress,
     run_main,
+    seed_number,
 )
 
 tf = import_tensorflow()  # first, so that its C++ start-up lines stay off stderr
@@ -364,8 +365,9 @@ def build_parser():
     p.add_argument("--generator-lr", type=float, default=GENERATOR_LR, help="(default %(default)s)")
     p.add_argument("--discriminator-lr", type=float, default=DISCRIMINATOR_LR, help="(default %(default)s)")
     p.add_argument("--beta-1", type=float, default=BETA_1, help="Adam's first-moment decay (default %(default)s)")
-    p.add_argument("--seed", type=int, default=SEED, help="initialisation, dropout, data order (default %(default)s)")
-    p.add_argument("--split-seed", type=int, default=SPLIT_SEED,
+    p.add_argument("--seed", type=seed_number, default=SEED,
+                   help="initialisation, dropout, data order (default %(default)s)")
+    p.add_argument("--split-seed", type=seed_number, default=SPLIT_SEED,
                    help="the train/validation/test split, as data_management.py makes it (default %(default)s)")
     p.add_argument("--steps-per-epoch", type=int, default=STEPS_PER_EPOCH,
                    help="cap on steps per epoch, 0 = the whole training split (default %(default)s)")
@@ -466,13 +468,20 @@ def parse_args(argv=None):
     for name in ("hit_weight", "generator_lr", "discriminator_lr"):
         if not getattr(s, name) > 0:
             raise InputError(f"--{name.replace('_', '-')} must be positive, not {getattr(s, name)}")
+    if s.lam == 0 and s.gan_weight == 0:
+        raise InputError("--lambda 0 with --gan-weight 0 leaves the generator no loss to learn from")
     return s
 
 
 def main(argv=None):
     """Train from the command line."""
     catch_stop_signals()
-    train(parse_args(argv))
+    s = parse_args(argv)
+    try:
+        train(s)
+    except tf.errors.ResourceExhaustedError as exc:  # a width or batch too large for the device's memory
+        detail = exc.message[exc.message.find("OOM"):].splitlines()[0][:120]  # past TensorFlow's node name
+        raise InputError(f"out of memory ({detail}); give a smaller --base-filters or --batch-size") from None
     return 0
 
 

@@ -32,6 +32,7 @@ from script_utils import (
     import_keras,
     progress,
     run_main,
+    seed_number,
 )
 
 # --- Settings (each one has a command-line option) ---------------------------------------
@@ -348,9 +349,9 @@ def build_parser():
                    help="CAE output threshold (default %(default)s)")
     p.add_argument("--cae-cache", default=CAE_CACHE, help="folder of the cached CAEs (default: beside the HDF5 file)")
     p.add_argument("--cache-dir", dest="cae_cache", help=argparse.SUPPRESS)  # the old spelling of --cae-cache
-    p.add_argument("--seed", type=int, default=SEED,
+    p.add_argument("--seed", type=seed_number, default=SEED,
                    help="the CAE's initialisation and training order (default %(default)s)")
-    p.add_argument("--split-seed", type=int, default=SPLIT_SEED,
+    p.add_argument("--split-seed", type=seed_number, default=SPLIT_SEED,
                    help="seed of the train/validation/test split (default %(default)s)")
     p.add_argument("--no-train", action="store_true", help="fail instead of training when no CAE is cached")
     return p

@@ -28,7 +28,16 @@ import numpy as np
 
 import pairs_h5
 from event_image import CHANNELS, LAYERS, PADDED_SIZE, PNG_HIT_THRESHOLD, WIRES, crop_event, hit_mask
-from script_utils import ArgumentParser, InputError, atomic_output, import_tensorflow, progress, run_main
+from script_utils import (
+    SEED_LIMIT,
+    ArgumentParser,
+    InputError,
+    atomic_output,
+    import_tensorflow,
+    progress,
+    run_main,
+    seed_number,
+)
 
 # --- Settings (each one has a command-line option) ------------------------------------------
 DATA = "data/pairs.h5"  # the file written by Pix2Pix_data.py
@@ -197,8 +206,8 @@ def load_split(h5_path, split_seed=SPLIT_SEED, test_fraction=TEST_FRACTION, vali
     atomically and, if an old one was replaced, warns (SplitChangedWarning) saying why.
     """
     n = check_h5(h5_path, test_fraction, validation_fraction)
-    if split_seed < 0:
-        raise InputError(f"split seed must be a non-negative integer, got {split_seed}")
+    if not 0 <= split_seed < SEED_LIMIT:
+        raise InputError(f"split seed must be an integer from 0 to {SEED_LIMIT - 1}, got {split_seed}")
     path = split_path(h5_path)
     fp = fingerprint(h5_path)
     saved = _read_saved_split(path)
@@ -421,7 +430,7 @@ def build_parser():
                    help="fraction of all pairs in the test split (default %(default)s)")
     p.add_argument("--validation-fraction", type=float, default=VALIDATION_FRACTION,
                    help="fraction of the non-test pairs in the validation split (default %(default)s)")
-    p.add_argument("--split-seed", type=int, default=SPLIT_SEED,
+    p.add_argument("--split-seed", type=seed_number, default=SPLIT_SEED,
                    help="seed of the train/validation/test split (default %(default)s)")
     p.add_argument("--shuffle-window", type=int, default=SHUFFLE_WINDOW,
                    help="pairs permuted together when shuffling (default %(default)s)")

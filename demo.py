@@ -20,7 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-from script_utils import ArgumentParser, InputError, check_folder_can_be_made, run_main
+from event_worlds import check_luminosity
+from script_utils import ArgumentParser, InputError, check_folder_can_be_made, run_main, seed_number
 
 # --- Settings (each one can be overridden on the command line) ----------------------------
 OUTPUT_ROOT = "demo_output"  # each run gets its own timestamped folder in here
@@ -58,7 +59,7 @@ def build_parser():
     p.add_argument("--epochs", type=int, default=EPOCHS, help="training epochs (default %(default)s)")
     p.add_argument("--base-filters", type=int, default=BASE_FILTERS, help="generator width (default %(default)s)")
     p.add_argument("--cae-epochs", type=int, default=CAE_EPOCHS, help="auto-encoder epochs (default %(default)s)")
-    p.add_argument("--seed", type=int, default=SEED,
+    p.add_argument("--seed", type=seed_number, default=SEED,
                    help="the events' seed and the training's initialisation (default %(default)s)")
     p.add_argument("--tiny", action="store_true", default=TINY, help=f"a seconds-long smoke run (CI): {TINY_SIZES}")
     p.add_argument("--hipo", action="store_true", default=HIPO,
@@ -93,9 +94,14 @@ def hipo_route(a, out, h5, run):
 
 def parse_args(argv=None):
     """The settings, refused in one line (InputError) before any folder is made where they cannot work."""
-    a = build_parser().parse_args(argv)
+    p = build_parser()
+    a = p.parse_args(argv)
     if a.tiny:
+        given = [f"--{k.replace('_', '-')}" for k in TINY_SIZES if k != "hipo" and getattr(a, k) != p.get_default(k)]
+        if given:
+            raise InputError(f"--tiny sets its own sizes {TINY_SIZES}: give {' '.join(given)} or --tiny, not both")
         vars(a).update(TINY_SIZES)
+    check_luminosity(a.luminosity)
     if a.events < MIN_EVENTS:
         raise InputError(f"--events must be at least {MIN_EVENTS}, not {a.events}")
     for name in ("epochs", "base_filters", "cae_epochs"):

@@ -31,6 +31,7 @@ from tqdm import tqdm
 EXIT_BAD_INPUT = 2
 AT_FDCWD, RENAME_NOREPLACE = -100, 1  # renameat2(2): paths relative to the working folder; refuse to replace
 NAME_MAX = 255  # bytes in one file name (Linux filesystems)
+SEED_LIMIT = 2**32  # seeds numpy, scikit-learn and Keras all take are below this
 TEMP_NAME_EXTRA = 40  # what atomic_output's temporary name adds: ".", ".<12 hex>", a suffix, ".tmp", an ending
 
 
@@ -110,6 +111,14 @@ def setting_number(kind):
     return parse
 
 
+def seed_number(text):
+    """argparse type: a seed that numpy, scikit-learn and Keras all take (an integer, 0 to 2**32 - 1)."""
+    value = setting_number(int)(text)
+    if value >= SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"{text} is too large for a seed (at most {SEED_LIMIT - 1})")
+    return value
+
+
 def number_list(kind):
     """argparse type: '0,10,20' -> (0, 10, 20), increasing."""
     def parse(text):
@@ -159,6 +168,7 @@ def check_output_path(target, overwrite, folder=False):
     if not str(target).strip():
         raise InputError("an output path is empty")
     target = Path(target)
+    check_not_a_broken_link(target)
     if target.is_dir() and not folder:
         raise InputError(f"{target}: is a folder, not a file")
     if folder and target.exists() and not target.is_dir():
@@ -181,11 +191,20 @@ def check_output_path(target, overwrite, folder=False):
 def check_folder_can_be_made(folder):
     """Refuse a folder path under a file or a read-only folder (the nearest part of it that exists)."""
     folder = Path(folder)
+    check_not_a_broken_link(folder)
     made_in = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
     if not made_in.is_dir():
         raise InputError(f"{folder}: {made_in} is not a folder")
     if not can_write_in(made_in):
         raise InputError(f"{folder}: folder {made_in} is not writable")
+
+
+def check_not_a_broken_link(path):
+    """Refuse an output path that is a symbolic link to nothing (its target missing, or a loop of links):
+    writing through it would fail, or land elsewhere, only at the end of the work."""
+    if path.is_symlink() and not path.exists():
+        raise InputError(f"{path}: is a symbolic link to {os.readlink(path)}, which leads nowhere "
+                         "(its target missing, or a loop of links); remove the link or choose another output")
 
 
 def can_write_in(folder):
@@ -204,11 +223,11 @@ def check_not_an_input(output, inputs):
     an input folder, or is a folder holding an input (replacing it would delete the input)."""
     if not str(output).strip():
         raise InputError("an output path is empty")
-    out = Path(output).resolve()
+    out = Path(os.path.realpath(output))  # realpath, not resolve: a loop of links is left for the checks after
     for given in inputs:
         if given is None or not str(given):
             continue
-        source = Path(given).resolve()
+        source = Path(os.path.realpath(given))
         same = out == source or (out.exists() and source.exists() and os.path.samefile(out, source))
         if same:
             raise InputError(f"{output}: the output is the input {'folder' if source.is_dir() else 'file'} {given} "

@@ -133,8 +133,11 @@ def checkpoint_candidates(folder):
 
 
 def restore_latest(trainer, folder):
-    """Restore the newest readable checkpoint; a corrupted one is reported and the previous one tried."""
-    for prefix in checkpoint_candidates(folder):
+    """Restore the newest readable checkpoint; a corrupted one is reported and the previous one tried. None if
+    there is none readable (said when there were some: the run starts again from step 0, as a run stopped before
+    its first checkpoint does)."""
+    candidates = checkpoint_candidates(folder)
+    for prefix in candidates:
         try:
             trainer.checkpoint.restore(prefix).assert_existing_objects_matched()
         except Exception as exc:  # truncated or corrupted files raise OpError, IndexError, ValueError, ...
@@ -151,6 +154,8 @@ def restore_latest(trainer, folder):
             raise InputError(f"{prefix}: optimizers' iterations {iterations} disagree with the step counter {step} "
                              f"(expected {expected})")
         return prefix
+    if candidates:
+        warn(f"{folder}: none of its {len(candidates)} checkpoints is readable: the run starts again from step 0")
     return None
 
 

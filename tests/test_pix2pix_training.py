@@ -251,6 +251,17 @@ def test_generator_best_is_the_best_validation_epoch_and_reproduces_its_scores(e
 
 
 # --- Resume ---------------------------------------------------------------------------------------
+def test_a_run_whose_checkpoints_are_all_unreadable_says_it_starts_again(events_h5, tiny_run, tmp_path, capsys):
+    """None readable (as after a kill during the first save): no restore, a warning, step 0."""
+    part = tmp_path / "part"
+    shutil.copytree(tiny_run[0], part)
+    for data in (part / "checkpoints").glob("ckpt-*.data-*"):
+        data.write_bytes(data.read_bytes()[: data.stat().st_size // 3])
+    trainer = pt.Trainer(settings(events_h5, part, *RUN), tf.distribute.get_strategy(), "float32")
+    assert pt.restore_latest(trainer, part / "checkpoints") is None and int(trainer.step.numpy()) == 0
+    assert "none of its 3 checkpoints is readable: the run starts again from step 0" in capsys.readouterr().err
+
+
 def test_resume_after_a_corrupted_checkpoint_ends_like_the_uninterrupted_run(events_h5, tiny_run, tmp_path, capsys):
     whole, _ = tiny_run
     part = tmp_path / "part"

@@ -529,8 +529,8 @@ CASES = (
 
 def tree_state(root):
     """Every file and folder under root: {relative path: (size, mtime)} (folders: None)."""
-    return {str(p.relative_to(root)): None if p.is_dir() else (p.stat().st_size, p.stat().st_mtime_ns)
-            for p in root.rglob("*")}
+    return {str(p.relative_to(root)): None if p.is_dir() else (p.lstat().st_size, p.lstat().st_mtime_ns)
+            for p in root.rglob("*")}  # lstat: a link that leads nowhere is a file here too
 
 
 @pytest.mark.slow
@@ -598,6 +598,16 @@ NEW_CASES = {  # case -> (script, words the one-line error must hold); the argum
     "preview below a file": ("make_events.py", ["afile", "is a file"]),
     "events in a folder that refuses new names": ("make_events.py", ["/proc", "not writable"]),
     "run folder in a folder that refuses new names": ("Pix2Pix_training.py", ["/proc", "not writable"]),
+    "output is a link that leads nowhere": ("Pix2Pix_data.py", ["nowhere.h5", "symbolic link", "leads nowhere"]),
+    "run folder is a link that leads nowhere": ("Pix2Pix_training.py", ["nowhere.h5", "symbolic link"]),
+    "output is a loop of links": ("Pix2Pix_denoise.py", ["loop.h5", "loop of links"]),
+    "--seed past 2**32": ("Pix2Pix_training.py", ["--seed", "too large for a seed"]),
+    "--split-seed past 2**32": ("data_management.py", ["--split-seed", "too large for a seed"]),
+    "CAE --seed past 2**32": ("baselines.py", ["--seed", "too large for a seed"]),
+    "--lambda 0 without the GAN term": ("Pix2Pix_training.py", ["--lambda 0", "no loss"]),
+    "width too large for the memory": ("Pix2Pix_training.py", ["out of memory", "--base-filters"]),
+    "demo --tiny with a size of its own": ("demo.py", ["--tiny", "--epochs"]),
+    "demo luminosity out of range": ("demo.py", ["luminosity 20", "outside"]),
 }
 
 
@@ -607,11 +617,14 @@ def new_case_args(kind, tmp, good):
         (shutil.copytree if (good / name).is_dir() else shutil.copy)(good / name, tmp / name)
     (tmp / "afile").write_text("a regular file")
     (tmp / "link.h5").symlink_to(tmp / "raw" / "event_0001.png")
+    (tmp / "nowhere.h5").symlink_to(tmp / "missing" / "x.h5")  # written through, it would make tmp/missing
+    (tmp / "loop.h5").symlink_to(tmp / "loop.h5")
     pngs = ["--raw-dir", tmp / "raw", "--truth-dir", tmp / "truth"]
     over = "--overwrite"
     model = ["--model", tmp / "model.keras"]
     png_job = [*model, "--input-dir", tmp / "raw", over]
     evaluate = ["--evaluate", "--truth-dir", tmp / "truth"]
+    train = ["--data", tmp / "good.h5", "--epochs", 1, "--batch-size", 4]
     if kind in ("output is an existing folder", "skipped list is an existing folder"):
         (tmp / ("pairs.h5" if kind == "output is an existing folder" else "pairs.h5.skipped.txt")).mkdir()
     if kind == "merge output is a part":
@@ -674,6 +687,17 @@ def new_case_args(kind, tmp, good):
         "events in a folder that refuses new names": ["--out", "/proc/events", "-n", 5],  # /proc: root too
         "run folder in a folder that refuses new names": ["--data", tmp / "good.h5", "--output-dir", "/proc/run",
                                                           "--epochs", 1, "--batch-size", 4, *TINY],
+        "output is a link that leads nowhere": [*pngs, "--output", tmp / "nowhere.h5"],
+        "run folder is a link that leads nowhere": [*train, "--output-dir", tmp / "nowhere.h5", *TINY],
+        "output is a loop of links": [*model, "--data", tmp / "good.h5", "--output", tmp / "loop.h5"],
+        "--seed past 2**32": [*train, "--output-dir", tmp / "run", *TINY, "--seed", 2**32],
+        "--split-seed past 2**32": ["--data", tmp / "good.h5", "--split-seed", 2**32, "--no-timing"],
+        "CAE --seed past 2**32": ["--data", tmp / "good.h5", "--methods", "cae", "--seed", 2**32],
+        "--lambda 0 without the GAN term": [*train, "--output-dir", tmp / "run", *TINY, "--lambda", 0,
+                                            "--gan-weight", 0],
+        "width too large for the memory": [*train, "--output-dir", tmp / "run", *TINY, "--base-filters", 100000],
+        "demo --tiny with a size of its own": ["--tiny", "--epochs", 5, "--output-root", tmp / "demo"],
+        "demo luminosity out of range": ["--luminosity", 20, "--output-root", tmp / "demo"],
     }[kind]
 
 
