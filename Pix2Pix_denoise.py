@@ -434,7 +434,8 @@ def check_outputs(args, out, report, inputs):
         check_output_path(out, args.overwrite)
     if args.evaluate:
         for path in evaluation.report_paths(report).values():
-            check_not_an_input(path, (*inputs, out))
+            check_not_an_input(path, inputs)
+            check_not_an_input(path, (out,), kind="denoised output")
             check_output_path(path, args.overwrite)
 
 

@@ -378,6 +378,7 @@ def parse_args(argv=None):
         args.data = args.h5
     if not str(args.data).strip():
         raise InputError("--data: the HDF5 file path is empty")
+    args.methods = list(dict.fromkeys(args.methods))  # each scored once, in the order given
     for name in ("max_events", "cae_epochs", "cae_batch_size", "cae_max_train_pairs"):
         value = getattr(args, name)
         if value is not None and value < 1:

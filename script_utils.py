@@ -218,9 +218,10 @@ def can_write_in(folder):
     return True
 
 
-def check_not_an_input(output, inputs):
+def check_not_an_input(output, inputs, kind="input"):
     """Refuse an output that is one of the inputs (also through a symbolic or hard link), lies inside
-    an input folder, or is a folder holding an input (replacing it would delete the input)."""
+    an input folder, or is a folder holding an input (replacing it would delete the input). kind names
+    what inputs are in the messages (another output of the run, say)."""
     if not str(output).strip():
         raise InputError("an output path is empty")
     out = Path(os.path.realpath(output))  # realpath, not resolve: a loop of links is left for the checks after
@@ -230,12 +231,12 @@ def check_not_an_input(output, inputs):
         source = Path(os.path.realpath(given))
         same = out == source or (out.exists() and source.exists() and os.path.samefile(out, source))
         if same:
-            raise InputError(f"{output}: the output is the input {'folder' if source.is_dir() else 'file'} {given} "
+            raise InputError(f"{output}: the output is the {kind} {'folder' if source.is_dir() else 'file'} {given} "
                              "(refused, --overwrite or not)")
         if source in out.parents:
-            raise InputError(f"{output}: the output would be written inside the input folder {given}")
+            raise InputError(f"{output}: the output would be written inside the {kind} folder {given}")
         if out in source.parents:
-            raise InputError(f"{output}: the output folder holds the input {given} (replacing it would delete it)")
+            raise InputError(f"{output}: the output folder holds the {kind} {given} (replacing it would delete it)")
 
 
 @functools.cache

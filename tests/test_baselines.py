@@ -319,6 +319,12 @@ def test_script_scores_snr_and_a_tiny_cae(tiny_h5, script, tmp_path):
     assert_one_line_error(proc, "tiny.h5", "no trained CAE")
 
 
+def test_a_method_named_twice_is_scored_once(tmp_path, capsys):
+    good = write_h5(tmp_path / "good.h5", *toy_masks(12, seed=0))
+    assert bl.main(["--data", str(good), "--methods", "snr", "snr"]) == 0
+    assert [line[:3] for line in capsys.readouterr().out.splitlines() if line.startswith("SNR")] == ["SNR"]
+
+
 def test_script_bad_inputs_are_one_line_errors(tmp_path, script):
     assert_one_line_error(script(SCRIPT, "--data", tmp_path / "missing.h5"), "missing.h5", "not found")
     bad = tmp_path / "bad.h5"
