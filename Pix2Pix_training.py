@@ -343,23 +343,6 @@ def build_parser():
                    help="multiply the output by the raw hit mask: remove hits, never add any (default %(default)s)")
     p.add_argument("--weight-raw-hits", action=argparse.BooleanOptionalAction, default=WEIGHT_RAW_HITS,
                    help="weight the raw hits' L1 by --hit-weight too, not only the truth's (default %(default)s)")
-    p.add_argument("--threshold-criterion", choices=("balanced", "f1", "tracks"), default=THRESHOLD_CRITERION,
-                   help="how the output threshold is chosen on validation: best min(efficiency, rejection), best "
-                        "F1, or tracks: the fewest fake segments of those keeping --tracks-kept of the tracks "
-                        "reconstructable from >= 5 of 6 superlayers (default %(default)s)")
-    p.add_argument("--tracks-kept", type=float, default=TRACKS_KEPT,
-                   help="--threshold-criterion tracks: the share of tracks the threshold must keep, in (0, 1] "
-                        "(default %(default)s)")
-    p.add_argument("--validation-background", type=int, default=VALIDATION_BACKGROUND, metavar="N",
-                   help="validate (choose the threshold, generator_best) on events carrying their own and the next "
-                        "N - 1 events' background, as at N x the luminosity; 1 to --batch-size (default %(default)s)")
-    p.add_argument("--mirror-average", action=argparse.BooleanOptionalAction, default=MIRROR_AVERAGE,
-                   help="the model's output: the average of its answers for the event and for the event mirrored "
-                        "along the wires, in validation and wherever the model is used (twice the time) "
-                        "(default %(default)s)")
-    p.add_argument("--shift-average", type=int, default=SHIFT_AVERAGE, metavar="WIRES",
-                   help="the model's output also averaged with its answer for the event moved WIRES wires up along "
-                        "its layers, in validation and wherever the model is used (0 = off) (default %(default)s)")
     p.add_argument("--hit-weight", type=float, default=HIT_WEIGHT,
                    help="L1 weight of the truth's hit pixels; 1 = plain L1 (default %(default)s)")
     p.add_argument("--generator-lr", type=float, default=GENERATOR_LR, help="(default %(default)s)")
@@ -387,8 +370,30 @@ def build_parser():
     p.add_argument("--keep-worker-checkpoints", action="store_true", default=KEEP_WORKER_CHECKPOINTS,
                    help="multi-worker: a worker that is not the chief keeps its checkpoints in OUTPUT_DIR/"
                         ".worker_<type>_<index>_tmp/checkpoints (to check that the workers hold the same weights)")
+    add_validation_settings(p)
     add_recipe_levers(p)
     return p
+
+
+def add_validation_settings(p):
+    """How validation chooses the threshold and generator_best, and what the model's output is."""
+    p.add_argument("--threshold-criterion", choices=("balanced", "f1", "tracks"), default=THRESHOLD_CRITERION,
+                   help="how the output threshold is chosen on validation: best min(efficiency, rejection), best "
+                        "F1, or tracks: the fewest fake segments of those keeping --tracks-kept of the tracks "
+                        "reconstructable from >= 5 of 6 superlayers (default %(default)s)")
+    p.add_argument("--tracks-kept", type=float, default=TRACKS_KEPT,
+                   help="--threshold-criterion tracks: the share of tracks the threshold must keep, in (0, 1] "
+                        "(default %(default)s)")
+    p.add_argument("--validation-background", type=int, default=VALIDATION_BACKGROUND, metavar="N",
+                   help="validate (choose the threshold, generator_best) on events carrying their own and the next "
+                        "N - 1 events' background, as at N x the luminosity; 1 to --batch-size (default %(default)s)")
+    p.add_argument("--mirror-average", action=argparse.BooleanOptionalAction, default=MIRROR_AVERAGE,
+                   help="the model's output: the average of its answers for the event and for the event mirrored "
+                        "along the wires, in validation and wherever the model is used (twice the time) "
+                        "(default %(default)s)")
+    p.add_argument("--shift-average", type=int, default=SHIFT_AVERAGE, metavar="WIRES",
+                   help="the model's output also averaged with its answer for the event moved WIRES wires up along "
+                        "its layers, in validation and wherever the model is used (0 = off) (default %(default)s)")
 
 
 def add_recipe_levers(p):

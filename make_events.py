@@ -435,9 +435,8 @@ def build_parser():
                         "tagged: OUT/dc_all_000123.png + OUT/dc_truth_000123.png + OUT/dc_tracks_000123.png; the "
                         "tracks image holds each truth hit's track number 1..k (default %(default)s)")
     p.add_argument("--preview", nargs="?", const="", default=None, metavar="PNG",
-                   help="also write a grid of the first raw|truth pairs, enlarged, to PNG "
-                        f"(default path OUT/{PREVIEW_NAME}; tagged layout: OUT_{PREVIEW_NAME} beside OUT; hipo: "
-                        f"NAME_{PREVIEW_NAME} beside the file)")
+                   help=f"write a grid of the first raw|truth pairs, enlarged, to PNG (default OUT/{PREVIEW_NAME}; "
+                        f"tagged layout: OUT_{PREVIEW_NAME} beside OUT; hipo: NAME_{PREVIEW_NAME} beside the file)")
     p.add_argument("--preview-events", type=int, default=PREVIEW_EVENTS,
                    help="pairs shown by --preview (default %(default)s)")
     p.add_argument("--overwrite", action="store_true", default=OVERWRITE,
