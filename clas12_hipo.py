@@ -304,7 +304,7 @@ def _raw_image(dc_rows, raw_orders):
     return image
 
 
-def read_sector_events(paths, raw_orders=RAW_ORDERS, keep_sectors_without_truth=False, stats=None):
+def read_sector_events(paths, raw_orders=RAW_ORDERS, keep_sectors_without_truth=False, stats=None, labels=None):
     """Yield a SectorImage for every sector image of the files' events, streamed event by event.
 
     raw: the rows of DC::tot (if the event has it) or DC::tdc whose order's tens digit is in
@@ -312,7 +312,8 @@ def read_sector_events(paths, raw_orders=RAW_ORDERS, keep_sectors_without_truth=
     rule); keep_sectors_without_truth adds the other sectors with raw hits (empty truth). A file
     without TBHits yields every sector with raw hits, truth None. Every file is checked before
     the first record. stats, a dict if given, receives counts: files, events,
-    events_without_dc_hits, sectors, sectors_without_truth (left out)."""
+    events_without_dc_hits, sectors, sectors_without_truth (left out). labels: each file's FILE in the
+    records' names FILE:EVENT:SECTOR (default: its base name)."""
     paths = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
     raw_orders = _check_orders(raw_orders)
     for path in paths:
@@ -320,15 +321,15 @@ def read_sector_events(paths, raw_orders=RAW_ORDERS, keep_sectors_without_truth=
     stats = {} if stats is None else stats
     for key in ("files", "events", "events_without_dc_hits", "sectors", "sectors_without_truth"):
         stats.setdefault(key, 0)
-    for path in paths:
+    labels = [Path(p).name for p in paths] if labels is None else labels
+    for path, label in zip(paths, labels, strict=True):
         stats["files"] += 1
-        yield from _file_sector_events(_HipoInput(path), raw_orders, keep_sectors_without_truth, stats)
+        yield from _file_sector_events(_HipoInput(path), label, raw_orders, keep_sectors_without_truth, stats)
 
 
-def _file_sector_events(source, raw_orders, keep_without_truth, stats):
-    """read_sector_events for one open file."""
+def _file_sector_events(source, file_name, raw_orders, keep_without_truth, stats):
+    """read_sector_events for one open file, its records named file_name:EVENT:SECTOR."""
     event = hb.Event()
-    file_name = source.path.name
     while source.next_event(event):
         stats["events"] += 1
         run, number, where = source.run_event(event)

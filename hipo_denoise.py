@@ -11,12 +11,13 @@ denoised but not scored.
     counts = hipo_denoise.denoise_hipo(model, 0.5, "run.hipo", "run_denoised.hipo")
 """
 
+import itertools
 from pathlib import Path
 
 import numpy as np
 
 import clas12_hipo as ch
-from script_utils import InputError, check_output_path, progress
+from script_utils import InputError, check_not_an_input, check_output_path, progress
 from trained_model import predicted
 
 BATCHES_PER_READ = 2  # events read (and rewritten) at once: this many model batches' worth (at least
@@ -55,17 +56,19 @@ def check_job(in_path, out_path, overwrite, evaluate):
 
     Reads the file up to its first sector with hits: a file without DC banks, or with a bad row in
     its first events, stops here. With evaluate, a file without a TBHits bank stops here too, and
-    the file is read on up to its first sector with raw and TBHits hits: without one there is
-    nothing to score."""
+    the file is read on (in the same pass) up to its first sector with raw and TBHits hits, the
+    sectors SectorTruth scores: without one there is nothing to score."""
     in_path, out_path = Path(in_path), Path(out_path)
     ch.check_hipo_file(in_path)
-    if out_path.resolve() == in_path.resolve() or (out_path.exists() and out_path.samefile(in_path)):
-        raise InputError(f"{out_path}: the output is the input file")
+    check_not_an_input(out_path, [in_path])
     check_output_path(out_path, overwrite)
-    first = next(ch.read_sector_events(in_path, keep_sectors_without_truth=True), None)
-    if evaluate and first is not None and first.truth is None:
+    records = ch.read_sector_events(in_path, keep_sectors_without_truth=True)
+    first = next(records, None)
+    if not evaluate or first is None:
+        return
+    if first.truth is None:
         raise InputError(f"{in_path}: no {ch.TBHITS.name} bank to score against (--evaluate)")
-    if evaluate and not any(r.raw.any() for r in ch.read_sector_events(in_path)):  # SectorTruth's scored sectors
+    if not any(r.raw.any() and r.truth.any() for r in itertools.chain([first], records)):
         raise InputError(f"{in_path}: no sector with DC hits has {ch.TBHITS.name} hits: nothing to score "
                          "(drop --evaluate to denoise it)")
 

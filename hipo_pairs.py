@@ -69,17 +69,17 @@ def file_labels(paths):
 
 
 def sector_records(paths, raw_orders, keep_sectors_without_truth, stats, digest):
-    """read_sector_events' records, file by file, named FILE:EVENT:SECTOR with FILE from file_labels (unique);
-    each name added to digest as Pix2Pix_data.pair_list_digest adds a pair.
+    """read_sector_events' records, named FILE:EVENT:SECTOR with FILE from file_labels (unique), each name added
+    to digest as Pix2Pix_data.pair_list_digest adds a pair.
 
     A file without a TBHits bank has no truth: an InputError naming it."""
-    for path, label in zip(paths, file_labels(paths), strict=True):
-        for record in ch.read_sector_events([path], raw_orders, keep_sectors_without_truth, stats):
-            if record.truth is None:
-                raise InputError(f"{path}: no {ch.TBHITS.name} bank: no truth for training pairs")
-            record.name = f"{label}:{record.event}:{record.sector}"
-            digest.update(f"{record.name}\0{record.name}\n".encode("utf-8", "surrogateescape"))
-            yield record
+    labels = file_labels(paths)
+    by_label = dict(zip(labels, paths, strict=True))
+    for record in ch.read_sector_events(paths, raw_orders, keep_sectors_without_truth, stats, labels=labels):
+        if record.truth is None:
+            raise InputError(f"{by_label[record.file]}: no {ch.TBHITS.name} bank: no truth for training pairs")
+        digest.update(f"{record.name}\0{record.name}\n".encode("utf-8", "surrogateescape"))
+        yield record
 
 
 def chunk_tasks(records, chunk_events, level, side):
@@ -155,7 +155,7 @@ def check_given_once(paths):
 def check_inputs(paths, output, overwrite):
     """Every input a complete HIPO file given once, the output none of them and writable; return the paths."""
     paths = [Path(p) for p in paths]
-    if Path(output).resolve() in {p.resolve() for p in paths}:
+    if Path(os.path.realpath(output)) in {Path(os.path.realpath(p)) for p in paths}:  # realpath: no error on loops
         raise InputError(f"{output}: the output is one of the --hipo input files")
     check_given_once(paths)
     Pix2Pix_data.check_outputs(output, overwrite, skip_bad=False, inputs=paths)
