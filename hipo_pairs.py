@@ -82,6 +82,16 @@ def sector_records(paths, raw_orders, keep_sectors_without_truth, stats, digest)
         yield record
 
 
+def no_pairs_message(paths, raw_orders, stats):
+    """Why HIPO file(s) gave no pair: no DC hit of the raw orders at all, or no sector with truth hits."""
+    if stats["events"] and stats["events_without_dc_hits"] == stats["events"]:
+        orders = " ".join(str(o) for o in raw_orders)
+        return (f"{paths[0]}: none of the {stats['events']} events has a DC hit of the orders --raw-orders "
+                f"{orders} keeps (their tens digit)")
+    return (f"{paths[0]}: no sector with {ch.TBHITS.name} hits in the HIPO file(s) "
+            f"({stats['events']} events; --keep-sectors-without-truth keeps the others)")
+
+
 def chunk_tasks(records, chunk_events, level, side):
     """encode_chunk's tasks, chunk_events records each; each chunk's names and track ids go to side, in order."""
     while block := list(itertools.islice(records, chunk_events)):
@@ -194,8 +204,7 @@ def convert_hipo(paths, output, *, raw_orders=ch.RAW_ORDERS, keep_sectors_withou
             if total is None:
                 total, start, stop = written, 0, written
             if written == 0 and n == 1:
-                raise InputError(f"{paths[0]}: no sector with {ch.TBHITS.name} hits in the HIPO file(s) "
-                                 f"({stats['events']} events; --keep-sectors-without-truth keeps the others)")
+                raise InputError(no_pairs_message(paths, raw_orders, stats))
             write_attrs(f, pair_layout="hipo", source_files=[str(p.resolve()) for p in paths],
                         raw_orders=list(raw_orders), keep_sectors_without_truth=keep_sectors_without_truth,
                         pairs=written, skipped=0, shard_index=k, shard_count=n, total_pairs=total, pair_start=start,

@@ -212,6 +212,7 @@ def test_pix2pix_data_hipo_bad_inputs(tmp_path, both):
         (["--hipo", good, "--merge", tmp_path / "x.h5"], ["--hipo", "--merge"]),
         (["--hipo", good, "--skip-bad"], ["--hipo", "--skip-bad"]),
         (["--hipo", good, "--raw-orders", "5"], ["--raw-orders 5", "tens digits"]),
+        (["--hipo", good, "--raw-orders", "20", "90"], ["good.hipo", "none of the", "--raw-orders 20 90 keeps"]),
         (["--raw-orders", "0"], ["only go with --hipo"]),
     ]
     for args, words in cases:
