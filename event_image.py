@@ -157,13 +157,15 @@ def read_event_png(path):
     """Read one event PNG as uint8 (36, 112, 3), checking what the project accepts.
 
     Grayscale, palette and fully opaque RGBA images are converted to RGB. Anything else
-    (not a readable PNG, 16-bit, transparent, wrong size) raises InputError naming the file.
+    (not a readable PNG, 16-bit, transparent, animated, wrong size) raises InputError naming the file.
     """
     path = Path(path)
     try:
         with Image.open(path) as im:
             if im.format != "PNG":
                 raise InputError(f"{path}: not a PNG image (it is {im.format})")
+            if getattr(im, "n_frames", 1) > 1:  # an animated PNG: Pillow would read its first frame alone
+                raise InputError(f"{path}: animated PNG of {im.n_frames} frames: an event is one image")
             if any(";16" in str(tile.args) for tile in im.tile):  # Pillow would keep only the high byte
                 raise InputError(f"{path}: 16-bit PNG: more than 8 bits per channel is not supported; "
                                  "save it as 8-bit (hits 255)")

@@ -191,6 +191,19 @@ def test_16_bit_pngs_are_refused_not_read_as_their_high_byte(tmp_path, color_typ
         ei.read_event_png(path)
 
 
+def test_an_animated_png_is_refused_not_read_as_its_first_frame(tmp_path):
+    """An APNG of two events (Pillow reads frame 1 unless asked) is one line's error, not half the events."""
+    frames = [np.zeros((36, 112, 3), np.uint8) for _ in range(2)]
+    frames[0][5, 10] = frames[1][20, 60] = 255
+    path = tmp_path / "two.png"
+    images = [Image.fromarray(f, "RGB") for f in frames]
+    images[0].save(path, format="PNG", save_all=True, append_images=images[1:])
+    with pytest.raises(InputError, match="animated PNG of 2 frames"):
+        ei.read_event_png(path)
+    images[0].save(path, format="PNG")  # the first frame alone reads
+    assert np.argwhere(ei.hit_mask(ei.read_event_png(path))).tolist() == [[5, 10]]
+
+
 def test_low_bit_depth_grayscale_is_scaled_to_full_hits(tmp_path):
     """A 4-bit grayscale PNG whose hits are 15 (its full scale) reads as hits of 255, not as dim pixels."""
     values = np.zeros((36, 112), np.uint8)
