@@ -289,6 +289,7 @@ PNG_KINDS = {  # how the PNG is spoiled -> what the one-line error must say
     "16-bit PNG": "more than 8 bits",
     "RGBA with transparency": "transparent",
     "JPEG renamed .png": "not a PNG",
+    "animated PNG": "animated PNG of 2 frames",
 }
 H5_KINDS = {
     "missing HDF5 file": "not found",
@@ -338,6 +339,10 @@ def spoil_png(path, kind):
         Image.fromarray(rgba, "RGBA").save(path, format="PNG")
     elif kind == "JPEG renamed .png":
         Image.new("RGB", (ei.WIRES, ei.LAYERS)).save(path, format="JPEG")
+    elif kind == "animated PNG":  # the good event and a blank frame
+        with Image.open(path) as im:
+            first = im.convert("RGB")
+        first.save(path, format="PNG", save_all=True, append_images=[Image.new("RGB", (ei.WIRES, ei.LAYERS))])
 
 
 def write_bad_h5(path, kind, good):
