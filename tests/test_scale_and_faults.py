@@ -710,6 +710,12 @@ def new_case_args(kind, tmp, good):
     }[kind]
 
 
+def test_the_readme_counts_the_sweeps_cases():
+    """The README's Bad input line says how many cases the two sweeps hold: it counts these lists."""
+    readme = (ROOT / "README.md").read_text()
+    assert f"sweeps {len(CASES)} cases across the six scripts, {len(NEW_CASES)} more" in readme
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", list(NEW_CASES), ids=[k.replace(" ", "_") for k in NEW_CASES])
 def test_more_bad_inputs_are_one_line_exit_2_and_touch_nothing(kind, good, tmp_path):
