@@ -205,7 +205,7 @@ def verification_hits(data, n):
 
         import data_management
 
-        data_management.check_h5(data)
+        data_management.check_h5(data, splits=False)  # no split: any events verify
         with h5py.File(data, "r") as f:
             raw = ei.crop_event(f["raw"][:n])
         masks = ei.hit_mask(raw)

@@ -87,11 +87,12 @@ def min_pairs(test_fraction=TEST_FRACTION, validation_fraction=VALIDATION_FRACTI
     return n
 
 
-def check_h5(h5_path, test_fraction=TEST_FRACTION, validation_fraction=VALIDATION_FRACTION):
+def check_h5(h5_path, test_fraction=TEST_FRACTION, validation_fraction=VALIDATION_FRACTION, splits=True):
     """Check the HDF5 file of pairs and return N; raise InputError naming the problem.
 
     Required: datasets `raw` and `truth`, uint8, shape (N, 128, 128, 3) each, enough pairs to
-    make all three splits non-empty; `names`, if present, must have N entries.
+    make all three splits non-empty (splits=False: one pair, for a reader of events only); `names`,
+    if present, must have N entries.
     """
     path = Path(h5_path)
     check_fractions(test_fraction, validation_fraction)
@@ -124,7 +125,9 @@ def check_h5(h5_path, test_fraction=TEST_FRACTION, validation_fraction=VALIDATIO
         ids = f.get("track_ids")
         if ids is not None and (ids.dtype != np.uint8 or ids.shape != (n, LAYERS, WIRES)):
             raise InputError(f"{path}: 'track_ids' is {ids.dtype} {ids.shape}, expected uint8 ({n}, {LAYERS}, {WIRES})")
-    need = min_pairs(test_fraction, validation_fraction)
+    if not splits and n == 0:
+        raise InputError(f"{path}: holds no pairs")
+    need = min_pairs(test_fraction, validation_fraction) if splits else 1
     if n < need:
         raise InputError(f"{path}: only {n} pairs; at least {need} are needed to make train, validation and "
                          f"test non-empty")

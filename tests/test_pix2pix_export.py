@@ -3,6 +3,7 @@
 import hashlib
 import json
 
+import h5py
 import numpy as np
 import onnx
 import onnxruntime
@@ -96,8 +97,12 @@ def test_sidecar_and_metadata_carry_the_threshold(run, exported):
 def test_threshold_override_is_stored_and_said(run, exported, tmp_path):
     folder, _, _ = run
     out = tmp_path / "t.onnx"
+    two = tmp_path / "two.h5"  # events to verify with: two are enough (no split is made)
+    images = ei.pad_event(ei.mask_to_image(hit_maps(2)[:, 0] > 0))
+    with h5py.File(two, "w") as f:
+        f["raw"], f["truth"] = images, images
     assert export.main(["--model", str(folder), "--output", str(out), "--verify-events", "8",
-                        "--threshold", "0.3"]) == 0
+                        "--threshold", "0.3", "--data", str(two)]) == 0
     sidecar = json.loads(out.with_suffix(".json").read_text())
     assert sidecar["threshold"] == 0.3 and sidecar["threshold_source"] == "export --threshold"
     # Pix2Pix_denoise's first line says where each export's threshold came from.
