@@ -98,6 +98,10 @@ def pair_tagged(folder, raw_tag, truth_tag, tracks_tag):
                     for k, n in raw.items() if k in truth),
                    key=lambda p: p.raw_name)
     key = lambda p: p.raw_name.replace(raw_tag, "\0")
+    if tracks and pairs and not any(key(p) in tracks for p in pairs):  # tags written unlike (all / _tracks_)
+        wanted = key(pairs[0]).replace("\0", tracks_tag)
+        raise InputError(f"{folder}: none of its {len(tracks)} track-id files names a pair ({pairs[0].raw_name}'s "
+                         f"would be {wanted}): give --raw-tag, --truth-tag and --tracks-tag written alike")
     pairs, more = with_tracks(pairs, tracks, key, lambda p: key(p).replace("\0", tracks_tag))
     return pairs, sorted(problems + more)
 

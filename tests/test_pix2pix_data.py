@@ -250,6 +250,20 @@ def test_unpaired_tagged_file_and_case_hint(tmp_path):
     assert not (tmp_path / "o.h5").exists()
 
 
+def test_tags_written_unlike_are_named_and_tags_written_alike_pair_the_track_ids(tmp_path):
+    """--raw-tag all with the default --tracks-tag _tracks_ finds no dc__tracks__N.png: one line that says so."""
+    proc = run_script("make_events.py", "-n", 4, "--layout", "tagged", "--out", tmp_path / "ev")
+    assert proc.returncode == 0, proc.stderr
+    tags = ["--layout", "tagged", "--raw-dir", tmp_path / "ev", "--raw-tag", "all", "--truth-tag", "truth"]
+    proc = run_script("Pix2Pix_data.py", *tags, "--output", tmp_path / "o.h5")
+    assert_one_line_error(proc, "none of its 4 track-id files", "dc__tracks__000000.png", "--tracks-tag")
+    assert not (tmp_path / "o.h5").exists()
+    proc = run_script("Pix2Pix_data.py", *tags, "--tracks-tag", "tracks", "--output", tmp_path / "o.h5")
+    assert proc.returncode == 0, proc.stderr
+    with h5py.File(tmp_path / "o.h5", "r") as f:
+        np.testing.assert_array_equal(f["track_ids"][3], ei.read_track_ids_png(tmp_path / "ev/dc_tracks_000003.png"))
+
+
 def test_existing_output_is_kept_without_overwrite_and_replaced_with_it(tmp_path):
     expected = write_folders(tmp_path / "ev", event_names(5))
     out = tmp_path / "pairs.h5"
