@@ -125,9 +125,11 @@ def check_h5(h5_path, test_fraction=TEST_FRACTION, validation_fraction=VALIDATIO
         ids = f.get("track_ids")
         if ids is not None and (ids.dtype != np.uint8 or ids.shape != (n, LAYERS, WIRES)):
             raise InputError(f"{path}: 'track_ids' is {ids.dtype} {ids.shape}, expected uint8 ({n}, {LAYERS}, {WIRES})")
-    if not splits and n == 0:
-        raise InputError(f"{path}: holds no pairs")
-    need = min_pairs(test_fraction, validation_fraction) if splits else 1
+    if not splits:
+        if n == 0:
+            raise InputError(f"{path}: holds no pairs")
+        return n
+    need = min_pairs(test_fraction, validation_fraction)
     if n < need:
         raise InputError(f"{path}: only {n} pairs; at least {need} are needed to make train, validation and "
                          f"test non-empty")
