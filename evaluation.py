@@ -195,7 +195,7 @@ def verdict(result):
         return "no model scores"
     baselines = [m for m in ("SNR", "CAE") if m in methods and not math.isnan(methods[m]["scores"]["f1"])]
     model = methods["model"]["scores"]
-    if not baselines or math.isnan(model["f1"]):
+    if not baselines or math.isnan(model["f1"]) or math.isnan(model["efficiency"]):
         return "not enough track hits to compare"
     best = max(baselines, key=lambda m: methods[m]["scores"]["f1"])
     base = methods[best]["scores"]
@@ -222,9 +222,11 @@ def tracking_verdict(result):
     fake = "".join(f", {m} {scores[m]['fake_segments_per_event']:.3f} / {scores[m]['fake_beside_tracks_per_event']:.3f}"
                    for m in others)
     model = scores["model"]
-    text = (f" Tracking: the model keeps {100 * model['kept_ge5']:.2f} % of the tracks reconstructable (>= 5 of 6 "
-            f"superlayers) in the raw events{f' ({kept})' if kept else ''} and leaves "
-            f"{model['fake_segments_per_event']:.3f} fake segments per event, "
+    tracks = (f"the model keeps {100 * model['kept_ge5']:.2f} % of the tracks reconstructable (>= 5 of 6 superlayers) "
+              f"in the raw events{f' ({kept})' if kept else ''} and")
+    if math.isnan(model["kept_ge5"]):
+        tracks = "no track is reconstructable (>= 5 of 6 superlayers) in the raw events; the model"
+    text = (f" Tracking: {tracks} leaves {model['fake_segments_per_event']:.3f} fake segments per event, "
             f"{model['fake_beside_tracks_per_event']:.3f} of them beside a track (raw "
             f"{model['raw_fake_segments_per_event']:.3f} / {model['raw_fake_beside_tracks_per_event']:.3f}{fake}).")
     return text + fake_segment_counts(result) + at_equal_tracks(result) + at_equal_fakes(result) + \
@@ -232,7 +234,7 @@ def tracking_verdict(result):
 
 
 def fake_segment_counts(result):
-    """' Fake segments in these N events: model a; SNR b (fewer, p < 0.001); CAE c (as many within chance, ...).'
+    """' Fake segments in these N events: model a; SNR b (model fewer, p < 0.001); CAE c (as many within chance, ...).'
 
     The counts behind the per-event figures, and whether they differ by more than chance: each p is the
     two-sided exact binomial test of the model's share of the two methods' total against one half, how often
@@ -246,7 +248,7 @@ def fake_segment_counts(result):
         total = ours + counts[other]
         p = stats.binomtest(ours, total, 0.5).pvalue if total else 1.0
         p_text = "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
-        word = "as many within chance" if p >= 0.05 else ("fewer" if ours < counts[other] else "more")
+        word = "as many within chance" if p >= 0.05 else ("model fewer" if ours < counts[other] else "model more")
         parts.append(f"{other} {counts[other]} ({word}, {p_text})")
     if not parts:
         return ""
@@ -322,7 +324,8 @@ def format_table(result):
         c, s = first["tracking"]["counts"], first["tracking"]["scores"]
         lines.append("tracks >=5/6: share of the tracks reconstructable in the raw event (segments in >= 5 of 6 "
                      "superlayers) that still are; fake seg/event: background segments left; beside tracks: "
-                     f"those of them within {tracking.BESIDE_TRACK_WIRES} wire of a track's hits in their superlayer")
+                     f"those of them whose road comes within {tracking.BESIDE_TRACK_WIRES} wire of a track's raw hits "
+                     "in their superlayer")
         lines.append(f"raw events: {c['tracks']} tracks, reconstructable from 6/6 {s['raw_6']:.4f}, "
                      f">=5/6 {s['raw_ge5']:.4f}, >=4/6 {s['raw_ge4']:.4f}; "
                      f"{s['raw_fake_segments_per_event']:.4f} fake segments/event "

@@ -195,6 +195,7 @@ def test_evaluation_columns_bins_and_batches():
     table = evaluation.format_table(one)
     assert all(title in table.splitlines()[0] for title in ("tracks >=5/6", "fake seg/event", "beside tracks"))
     assert "without track ids" not in table
+    assert f"whose road comes within {tracking.BESIDE_TRACK_WIRES} wire of a track's raw hits" in table
     assert "Tracking: the model keeps 100.00 % of the tracks reconstructable (>= 5 of 6 superlayers) in the raw " \
            "events (SNR 100.00 %) and leaves 0.000 fake segments per event, 0.000 of them beside a track (raw " \
            in one["verdict"]
@@ -242,6 +243,18 @@ def test_threshold_sweep_carries_tracking_and_the_model_is_compared_at_the_cae_s
     assert "At CAE's fake segments" not in no_sweep["verdict"]
 
 
+def test_events_without_a_reconstructable_track_or_without_track_hits_say_so_in_the_verdict():
+    stub = straight_track(layers_per_superlayer=3)  # track hits in 3 layers of each superlayer: no segment
+    raw = stub | background(CLUSTER)
+    res = evaluation.evaluate(raw, stub, {"model": stub, "SNR": raw})
+    assert ("Tracking: no track is reconstructable (>= 5 of 6 superlayers) in the raw events; the model leaves "
+            "0.000 fake segments per event") in res["verdict"]
+    assert "nan" not in res["verdict"]
+    no_track = background(CLUSTER)  # nothing to find: F1 is 0 for a method keeping something, not a comparison
+    res = evaluation.evaluate(no_track, np.zeros_like(no_track), {"model": no_track, "SNR": no_track})
+    assert res["verdict"] == "not enough track hits to compare"
+
+
 def verdict_with_fakes(model_events, cae_events, events=20):
     """The verdict on `events` events with a track and a background cluster, the model keeping the cluster in
     the first model_events of them, the CAE in the first cae_events."""
@@ -255,11 +268,13 @@ def verdict_with_fakes(model_events, cae_events, events=20):
 def test_the_verdict_says_whether_the_fake_segment_counts_differ_by_more_than_chance():
     # two-sided exact binomial test of the model's share against one half, by hand:
     # 0 of 6: 2 / 2^6 = 0.031; 1 of 6: 2 x (1 + 6) / 2^6 = 0.219; 6 of 6: the same as 0 of 6
-    assert "Fake segments in these 20 events: model 0; SNR 20 (fewer, p < 0.001); CAE 6 (fewer, p = 0.031)." \
-        in verdict_with_fakes(0, 6)
-    assert "model 1; SNR 20 (fewer, p < 0.001); CAE 5 (as many within chance, p = 0.219)." in verdict_with_fakes(1, 5)
-    assert "model 6; SNR 20 (fewer, p = 0.009); CAE 0 (more, p = 0.031)." in verdict_with_fakes(6, 0)  # 6 of 26
-    assert "model 0; SNR 20 (fewer, p < 0.001); CAE 0 (as many within chance, p = 1.000)." in verdict_with_fakes(0, 0)
+    assert ("Fake segments in these 20 events: model 0; SNR 20 (model fewer, p < 0.001); "
+            "CAE 6 (model fewer, p = 0.031).") in verdict_with_fakes(0, 6)
+    assert ("model 1; SNR 20 (model fewer, p < 0.001); CAE 5 (as many within chance, p = 0.219)."
+            in verdict_with_fakes(1, 5))
+    assert "model 6; SNR 20 (model fewer, p = 0.009); CAE 0 (model more, p = 0.031)." in verdict_with_fakes(6, 0)
+    assert ("model 0; SNR 20 (model fewer, p < 0.001); CAE 0 (as many within chance, p = 1.000)."
+            in verdict_with_fakes(0, 0))
 
 
 def test_report_json_and_png_carry_the_tracking(tmp_path):
