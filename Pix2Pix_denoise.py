@@ -16,8 +16,6 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
-
 import data_management
 import evaluation
 import event_image as ei
@@ -137,6 +135,8 @@ def parse_args(argv=None):
     if args.hipo and (args.output_dir or args.truth_dir):
         raise InputError(f"--hipo reads its truth from the file and writes --output; do not give "
                          f"{'--output-dir' if args.output_dir else '--truth-dir'}")
+    if args.hipo and args.output and Path(args.output).suffix != ".hipo":
+        raise InputError(f"--output {args.output}: --hipo writes a HIPO file, named .hipo")
     if args.input_dir and not args.output_dir:
         raise InputError("--input-dir needs --output-dir")
     if args.data and args.output_dir:
@@ -146,6 +146,9 @@ def parse_args(argv=None):
     if not all(0.0 < t < 1.0 for t in args.sweep_thresholds):
         raise InputError(f"--sweep-thresholds {','.join(map(str, args.sweep_thresholds))}: each must be between 0 "
                          "and 1 (exclusive)")
+    if args.background_bins[0] != 0:
+        edges = ",".join(map(str, args.background_bins))
+        raise InputError(f"--background-bins {edges}: the first lower edge must be 0: every event falls in a bin")
     if args.grid_events < 0:
         raise InputError(f"--grid-events {args.grid_events}: must be 0 or more")
     if args.batch_size < 1:
@@ -189,9 +192,6 @@ def denoise(model, threshold, reader, writer, evaluation=None, baselines=None, g
     with writer, ThreadPoolExecutor(max_workers=2) as pool:
         # readers may give no track ids
         for (names, raw, truth, *track_ids), prob in predicted(model, prefetched(reader, pool)):
-            if not np.isfinite(prob).all():
-                raise InputError(f"{names[0]}: the model gives non-finite hit probabilities (nan or inf): it is "
-                                 "broken (a training run that diverged?)")
             kept = prob > threshold
             if gate:
                 kept &= raw

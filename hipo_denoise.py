@@ -55,7 +55,8 @@ def check_job(in_path, out_path, overwrite, evaluate):
     """Refuse a bad input or output before the model loads (InputError naming the file and the event).
 
     Reads the file up to its first sector with hits: a file without DC banks, or with a bad row in
-    its first events, stops here. With evaluate, a file without a TBHits bank stops here too, and
+    its first events, stops here. With evaluate, a file without a sector with DC hits or without a
+    TBHits bank stops here too, and
     the file is read on (in the same pass) up to its first sector with raw and TBHits hits, the
     sectors SectorTruth scores: without one there is nothing to score."""
     in_path, out_path = Path(in_path), Path(out_path)
@@ -64,8 +65,10 @@ def check_job(in_path, out_path, overwrite, evaluate):
     check_output_path(out_path, overwrite)
     records = ch.read_sector_events(in_path, keep_sectors_without_truth=True)
     first = next(records, None)
-    if not evaluate or first is None:
+    if not evaluate:
         return
+    if first is None:
+        raise InputError(f"{in_path}: no sector has DC hits: nothing to score (drop --evaluate to denoise it)")
     if first.truth is None:
         raise InputError(f"{in_path}: no {ch.TBHITS.name} bank to score against (--evaluate)")
     if not any(r.raw.any() and r.truth.any() for r in itertools.chain([first], records)):

@@ -459,6 +459,8 @@ def parse_args(argv=None):
         raise InputError(f"--preview-events {args.preview_events}: need at least one")
     if not 1 <= args.sectors <= ch.N_SECTORS:
         raise InputError(f"--sectors {args.sectors}: must be between 1 and {ch.N_SECTORS}")
+    if args.format == "png" and args.sectors != SECTORS:
+        raise InputError(f"--sectors {args.sectors}: for --format hipo (a PNG pair is one sector)")
     if args.format == "hipo" and args.layout != LAYOUT:
         raise InputError(f"--layout {args.layout}: a PNG layout; --format hipo writes one file")
     event_worlds.check_luminosity(args.luminosity)

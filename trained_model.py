@@ -33,6 +33,7 @@ class KerasModel:
     concurrent_batches = 1
 
     def __init__(self, path, threads=None, views=None):
+        self.path = path
         self.views = views or {}  # output_views: its output averaged with the mirrored, moved event's
         if not zipfile.is_zipfile(path):  # Keras itself would say "file not found"
             raise InputError(f"{path}: not a Keras model file (a .keras file is a zip archive)")
@@ -85,6 +86,7 @@ class OnnxModel:
     def __init__(self, path, threads=None):
         import onnxruntime
 
+        self.path = path
         options = onnxruntime.SessionOptions()
         if threads is not None:
             options.intra_op_num_threads = options.inter_op_num_threads = 1
@@ -238,8 +240,18 @@ def predicted(model, batches):
     """(batch, hit probabilities of its raw hit maps) of each batch, in order.
 
     A model that can run several batches at once (model.concurrent_batches > 1: onnxruntime
-    releases the GIL) gets that many running on threads, and one more queued.
+    releases the GIL) gets that many running on threads, and one more queued. A probability
+    that is not finite (a broken model: weights that diverged, an export gone wrong) stops it.
     """
+    for batch, prob in _in_order(model, batches):
+        if not np.isfinite(prob).all():
+            raise InputError(f"{getattr(model, 'path', 'the model')}: the model gives non-finite hit probabilities "
+                             "(nan or inf): it is broken (a training run that diverged?)")
+        yield batch, prob
+
+
+def _in_order(model, batches):
+    """predicted's (batch, probabilities), unchecked."""
     in_flight = getattr(model, "concurrent_batches", 1)
     if in_flight <= 1:
         for batch in batches:

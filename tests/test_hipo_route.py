@@ -90,6 +90,8 @@ def test_make_events_hipo_sectors_and_bad_settings(tmp_path):
                         (["--out", tmp_path], "is a folder"), (["--out", tmp_path / "o.txt"], "named .hipo")):
         full = ["--format", "hipo", "--out", tmp_path / "x.hipo", "-n", 5, *args]
         assert_one_line_error(run_script("make_events.py", *full), words)
+    assert_one_line_error(run_script("make_events.py", "--out", tmp_path / "png", "-n", 5, "--sectors", 3),
+                          "--sectors 3: for --format hipo")  # not left unused without a word
     assert leftovers(tmp_path) == ["six.hipo"]
 
 
@@ -353,6 +355,13 @@ def test_evaluate_on_a_file_without_tbhits_hits_is_refused_and_leaves_nothing(tm
     assert leftovers(tmp_path) == ["no_hits.hipo"]
     assert Pix2Pix_denoise.main(["--model", str(track_model), "--hipo", str(hipo), "--output", str(out)]) == 0
     assert leftovers(tmp_path) == ["no_hits.hipo", "out.hipo"]
+    no_dc = tmp_path / "no_dc_hits.hipo"  # the DC bank in the file's dictionary, no hit in any event
+    hipo_writer.write_banks(no_dc, [ch.DC_TDC, ch.TBHITS, ch.RUN_CONFIG],
+                            [{"RUN::config": {"run": [1], "event": [2 + i]}} for i in range(3)])
+    assert_one_line_error(run_script("Pix2Pix_denoise.py", "--model", track_model, "--hipo", no_dc, "--output",
+                                     tmp_path / "o.hipo", "--evaluate"),
+                          "no_dc_hits.hipo", "no sector has DC hits: nothing to score", "drop --evaluate")
+    assert leftovers(tmp_path) == ["no_dc_hits.hipo", "no_hits.hipo", "out.hipo"]
 
 
 def test_denoise_hipo_bad_inputs_name_the_file_and_leave_nothing(tmp_path, both, track_model):
@@ -388,6 +397,8 @@ def test_denoise_hipo_bad_inputs_name_the_file_and_leave_nothing(tmp_path, both,
         assert_one_line_error(run_script("Pix2Pix_denoise.py", *model, *args, "--output", out), *words)
     assert_one_line_error(run_script("Pix2Pix_denoise.py", *model, "--hipo", good, "--output", good, "--overwrite"),
                           "good.hipo", "the output is the input file")
+    assert_one_line_error(run_script("Pix2Pix_denoise.py", *model, "--hipo", good, "--output", tmp_path / "den.h5"),
+                          "--output", "den.h5", "--hipo writes a HIPO file, named .hipo")
     (tmp_path / "mine.hipo").write_text("keep me")
     assert_one_line_error(run_script("Pix2Pix_denoise.py", *model, "--hipo", good, "--output", tmp_path / "mine.hipo"),
                           "mine.hipo", "already exists")

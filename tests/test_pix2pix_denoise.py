@@ -400,6 +400,7 @@ def test_bad_inputs_one_line_error_and_no_output(script, models, folders, tmp_pa
     ("no stored threshold", "bare.keras: no bare.json beside it with the threshold chosen on validation"),
     ("both inputs", "exactly one input"),
     ("decreasing bins", "--background-bins: '10,5': values must increase"),
+    ("bins not from 0", "--background-bins 10,20: the first lower edge must be 0: every event"),
     ("no model", "the following arguments are required: --model"),
     ("cae epochs 0", "--cae-epochs must be at least 1, got 0"),
     ("truth dir with data", "--truth-dir is only used with --evaluate on --input-dir"),
@@ -426,6 +427,8 @@ def test_bad_settings_are_input_errors_before_any_output(models, folders, tmp_pa
         args += ["--data", tmp_path / "x.h5"]
     elif case == "decreasing bins":
         args += ["--evaluate", "--truth-dir", tmp / "truth", "--background-bins", "10,5"]
+    elif case == "bins not from 0":
+        args += ["--evaluate", "--truth-dir", tmp / "truth", "--background-bins", "10,20"]
     elif case == "no model":
         args = args[2:]
     elif case == "negative threads":

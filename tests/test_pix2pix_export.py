@@ -303,6 +303,27 @@ def test_denoise_refuses_onnx_files_that_are_not_this_projects_export(exported, 
     assert not (tmp_path / "out.h5").exists()
 
 
+def test_an_onnx_model_giving_nan_is_refused_on_every_route(events, tmp_path):
+    """An ONNX model's weights are not checked on loading: its non-finite outputs stop the run, which leaves
+    nothing (not a file of every hit rejected)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    shape = ["batch", *ei.MODEL_TENSOR_SHAPE[1:]]
+    nan = numpy_helper.from_array(np.array(np.nan, np.float32), "nan")
+    graph = helper.make_graph([helper.make_node("Mul", [ei.MODEL_INPUT, "nan"], [ei.MODEL_OUTPUT])], "nan",
+                              [helper.make_tensor_value_info(ei.MODEL_INPUT, TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info(ei.MODEL_OUTPUT, TensorProto.FLOAT, shape)], [nan])
+    model = tmp_path / "nan.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(model))
+    hipo = tmp_path / "ev.hipo"
+    assert run_script("make_events.py", "--format", "hipo", "--out", hipo, "-n", 6, "--seed", 4).returncode == 0
+    for data, out in ((["--data", events / "events.h5"], "o.h5"), (["--hipo", hipo], "o.hipo")):
+        proc = run_script("Pix2Pix_denoise.py", "--model", model, "--threshold", "0.5", *data, "--output",
+                          tmp_path / out)
+        assert_one_line_error(proc, "nan.onnx", "non-finite hit probabilities")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ev.hipo", "nan.onnx"]
+
+
 # --- TorchScript (the optional extra: CI installs requirements-export.txt, so there it never skips) ------
 def need_export_extra():
     """torch (onnx2torch must be there too, not imported here), or a skip (a failure under CI, which installs them)."""
