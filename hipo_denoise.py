@@ -56,9 +56,8 @@ def check_job(in_path, out_path, overwrite, evaluate):
 
     Reads the file up to its first sector with hits: a file without DC banks, or with a bad row in
     its first events, stops here. With evaluate, a file without a sector with DC hits or without a
-    TBHits bank stops here too, and
-    the file is read on (in the same pass) up to its first sector with raw and TBHits hits, the
-    sectors SectorTruth scores: without one there is nothing to score."""
+    TBHits bank stops here too, and the file is read on (in the same pass) up to its first sector
+    with raw and TBHits hits, the sectors SectorTruth scores: without one there is nothing to score."""
     in_path, out_path = Path(in_path), Path(out_path)
     ch.check_hipo_file(in_path)
     check_not_an_input(out_path, [in_path])
