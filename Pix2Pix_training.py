@@ -28,6 +28,7 @@ import pairs_h5
 from script_utils import (
     ArgumentParser,
     InputError,
+    StopNow,
     catch_stop_signals,
     check_stop,
     import_keras,
@@ -319,6 +320,10 @@ def train(s):
             if run.chief:
                 scores = end_of_epoch(run, sums, n_steps, time.time() - t0)
             run.checkpoints.save()
+    except StopNow:  # the second signal, maybe in validation after the epoch was counted: no checkpoint of that
+        print("Stopped at once; no checkpoint saved: the same command resumes from the newest one in "
+              f"{run.checkpoints.folder}.", file=sys.stderr, flush=True)
+        raise
     except KeyboardInterrupt:
         run.checkpoints.save()
         print(f"Stopped at step {int(run.trainer.step.numpy())}; checkpoint saved in {run.checkpoints.folder}. "

@@ -316,6 +316,10 @@ STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}  # Ctrl-C and a batch system's st
 STOP_REQUESTED = []  # the signal that asked the run to stop (request_stop), if any
 
 
+class StopNow(KeyboardInterrupt):
+    """A second stop signal: stop at once, saving nothing more (a KeyboardInterrupt to every other handler)."""
+
+
 def request_stop(signum, frame):
     """Ctrl-C or a batch system's SIGTERM (pre-emption, the end of a time slot): stop after the
     current step, with a checkpoint of it, so that the same command resumes from there.
@@ -326,7 +330,7 @@ def request_stop(signum, frame):
     stops at once.
     """
     if STOP_REQUESTED:
-        raise KeyboardInterrupt
+        raise StopNow
     STOP_REQUESTED.append(signum)
     print(f"\n{signal.Signals(signum).name}: stopping after the current step (again to stop at once)",
           file=sys.stderr, flush=True)

@@ -348,6 +348,34 @@ def test_ctrl_c_saves_a_checkpoint_and_the_rerun_resumes(events_h5, tmp_path):
     assert f"step {stopped}" in rerun.stdout.split("Resuming from")[1].splitlines()[0]
 
 
+def test_a_second_ctrl_c_in_validation_stops_at_once_and_saves_no_checkpoint(events_h5, tmp_path, monkeypatch):
+    """The epoch is counted before its validation: a checkpoint saved there would give the resumed run no row,
+    sample or best-model check of that epoch. The second signal (stop at once) saves none: the rerun starts over."""
+    import os
+
+    out = tmp_path / "run"
+    validate = pt.validate_run
+
+    def interrupted(run):
+        os.kill(os.getpid(), signal.SIGINT)  # the first: stop after the current step
+        os.kill(os.getpid(), signal.SIGINT)  # the second, at once
+        return validate(run)
+
+    args = ["--data", str(events_h5), "--output-dir", str(out), "--epochs", "2", "--checkpoint-every", "0",
+            "--steps-per-epoch", "2", "--validation-batches", "1", *TINY]
+    monkeypatch.setattr(pt, "validate_run", interrupted)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            pt.main(args)
+        assert not list((out / "checkpoints").glob("ckpt-*.index"))
+        monkeypatch.setattr(pt, "validate_run", validate)
+        assert pt.main(args) == 0
+    finally:
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, signal.default_int_handler if s == signal.SIGINT else signal.SIG_DFL)
+    assert [r["epoch"] for r in read_rows(out)] == ["1", "2"]
+
+
 # --- Distribution ---------------------------------------------------------------------------------
 def test_two_logical_cpus_train_with_mirrored_strategy_in_bfloat16(events_h5, tmp_path):
     out = tmp_path / "run"
