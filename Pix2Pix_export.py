@@ -6,11 +6,11 @@ wire has a hit), and returns a hit probability per wire of the same shape: the p
 raw-hit gate and the crop back are all inside the graph. A hit is kept where its probability is
 above the threshold chosen on validation (stored in the model's metadata and in the JSON sidecar beside it).
 
-After writing, the file is run with onnxruntime beside the Keras model on --verify-events
+After writing, the file is run (onnxruntime, or torch for TorchScript) beside the Keras model on --verify-events
 events (from --data, else synthetic) and refused if any hit decision differs.
 
     python Pix2Pix_export.py --model runs/pix2pix --output denoiser.onnx
-    python Pix2Pix_export.py --model runs/pix2pix --output denoiser.pt --format torchscript
+    python Pix2Pix_export.py --model runs/pix2pix --output denoiser_torch.pt --format torchscript
 """
 
 import contextlib
@@ -42,7 +42,6 @@ VERIFY_EVENTS = 256  # events run through both models after writing
 THRESHOLD = None  # stored with the export; None = the one chosen on validation (the model's sidecar)
 OVERWRITE = False
 # ---------------------------------------------------------------------------------------------
-SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}
 
 
 # --- The model with CLAS12's interface -----------------------------------------------------------
@@ -243,7 +242,7 @@ def build_parser():
     p.add_argument("--model", required=True,
                    help="trained generator: a .keras file, or a training output directory (its generator_best.keras)")
     p.add_argument("--output", required=True, help="the model file to write (.onnx, or .pt for torchscript)")
-    p.add_argument("--format", choices=tuple(SUFFIXES), default=FORMAT,
+    p.add_argument("--format", choices=tuple(trained_model.EXPORT_SUFFIXES), default=FORMAT,
                    help="onnx, or torchscript for coatjava's DJL PyTorch engine (needs requirements-export.txt; "
                         "default %(default)s)")
     p.add_argument("--data", default=DATA, help="HDF5 pairs file whose first events verify the export "
@@ -264,8 +263,8 @@ def parse_args(argv=None):
     if args.threshold is not None and not args.threshold < 1:
         raise InputError(f"--threshold {args.threshold}: must be in [0, 1) (a probability above it keeps a hit)")
     output = Path(args.output)
-    if output.suffix != SUFFIXES[args.format]:
-        raise InputError(f"{output}: a {args.format} model file ends with {SUFFIXES[args.format]}")
+    if output.suffix != trained_model.EXPORT_SUFFIXES[args.format]:
+        raise InputError(f"{output}: a {args.format} model file ends with {trained_model.EXPORT_SUFFIXES[args.format]}")
     return args
 
 
@@ -298,6 +297,11 @@ def export(args):
     sidecar = output.with_suffix(".json")
     model_path = trained_model.resolve_model(args.model)
     inputs = {p.resolve() for p in (model_path, model_path.with_suffix(".json"), Path(args.data or model_path))}
+    twin = next((output.with_suffix(end) for end in trained_model.EXPORT_SUFFIXES.values()
+                 if end != output.suffix and output.with_suffix(end).exists()), None)
+    if twin is not None and sidecar.exists():  # the other format's export, under the same name
+        raise InputError(f"{sidecar}: the sidecar of {twin.name}, which it would no longer describe; give the "
+                         f"{args.format} file a name of its own")
     for target in (output, sidecar):
         if target.resolve() in inputs:
             raise InputError(f"{target}: the export would replace one of its inputs")
@@ -305,10 +309,14 @@ def export(args):
         check_output_path(target, args.overwrite)
     model_path, generator, info, threshold = load_trained(args)
     hits = verification_hits(args.data, args.verify_events)
-    wrapped = with_clas12_interface(generator, trained_model.output_views(info))
+    try:
+        wrapped = with_clas12_interface(generator, trained_model.output_views(info))
+    except (IndexError, ValueError, AttributeError) as exc:  # the layers it takes apart are not there
+        raise InputError(f"{model_path}: not a generator of Pix2Pix_training.py ({type(exc).__name__}: "
+                         f"{str(exc)[:120]})") from None
     metadata = {"threshold": threshold, "input": ei.MODEL_INPUT, "output": ei.MODEL_OUTPUT,
                 "layout": json.dumps(ei.LAYOUT), "source_model": model_path.name}
-    with atomic_output(output, args.overwrite, ext=SUFFIXES[args.format]) as tmp, \
+    with atomic_output(output, args.overwrite, ext=trained_model.EXPORT_SUFFIXES[args.format]) as tmp, \
             atomic_output(sidecar, args.overwrite) as tmp_json:
         onnx_tmp = tmp if args.format == "onnx" else tmp.with_name(tmp.name + ".onnx")
         try:

@@ -109,6 +109,7 @@ class OnnxModel:
         return self.session.run([ei.MODEL_OUTPUT], {ei.MODEL_INPUT: maps})[0][:, 0]
 
 
+EXPORT_SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}  # an export sidecar's "format" -> its model file's ending
 MODEL_TYPES = {".keras": KerasModel, ".onnx": OnnxModel}  # model file ending -> the class behind .probabilities()
 
 
@@ -138,7 +139,24 @@ def read_sidecar(model_path):
         raise InputError(f"{sidecar}: unreadable model sidecar ({exc})") from None
     if not isinstance(info, dict):
         raise InputError(f"{sidecar}: model sidecar is not a JSON object")
+    check_sidecar(sidecar, info, Path(model_path))
     return info
+
+
+def check_sidecar(sidecar, info, model_path):
+    """Refuse a sidecar that cannot be this model's: another export format's (denoiser.json written for
+    denoiser.pt beside denoiser.onnx), or training settings that are not a JSON object with mirror_average
+    true or false and shift_average a whole number (a hand edit gone wrong)."""
+    made = info.get("format")
+    if made is not None and EXPORT_SUFFIXES.get(made) != model_path.suffix:
+        raise InputError(f"{sidecar}: the sidecar of {info.get('file')} ({made}), not of {model_path.name} "
+                         "(export each format to a name of its own)")
+    record = training_record(info)
+    settings = (record.get("settings") or {}) if isinstance(record, dict) else None
+    if not (isinstance(settings, dict) and isinstance(settings.get("mirror_average", False), bool)
+            and type(settings.get("shift_average", 0)) is int):
+        raise InputError(f"{sidecar}: its training settings are not a JSON object with mirror_average true or "
+                         "false and shift_average a whole number")
 
 
 def training_record(info):

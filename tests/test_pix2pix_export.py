@@ -303,6 +303,42 @@ def test_denoise_refuses_onnx_files_that_are_not_this_projects_export(exported, 
     assert not (tmp_path / "out.h5").exists()
 
 
+def test_each_format_needs_a_name_of_its_own_and_a_sidecar_is_checked_against_its_model(run, exported, tmp_path):
+    """denoiser.onnx and denoiser.pt would share denoiser.json: the second export is refused (even with
+    --overwrite), and a model whose sidecar was written for another format, or whose training settings were
+    edited into something else, is refused when loaded."""
+    folder, _, _ = run
+    before = exported.with_suffix(".json").read_bytes()
+    for extra in ([], ["--overwrite"]):
+        with pytest.raises(InputError, match=r"denoiser.json: the sidecar of denoiser.onnx, which it would no longer "
+                                             r"describe; give the torchscript file a name of its own"):
+            export.main(["--model", str(folder), "--output", str(exported.with_suffix(".pt")), "--format",
+                         "torchscript", *extra])
+    assert exported.with_suffix(".json").read_bytes() == before and not exported.with_suffix(".pt").exists()
+    copy = tmp_path / "copy.onnx"
+    copy.write_bytes(exported.read_bytes())
+    sidecar = json.loads(before)
+    (tmp_path / "copy.json").write_text(json.dumps(dict(sidecar, format="torchscript", file="copy.pt")))
+    with pytest.raises(InputError, match=r"copy.json: the sidecar of copy.pt \(torchscript\), not of copy.onnx"):
+        trained_model.load_model(copy)
+    (tmp_path / "copy.json").write_text(json.dumps(sidecar))
+    assert trained_model.load_model(copy)[1]["threshold"] == sidecar["threshold"]  # the same content: taken
+    for settings in ({"shift_average": "two"}, [1], {"mirror_average": "yes"}, {"shift_average": 1.5}):
+        (tmp_path / "copy.json").write_text(json.dumps(dict(sidecar, training=dict(sidecar["training"],
+                                                                                   settings=settings))))
+        with pytest.raises(InputError, match="copy.json: its training settings are not a JSON object"):
+            trained_model.load_model(copy)
+
+
+def test_a_keras_model_that_is_not_a_pix2pix_generator_is_refused_in_one_line(tmp_path):
+    inp = keras.Input((128, 128, 3))
+    keras.Model(inp, keras.layers.Conv2D(3, 1, activation="sigmoid")(inp)).save(tmp_path / "conv.keras")
+    (tmp_path / "conv.json").write_text('{"threshold": 0.5}')
+    proc = run_script("Pix2Pix_export.py", "--model", tmp_path / "conv.keras", "--output", tmp_path / "d.onnx")
+    assert_one_line_error(proc, "conv.keras", "not a generator of Pix2Pix_training.py")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["conv.json", "conv.keras"]
+
+
 def test_an_onnx_model_giving_nan_is_refused_on_every_route(events, tmp_path):
     """An ONNX model's weights are not checked on loading: its non-finite outputs stop the run, which leaves
     nothing (not a file of every hit rejected)."""
