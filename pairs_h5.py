@@ -35,6 +35,8 @@ EVENT_KEYS = ("raw", "truth")
 NAME_KEYS = ("names", "truth_names")
 OPTIONAL_KEYS = {"track_ids": (ei.LAYERS, ei.WIRES)}  # uint8 per-event datasets merged when every part has them
 NAMES_BLOCK = 65536  # names copied at once when merging
+PER_PART_ATTRS = {"shard_index", "pair_start", "pair_stop", "pairs", "skipped", "chunk_events", "created",
+                  "created_by", "layout"}  # a part's own attributes (the layout is checked apart)
 PART_ATTRS = ("shard_index", "shard_count", "total_pairs", "pair_start", "pair_stop", "pair_list_sha256")
 
 
@@ -222,13 +224,20 @@ def read_part(path):
 
 
 def check_parts(parts):
-    """The parts must come from one conversion and hold every shard exactly once."""
+    """The parts must come from one conversion and hold every shard exactly once.
+
+    One conversion: the same pair list (its sha256 covers the names only, which every make_events set
+    shares) and the same sources and options, every attribute but a part's own (PER_PART_ATTRS): the
+    merged file keeps the first part's as its own."""
     first = parts[0]
     for part in parts[1:]:
-        for key in ("shard_count", "total_pairs", "pair_list_sha256"):
-            if part[key] != first[key]:
+        shared = sorted((set(first["attrs"]) | set(part["attrs"])) - PER_PART_ATTRS,
+                        key=lambda k: (k not in PART_ATTRS, k))  # the pair list first, then sources and options
+        for key in shared:
+            mine, theirs = part["attrs"].get(key), first["attrs"].get(key)
+            if not np.array_equal(np.asarray(mine), np.asarray(theirs)):
                 raise InputError(f"{part['path']}: not a part of the same conversion as {first['path']} "
-                                 f"({key} {part[key]} != {first[key]})")
+                                 f"({key} {mine} != {theirs})")
     n = int(first["shard_count"])
     holders = {}
     for part in parts:

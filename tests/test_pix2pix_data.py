@@ -405,6 +405,11 @@ def test_missing_overlapping_and_foreign_shards_are_named(tmp_path):
     p2d.convert(tmp_path / "other/raw", tmp_path / "other/truth", tmp_path / "foreign.h5", workers=1, shard="2/3")
     proc = run_script("Pix2Pix_data.py", "--merge", parts[1], tmp_path / "foreign.h5", parts[3], "--output", out)
     assert_one_line_error(proc, "foreign.h5", "not a part of the same conversion")
+    write_folders(tmp_path / "ev2", event_names(12), seed=1)  # another set under the same names (as make_events')
+    p2d.convert(tmp_path / "ev2/raw", tmp_path / "ev2/truth", tmp_path / "same_names.h5", workers=1, shard="2/3")
+    proc = run_script("Pix2Pix_data.py", "--merge", parts[1], tmp_path / "same_names.h5", parts[3], "--output", out)
+    assert_one_line_error(proc, "same_names.h5", "not a part of the same conversion", "source_raw_dir",
+                          str(tmp_path / "ev2/raw"))
     (tmp_path / "junk.h5").write_text("junk")
     proc = run_script("Pix2Pix_data.py", "--merge", parts[1], tmp_path / "junk.h5", "--output", out)
     assert_one_line_error(proc, "junk.h5", "not a readable HDF5")
