@@ -258,12 +258,13 @@ def end_of_epoch(run, sums, n_steps, seconds):
     """The chief's work after an epoch: validation, history.csv and TensorBoard, samples, the best export."""
     s, trainer = run.s, run.trainer
     step, epoch, _ = trainer.counters()
-    means = sums / n_steps if n_steps else np.full(4, np.nan)  # nan: the epoch was done before a resume
+    means = sums / n_steps if n_steps else np.full(4, np.nan)  # the steps since a resume (nan: none were left)
     if not trainer.gan:
         means[3] = np.nan  # no discriminator
     scores, first = validate_run(run)
+    speed = round(n_steps * trainer.global_batch / max(seconds, 1e-9), 2) if n_steps else np.nan
     row = {"epoch": epoch, "step": step, **dict(zip(CSV_FIELDS[2:6], means, strict=True)), **scores,
-           "seconds": round(seconds, 2), "images_per_s": round(n_steps * trainer.global_batch / max(seconds, 1e-9), 2),
+           "seconds": round(seconds, 2), "images_per_s": speed,
            "disc_winning": int(bool(trainer.gan and means[3] < s.d_saturated_loss))}
     rows = append_history(run.out / "history.csv", row, s.collapse_drop)
     row["collapse"] = rows[-1]["collapse"]

@@ -376,6 +376,34 @@ def test_a_second_ctrl_c_in_validation_stops_at_once_and_saves_no_checkpoint(eve
     assert [r["epoch"] for r in read_rows(out)] == ["1", "2"]
 
 
+def test_an_epoch_stopped_after_its_last_step_gets_a_row_of_nan_losses_and_speed_on_resume(events_h5, tmp_path,
+                                                                                          monkeypatch):
+    """No step of the epoch is left after the resume: its losses and images/s are unknown, not 0."""
+    out = tmp_path / "run"
+    args = ["--data", str(events_h5), "--output-dir", str(out), "--epochs", "2", "--checkpoint-every", "0",
+            "--steps-per-epoch", "2", "--validation-batches", "1", *TINY]
+
+    runs, real_set_up = [], pt.set_up
+
+    def set_up(s):
+        runs.append(real_set_up(s))
+        return runs[-1]
+
+    def stop_after_the_epochs_steps():  # in place of check_stop, which runs after every step
+        if runs[-1].trainer.counters()[2] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(pt, "set_up", set_up)
+    monkeypatch.setattr(pt, "check_stop", stop_after_the_epochs_steps)
+    with pytest.raises(KeyboardInterrupt):
+        pt.train(pt.parse_args(args))
+    monkeypatch.undo()
+    pt.train(pt.parse_args(args))
+    rows = read_rows(out)
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert rows[0]["gen_total"] == rows[0]["images_per_s"] == "nan" and float(rows[1]["images_per_s"]) > 0
+
+
 # --- Distribution ---------------------------------------------------------------------------------
 def test_two_logical_cpus_train_with_mirrored_strategy_in_bfloat16(events_h5, tmp_path):
     out = tmp_path / "run"
