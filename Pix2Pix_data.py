@@ -67,6 +67,7 @@ KEEP_SECTORS_WITHOUT_TRUTH = False  # --hipo: also sectors with raw hits but no 
 IN_FLIGHT_PER_WORKER = 4  # chunks queued or decoded per worker process: bounds the memory
 SKIPPED_SUFFIX = ".skipped.txt"  # the list of skipped pairs, beside the output
 HIT_COUNTS = ("raw_hits", "truth_hits", "stray_hits", "stray_pairs")  # summed over the chunks
+ID_COUNTS = ("unlabelled_hits", "unlabelled_pairs")  # with track-id images: truth hits without a track id
 
 
 # --- Sharding -------------------------------------------------------------------------------
@@ -154,6 +155,7 @@ def decode_chunk(task):
     raw_hits, truth_hits = ei.hit_mask(raw[:k]), ei.hit_mask(truth[:k])
     stray_pairs, stray_hits = ei.truth_outside_raw(raw_hits, truth_hits)  # swapped folders?
     raw_blob, truth_blob = padded_blobs(raw, truth, level)
+    unlabelled = truth_hits & (ids[:k] == 0)  # each truth hit has its track's number: none from another set
     return {
         "good": good,
         "bad": bad,
@@ -163,7 +165,8 @@ def decode_chunk(task):
         "truth_hits": int(truth_hits.sum()),
         "stray_hits": stray_hits,
         "stray_pairs": stray_pairs,
-        **({"track_ids": np.where(truth_hits, ids[:k], 0).astype(np.uint8)} if paths and len(paths[0]) > 2 else {}),
+        **({"track_ids": np.where(truth_hits, ids[:k], 0).astype(np.uint8), "unlabelled_hits": int(unlabelled.sum()),
+            "unlabelled_pairs": int(unlabelled.any(axis=(1, 2)).sum())} if paths and len(paths[0]) > 2 else {}),
     }
 
 
@@ -252,7 +255,7 @@ def write_pairs(f, pairs, skipped, *, workers, skip_bad, chunk_events, level, de
     names = create_names(f, len(pairs))
     if track_ids:
         names.append(pairs_h5.create_track_ids(f, len(pairs), chunk_events, level))
-    counts = dict.fromkeys(HIT_COUNTS, 0)
+    counts = dict.fromkeys(HIT_COUNTS + ID_COUNTS, 0)
     starts = range(0, len(pairs), chunk_events)
     tasks = ((chunk_events, level, [(p.raw_path, p.truth_path, *([p.tracks_path] if p.tracks_path else []))
                                     for p in pairs[i:i + chunk_events]]) for i in starts)
@@ -266,7 +269,7 @@ def write_pairs(f, pairs, skipped, *, workers, skip_bad, chunk_events, level, de
                 names[2][writer.count:writer.count + len(good)] = result["track_ids"]
             writer.add_chunk(result, len(good), packed=not result["bad"])
             for key in counts:
-                counts[key] += result[key]
+                counts[key] += result.get(key, 0)  # ID_COUNTS: with track ids only
             bar.update(len(result["good"]) + len(result["bad"]))
     written = writer.close()
     for ds in names:
@@ -289,6 +292,9 @@ def warn_at_end(skipped, skip_path, counts, written, truth_source):
     if counts["stray_hits"]:
         warn(f"{counts['stray_pairs']} pair(s) have truth hits that are not raw hits ({counts['stray_hits']} in all): "
              "are the raw and truth folders swapped?")
+    if counts["unlabelled_hits"]:
+        warn(f"{counts['unlabelled_pairs']} pair(s) have truth hits without a track id in their track-id image "
+             f"({counts['unlabelled_hits']} of {counts['truth_hits']} truth hits): are the track ids of these events?")
     if written and not counts["truth_hits"]:
         warn(f"no truth hits in any of the {written} pairs (no truth pixel above {ei.PNG_HIT_THRESHOLD}): are "
              f"{truth_source} truth images (not track ids, as in a `tracks` folder) with hits at 255 (not 0/1 masks)?")

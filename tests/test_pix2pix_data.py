@@ -7,6 +7,7 @@ that any mix-up of pairs, rows or channels shows.
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -338,6 +339,19 @@ def test_swapped_folders_are_warned_about(tmp_path):
     proc = convert_cli(tmp_path / "raw", tmp_path / "truth", tmp_path / "o.h5")
     assert proc.returncode == 0 and "swapped" in proc.stderr
 
+
+
+def test_track_ids_of_other_events_are_warned_about(tmp_path):
+    """A `tracks` folder left from another make_events run beside new raw and truth folders: warned, one line."""
+    for out, seed in (("ev", 1), ("old", 2)):
+        assert run_script("make_events.py", "--out", tmp_path / out, "-n", 4, "--seed", seed).returncode == 0
+    shutil.rmtree(tmp_path / "ev/tracks")
+    shutil.copytree(tmp_path / "old/tracks", tmp_path / "ev/tracks")
+    proc = convert_cli(tmp_path / "ev/raw", tmp_path / "ev/truth", tmp_path / "q.h5", "--workers", 1)
+    lines = proc.stderr.splitlines()
+    assert proc.returncode == 0 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith("warning: 4 pair(s) have truth hits without a track id"), lines[0]
+    assert "are the track ids of these events?" in lines[0]
 
 
 def test_no_truth_hits_at_all_is_warned_about(tmp_path):
