@@ -105,13 +105,16 @@ def check_same_data(out, wanted):
                      "pairs file: the fingerprints differ); resume with the run's file or use another --output-dir")
 
 
+def started_settings(out):
+    """run_config.json's "settings": those the run in out started with ({} without it)."""
+    config_path = out / "run_config.json"
+    return (json.loads(config_path.read_text()).get("settings") or {}) if config_path.exists() else {}
+
+
 def check_same_settings(out, settings):
     """Refuse to resume a run with settings that change what it learns or how its best epoch is chosen
     (run_config.json's "settings"; those of RESUME_MAY_CHANGE, and settings it does not record, may differ)."""
-    config_path = out / "run_config.json"
-    if not config_path.exists():
-        return
-    saved = json.loads(config_path.read_text()).get("settings") or {}
+    saved = started_settings(out)
     changed = [f"--{k.replace('_', '-')} {saved[k]} there, {v} asked" for k, v in settings.items()
                if k in saved and k not in RESUME_MAY_CHANGE and saved[k] != v]
     if changed:

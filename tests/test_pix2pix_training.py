@@ -325,7 +325,10 @@ def test_resuming_on_another_pairs_file_is_refused_and_the_same_file_resumes(eve
     moved = tmp_path / "moved.h5"
     shutil.copy(events_h5, moved)
     pt.train(settings(moved, part, *more[:1], 4, *more[2:]))
-    assert capsys.readouterr().out.count("Resuming from") == 2
+    out = capsys.readouterr().out
+    assert out.count("Resuming from") == 2
+    assert ("note: --epochs 4, the run started with 2: the cosine learning-rate decay now runs over 4 epochs; epoch 4 "
+            "trains at 0.146 of the set rates") in out  # 0.5 (1 + cos(3 pi / 4))
     assert [(r["epoch"], r["step"]) for r in read_rows(part)] == [("1", "3"), ("2", "6"), ("3", "9"), ("4", "12")]
 
 
