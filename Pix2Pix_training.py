@@ -137,6 +137,7 @@ class Run:
     checkpoints: Checkpoints
     log: object  # the chief's TensorBoard writer (logs/); None on other workers
     started: float  # time.time() at the start
+    train_memory: dict = dataclasses.field(default_factory=dict)  # the training pairs, read once (data_management)
 
 
 def load_data(s, replicas):
@@ -207,7 +208,7 @@ def epoch_batches(run, epoch, skip):
     """The epoch's distributed training batches, less the first skip (done before a resume)."""
     s, trainer = run.s, run.trainer
     data = (data_management.make_dataset(s.data, run.split["train"], batch_size=trainer.global_batch, shuffle=True,
-                                         seed=s.seed, epoch=epoch, drop_remainder=True)
+                                         seed=s.seed, epoch=epoch, drop_remainder=True, memory=run.train_memory)
             .take(run.steps_per_epoch))
     data = augment(data, s, epoch).skip(skip)
     if run.multi_worker:

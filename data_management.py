@@ -348,7 +348,7 @@ def fits_in_memory(n, memory_budget_mb=MEMORY_BUDGET_MB):
 
 
 def make_dataset(h5_path, indices, batch_size=BATCH_SIZE, shuffle=False, seed=SPLIT_SEED, epoch=0,
-                 drop_remainder=False, window=SHUFFLE_WINDOW, memory_budget_mb=MEMORY_BUDGET_MB):
+                 drop_remainder=False, window=SHUFFLE_WINDOW, memory_budget_mb=MEMORY_BUDGET_MB, memory=None):
     """A tf.data.Dataset of (raw, truth) float32 batches (B, 128, 128, 3) in 0..1 of the given pairs.
 
     shuffle=False: file order. shuffle=True: the k-th pass (k = 0, 1, ... from creation) is
@@ -357,7 +357,8 @@ def make_dataset(h5_path, indices, batch_size=BATCH_SIZE, shuffle=False, seed=SP
     epoch=E repeats the order of epoch E, whether the pairs stream or sit in memory. The last short batch is kept
     unless drop_remainder (then the batch size is static). len(dataset) is the number of batches.
     The pairs are held in memory after the first pass when raw + truth of the whole file fit in
-    memory_budget_mb; otherwise every pass streams from the file.
+    memory_budget_mb; otherwise every pass streams from the file. memory: a dict that datasets of the
+    same file and pairs share (the training's, one per epoch), so that they read the pairs once.
     """
     tf = import_tensorflow()
 
@@ -369,7 +370,7 @@ def make_dataset(h5_path, indices, batch_size=BATCH_SIZE, shuffle=False, seed=SP
                          "(with the last short batch dropped nothing would be left)")
     with h5py.File(h5_path, "r") as f:
         n = f["raw"].shape[0]
-    memory = {} if fits_in_memory(n, memory_budget_mb) else None
+    memory = ({} if memory is None else memory) if fits_in_memory(n, memory_budget_mb) else None
     passes = itertools.count(epoch)
 
     def generator():

@@ -222,6 +222,23 @@ def test_resumed_dataset_repeats_the_epoch_order_in_memory_or_streaming(tmp_path
     assert not all(np.array_equal(a[0], b[0]) for a, b in zip(other_seed, passes[0], strict=True))
 
 
+def test_datasets_sharing_a_memory_read_the_file_once(tmp_path):
+    """The training makes one dataset per epoch: with one memory dict they read the pairs once, in each
+    epoch's own order (the file's pixels changed after the first read show which pass read it)."""
+    h5 = tmp_path / "pairs.h5"
+    write_pairs(h5, 40, chunk=5)
+    idx = dm.load_split(h5)["train"]
+    memory = {}
+    first = collect(dm.make_dataset(h5, idx, batch_size=4, shuffle=True, seed=3, epoch=0, memory=memory))
+    with h5py.File(h5, "r+") as f:
+        f["raw"][:, 0, 0, 0] = 0  # every pair's id, low byte, gone from the file
+    shared = collect(dm.make_dataset(h5, idx, batch_size=4, shuffle=True, seed=3, epoch=1, memory=memory))
+    own = collect(dm.make_dataset(h5, idx, batch_size=4, shuffle=True, seed=3, epoch=1))
+    assert all((r == 0).all() for r, _, _ in own)  # read from the file now: the ids are gone
+    assert [list(r) for r, _, _ in shared] == [list(t) for _, t, _ in own]  # from memory: the ids, in epoch 1's order
+    assert [list(r) for r, _, _ in shared] != [list(r) for r, _, _ in first]  # (not epoch 0's)
+
+
 @pytest.mark.parametrize("drop", [False, True])
 def test_batches_across_parts_smaller_and_larger_than_a_batch(drop):
     ids = np.arange(16)
