@@ -418,6 +418,13 @@ def parse_args(argv=None):
         raise InputError("--merge cannot be combined with --shard or --skip-bad")
     if args.copy and not args.merge:
         raise InputError("--copy only goes with --merge")
+    if args.merge and not args.copy and args.chunk_events != CHUNK_EVENTS:
+        raise InputError(f"--chunk-events {args.chunk_events}: for --merge --copy (a virtual merge keeps the parts' "
+                         "chunks)")
+    given_tags = [f"--{name}-tag" for name, default in (("raw", RAW_TAG), ("truth", TRUTH_TAG), ("tracks", TRACKS_TAG))
+                  if getattr(args, f"{name}_tag") != default]
+    if args.layout == "folders" and given_tags and not (args.merge or args.hipo):
+        raise InputError(f"{', '.join(given_tags)}: for --layout tagged (the folders layout pairs by file name)")
     import hipo_pairs  # it imports this module's helpers: not at the top
 
     hipo_pairs.check_args(args)

@@ -36,6 +36,7 @@ from script_utils import (
     progress,
     run_main,
     seed_number,
+    warn,
 )
 
 tf = import_tensorflow()  # first, so that its C++ start-up lines stay off stderr
@@ -118,6 +119,7 @@ BEND_AUGMENT = pix2pix_model.BEND_AUGMENT  # training only: share of events whos
 PIXEL_LOSS = pix2pix_model.PIXEL_LOSS  # l1: the weighted L1 (the paper's term); bce: the weighted cross-entropy
 COLLAPSE_DROP = 0.1  # an epoch whose validation F1 is more than this below the best so far is flagged
 # ---------------------------------------------------------------------------------------------------
+GAN_ONLY = ("discriminator_lr", "d_saturated_loss", "gan_warmup", "disc_every", "label_smoothing")  # unused at 0
 
 
 # --- The run -------------------------------------------------------------------------------------------
@@ -494,6 +496,9 @@ def parse_args(argv=None):
             raise InputError(f"--{name.replace('_', '-')} must be positive, not {getattr(s, name)}")
     if s.lam == 0 and s.gan_weight == 0:
         raise InputError("--lambda 0 with --gan-weight 0 leaves the generator no loss to learn from")
+    unused = [f"--{name.replace('_', '-')}" for name in GAN_ONLY if getattr(s, name) != globals()[name.upper()]]
+    if s.gan_weight == 0 and unused:
+        warn(f"{', '.join(unused)}: no effect without the GAN term (--gan-weight 0: no discriminator is built)")
     return s
 
 

@@ -226,6 +226,15 @@ BAD_KINDS = ["wrong size", "rotated", "not a png", "jpeg", "truncated", "transpa
              "bad shard", "bad workers", "unknown option"]
 
 
+def test_options_of_another_layout_or_of_a_copied_merge_are_refused():
+    with pytest.raises(InputError, match=r"^--raw-tag, --tracks-tag: for --layout tagged"):
+        p2d.parse_args(["--raw-tag", "all", "--tracks-tag", "ids"])
+    assert p2d.parse_args(["--layout", "tagged", "--raw-tag", "all"]).raw_tag == "all"
+    with pytest.raises(InputError, match=r"^--chunk-events 16: for --merge --copy"):
+        p2d.parse_args(["--merge", "a.h5", "b.h5", "--chunk-events", "16"])
+    assert p2d.parse_args(["--merge", "a.h5", "b.h5", "--copy", "--chunk-events", "16"]).chunk_events == 16
+
+
 @pytest.mark.parametrize("kind", BAD_KINDS)
 def test_bad_input_is_one_line_error_and_no_output(tmp_path, kind):
     write_folders(tmp_path / "ev", event_names(40))  # the bad pair sits in the first of 2 chunks

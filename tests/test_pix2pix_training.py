@@ -466,6 +466,15 @@ def test_bad_settings_and_foreign_folders_are_refused(tmp_path):
     pt.check_output_dir(tmp_path / "new", wanted=None)  # a new folder is fine
 
 
+def test_discriminator_settings_without_the_gan_term_are_warned_about(capsys):
+    pt.parse_args(["--disc-every", "2", "--label-smoothing", "0.1"])
+    assert capsys.readouterr().err == ("warning: --disc-every, --label-smoothing: no effect without the GAN term "
+                                       "(--gan-weight 0: no discriminator is built)\n")
+    pt.parse_args(["--disc-every", "2", "--gan-weight", "1"])
+    pt.parse_args([])
+    assert capsys.readouterr().err == ""
+
+
 def test_threshold_criterion_balanced_or_f1_on_a_known_output():
     # 20 track hits (2 of them uncertain, 0.28) and 5 noise hits (1 of them uncertain, 0.5).
     raw, truth, out = (np.zeros((1, 36, 112, 3), np.float32) for _ in range(3))
