@@ -301,6 +301,7 @@ def hit_scores(raw, truth, kept):
 # --- Pictures a person can look at --------------------------------------------------------
 # The event grid's colours for one method's decisions on the raw hits (removed noise hits stay black).
 KEPT_TRACK_HIT, LOST_TRACK_HIT, KEPT_NOISE_HIT = (255, 255, 255), (230, 30, 30), (255, 190, 0)
+DECISIONS_KEY = "track hit kept white, removed red; noise hit kept amber, removed black"  # the pictures' key
 
 
 def decisions_image(raw, truth, kept):

@@ -30,12 +30,22 @@ def plot_efficiency_rejection(ax, x, groups, method):
             label=f"{method} rejection")
 
 
-def finish_axes(ax, xlabel, title, ncol=2):
-    """Label, score range and legend shared by the report's line panels."""
+def finish_axes(ax, xlabel, title, low=0.0):
+    """Label, score range and legend shared by the report's line panels: scores from low (zoomed in) to 1,
+    the legend in a band above them, where it covers no point."""
     ax.set_xlabel(xlabel)
-    ax.set_ylim(-0.02, 1.05)
+    span = 1.0 - low
+    ax.set_ylim(low - 0.05 * span - 0.005, 1.0 + 0.4 * span + 0.005)
+    ax.set_yticks([v for v in ax.get_yticks() if low - 0.05 * span - 0.005 <= v <= 1.0 + 1e-9])
     ax.set_title(title)
-    ax.legend(fontsize=7, ncol=ncol)
+    ax.tick_params(axis="x", labelsize=7)
+    ax.legend(fontsize=7, ncol=4, loc="upper center")
+
+
+def bin_label(b):
+    """A background-hit bin's tick label: its edges and how many events it holds (few: a few hits' worth)."""
+    edges = f"{b['low']}-{b['high'] - 1}" if b["high"] else f"{b['low']}+"
+    return f"{edges}\n{b['counts']['events']} ev."
 
 
 def plot_scores(ax, result):
@@ -44,38 +54,44 @@ def plot_scores(ax, result):
     keys = ("efficiency", "rejection", "purity", "f1")
     width = 0.8 / len(methods)
     for i, m in enumerate(methods):
-        vals = [np.nan_to_num(result["methods"][m]["scores"][k]) for k in keys]
+        vals = [none_as_nan(result["methods"][m]["scores"][k]) for k in keys]  # undefined (nothing kept): no bar
         ax.bar(np.arange(len(keys)) + (i - (len(methods) - 1) / 2) * width, vals, width, label=m,
                color=COLORS.get(m))
-    ax.set_xticks(range(len(keys)), keys)
-    ax.set_ylim(0, 1.05)
+    ax.set_xticks(range(len(keys)), ["efficiency", "rejection", "purity", "F1"])
+    ax.set_ylim(0, 1.25)
+    ax.set_yticks(np.arange(0, 1.01, 0.2))
     ax.set_title("hit-level scores")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper center", ncol=len(methods))
+
+
+def none_as_nan(value):
+    """A score as a float: an undefined one (None in a report read back, NaN in one made) is NaN."""
+    return math.nan if value is None else float(value)
 
 
 def plot_vs_background(ax, result):
     """Efficiency and rejection vs the background hits in the event (bins holding events only)."""
     for m in result["methods"]:
         bins = [b for b in result["vs_background_hits"][m] if b["counts"]["events"]]
-        x = [f"{b['low']}-{b['high'] - 1}" if b["high"] else f"{b['low']}+" for b in bins]
-        plot_efficiency_rejection(ax, x, bins, m)
+        plot_efficiency_rejection(ax, [bin_label(b) for b in bins], bins, m)
     finish_axes(ax, "background hits in the event", "efficiency (solid) and rejection (dashed) vs background")
 
 
 def plot_threshold_sweep(ax, result):
     """The model's scores vs its output threshold, the threshold used and the baselines' F1."""
     sweep = result["threshold_sweep"]
-    if sweep:
+    if sweep:  # the model's colour, one marker and line style per score (the other colours are other methods')
         t = [s["threshold"] for s in sweep]
-        for k, style in (("efficiency", "o-"), ("rejection", "s-"), ("f1", "^-")):
-            ax.plot(t, [s["scores"][k] for s in sweep], style, label=f"model {k}")
+        for k, style, alpha in (("efficiency", "o-", 1.0), ("rejection", "s--", 0.6), ("f1", "^:", 1.0)):
+            ax.plot(t, [none_as_nan(s["scores"][k]) for s in sweep], style, color=COLORS["model"], alpha=alpha,
+                    ms=4, label=f"model {'F1' if k == 'f1' else k}")
     if result.get("threshold") is not None:
         ax.axvline(result["threshold"], color="k", ls=":", label=f"threshold used {result['threshold']:.2f}")
     for m in result["methods"]:
-        if m != "model":
-            ax.axhline(np.nan_to_num(result["methods"][m]["scores"]["f1"]), color=COLORS.get(m), ls="--", lw=0.8,
-                       label=f"{m} F1")
-    finish_axes(ax, "model output threshold", "model scores vs threshold", ncol=1)
+        f1 = none_as_nan(result["methods"][m]["scores"]["f1"])
+        if m != "model" and math.isfinite(f1):
+            ax.axhline(f1, color=COLORS.get(m), ls="--", lw=0.8, label=f"{m} F1")
+    finish_axes(ax, "model output threshold", "model scores vs threshold")
 
 
 def tracking_sweep(result):
@@ -87,24 +103,37 @@ def plot_tracking_tradeoff(ax, result):
     """Tracks still reconstructable (>= 5/6) against fake segments left: the model at each swept threshold
     (some labelled, the one used ringed), every other method as one point."""
     sweep = tracking_sweep(result)
+    x = [s["tracking"]["scores"]["fake_segments_per_event"] for s in sweep]
+    y = [s["tracking"]["scores"]["kept_ge5"] for s in sweep]
     if sweep:
-        x = [s["tracking"]["scores"]["fake_segments_per_event"] for s in sweep]
-        y = [s["tracking"]["scores"]["kept_ge5"] for s in sweep]
         ax.plot(x, y, "o-", color=COLORS.get("model"), ms=3, label="model, threshold swept")
-        for s, xi, yi in zip(sweep, x, y, strict=True):
-            if round(s["threshold"] * 20) % 4 == 1:  # 0.05, 0.25, 0.45 ...
-                ax.annotate(f"{s['threshold']:.2f}", (xi, yi), fontsize=6, xytext=(3, 3), textcoords="offset points")
-            if result.get("threshold") is not None and abs(s["threshold"] - result["threshold"]) < 1e-9:
-                ax.plot(xi, yi, "o", ms=10, mfc="none", color="k", label=f"threshold used {s['threshold']:.2f}")
     for m, e in result["methods"].items():
-        if m != "model" and "tracking" in e:
-            t = e["tracking"]["scores"]
+        if "tracking" not in e:
+            continue
+        t = e["tracking"]["scores"]
+        if m == "model":  # its own point, whether or not its threshold is a swept one
+            used = f" {result['threshold']:.2f}" if result.get("threshold") is not None else ""
+            ax.plot(t["fake_segments_per_event"], t["kept_ge5"], "o", ms=10, mfc="none", color="k",
+                    label=f"model, threshold used{used}")
+        else:
             ax.plot(t["fake_segments_per_event"], t["kept_ge5"], "s", **look(m), label=m)
     ax.set_xscale("symlog", linthresh=0.01)
     ax.set_xlabel("fake segments per event")
     ax.set_ylabel("tracks >= 5/6 still reconstructable")
     ax.set_title("tracking trade-off: up and left is better")
     ax.legend(fontsize=7)
+    label_apart(ax, [f"{s['threshold']:.2f}" for s in sweep], x, y)
+
+
+def label_apart(ax, labels, x, y, gap=14):
+    """Label points where a label fits: one closer than gap pixels to a label already placed is left out."""
+    ax.autoscale_view()
+    placed = []
+    for text, point in zip(labels, ax.transData.transform(np.column_stack([x, y])) if labels else [], strict=True):
+        if all(np.hypot(*(point - p)) >= gap for p in placed):
+            placed.append(point)
+            ax.annotate(text, ax.transData.inverted().transform(point), fontsize=6, xytext=(3, 3),
+                        textcoords="offset points")
 
 
 def plot_tracking_vs_threshold(ax, result):
@@ -115,10 +144,12 @@ def plot_tracking_vs_threshold(ax, result):
     ax.plot(t, [s["tracking"]["scores"]["kept_ge5"] for s in sweep], "o-", color=color, label="tracks >= 5/6")
     ax.set_xlabel("model output threshold")
     ax.set_ylabel("tracks >= 5/6 still reconstructable")
+    ax.set_ylim(-0.02, 1.05)
     right = ax.twinx()
     right.plot(t, [s["tracking"]["scores"]["fake_segments_per_event"] for s in sweep], "s--", color="tab:purple",
                label="fake segments / event")
-    right.set_ylim(bottom=0)
+    top = right.get_ylim()[1]
+    right.set_ylim(-0.02 / 1.05 * top, top)  # its zero level with the left axis' zero
     right.set_ylabel("fake segments per event")
     if result.get("threshold") is not None:
         ax.axvline(result["threshold"], color="k", ls=":", label=f"threshold used {result['threshold']:.2f}")
@@ -137,7 +168,7 @@ def plot_superlayers(ax, result):
 def tracking_bins(result, method):
     """(labels, bins) of one method's background-hit bins holding events, each with its tracking scores."""
     bins = [b for b in result["vs_background_hits"][method] if b["counts"]["events"] and "tracking" in b]
-    return [f"{b['low']}-{b['high'] - 1}" if b["high"] else f"{b['low']}+" for b in bins], bins
+    return [bin_label(b) for b in bins], bins
 
 
 def plot_tracks_vs_background(ax, result):
@@ -149,9 +180,8 @@ def plot_tracks_vs_background(ax, result):
             values = [b["tracking"]["scores"][key] for b in bins]
             shown += [v for v in values if math.isfinite(v)]
             ax.plot(x, values, style, **look(m), alpha=1.0 if key == "kept_ge5" else 0.6, label=f"{m} {label}")
-    finish_axes(ax, "background hits in the event", "tracks still reconstructable (of those in the raw event)")
-    low = min(shown)  # zoomed in: the differences that matter are a few per cent
-    ax.set_ylim(low - 0.05 * (1.0 - low) - 0.005, 1.0 + 0.05 * (1.0 - low) + 0.005)
+    finish_axes(ax, "background hits in the event", "tracks still reconstructable (of those in the raw event)",
+                low=min(shown))  # zoomed in: the differences that matter are a few per cent
 
 
 def plot_fake_segments_vs_background(ax, result):
@@ -162,6 +192,7 @@ def plot_fake_segments_vs_background(ax, result):
     ax.set_yscale("symlog", linthresh=0.01)  # the denoisers' few hundredths beside the raw event's several
     ax.set_xlabel("background hits in the event")
     ax.set_title("fake segments per event (background, >= 4 of 6 layers in an SNR road)")
+    ax.tick_params(axis="x", labelsize=7)
     ax.legend(fontsize=7)
 
 
@@ -202,5 +233,4 @@ def write_event_grid(path, result, overwrite):
               for i, e in enumerate(shown)]
     with atomic_output(path, overwrite) as tmp, open(tmp, "wb") as fh:
         ei.save_event_grid(fh, columns, row_labels=labels,
-                           title="worst and best events by model F1; each method on the raw hits: track hit kept "
-                                 "white, removed red; noise hit kept amber, removed black")
+                           title=f"worst and best events by model F1; each method on the raw hits: {ei.DECISIONS_KEY}")

@@ -243,7 +243,7 @@ def save_samples(path, first, threshold, n):
                f"output > {threshold:.2f} on the raw hits": [ei.decisions_image(*hits) for hits in
                                                              zip(raw_hits, truth_hits, kept, strict=True)]}
     with atomic_output(path, overwrite=True, ext=".png") as tmp:  # matplotlib reads the format from the ending
-        ei.save_event_grid(tmp, columns, title=path.stem)
+        ei.save_event_grid(tmp, columns, title=f"{path.stem}; last column, on the raw hits: {ei.DECISIONS_KEY}")
 
 
 def export_generator(trainer, out, stem, scores, epoch, step, settings, stability=None):

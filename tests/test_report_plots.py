@@ -99,3 +99,53 @@ def test_the_event_grid_shows_a_methods_mistakes_in_their_colours(tmp_path):
     lost, noise = colour_pixels(wrong)
     assert lost > 100 and noise > 50
     assert colour_pixels(perfect) == [0, 0]
+
+
+def test_the_trade_off_rings_the_models_own_point_and_labels_thresholds_apart():
+    """The threshold used need not be a swept one (--threshold 0.72): the ring is the model's own figures.
+    Threshold labels closer than 14 pixels to one already placed are left out (they printed on top of
+    each other where the swept points bunch up)."""
+    result = a_result({"model": 0.02, "keep-all": 0.9, "SNR": 0.9, "CAE": 0.05})
+    result["threshold"] = 0.72
+    result["threshold_sweep"] = [{"threshold": t, "tracking": {"scores": {
+        "fake_segments_per_event": 0.02 * (1 - t), "kept_ge5": 1.0 if t < 0.9 else 1.9 - t}}}
+        for t in np.round(np.arange(0.05, 0.995, 0.01), 2)]
+    fig, ax = plt.subplots(figsize=(5, 4), dpi=80)
+    report_plots.plot_tracking_tradeoff(ax, result)
+    ring = [line for line in ax.get_lines() if line.get_label() == "model, threshold used 0.72"]
+    assert len(ring) == 1 and list(ring[0].get_xdata()) == [0.02] and list(ring[0].get_ydata()) == [0.02]
+    fig.canvas.draw()
+    spots = np.array([text.get_window_extent().p0 for text in ax.texts])
+    assert 3 <= len(spots) < 95
+    gaps = np.hypot(*(spots[:, None] - spots[None]).transpose(2, 0, 1)) + np.eye(len(spots)) * 1e9
+    assert gaps.min() >= 14 - 1e-6
+    plt.close(fig)
+
+
+def test_bins_say_how_many_events_they_hold_and_undefined_scores_draw_no_bar():
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), dpi=80)
+    result = a_result({"model": 0.9, "CAE": 0.5})
+    report_plots.plot_vs_background(left, result)
+    assert [t.get_text() for t in left.get_xticklabels()] == ["40-59\n10 ev.", "60-79\n10 ev.", "80-99\n10 ev."]
+    for m, purity in (("model", 0.9), ("CAE", None)):  # the CAE kept nothing: its purity is undefined
+        result["methods"][m]["scores"] = {"efficiency": 0.5, "rejection": 0.5, "purity": purity, "f1": 0.5}
+    report_plots.plot_scores(right, result)
+    heights = [p.get_height() for p in right.patches]  # model's four bars, then the CAE's
+    assert heights[2] == 0.9 and np.isnan(heights[6]) and heights[4] == 0.5
+    plt.close(fig)
+
+
+def test_the_threshold_sweep_draws_the_model_in_its_colour_and_the_others_in_theirs():
+    result = a_result({"model": 0.9, "SNR": 0.7, "CAE": 0.5})
+    for m, e in result["methods"].items():
+        e["scores"] = {"f1": result["methods"][m]["tracking"]["scores"]["kept_ge5"]}
+    result["threshold_sweep"] = [{"threshold": t, "scores": {"efficiency": 1 - t, "rejection": t, "f1": 0.5}}
+                                 for t in (0.25, 0.5, 0.75)]
+    fig, ax = plt.subplots(figsize=(5, 4), dpi=80)
+    report_plots.plot_threshold_sweep(ax, result)
+    colours = {line.get_label(): to_rgb(line.get_color()) for line in ax.get_lines()}
+    assert {k for k, c in colours.items() if c == to_rgb(report_plots.COLORS["model"])} == {
+        "model efficiency", "model rejection", "model F1"}
+    assert colours["SNR F1"] == to_rgb(report_plots.COLORS["SNR"]) and colours["CAE F1"] == to_rgb(
+        report_plots.COLORS["CAE"])
+    plt.close(fig)
