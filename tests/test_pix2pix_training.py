@@ -840,7 +840,7 @@ def first_training_batch(events_h5, tmp_path, *extra):
     s = settings(events_h5, tmp_path / "run", *extra)
     trainer = types.SimpleNamespace(global_batch=4, strategy=tf.distribute.get_strategy())
     run = types.SimpleNamespace(s=s, trainer=trainer, split=dm.load_split(str(events_h5)), steps_per_epoch=2,
-                                multi_worker=False)
+                                multi_worker=False, train_memory={})
     return [np.asarray(a) for a in next(iter(pt.epoch_batches(run, 1, 0)))]
 
 
