@@ -257,8 +257,9 @@ def cae_cache_path(h5_path, cae_cache=None, epochs=CAE_EPOCHS, seed=SEED, split_
     """Where get_cae keeps the model trained on this file with these settings.
 
     Default folder: beside the HDF5 file. The name carries the data fingerprint (with the
-    train split, so the split seed) and the training settings, so a changed file, split or
-    recipe never reuses a stale model.
+    train split, so the split seed) and the training settings, so a changed split or recipe never
+    reuses a stale model, nor does a file changed where the fingerprint looks (N, the names, a few
+    events: data_management.fingerprint); the model's own code (loss, optimizer) is not in it.
     """
     h5_path = Path(h5_path)
     split = load_split(h5_path, split_seed=split_seed)
