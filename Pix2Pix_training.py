@@ -64,12 +64,12 @@ from training_files import (  # noqa: E402
     check_same_settings,
     data_record,
     export_generator,
+    note_new_epochs,
     read_history,
     report_epoch,
     restore_latest,
     run_stability,
     save_samples,
-    started_settings,
     update_stability,
     write_json,
 )
@@ -218,16 +218,6 @@ def epoch_batches(run, epoch, skip):
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
         data = data.with_options(options)
     return trainer.strategy.experimental_distribute_dataset(data)
-
-
-def note_new_epochs(s, out, epoch):
-    """A resume with another --epochs than the run's first: its learning-rate decay is spread anew, said in a line."""
-    started = started_settings(out).get("epochs")
-    if started in (None, s.epochs) or s.lr_decay == "none" or epoch >= s.epochs:
-        return
-    now = pix2pix_model.lr_factor(s.lr_decay, epoch, s.epochs)
-    print(f"note: --epochs {s.epochs}, the run started with {started}: the {s.lr_decay} learning-rate decay now runs "
-          f"over {s.epochs} epochs; epoch {epoch + 1} trains at {now:.3f} of the set rates", flush=True)
 
 
 def train_epoch(run):

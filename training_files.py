@@ -22,6 +22,7 @@ from pix2pix_model import (  # noqa: E402
     build_generator,
     dtype_policy,
     f1_of,
+    lr_factor,
     with_raw_hit_gate,
 )
 
@@ -109,6 +110,16 @@ def started_settings(out):
     """run_config.json's "settings": those the run in out started with ({} without it)."""
     config_path = out / "run_config.json"
     return (json.loads(config_path.read_text()).get("settings") or {}) if config_path.exists() else {}
+
+
+def note_new_epochs(s, out, epoch):
+    """A resume with another --epochs than the run's first: its learning-rate decay is spread anew, said in a line."""
+    started = started_settings(out).get("epochs")
+    if started in (None, s.epochs) or s.lr_decay == "none" or epoch >= s.epochs:
+        return
+    now = lr_factor(s.lr_decay, epoch, s.epochs)
+    print(f"note: --epochs {s.epochs}, the run started with {started}: the {s.lr_decay} learning-rate decay now runs "
+          f"over {s.epochs} epochs; epoch {epoch + 1} trains at {now:.3f} of the set rates", flush=True)
 
 
 def check_same_settings(out, settings):
