@@ -50,6 +50,7 @@ from pix2pix_trainer import (  # noqa: E402, F401 (tests)
     augment,
     choose_precision,
     choose_strategy,
+    epoch_batches,
     make_optimizer,
     with_noise_hits,
 )
@@ -204,20 +205,6 @@ def set_up(s):
     multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
     return Run(s, trainer, chief, multi_worker, out, split, steps_per_epoch, validation, validation_ids, checkpoints,
                log, started)
-
-
-def epoch_batches(run, epoch, skip):
-    """The epoch's distributed training batches, less the first skip (done before a resume)."""
-    s, trainer = run.s, run.trainer
-    data = (data_management.make_dataset(s.data, run.split["train"], batch_size=trainer.global_batch, shuffle=True,
-                                         seed=s.seed, epoch=epoch, drop_remainder=True, memory=run.train_memory)
-            .take(run.steps_per_epoch))
-    data = augment(data, s, epoch).skip(skip)
-    if run.multi_worker:
-        options = tf.data.Options()  # several workers: each takes its share of every global batch
-        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-        data = data.with_options(options)
-    return trainer.strategy.experimental_distribute_dataset(data)
 
 
 def train_epoch(run):

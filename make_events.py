@@ -26,7 +26,16 @@ import event_image as ei
 import event_worlds
 import hipo_writer
 from event_worlds import LAYER, REGION_TWO_CURVE, STAGGER, STEREO_SIGN
-from script_utils import ArgumentParser, InputError, atomic_output, check_output_path, progress, run_main, start_pool
+from script_utils import (
+    ArgumentParser,
+    InputError,
+    atomic_output,
+    check_output_folder,
+    check_output_path,
+    progress,
+    run_main,
+    start_pool,
+)
 
 # --- Settings (each one has a command-line option) ------------------------------------------
 EVENTS = 1000  # raw/truth pairs to make
@@ -366,17 +375,6 @@ def write_preview(path, seed, luminosity, count, preset=PRESET):
                            row_labels=[f"event {i}" for i in range(count)],
                            title=f"make_events: seed {seed}, luminosity {luminosity:g}, "
                                  f"{event_worlds.preset_label(preset)}")
-
-
-def check_output_folder(out, overwrite):
-    """Refuse an output folder we must not (or cannot) replace; an empty one needs no --overwrite."""
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise InputError(f"{out}: folder is not empty (use --overwrite to replace it)")
-    if out.is_dir() and Path.cwd().resolve().is_relative_to(out.resolve()):
-        raise InputError(f"{out}: refusing to replace a folder that holds the current directory")
-    check_output_path(out, overwrite=True, folder=True)  # its parent folder exists and is writable
 
 
 def preview_path(args):

@@ -9,6 +9,7 @@ import json
 import os
 from pathlib import Path
 
+import data_management
 import event_image as ei
 from script_utils import InputError, import_keras, import_tensorflow
 
@@ -62,6 +63,21 @@ def with_bent_events(raw, truth, share, seed):
 def with_mixed_background(raw, truth, share, seed):
     """pix2pix_model.mixed_background (--mix-background) with stateless random numbers. seed: shape (2,)."""
     return mixed_background(raw, truth, tf.random.stateless_uniform([tf.shape(raw)[0]], seed), share)
+
+
+def epoch_batches(run, epoch, skip):
+    """The epoch's distributed training batches, less the first skip (done before a resume); run: Pix2Pix_training's
+    Run (its settings, trainer, split, steps per epoch and training memory)."""
+    s, trainer = run.s, run.trainer
+    data = (data_management.make_dataset(s.data, run.split["train"], batch_size=trainer.global_batch, shuffle=True,
+                                         seed=s.seed, epoch=epoch, drop_remainder=True, memory=run.train_memory)
+            .take(run.steps_per_epoch))
+    data = augment(data, s, epoch).skip(skip)
+    if run.multi_worker:
+        options = tf.data.Options()  # several workers: each takes its share of every global batch
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        data = data.with_options(options)
+    return trainer.strategy.experimental_distribute_dataset(data)
 
 
 def augment(data, s, epoch):

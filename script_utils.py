@@ -188,6 +188,17 @@ def check_output_path(target, overwrite, folder=False):
         raise InputError(f"{target}: folder {parent} is not writable")
 
 
+def check_output_folder(out, overwrite):
+    """Refuse an output folder we must not (or cannot) replace; an empty one needs no --overwrite."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise InputError(f"{out}: folder is not empty (use --overwrite to replace it)")
+    if out.is_dir() and Path.cwd().resolve().is_relative_to(out.resolve()):
+        raise InputError(f"{out}: refusing to replace a folder that holds the current directory")
+    check_output_path(out, overwrite=True, folder=True)  # its parent folder exists and is writable
+
+
 def check_folder_can_be_made(folder):
     """Refuse a folder path under a file or a read-only folder (the nearest part of it that exists)."""
     folder = Path(folder)
