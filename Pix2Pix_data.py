@@ -155,8 +155,7 @@ def decode_chunk(task):
     raw_hits, truth_hits = ei.hit_mask(raw[:k]), ei.hit_mask(truth[:k])
     stray_pairs, stray_hits = ei.truth_outside_raw(raw_hits, truth_hits)  # swapped folders?
     raw_blob, truth_blob = padded_blobs(raw, truth, level)
-    unlabelled = truth_hits & (ids[:k] == 0)  # each truth hit has its track's number: none from another set
-    return {
+    result = {
         "good": good,
         "bad": bad,
         "raw": raw_blob,
@@ -165,9 +164,12 @@ def decode_chunk(task):
         "truth_hits": int(truth_hits.sum()),
         "stray_hits": stray_hits,
         "stray_pairs": stray_pairs,
-        **({"track_ids": np.where(truth_hits, ids[:k], 0).astype(np.uint8), "unlabelled_hits": int(unlabelled.sum()),
-            "unlabelled_pairs": int(unlabelled.any(axis=(1, 2)).sum())} if paths and len(paths[0]) > 2 else {}),
     }
+    if paths and len(paths[0]) > 2:  # with track ids: each truth hit has its track's number (none: another set's?)
+        unlabelled = truth_hits & (ids[:k] == 0)
+        result.update(track_ids=np.where(truth_hits, ids[:k], 0).astype(np.uint8),
+                      unlabelled_hits=int(unlabelled.sum()), unlabelled_pairs=int(unlabelled.any(axis=(1, 2)).sum()))
+    return result
 
 
 @contextlib.contextmanager

@@ -442,7 +442,8 @@ def add_recipe_levers(p):
 
 def parse_args(argv=None):
     """The command line's settings, range-checked (InputError)."""
-    s = build_parser().parse_args(argv)
+    parser = build_parser()
+    s = parser.parse_args(argv)
     for name in ("epochs", "batch_size", "base_filters", "sample_events", "keep_checkpoints"):
         if getattr(s, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(s, name)}")
@@ -473,7 +474,7 @@ def parse_args(argv=None):
             raise InputError(f"--{name.replace('_', '-')} must be positive, not {getattr(s, name)}")
     if s.lam == 0 and s.gan_weight == 0:
         raise InputError("--lambda 0 with --gan-weight 0 leaves the generator no loss to learn from")
-    unused = [f"--{name.replace('_', '-')}" for name in GAN_ONLY if getattr(s, name) != globals()[name.upper()]]
+    unused = [f"--{name.replace('_', '-')}" for name in GAN_ONLY if getattr(s, name) != parser.get_default(name)]
     if s.gan_weight == 0 and unused:
         warn(f"{', '.join(unused)}: no effect without the GAN term (--gan-weight 0: no discriminator is built)")
     return s
