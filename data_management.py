@@ -349,7 +349,10 @@ def fits_in_memory(n, memory_budget_mb=MEMORY_BUDGET_MB):
 
 def make_dataset(h5_path, indices, batch_size=BATCH_SIZE, shuffle=False, seed=SPLIT_SEED, epoch=0,
                  drop_remainder=False, window=SHUFFLE_WINDOW, memory_budget_mb=MEMORY_BUDGET_MB, memory=None):
-    """A tf.data.Dataset of (raw, truth) float32 batches (B, 128, 128, 3) in 0..1 of the given pairs.
+    """A tf.data.Dataset of (raw, truth) float32 batches (B, 128, 128, 3) of the given pairs, each pixel 0 or 1.
+
+    A hit (any channel above PNG_HIT_THRESHOLD) is 1 on all three channels, as the denoiser feeds the model
+    (event_image.network_input), whatever colour the file stores.
 
     shuffle=False: file order. shuffle=True: the k-th pass (k = 0, 1, ... from creation) is
     ordered by np.random.default_rng([seed, epoch + k]) as epoch_windows says (the chunks in
@@ -383,8 +386,12 @@ def make_dataset(h5_path, indices, batch_size=BATCH_SIZE, shuffle=False, seed=SP
     batches = len(indices) // batch_size if drop_remainder else -(-len(indices) // batch_size)
     ds = ds.apply(tf.data.experimental.assert_cardinality(batches))
 
+    def as_hits(images):  # event_image.network_input's job, in TensorFlow
+        hits = tf.reduce_max(images, axis=-1, keepdims=True) > PNG_HIT_THRESHOLD
+        return tf.cast(tf.repeat(hits, CHANNELS, axis=-1), tf.float32)
+
     def scale(raw, truth):
-        return tf.cast(raw, tf.float32) / 255.0, tf.cast(truth, tf.float32) / 255.0
+        return as_hits(raw), as_hits(truth)
 
     return ds.map(scale, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 

@@ -113,6 +113,13 @@ def truth_outside_raw(raw_hits, truth_hits):
     return int(stray.any(axis=(1, 2)).sum()), int(stray.sum())
 
 
+def network_input(images):
+    """float32 images (..., 3) as the model sees them: 1 on all channels where any channel of the uint8 images
+    (..., C) exceeds PNG_HIT_THRESHOLD, else 0 (numpy or JAX arrays; data_management does the same in TensorFlow)."""
+    hits = images.max(axis=-1, keepdims=True) > PNG_HIT_THRESHOLD
+    return hits.repeat(CHANNELS, axis=-1).astype("float32")
+
+
 def mask_to_image(mask):
     """uint8 RGB image(s) (..., 3): HIT_VALUE where the mask is set, 0 elsewhere."""
     return np.repeat(np.asarray(mask, bool)[..., None], CHANNELS, axis=-1).astype(np.uint8) * HIT_VALUE

@@ -120,7 +120,7 @@ def make_train_step(generator, discriminator, gen_opt, disc_opt, s):
     @jax.jit
     def step(state, raw_u8, truth_u8, key):
         g_tv, g_ntv, d_tv, d_ntv, g_opt_v, d_opt_v = state
-        raw, truth = raw_u8.astype(jnp.float32) / 255.0, truth_u8.astype(jnp.float32) / 255.0
+        raw, truth = ei.network_input(raw_u8), ei.network_input(truth_u8)
         n = raw.shape[0]  # the extra hits in Pix2Pix_training's order, with JAX's random numbers
         if s.mix_tracks:
             u = jax.random.uniform(jax.random.fold_in(key, 11), (n,))
@@ -176,14 +176,14 @@ def make_predict(generator, mirror=False, shift=0):
 
 
 def batches(raw_u8, truth_u8, size=64):
-    """(raw, truth) float32 0..1 batches in order, the last one short."""
+    """(raw, truth) float32 0/1 batches (event_image.network_input) in order, the last one short."""
     for i in range(0, len(raw_u8), size):
-        yield raw_u8[i:i + size].astype(np.float32) / 255.0, truth_u8[i:i + size].astype(np.float32) / 255.0
+        yield ei.network_input(raw_u8[i:i + size]), ei.network_input(truth_u8[i:i + size])
 
 
 def test_probabilities(predict_params, raw_u8):
     """(N, 36, 112) float16: the largest output channel of each detector cell (as Pix2Pix_denoise)."""
-    probs = [ei.crop_event(np.asarray(predict_params(raw_u8[i:i + 64].astype(np.float32) / 255.0))).max(axis=-1)
+    probs = [ei.crop_event(np.asarray(predict_params(ei.network_input(raw_u8[i:i + 64])))).max(axis=-1)
              for i in range(0, len(raw_u8), 64)]
     return np.concatenate(probs).astype(np.float16)
 

@@ -8,24 +8,26 @@ import pytest
 from conftest import assert_one_line_error
 
 import data_management as dm
+import event_image as ei
 from event_image import PNG_HIT_THRESHOLD, crop_event, hit_mask
 from script_utils import InputError
 
 SHAPE = (128, 128, 3)
+ID_BITS = 16  # write_pairs numbers its pairs in binary in the first 16 pixels of row 0
 
 
 def write_pairs(path, n, chunk=8, seed=0, names=True, **overrides):
     """A file like Pix2Pix_data.py writes: sparse raw/truth, chunked and compressed, plus names.
 
-    Pixel (0, 0) of both images holds the pair's index (channels 0 and 1: low and high byte),
-    so that a test can tell which pair a batch row came from.
+    Pixels (0, 0..15) of both images hold the pair's index in binary (a hit for a set bit), so that a
+    test can tell which pair a batch row came from.
     """
     rng = np.random.default_rng(seed)
     raw = (rng.random((n, 128, 128, 1)) < 0.004).repeat(3, axis=-1).astype(np.uint8) * 255
     truth = raw & ((rng.random((n, 128, 128, 1)) < 0.5).repeat(3, axis=-1).astype(np.uint8) * 255)
+    bits = (np.arange(n)[:, None] >> np.arange(ID_BITS)) & 1
     for a in (raw, truth):
-        a[:, 0, 0, 0] = np.arange(n) % 256
-        a[:, 0, 0, 1] = np.arange(n) // 256
+        a[:, 0, :ID_BITS] = bits[..., None] * 255
     data = {"raw": raw, "truth": truth}
     data.update(overrides)
     with h5py.File(path, "w") as f:
@@ -41,9 +43,9 @@ def write_pairs(path, n, chunk=8, seed=0, names=True, **overrides):
 
 
 def pair_ids(batch):
-    """The pair indices stored in pixel (0, 0) of a float batch scaled to 0..1."""
-    b = np.rint(np.asarray(batch)[:, 0, 0, :2] * 255).astype(np.int64)
-    return b[:, 0] + 256 * b[:, 1]
+    """The pair indices stored in pixels (0, 0..15) of a float batch of 0/1 hits."""
+    bits = np.asarray(batch)[:, 0, :ID_BITS, 0] > 0.5
+    return (bits << np.arange(ID_BITS)).sum(axis=1)
 
 
 def collect(ds):
@@ -175,6 +177,25 @@ def test_batches_are_float_0_to_1_equal_to_the_file_in_file_order(tmp_path):
         np.testing.assert_array_equal(got_truth, truth[idx] / np.float32(255))
 
 
+def test_a_hit_of_any_colour_is_1_on_every_channel_and_a_dim_pixel_0(tmp_path):
+    """Training sees what the denoiser feeds the model (0/1 hit maps), not the file's colours."""
+    h5 = tmp_path / "pairs.h5"
+    raw, truth = write_pairs(h5, 8, chunk=4)
+    colours = {(5, 50): (255, 0, 0), (6, 60): (0, 128, 0), (7, 70): (200, 200, 200), (8, 80): (127, 127, 127),
+               (9, 90): (100, 0, 30)}
+    for (row, col), colour in colours.items():
+        raw[:, row, col] = truth[:, row, col] = colour
+    with h5py.File(h5, "r+") as f:
+        f["raw"][:], f["truth"][:] = raw, truth
+    for budget in (0, 1024):  # streaming and in memory
+        r, t = next(iter(dm.make_dataset(h5, np.arange(8), batch_size=8, memory_budget_mb=budget)))
+        for got in (r.numpy(), t.numpy()):
+            np.testing.assert_array_equal(got[:, 5:8, [50, 60, 70]].diagonal(axis1=1, axis2=2), 1.0)
+            assert not got[:, [8, 9], [80, 90]].any()  # 127 and below: no hit
+            assert set(np.unique(got)) <= {0.0, 1.0}
+    np.testing.assert_array_equal(ei.network_input(raw), r.numpy())
+
+
 @pytest.mark.parametrize("drop", [False, True])
 def test_batch_shapes_and_last_short_batch(tmp_path, drop):
     h5 = tmp_path / "pairs.h5"
@@ -231,7 +252,7 @@ def test_datasets_sharing_a_memory_read_the_file_once(tmp_path):
     memory = {}
     first = collect(dm.make_dataset(h5, idx, batch_size=4, shuffle=True, seed=3, epoch=0, memory=memory))
     with h5py.File(h5, "r+") as f:
-        f["raw"][:, 0, 0, 0] = 0  # every pair's id, low byte, gone from the file
+        f["raw"][:, 0, :ID_BITS] = 0  # every pair's id gone from the file
     shared = collect(dm.make_dataset(h5, idx, batch_size=4, shuffle=True, seed=3, epoch=1, memory=memory))
     own = collect(dm.make_dataset(h5, idx, batch_size=4, shuffle=True, seed=3, epoch=1))
     assert all((r == 0).all() for r, _, _ in own)  # read from the file now: the ids are gone
