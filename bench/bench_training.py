@@ -4,11 +4,13 @@
    the TensorFlow pix2pix tutorial's model and train step adapted to 128x128 (below, float32, tanh
    output, as the tutorial has it), on the same random batch in the same process. Every choice is
    timed: the tutorial step in float32 (the baseline) and under mixed_bfloat16, the project's step
-   in float32, in mixed bfloat16 (what MIXED_PRECISION="auto" picks on a CPU with bf16 units) and
-   with XLA (jit_compile). Then seconds per epoch of 10,000 pairs at BASE_FILTERS 64, 32 and 16.
+   (the default recipe: the generator alone) in float32, in mixed bfloat16 (what MIXED_PRECISION="auto"
+   picks on a CPU with bf16 units), with the GAN term (generator and discriminator, as the tutorial's)
+   and with XLA (jit_compile). Then seconds per epoch of 10,000 pairs at BASE_FILTERS 64, 32 and 16.
 2. Quality (--quality): short trainings on synthetic events (make_events.generate_events) with
    the real script's train(): float32 against bfloat16 over the same number of steps, and plain
-   L1 (--hit-weight 1) against the hit-weighted L1 (the sparsity problem: a blank output).
+   L1 (--hit-weight 1) against the hit-weighted L1 (the sparsity problem: a blank output), all with
+   --pixel-loss l1 (the default is the cross-entropy).
 
     python bench/bench_training.py                  # speed, a few minutes on 2 cores
     python bench/bench_training.py --quality        # quality, ~10 minutes at width 16
@@ -129,15 +131,20 @@ def tutorial_train_step_fn():
 
 
 # --- The project's step ----------------------------------------------------------------------------
-def project_train_step_fn(width, precision, jit=False):
-    """Pix2Pix_training's Trainer (default strategy), its compiled step fed one (raw, truth) batch."""
-    settings = pt.parse_args(["--base-filters", str(width), "--batch-size", str(BATCH)])
+def project_train_step_fn(width, precision, jit=False, gan=False):
+    """Pix2Pix_training's Trainer (default strategy), its step (Trainer.step_batch) fed one (raw, truth) batch.
+
+    gan=False: the default recipe, the generator alone (no discriminator is built); gan=True: with the GAN term
+    (--gan-weight 1), the generator and the discriminator each stepped, as the tutorial's step does."""
+    args = ["--base-filters", str(width), "--batch-size", str(BATCH)] + (["--gan-weight", "1"] if gan else [])
     policy = {"float32": "float32", "bfloat16": "mixed_bfloat16"}[precision]
     with pt.dtype_policy(policy):
-        trainer = pt.Trainer(settings, tf.distribute.get_strategy(), precision)
+        trainer = pt.Trainer(pt.parse_args(args), tf.distribute.get_strategy(), precision)
     if jit:
-        trainer.train_step = tf.function(lambda batch: trainer._train_step(batch, True), jit_compile=True)
-    return lambda raw, truth: trainer.train_step((raw, truth))
+        compiled = tf.function(lambda batch: trainer._train_step(batch, gan), jit_compile=True)
+        trainer.train_step, trainer.generator_step = (compiled, trainer.generator_step) if gan else \
+            (trainer.train_step, compiled)
+    return lambda raw, truth: trainer.step_batch((raw, truth))
 
 
 def random_batch(seed=0):
@@ -177,9 +184,13 @@ def speed(args):
         steps["tutorial step, mixed_bfloat16"] = tutorial_train_step_fn()
     steps["project step, float32"] = project_train_step_fn(args.width, "float32")
     steps["project step, mixed bfloat16 (auto here)"] = project_train_step_fn(args.width, "bfloat16")
+    steps["project step + GAN term (G and D), mixed bfloat16"] = project_train_step_fn(args.width, "bfloat16",
+                                                                                       gan=True)
     if not args.skip_xla:
         steps["project step, mixed bfloat16 + XLA jit_compile"] = project_train_step_fn(args.width, "bfloat16",
                                                                                         jit=True)
+    print("(the project's step: the default recipe, the generator alone; the tutorial's and the GAN term's step "
+          "train the generator and the discriminator)")
     print(f"Train step, batch {BATCH}, 128x128x3, width {args.width}: median of {args.timed_steps} interleaved "
           f"rounds after 2 warm-up steps each", flush=True)
     results = time_steps(steps, batch, args.timed_steps)
@@ -221,11 +232,13 @@ def quality(args):
     data = folder / "events.h5"
     make_h5(data, args.events, seed=11)
     common = ["--data", data, "--epochs", args.epochs, "--base-filters", args.quality_width,
-              "--checkpoint-every", 0, "--sample-events", 2]
+              "--checkpoint-every", 0, "--sample-events", 2, "--pixel-loss", "l1"]
     runs = [("float32, hit weight 10", ["--mixed-precision", "float32"]),
             ("bfloat16, hit weight 10", ["--mixed-precision", "bfloat16"]),
             ("bfloat16, plain L1 (hit weight 1)", ["--mixed-precision", "bfloat16", "--hit-weight", 1])]
-    print(f"{args.events} synthetic events, width {args.quality_width}, {args.epochs} epochs, batch {BATCH}; "
+    batch = pt.parse_args([]).batch_size
+    print(f"{args.events} synthetic events, width {args.quality_width}, {args.epochs} epochs, batch {batch}, "
+          f"the L1 pixel loss; "
           f"runs in {folder}")
     rows = []
     for i, (name, extra) in enumerate(runs):
