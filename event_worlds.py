@@ -26,6 +26,7 @@ WORLDS = {
              "wire_gradient": 0.0, "background_lean": 0.0},
 }
 PRESETS = tuple(WORLDS)
+MAX_TRACKS = 127  # per event: a track id is TBHits.trkID, one signed byte
 MAX_LUMINOSITY = 10.0  # every world's limit (make_events' default generator draws slots for up to this)
 WORLD_OPTIONS = ("tracks", "track_span", "bend", "inefficiency", "segment_rate", "occupancy_scale", "crosstalk_rate",
                  "unwanted_fraction", "wire_gradient", "background_lean")
@@ -245,12 +246,17 @@ def world_settings(args):
         return args.preset
     world = {**WORLDS[args.preset], **given}
     lo, hi = world["tracks"]
-    if not 0 <= lo <= hi:
-        raise InputError(f"--tracks {lo} {hi}: need 0 <= MIN <= MAX")
+    if not 0 <= lo <= hi <= MAX_TRACKS:
+        raise InputError(f"--tracks {lo} {hi}: need 0 <= MIN <= MAX <= {MAX_TRACKS} (a track id is one signed byte "
+                         "in HIPO's TBHits.trkID)")
     lo, hi = world["occupancy_scale"]
-    if not 0 <= lo <= hi or max(NOISE_OCCUPANCY) * hi * args.luminosity * (1 + world["wire_gradient"]) > 1:
-        raise InputError(f"--occupancy-scale {lo:g} {hi:g}: need 0 <= LO <= HI, and at most 100 % occupancy "
-                         "(with --wire-gradient's densest wire)")
+    if not 0 <= lo <= hi:
+        raise InputError(f"--occupancy-scale {lo:g} {hi:g}: need 0 <= LO <= HI")
+    densest = max(NOISE_OCCUPANCY) * hi * args.luminosity * (1 + world["wire_gradient"])
+    if densest > 1:
+        raise InputError(f"the densest wire would need {densest:.0%} occupancy (region 1's {max(NOISE_OCCUPANCY):g} x "
+                         f"occupancy scale {hi:g} x --luminosity {args.luminosity:g} x (1 + wire gradient "
+                         f"{world['wire_gradient']:g})): at most 100 %")
     for name in ("inefficiency", "unwanted_fraction", "wire_gradient", "background_lean"):
         if not 0 <= world[name] <= 1:
             raise InputError(f"--{name.replace('_', '-')} {world[name]:g}: must be in 0..1")

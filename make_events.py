@@ -381,8 +381,7 @@ def preview_path(args):
     """Where --preview writes (None without it), and whether that is inside the output folder."""
     if args.preview is None:
         return None, False
-    out = args.out
-    # In the tagged layout the folder holds only tagged event PNGs (Pix2Pix_data refuses others).
+    out = args.out  # in the tagged layout the folder holds only tagged event PNGs (Pix2Pix_data refuses others)
     default = out / PREVIEW_NAME if args.layout == "folders" else out.parent / f"{out.name}_{PREVIEW_NAME}"
     if args.format == "hipo":
         default = out.parent / f"{out.stem}_{PREVIEW_NAME}"
@@ -390,6 +389,8 @@ def preview_path(args):
     if preview.suffix.lower() != ".png":
         raise InputError(f"{preview}: the preview must be a .png file")
     inside = preview.resolve().parent == out.resolve()
+    if inside and args.layout == "tagged":
+        raise InputError(f"{preview}: a tagged folder holds only event PNGs; put the preview beside it")
     if not inside:
         check_output_path(preview, args.overwrite)
     return preview, inside
@@ -449,8 +450,8 @@ def parse_args(argv=None):
     args = build_parser().parse_args(argv)
     if args.events < 1:
         raise InputError(f"-n {args.events}: need at least one event")
-    if args.seed < 0:
-        raise InputError(f"--seed {args.seed}: must not be negative")
+    if args.seed >= 2**32:  # numpy would split a larger seed into 32-bit words: another set's stream
+        raise InputError(f"--seed {args.seed}: must be in 0..{2**32 - 1}")
     if args.workers < 1:
         raise InputError(f"--workers {args.workers}: need at least one")
     if args.preview_events < 1:

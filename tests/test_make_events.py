@@ -220,11 +220,13 @@ def test_cli_tagged_layout_and_overwrite(script, tmp_path):
     (["-n", "0"], ["-n 0", "at least one"]),
     (["--luminosity", "-1"], ["luminosity", "negative"]),
     (["--seed", "-3"], ["seed", "negative"]),
+    (["--seed", "4294967296"], ["seed", "0..4294967295"]),  # numpy: words [0, 1], another set's stream
     (["--workers", "0"], ["workers"]),
     (["--preview", "look.jpg"], ["look.jpg", ".png"]),
+    (["--layout", "tagged", "--preview", "x/look.png"], ["look.png", "only event PNGs"]),  # Pix2Pix_data refuses it
 ])
 def test_cli_bad_settings(script, tmp_path, args, words):
-    args = [str(tmp_path / a) if a.endswith(".jpg") else a for a in args]
+    args = [str(tmp_path / a) if a.endswith((".jpg", ".png")) else a for a in args]
     proc = script("make_events.py", "--out", tmp_path / "x", *args)
     assert_one_line_error(proc, *words)
     assert list(tmp_path.iterdir()) == []
@@ -376,6 +378,8 @@ def test_wire_gradient_tilts_the_uncorrelated_hits_along_the_wires():
                 ["--occupancy-scale", "3", "3", "--luminosity", "10", "--wire-gradient", "0.5"]):
         with pytest.raises(InputError):
             me.parse_args(["--out", "x", *bad])
+    with pytest.raises(InputError, match=r"135% occupancy .*--luminosity 10 x \(1 \+ wire gradient 0.8\)"):
+        me.parse_args(["--out", "x", "--preset", "hard", "--luminosity", "10", "--wire-gradient", "0.8"])
 
 
 def two_layer_lean(background):
@@ -436,8 +440,9 @@ def test_cli_preset_and_world_options(script, tmp_path):
     args = me.parse_args(["--out", "x", "--preset", "hard", "--tracks", "2", "2", "--unwanted-fraction", "0"])
     assert list(args.world["tracks"]) == [2, 2] and args.world["track_span"] == 45
     assert set(me.generate_events(30, preset=args.world, track_ids=True)[2].max(axis=(1, 2))) == {2}
-    for bad in (["--tracks", "3", "1"], ["--inefficiency", "1.5"], ["--occupancy-scale", "2", "1"],
-                ["--bend", "-1"]):
+    assert list(me.parse_args(["--out", "x", "--tracks", "0", "127"]).world["tracks"]) == [0, 127]
+    for bad in (["--tracks", "3", "1"], ["--tracks", "1", "128"], ["--inefficiency", "1.5"],
+                ["--occupancy-scale", "2", "1"], ["--bend", "-1"]):
         with pytest.raises(InputError):
             me.parse_args(["--out", "x", *bad])
     with pytest.raises(InputError):
