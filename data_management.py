@@ -62,10 +62,13 @@ class SplitChangedWarning(UserWarning):
 
 # --- Checking the input ---------------------------------------------------------------------
 def check_fractions(test_fraction, validation_fraction):
-    """Refuse fractions outside (0, 1)."""
+    """Refuse fractions outside (0, 1), or so near 1 that training would need over a million pairs per pair."""
     for name, value in (("test fraction", test_fraction), ("validation fraction", validation_fraction)):
         if not 0.0 < value < 1.0:
             raise InputError(f"{name} must be between 0 and 1 (exclusive), got {value}")
+    if (1 - test_fraction) * (1 - validation_fraction) < 1e-6:
+        raise InputError(f"test fraction {test_fraction} and validation fraction {validation_fraction} leave "
+                         "training less than a millionth of the pairs")
 
 
 def split_sizes(n, test_fraction=TEST_FRACTION, validation_fraction=VALIDATION_FRACTION):
@@ -80,8 +83,8 @@ def split_sizes(n, test_fraction=TEST_FRACTION, validation_fraction=VALIDATION_F
 
 
 def min_pairs(test_fraction=TEST_FRACTION, validation_fraction=VALIDATION_FRACTION):
-    """The fewest pairs that leave all three splits non-empty."""
-    n = 3
+    """The fewest pairs that leave all three splits non-empty (training holds at most N (1 - t) (1 - v))."""
+    n = max(3, int(1 / ((1 - test_fraction) * (1 - validation_fraction))))
     while min(split_sizes(n, test_fraction, validation_fraction)) < 1:
         n += 1
     return n

@@ -153,11 +153,18 @@ def write_attrs(f, created_by="Pix2Pix_data.py", **attrs):
 
 
 # --- Reading -------------------------------------------------------------------------------------
+def mapped_pairs(source):
+    """How many pairs a merged dataset maps from one of its virtual sources (a whole part, as merge_parts maps it)."""
+    lo, hi = source.vspace.get_select_bounds()
+    return hi[0] - lo[0] + 1
+
+
 def check_virtual_sources(path, key, ds):
     """A merged (virtual) dataset reads zeros where a part file is missing: refuse that instead.
 
     Each source file must exist (relative names are found beside path, as HDF5 does) and hold
-    the source dataset with the pair shape.
+    the source dataset with the pair shape and as many pairs as the merged file maps from it (a part
+    rewritten since the merge would give other events under the merged names, or a read error).
     """
     if not ds.is_virtual:
         return
@@ -173,6 +180,9 @@ def check_virtual_sources(path, key, ds):
                     problem = f"has no {source.dset_name}"
                 elif f[source.dset_name].shape[1:] != EVENT_SHAPE:
                     problem = f"holds {source.dset_name} of shape {f[source.dset_name].shape}"
+                elif f[source.dset_name].shape[0] != mapped_pairs(source):
+                    problem = (f"holds {f[source.dset_name].shape[0]} pairs where the merged file maps "
+                               f"{mapped_pairs(source)} (rewritten since the merge? merge again)")
         except OSError:
             problem = "is missing or unreadable"
         if problem:
@@ -207,7 +217,7 @@ def read_part(path):
     except FileNotFoundError:
         raise InputError(f"{path}: file not found") from None
     except OSError as exc:
-        raise InputError(f"{path}: not a readable HDF5 file ({exc})") from None
+        raise InputError(f"{path}: not a readable HDF5 file ({str(exc).splitlines()[0]})") from None
     with f:
         missing = [key for key in (*EVENT_KEYS, *NAME_KEYS) if key not in f]
         missing += [key for key in (*PART_ATTRS, "layout", "pairs") if key not in f.attrs]

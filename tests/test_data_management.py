@@ -395,7 +395,8 @@ def test_bad_input_is_one_line_exit_2_from_the_script(tmp_path, script, kind):
     assert not dm.split_path(h5).exists()
 
 
-@pytest.mark.parametrize("args", [["--test-fraction", "1.5"], ["--validation-fraction", "0"], ["--split-seed", "-1"]])
+@pytest.mark.parametrize("args", [["--test-fraction", "1.5"], ["--validation-fraction", "0"], ["--split-seed", "-1"],
+                                  ["--test-fraction", "0.99999999"]])  # (counted the fewest pairs for minutes)
 def test_bad_settings_are_one_line_exit_2(tmp_path, script, args):
     h5 = tmp_path / "pairs.h5"
     write_pairs(h5, 10)
@@ -421,6 +422,8 @@ def test_fewest_pairs_follows_the_fractions(tmp_path):
         assert tuple(len(split[s]) for s in dm.SPLITS) == dm.split_sizes(n, 0.9, 0.5)
     with pytest.raises(InputError, match=f"at least {need}"):
         dm.check_h5(h5, 0.9, 0.5)
+    for t, v in ((0.25, 0.25), (0.9, 0.5), (0.5, 0.9), (0.97, 0.93), (0.999, 0.99)):  # the count starts late enough
+        assert dm.min_pairs(t, v) == next(n for n in range(3, 10**6) if min(dm.split_sizes(n, t, v)) >= 1)
 
 
 def test_a_merged_file_moved_away_from_its_parts_is_refused_not_read_as_zeros(tmp_path, script):
@@ -453,6 +456,33 @@ def test_a_merged_file_moved_away_from_its_parts_is_refused_not_read_as_zeros(tm
                           "merged.h5", "missing")
     assert_one_line_error(script("Pix2Pix_training.py", "--data", elsewhere / "merged.h5", "--output-dir",
                                  tmp_path / "run", "--base-filters", 4), "merged.h5", "missing")
+
+
+@pytest.mark.parametrize("pairs", [5, 7])
+def test_a_part_rewritten_since_the_merge_is_refused(tmp_path, script, pairs):
+    """A part of another length under a merged file read other events under the merged names (more pairs) or
+    failed with a traceback (fewer): one-line error instead."""
+    import make_events
+    from event_image import pad_event
+
+    raw, truth = (pad_event(a) for a in make_events.generate_events(12, seed=4))
+    parts = [tmp_path / "part0.h5", tmp_path / "part1.h5"]
+    for k, part in enumerate(parts):
+        with h5py.File(part, "w") as f:
+            f["raw"], f["truth"] = raw[6 * k:6 * (k + 1)], truth[6 * k:6 * (k + 1)]
+    merged = tmp_path / "merged.h5"
+    with h5py.File(merged, "w") as f:
+        for key in ("raw", "truth"):
+            layout = h5py.VirtualLayout((12, 128, 128, 3), np.uint8)
+            for k, part in enumerate(parts):
+                layout[6 * k:6 * (k + 1)] = h5py.VirtualSource(part.name, key, (6, 128, 128, 3))
+            f.create_virtual_dataset(key, layout)
+    assert dm.check_h5(merged) == 12
+    with h5py.File(parts[0], "w") as f:  # the part converted again, with another number of pairs
+        f["raw"], f["truth"] = raw[:pairs], truth[:pairs]
+    with pytest.raises(InputError, match=f"part0.h5 holds {pairs} pairs where the merged file maps 6"):
+        dm.check_h5(merged)
+    assert_one_line_error(script("data_management.py", "--data", merged, "--no-timing"), "merge again")
 
 
 def test_scikit_learn_is_imported_only_when_a_split_is_made():

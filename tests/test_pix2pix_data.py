@@ -436,6 +436,8 @@ def test_missing_overlapping_and_foreign_shards_are_named(tmp_path):
     (tmp_path / "junk.h5").write_text("junk")
     proc = run_script("Pix2Pix_data.py", "--merge", parts[1], tmp_path / "junk.h5", "--output", out)
     assert_one_line_error(proc, "junk.h5", "not a readable HDF5")
+    proc = run_script("Pix2Pix_data.py", "--merge", parts[1], tmp_path / "ev", "--output", out)  # (h5py's is two lines)
+    assert_one_line_error(proc, "ev", "not a readable HDF5")
     assert not out.exists() and [n for n in leftovers(tmp_path) if n.startswith(".m.h5")] == []
 
 
