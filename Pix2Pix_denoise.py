@@ -258,8 +258,8 @@ def h5_job(args, out, model_path, threshold, info):
     if not Path(args.data).is_file():
         raise InputError(f"{args.data}: data file not found")
     data_management.check_h5(args.data)
-    args.split_seed = scored_split_seed(args.split_seed, data_management.fingerprint(args.data), info, model_path,
-                                        data_management.SPLIT_SEED)
+    args.split_seed = scored_split_seed(args.split_seed, args.data, data_management.fingerprint(args.data), info,
+                                        model_path, data_management.SPLIT_SEED)
     reader = H5SplitReader(args.data, args.split_seed, batch_size=args.batch_size)
     print(f"{args.data}: the {len(reader)} test events of split seed {args.split_seed}")
     layout = {k: list(v) if isinstance(v, tuple) else v for k, v in ei.LAYOUT.items()}

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 import event_image as ei
-from script_utils import InputError, import_keras
+from script_utils import InputError, import_keras, warn
 
 BEST_MODEL = "generator_best.keras"  # what a training output directory provides
 
@@ -170,9 +170,9 @@ def training_settings(info):
 
 
 def training_data(info, model_path):
-    """(fingerprint, split seed) of the pairs file a model trained on, from its sidecar (an export keeps the
-    training's under "training"), else from run_config.json beside it (runs before the sidecar held it);
-    (None, None) where neither says."""
+    """(record, split seed) of the pairs file a model trained on (record: training_files.data_record's path and
+    fingerprint), from its sidecar (an export keeps the training's under "training"), else from run_config.json
+    beside it (runs before the sidecar held it); (None, None) where neither says."""
     record, seed = training_record(info).get("data"), training_settings(info).get("split_seed")
     config = Path(model_path).parent / "run_config.json"
     if record is None and config.is_file():
@@ -183,15 +183,19 @@ def training_data(info, model_path):
             return None, None
     if not isinstance(record, dict) or seed is None:
         return None, None
-    return record.get("fingerprint"), seed
+    return record, seed
 
 
-def scored_split_seed(given, fingerprint, info, model_path, default):
-    """The split seed whose test events are scored on a pairs file of this fingerprint: the model's own on
+def scored_split_seed(given, data, fingerprint, info, model_path, default):
+    """The split seed whose test events are scored on the pairs file data of this fingerprint: the model's own on
     the file it trained on (another seed's test events would hold its training events: refused), else
-    given or default."""
-    trained_on, seed = training_data(info, model_path)
-    if trained_on is None or trained_on != fingerprint:
+    given or default (with a warning where data is the file it trained on, changed since: the split follows
+    the file's pairs, so its test events may hold the training's)."""
+    record, seed = training_data(info, model_path)
+    if record is None or record.get("fingerprint") != fingerprint:
+        if record is not None and record.get("path") == str(Path(data).resolve()):
+            warn(f"{data} has changed since {model_path} trained on it (another fingerprint: pairs added, removed "
+                 "or changed): its test events may hold the model's training events")
         return default if given is None else given
     if given is not None and given != seed:
         raise InputError(f"{model_path} trained on this file with split seed {seed}: the test events of "

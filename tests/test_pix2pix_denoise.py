@@ -586,9 +586,15 @@ def test_h5_scores_the_test_events_of_the_split_the_model_trained_on(models, h5f
     shutil.copy(path, other)
     with h5py.File(other, "a") as f:
         f["raw"][0] = 0
+    capsys.readouterr()
     assert run_main("--model", model, "--data", other, "--output", tmp_path / "d.h5") == 0
     with h5py.File(tmp_path / "d.h5", "r") as f:
         np.testing.assert_array_equal(f["indices"][:], data_management.load_split(other)["test"])
+    assert "changed" not in capsys.readouterr().err
+    sidecar["data"]["path"] = str(other.resolve())  # the file it trained on, changed since: warned about
+    Path(model).with_suffix(".json").write_text(json.dumps(sidecar))
+    assert run_main("--model", model, "--data", other, "--output", tmp_path / "e.h5") == 0
+    assert f"warning: {other} has changed since {model} trained on it" in capsys.readouterr().err
 
 
 def test_h5_bad_file_one_line_error(script, models, tmp_path):
