@@ -37,6 +37,7 @@ from script_utils import (
     progress,
     run_main,
     seed_number,
+    tensorflow_here,
 )
 
 # --- Settings (each one has a command-line option) ------------------------------------------
@@ -490,7 +491,9 @@ def main(argv=None):
     print(f"{args.data}: {n} pairs, split {'reused from' if reused else 'saved to'} {saved} "
           f"(split seed {args.split_seed})")
     print_split_table(args.data, split, args.batch_size)
-    if not args.no_timing:
+    if not args.no_timing and not tensorflow_here():
+        print("no TensorFlow here: the split is saved, the pipeline's timing skipped")
+    elif not args.no_timing:
         train = make_dataset(args.data, split["train"], args.batch_size, shuffle=True, seed=args.split_seed,
                              window=args.shuffle_window, memory_budget_mb=args.memory_budget_mb)
         mode = "in memory after the first pass" if fits_in_memory(n, args.memory_budget_mb) else "streaming"

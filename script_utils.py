@@ -416,6 +416,15 @@ def progress(iterable=None, **kwargs):
     return tqdm(iterable, **kwargs)
 
 
+def tensorflow_here():
+    """Whether TensorFlow imports (a GPU machine may carry JAX alone: bench/train_jax.py)."""
+    try:
+        import_tensorflow()
+    except ImportError:
+        return False
+    return True
+
+
 def import_tensorflow():
     """Import and return TensorFlow, keeping its C++ start-up lines off stderr.
 

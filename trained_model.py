@@ -247,9 +247,10 @@ def choose_threshold(threshold, info, model_path):
 
 def threshold_origin(given, info):
     """', from validation (criterion ..., output mirror-averaged if so: views_note)' or ', set at export; validation
-    chose T': where a stored threshold came from ('' for one given on the command line)."""
+    chose T': where a stored threshold came from (for one given on the command line only views_note: the model
+    still runs its output views)."""
     if given is not None:
-        return ""
+        return views_note(output_views(info))
     if info.get("threshold_source") == "export --threshold":
         return f", set at export; validation chose {info.get('validation_threshold')}"
     settings = training_settings(info)

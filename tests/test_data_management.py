@@ -1,11 +1,14 @@
 """The split and the tf.data pipelines of data_management, on small real HDF5 files."""
 
+import os
+import subprocess
+import sys
 import warnings
 
 import h5py
 import numpy as np
 import pytest
-from conftest import assert_one_line_error
+from conftest import ROOT, assert_one_line_error
 
 import data_management as dm
 import event_image as ei
@@ -483,6 +486,19 @@ def test_a_part_rewritten_since_the_merge_is_refused(tmp_path, script, pairs):
     with pytest.raises(InputError, match=f"part0.h5 holds {pairs} pairs where the merged file maps 6"):
         dm.check_h5(merged)
     assert_one_line_error(script("data_management.py", "--data", merged, "--no-timing"), "merge again")
+
+
+def test_without_tensorflow_the_script_saves_the_split_and_skips_the_timing(tmp_path):
+    """A GPU machine with JAX alone runs it before bench/train_jax.py (it ended in a ModuleNotFoundError)."""
+    h5 = tmp_path / "pairs.h5"
+    write_pairs(h5, 16)
+    (tmp_path / "block/tensorflow").mkdir(parents=True)  # first on the path: `import tensorflow` fails as if absent
+    (tmp_path / "block/tensorflow/__init__.py").write_text("raise ModuleNotFoundError(\"no tensorflow\")")
+    proc = subprocess.run([sys.executable, ROOT / "data_management.py", "--data", h5], capture_output=True, text=True,
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path / "block")})
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert "no TensorFlow here: the split is saved, the pipeline's timing skipped" in proc.stdout
+    assert dm.split_path(h5).is_file()
 
 
 def test_scikit_learn_is_imported_only_when_a_split_is_made():

@@ -1019,6 +1019,7 @@ def test_mirror_average_validates_and_saves_an_answer_alike_for_an_event_and_its
     model, info = trained_model.load_model(out)
     assert info["settings"]["mirror_average"] and model.views == {"mirror": True, "shift": 0}
     assert "output mirror-averaged" in trained_model.threshold_origin(None, info)
+    assert trained_model.threshold_origin(0.3, info) == ", output mirror-averaged"  # a given threshold: still so run
 
 
 def moved_wires(images, wires):
