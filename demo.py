@@ -14,7 +14,9 @@ Each step is run as a user would run it, and its command line is printed first, 
 doubles as a worked example. Everything is written to a new folder under OUTPUT_ROOT.
 """
 
+import itertools
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -31,7 +33,7 @@ SEED = 1  # the events' seed and the training's initialisation
 EPOCHS = 16
 BASE_FILTERS = 16  # generator width: 64 is the paper's, 16 trains in minutes on a CPU
 CAE_EPOCHS = 3  # the auto-encoder baseline's epochs (10 in the clas12ai recipe; 3 fit the demo's time)
-TINY = False  # a seconds-long smoke run (CI), with the sizes of TINY_SIZES
+TINY = False  # a minute-long smoke run (CI), with the sizes of TINY_SIZES
 HIPO = False  # also run the HIPO route on the same events (events.hipo -> HDF5 pairs, denoised HIPO file)
 # ---------------------------------------------------------------------------------------------
 TINY_SIZES = dict(events=96, epochs=1, base_filters=4, cae_epochs=1, hipo=True)
@@ -40,14 +42,47 @@ MIN_EVENTS = 64  # fewer leave the training split short of one batch
 HERE = Path(__file__).resolve().parent
 
 
+STEP = []  # the step's process while one runs (stop_step's)
+
+
+def stop_step(signum, frame):
+    """SIGTERM (a batch system's stop): passed on to the running step, which stops as its script does; then the
+    demo stops as on Ctrl-C (which the terminal sends to the step itself)."""
+    for child in STEP:
+        child.send_signal(signal.SIGTERM)
+    raise KeyboardInterrupt
+
+
 def step(title, script, *args):
-    """Run one of the project's scripts in a subprocess, echoing its command; stop on failure."""
+    """Run one of the project's scripts in a subprocess, echoing its command; stop on failure. A stopped demo
+    waits for the step to stop: no step goes on running alone."""
     cmd = [sys.executable, str(HERE / script), *map(str, args)]
     print(f"\n=== {title}\n$ python {script} {shlex.join(map(str, args))}", flush=True)
     t0 = time.time()
-    if subprocess.run(cmd).returncode != 0:
+    with subprocess.Popen(cmd) as child:
+        STEP[:] = [child]
+        try:
+            code = child.wait()
+        except KeyboardInterrupt:
+            child.wait()
+            raise
+        finally:
+            STEP.clear()
+    if code != 0:
         sys.exit(f"demo: step '{title}' failed (see above)")
     print(f"({time.time() - t0:.0f} s)", flush=True)
+
+
+def run_folder(root):
+    """A new folder root/run-YYYYMMDD-HHMMSS (-2, -3, ... after it where another run started in that second)."""
+    stamp = time.strftime("run-%Y%m%d-%H%M%S")
+    for k in itertools.count(1):
+        out = Path(root) / (stamp if k == 1 else f"{stamp}-{k}")
+        try:
+            out.mkdir(parents=True)
+            return out
+        except FileExistsError:
+            continue
 
 
 def build_parser():
@@ -61,7 +96,7 @@ def build_parser():
     p.add_argument("--cae-epochs", type=int, default=CAE_EPOCHS, help="auto-encoder epochs (default %(default)s)")
     p.add_argument("--seed", type=seed_number, default=SEED,
                    help="the events' seed and the training's initialisation (default %(default)s)")
-    p.add_argument("--tiny", action="store_true", default=TINY, help=f"a seconds-long smoke run (CI): {TINY_SIZES}")
+    p.add_argument("--tiny", action="store_true", default=TINY, help=f"a minute-long smoke run (CI): {TINY_SIZES}")
     p.add_argument("--hipo", action="store_true", default=HIPO,
                    help="also run the HIPO route on the same events: a HIPO file, its HDF5 pairs, the file denoised")
     return p
@@ -114,8 +149,8 @@ def parse_args(argv=None):
 def main(argv=None):
     """Run the five steps with the command line's settings."""
     a = parse_args(argv)
-    out = Path(a.output_root) / time.strftime("run-%Y%m%d-%H%M%S")
-    out.mkdir(parents=True)
+    signal.signal(signal.SIGTERM, stop_step)
+    out = run_folder(a.output_root)
     t0 = time.time()
     events, h5, run, denoised = out / "events", out / "events.h5", out / "training", out / "test_denoised.h5"
     step("1/5 synthetic events", "make_events.py", "--out", events, "-n", a.events, "--seed", a.seed,

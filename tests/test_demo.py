@@ -2,11 +2,17 @@
 
 import json
 import math
+import signal
+import subprocess
+import sys
+import time
 
+import psutil
 import pytest
-from conftest import assert_one_line_error, run_script
+from conftest import ROOT, assert_one_line_error, run_script
 
 import clas12_hipo
+import demo
 
 
 def assert_a_working_model(report):
@@ -72,3 +78,34 @@ def test_settings_that_cannot_work_are_one_line_before_any_folder(tmp_path, args
     proc = run_script("demo.py", "--output-root", tmp_path / "out", *args)
     assert_one_line_error(proc, *words)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_a_run_started_in_the_same_second_gets_its_own_folder(tmp_path):
+    """Runs started at once (seeds side by side) each get a folder (the second crashed on the first's)."""
+    now = time.time()
+    taken = {time.strftime("run-%Y%m%d-%H%M%S", time.localtime(now + k)) for k in range(5)}
+    for name in taken:
+        (tmp_path / name).mkdir()
+    out = demo.run_folder(tmp_path)
+    assert out.name.rsplit("-", 1)[0] in taken and out.name.endswith("-2") and out.is_dir()
+    assert demo.run_folder(tmp_path).name == out.name[:-1] + "3"
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_running_step_too(tmp_path):
+    """A batch system's SIGTERM to the demo reaches the step it runs (training kept running alone): the demo
+    waits for it and ends as on Ctrl-C."""
+    proc = subprocess.Popen([sys.executable, ROOT / "demo.py", "--tiny", "--output-root", tmp_path],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:  # the training step's command line: the step is starting
+        if line.startswith("$ python Pix2Pix_training.py"):
+            break
+    else:
+        pytest.fail(f"no training step: {proc.wait()} {proc.stderr.read()[-2000:]}")
+    children = []
+    while not children and proc.poll() is None:
+        children = psutil.Process(proc.pid).children()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130 and err.strip().splitlines()[-1] == "interrupted", err[-2000:]
+    assert children and not any(c.is_running() for c in children)
