@@ -44,6 +44,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import event_image as ei  # noqa: E402
 import pix2pix_model as pm  # noqa: E402
+from script_utils import check_output_folder, run_main  # noqa: E402
 
 # ----------------------------------------------------------------------------------------------
 DATA = "data/pairs.h5"
@@ -236,6 +237,7 @@ def write_best(s, when, validation, predict_params, test_raws):
 def train(s):
     """Train for s.epochs or s.seconds, write history.csv, best.json and the best epoch's test outputs."""
     out = Path(s.output_dir)
+    check_output_folder(out, s.overwrite)  # another run's history.csv and best.json are not cut or mixed in
     out.mkdir(parents=True, exist_ok=True)
     keras.mixed_precision.set_dtype_policy(s.precision)
     keras.utils.set_random_seed(s.seed)
@@ -298,6 +300,7 @@ def train(s):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default=DATA, help="the project's HDF5 file (its NAME.split.npz beside it)")
+    p.add_argument("--overwrite", action="store_true", help="write into a --output-dir that is not empty")
     p.add_argument("--output-dir", default=OUTPUT_DIR)
     p.add_argument("--also-score", nargs="*", default=[], metavar="H5",
                    help="other HDF5 files (each with its saved split): the best epoch's outputs of their test "
@@ -350,4 +353,4 @@ def parse_args(argv=None):
 
 
 if __name__ == "__main__":
-    train(parse_args())
+    run_main(lambda argv: train(parse_args(argv)))

@@ -11,7 +11,7 @@ import h5py
 import keras
 import numpy as np
 import pytest
-from conftest import ROOT, run_script
+from conftest import ROOT, assert_one_line_error, run_script
 
 import data_management as dm
 import evaluation
@@ -87,6 +87,15 @@ def jax_run(tmp_path_factory):
                *(str(a) for kv in LEVERS.items() for a in kv), "--also-score", tmp / "other.h5")
     assert proc.returncode == 0, proc.stderr[-3000:]
     return tmp, split, other_split
+
+
+def test_a_run_folder_with_a_run_in_it_is_refused_without_overwrite(jax_run):
+    """A second run into the same --output-dir cut the first's history.csv and left its best.json (36,000 s runs)."""
+    tmp = jax_run[0]
+    before = {p.name: p.read_bytes() for p in (tmp / "run").iterdir() if p.is_file()}
+    proc = run("train_jax.py", "--data", tmp / "events.h5", "--output-dir", tmp / "run", *TINY, "--epochs", 1)
+    assert_one_line_error(proc, "run", "not empty", "--overwrite")
+    assert {p.name: p.read_bytes() for p in (tmp / "run").iterdir() if p.is_file()} == before
 
 
 def first_epoch_losses(tmp, changes):
