@@ -4,7 +4,6 @@ CAE's training and prediction rate at two batch sizes. All in one process, on sy
     python bench/bench_baselines.py [--events 5000] [--cae-events 256]
 """
 
-import argparse
 import os
 import sys
 import time
@@ -15,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import baselines as bl  # noqa: E402
 import event_image as ei  # noqa: E402
 import make_events  # noqa: E402
-from script_utils import import_keras  # noqa: E402
+from script_utils import ArgumentParser, import_keras, run_main  # noqa: E402
 
 EVENTS = 5000  # events for the batched SNR timing
 LOOP_EVENTS = 500  # events for the one-at-a-time SNR timing
@@ -73,10 +72,12 @@ def bench_cae(n_events):
 
 def main(argv=None):
     """Run both benchmarks and print their figures."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--events", type=int, default=EVENTS, help="events for the batched SNR timing")
     p.add_argument("--cae-events", type=int, default=CAE_EVENTS, help="events per timed CAE epoch (0: skip)")
     args = p.parse_args(argv)
+    if args.events < 1:
+        p.error(f"--events must be at least 1, not {args.events}")
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     bench_snr(args.events)
     if args.cae_events:
@@ -84,4 +85,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -13,7 +13,6 @@ the read speed of the HDF5 file in batches of 32 (how data_management reads it).
     python bench/bench_data.py -n 4000       # fewer
 """
 
-import argparse
 import json
 import os
 import resource
@@ -35,6 +34,7 @@ from PIL import Image  # noqa: E402
 import event_image as ei  # noqa: E402
 import Pix2Pix_data  # noqa: E402
 import script_utils  # noqa: E402
+from script_utils import ArgumentParser, check_folder_can_be_made, run_main  # noqa: E402
 
 N_PAIRS = 20_000
 SMALL_FRACTION = 4  # memory is also measured at N / SMALL_FRACTION
@@ -145,13 +145,20 @@ def read_speed(path):
         return n / (time.perf_counter() - t0)
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv=None):
+    """Generate the PNG sets, time each method in its own child process, print the ratios."""
+    p = ArgumentParser(description=__doc__)
     p.add_argument("-n", "--pairs", type=int, default=N_PAIRS, help="pairs to generate (default %(default)s)")
     p.add_argument("--workers", type=int, default=WORKERS, help="processes for (b) and (c) (default %(default)s)")
     p.add_argument("--repeats", type=int, default=REPEATS, help="timings of (b) and (c); best counts")
     p.add_argument("--dir", default=None, help="keep the generated PNGs and outputs here (default: a temp folder)")
-    a = p.parse_args()
+    a = p.parse_args(argv)
+    for flag, value, least in (("-n", a.pairs, SMALL_FRACTION), ("--workers", a.workers, 1),
+                               ("--repeats", a.repeats, 1)):
+        if value < least:
+            p.error(f"{flag} must be at least {least}, not {value}")
+    if a.dir:
+        check_folder_can_be_made(a.dir)
     work = Path(a.dir) if a.dir else Path(tempfile.mkdtemp(prefix="bench_data."))
     work.mkdir(parents=True, exist_ok=True)
     try:
@@ -199,4 +206,4 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         child(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], int(sys.argv[6]))
     else:
-        main()
+        run_main(main)

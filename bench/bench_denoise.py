@@ -20,7 +20,6 @@ agreement then means little): give a trained run for that.
     python bench/bench_denoise.py --events 500 --model runs/pix2pix   # a trained run (its width)
 """
 
-import argparse
 import collections
 import json
 import os
@@ -33,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from script_utils import import_keras  # noqa: E402
+from script_utils import ArgumentParser, import_keras, run_main  # noqa: E402
 
 keras = import_keras()  # TensorFlow imported quietly, before the modules that use it
 
@@ -57,7 +56,7 @@ END_TO_END = {"keras-float32": 0, "onnx-1thread": 1, CONCURRENT: 0, "onnx-int8":
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__)
     p.add_argument("--events", type=int, default=EVENTS, help=f"sector images per variant (default {EVENTS})")
     p.add_argument("--widths", default=",".join(map(str, WIDTHS)), help="generator base_filters, comma-separated")
     p.add_argument("--model", help="a trained run or .keras generator: benchmarked instead of untrained ones")
@@ -65,7 +64,14 @@ def parse_args(argv=None):
     p.add_argument("--rounds", type=int, default=ROUNDS, help="alternations of the variants")
     p.add_argument("--threads", type=int, default=trained_model.cpu_cores(),
                    help="N of onnx-Nx1thread: batches at once, each on one thread (default: the CPU cores)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if not all(w.strip().isdigit() and int(w) > 0 for w in args.widths.split(",")):
+        p.error(f"--widths {args.widths}: whole numbers above 0, comma-separated")
+    if args.rounds < 1 or args.events < 2 * args.rounds or args.batch_size < 1 or args.threads < 1:
+        p.error("need --rounds, --batch-size and --threads at least 1 and --events at least 2 per round")
+    if args.model:
+        trained_model.resolve_model(args.model)  # before minutes of events and timings
+    return args
 
 
 def generator_files(folder, width, trained):
@@ -207,4 +213,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -42,6 +42,7 @@ import numpy as np  # noqa: E402
 
 import clas12_hipo as ch  # noqa: E402
 import hipo_writer  # noqa: E402
+from script_utils import ArgumentParser, run_main  # noqa: E402
 
 N_EVENTS = 20_000
 PAIRS_SECTORS = 100_000  # (e): sector images converted to HDF5 by each route
@@ -235,17 +236,21 @@ def bench_denoise(folder, n):
           f"({100 * r['keep_all_seconds'] / r['seconds']:.1f} %); peak {r['peak_mb']:.0f} MB")
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv=None):
+    """Write the synthetic HIPO files, time each way of reading, converting and denoising them, print the table."""
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("-n", type=int, default=N_EVENTS, help=f"events (default {N_EVENTS})")
     parser.add_argument("--pairs-sectors", type=int, default=PAIRS_SECTORS,
                         help=f"(e): sector images converted to HDF5 by each route (default {PAIRS_SECTORS}; 0: skip)")
     parser.add_argument("--denoise-sectors", type=int, default=DENOISE_SECTORS,
                         help=f"(f): sector images denoised (default {DENOISE_SECTORS}; 0: skip)")
     parser.add_argument("--child", nargs="+", metavar="ARG", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.child:
         return child(*args.child)
+    if args.n < SMALL_FRACTION or args.pairs_sectors in range(1, 16) or args.denoise_sectors < 0:
+        parser.error(f"need -n at least {SMALL_FRACTION} and --pairs-sectors 0 or at least 16 (its quarter makes a "
+                     "set of its own)")
     with tempfile.TemporaryDirectory() as folder:
         big, small = Path(folder) / "big.hipo", Path(folder) / "small.hipo"
         t0 = time.perf_counter()
@@ -276,4 +281,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

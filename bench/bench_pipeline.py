@@ -33,6 +33,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import data_management as dm  # noqa: E402
 import event_image as ei  # noqa: E402
 import pairs_h5  # noqa: E402
+from script_utils import ArgumentParser, check_folder_can_be_made, run_main  # noqa: E402
 
 # -------------------------------------------------------------------------------------------
 SIZES = (50_000, 200_000)  # pairs per generated file
@@ -135,16 +136,19 @@ def memory_vs_streaming(path):
     return out
 
 
-def main():
+def main(argv=None):
     """Generate the files, measure each in a child process, print the table."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__)
     p.add_argument("--sizes", type=int, nargs="+", default=list(SIZES), help="pairs per file (default %(default)s)")
     p.add_argument("--work-dir", default=WORK_DIR, help="where the generated files are kept (default %(default)s)")
     p.add_argument("--child", help=argparse.SUPPRESS)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.child:
         return child(Path(args.child))
+    if min(args.sizes) < CHUNK_EVENTS:
+        p.error(f"--sizes: each at least {CHUNK_EVENTS} pairs (one chunk), not {min(args.sizes)}")
     work = Path(args.work_dir)
+    check_folder_can_be_made(work)
     work.mkdir(parents=True, exist_ok=True)
     print(f"{os.cpu_count()} CPUs; batch {BATCH_SIZE}; chunks of {CHUNK_EVENTS} events, gzip 1; "
           f"memory budget {dm.MEMORY_BUDGET_MB} MB; shuffle window {dm.SHUFFLE_WINDOW}", flush=True)
@@ -171,4 +175,4 @@ def main():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)
