@@ -35,6 +35,7 @@ from script_utils import (
     progress,
     run_main,
     start_pool,
+    warn,
 )
 
 # --- Settings (each one has a command-line option) ------------------------------------------
@@ -462,6 +463,11 @@ def parse_args(argv=None):
         raise InputError(f"--sectors {args.sectors}: for --format hipo (a PNG pair is one sector)")
     if args.format == "hipo" and args.layout != LAYOUT:
         raise InputError(f"--layout {args.layout}: a PNG layout; --format hipo writes one file")
+    for flag, given, unused, why in (
+            ("--workers", args.workers != WORKERS, args.format == "hipo", "one process writes HIPO"),
+            ("--preview-events", args.preview_events != PREVIEW_EVENTS, args.preview is None, "no --preview")):
+        if given and unused:
+            warn(f"{flag} has nothing to act on here ({why})")
     event_worlds.check_luminosity(args.luminosity)
     args.world = event_worlds.world_settings(args)
     return args

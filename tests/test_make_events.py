@@ -216,6 +216,16 @@ def test_cli_tagged_layout_and_overwrite(script, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["look.png", "tagged"]
 
 
+def test_options_with_nothing_to_act_on_are_warned_about(capsys):
+    me.parse_args(["--out", "x.hipo", "--format", "hipo", "--workers", str(me.WORKERS + 1)])
+    me.parse_args(["--out", "x", "--preview-events", "3"])
+    assert capsys.readouterr().err.splitlines() == [
+        "warning: --workers has nothing to act on here (one process writes HIPO)",
+        "warning: --preview-events has nothing to act on here (no --preview)"]
+    me.parse_args(["--out", "x", "--workers", str(me.WORKERS + 1), "--preview", "--preview-events", "3"])
+    assert capsys.readouterr().err == ""
+
+
 @pytest.mark.parametrize("args, words", [
     (["-n", "0"], ["-n 0", "at least one"]),
     (["--luminosity", "-1"], ["luminosity", "negative"]),
