@@ -429,26 +429,30 @@ def test_fewest_pairs_follows_the_fractions(tmp_path):
         assert dm.min_pairs(t, v) == next(n for n in range(3, 10**6) if min(dm.split_sizes(n, t, v)) >= 1)
 
 
+def merged_file(folder):
+    """folder/merged.h5 mapping 12 synthetic pairs from two part files of 6 (part0.h5, part1.h5) as --merge does:
+    (merged path, the padded raw and truth images)."""
+    import make_events
+    from event_image import pad_event
+
+    raw, truth = (pad_event(a) for a in make_events.generate_events(12, seed=4))
+    merged = folder / "merged.h5"
+    with h5py.File(merged, "w") as f:
+        for key, images in (("raw", raw), ("truth", truth)):
+            layout = h5py.VirtualLayout((12, 128, 128, 3), np.uint8)
+            for k in range(2):
+                with h5py.File(folder / f"part{k}.h5", "a") as part:
+                    part[key] = images[6 * k:6 * (k + 1)]
+                layout[6 * k:6 * (k + 1)] = h5py.VirtualSource(f"part{k}.h5", key, (6, 128, 128, 3))
+            f.create_virtual_dataset(key, layout)
+    return merged, raw, truth
+
+
 def test_a_merged_file_moved_away_from_its_parts_is_refused_not_read_as_zeros(tmp_path, script):
     """A virtual (merged) dataset whose part files are missing reads as zeros in h5py: one-line error instead."""
     import shutil
 
-    import make_events
-    from event_image import pad_event
-
-    raw, truth = make_events.generate_events(12, seed=4)
-    parts = []
-    for k, (start, stop) in enumerate(((0, 6), (6, 12))):
-        parts.append(tmp_path / f"part{k}.h5")
-        with h5py.File(parts[-1], "w") as f:
-            f["raw"], f["truth"] = pad_event(raw[start:stop]), pad_event(truth[start:stop])
-    merged = tmp_path / "merged.h5"
-    with h5py.File(merged, "w") as f:
-        for key in ("raw", "truth"):
-            layout = h5py.VirtualLayout((12, 128, 128, 3), np.uint8)
-            for k, part in enumerate(parts):
-                layout[6 * k:6 * (k + 1)] = h5py.VirtualSource(part.name, key, (6, 128, 128, 3))
-            f.create_virtual_dataset(key, layout)
+    merged, _, _ = merged_file(tmp_path)
     assert dm.check_h5(merged) == 12  # beside its parts: fine
     elsewhere = tmp_path / "moved"
     elsewhere.mkdir()
@@ -465,23 +469,9 @@ def test_a_merged_file_moved_away_from_its_parts_is_refused_not_read_as_zeros(tm
 def test_a_part_rewritten_since_the_merge_is_refused(tmp_path, script, pairs):
     """A part of another length under a merged file read other events under the merged names (more pairs) or
     failed with a traceback (fewer): one-line error instead."""
-    import make_events
-    from event_image import pad_event
-
-    raw, truth = (pad_event(a) for a in make_events.generate_events(12, seed=4))
-    parts = [tmp_path / "part0.h5", tmp_path / "part1.h5"]
-    for k, part in enumerate(parts):
-        with h5py.File(part, "w") as f:
-            f["raw"], f["truth"] = raw[6 * k:6 * (k + 1)], truth[6 * k:6 * (k + 1)]
-    merged = tmp_path / "merged.h5"
-    with h5py.File(merged, "w") as f:
-        for key in ("raw", "truth"):
-            layout = h5py.VirtualLayout((12, 128, 128, 3), np.uint8)
-            for k, part in enumerate(parts):
-                layout[6 * k:6 * (k + 1)] = h5py.VirtualSource(part.name, key, (6, 128, 128, 3))
-            f.create_virtual_dataset(key, layout)
+    merged, raw, truth = merged_file(tmp_path)
     assert dm.check_h5(merged) == 12
-    with h5py.File(parts[0], "w") as f:  # the part converted again, with another number of pairs
+    with h5py.File(tmp_path / "part0.h5", "w") as f:  # the part converted again, with another number of pairs
         f["raw"], f["truth"] = raw[:pairs], truth[:pairs]
     with pytest.raises(InputError, match=f"part0.h5 holds {pairs} pairs where the merged file maps 6"):
         dm.check_h5(merged)
