@@ -63,7 +63,7 @@ class SplitChangedWarning(UserWarning):
 
 # --- Checking the input ---------------------------------------------------------------------
 def check_fractions(test_fraction, validation_fraction):
-    """Refuse fractions outside (0, 1), or so near 1 that training would need over a million pairs per pair."""
+    """Refuse fractions outside (0, 1), or so near 1 that training would get under a millionth of the pairs."""
     for name, value in (("test fraction", test_fraction), ("validation fraction", validation_fraction)):
         if not 0.0 < value < 1.0:
             raise InputError(f"{name} must be between 0 and 1 (exclusive), got {value}")
