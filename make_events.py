@@ -389,9 +389,13 @@ def preview_path(args):
     preview = Path(args.preview or default)
     if preview.suffix.lower() != ".png":
         raise InputError(f"{preview}: the preview must be a .png file")
-    inside = preview.resolve().parent == out.resolve()
-    if inside and args.layout == "tagged":
-        raise InputError(f"{preview}: a tagged folder holds only event PNGs; put the preview beside it")
+    where, folder = preview.resolve(), out.resolve()
+    if where == folder:
+        raise InputError(f"{preview}: is the output itself; name the preview another file")
+    inside = where.parent == folder  # the folders layout's OUT/NAME.png: beside raw/ and truth/
+    if folder in where.parents and (not inside or args.layout == "tagged"):
+        raise InputError(f"{preview}: the event folders hold only event PNGs (the preview would join or replace "
+                         "one); put it beside them")
     if not inside:
         check_output_path(preview, args.overwrite)
     return preview, inside

@@ -234,6 +234,9 @@ def test_options_with_nothing_to_act_on_are_warned_about(capsys):
     (["--workers", "0"], ["workers"]),
     (["--preview", "look.jpg"], ["look.jpg", ".png"]),
     (["--layout", "tagged", "--preview", "x/look.png"], ["look.png", "only event PNGs"]),  # Pix2Pix_data refuses it
+    (["--layout", "tagged", "--preview", "x/dc_all_000001.png"], ["dc_all_000001.png", "only event PNGs"]),
+    (["--preview", "x/raw/event_000001.png"], ["event_000001.png", "only event PNGs"]),  # an event replaced
+    (["--out", "x.png", "--preview", "x.png"], ["x.png", "is the output itself"]),  # refused after the events
 ])
 def test_cli_bad_settings(script, tmp_path, args, words):
     args = [str(tmp_path / a) if a.endswith((".jpg", ".png")) else a for a in args]
