@@ -126,7 +126,8 @@ def build_parser():
 
 def parse_args(argv=None):
     """The settings, with contradictory or impossible ones refused before anything is read or written."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if sum(map(bool, (args.input_dir, args.data, args.hipo))) != 1:
         raise InputError("give exactly one input: --input-dir (PNG folder), --data (HDF5 file) or --hipo (HIPO file)")
     for flag in ("output", "output_dir", "report", "truth_dir", "tracks_dir", "cae_cache", "cae_data"):
@@ -159,8 +160,14 @@ def parse_args(argv=None):
         raise InputError("--tracks-dir is only used with --evaluate on --input-dir")
     if args.evaluate and args.input_dir and not args.truth_dir:
         raise InputError("--evaluate on a PNG folder needs --truth-dir")
-    if args.baseline_cae and not args.evaluate:
-        raise InputError("--baseline-cae is only used with --evaluate")
+    scoring = [f for f in ("baseline_cae", "cae_data", "cae_cache", "cae_epochs", "sweep_thresholds", "background_bins",
+                           "grid_events", "report") if getattr(args, f) != parser.get_default(f)]
+    if scoring and not args.evaluate:
+        raise InputError(f"--{scoring[0].replace('_', '-')} is only used with --evaluate")
+    if args.input_dir and args.output:
+        raise InputError("--output is for --data or --hipo; with --input-dir use --output-dir")
+    if args.split_seed != parser.get_default("split_seed") and not args.data:
+        raise InputError("--split-seed chooses the test events of --data; it is only used with --data")
     if args.cae_epochs is not None and args.cae_epochs < 1:
         raise InputError(f"--cae-epochs must be at least 1, got {args.cae_epochs}")
     if args.baseline_cae and not (args.cae_data or args.data):

@@ -405,6 +405,10 @@ def test_bad_inputs_one_line_error_and_no_output(script, models, folders, tmp_pa
     ("cae epochs 0", "--cae-epochs must be at least 1, got 0"),
     ("truth dir with data", "--truth-dir is only used with --evaluate on --input-dir"),
     ("negative threads", "--threads: -1 must not be negative"),
+    ("report without evaluate", "--report is only used with --evaluate"),
+    ("sweep without evaluate", "--sweep-thresholds is only used with --evaluate"),
+    ("output with input dir", "--output is for --data or --hipo; with --input-dir use --output-dir"),
+    ("split seed with input dir", "--split-seed chooses the test events of --data"),
 ])
 def test_bad_settings_are_input_errors_before_any_output(models, folders, tmp_path, case, words):
     tmp, raw, truth, names = folders
@@ -438,6 +442,12 @@ def test_bad_settings_are_input_errors_before_any_output(models, folders, tmp_pa
                  "--cae-epochs", "0"]
     elif case == "truth dir with data":
         args = [*args[:2], "--data", tmp_path / "x.h5", "--evaluate", "--truth-dir", tmp / "truth"]
+    elif case.endswith("without evaluate"):  # (they did nothing, without a word)
+        args += ["--report", tmp_path / "r"] if case.startswith("report") else ["--sweep-thresholds", "0.1,0.5"]
+    elif case == "output with input dir":
+        args += ["--output", tmp_path / "o.h5"]
+    elif case == "split seed with input dir":
+        args += ["--split-seed", "7"]
     with pytest.raises(InputError) as err:
         run_main(*args)
     assert words in str(err.value)
