@@ -142,15 +142,28 @@ def parse_args(argv=None):
     for name in ("epochs", "base_filters", "cae_epochs"):
         if getattr(a, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(a, name)}")
+    if not a.output_root.strip():
+        raise InputError("--output-root: the path is empty")
     check_folder_can_be_made(a.output_root)
     return a
 
 
 def main(argv=None):
-    """Run the five steps with the command line's settings."""
+    """Run the five steps with the command line's settings in a new folder."""
     a = parse_args(argv)
     signal.signal(signal.SIGTERM, stop_step)
     out = run_folder(a.output_root)
+    try:
+        run_steps(a, out)
+    except KeyboardInterrupt:
+        print(f"\ndemo stopped: what it made is in {out}/; the demo run again starts a new run from step 1 (a "
+              "step's own note on resuming is for its command, run by hand)", flush=True)
+        raise
+    return 0
+
+
+def run_steps(a, out):
+    """The steps, each a script run as a user would run it, writing into out."""
     t0 = time.time()
     events, h5, run, denoised = out / "events", out / "events.h5", out / "training", out / "test_denoised.h5"
     step("1/5 synthetic events", "make_events.py", "--out", events, "-n", a.events, "--seed", a.seed,
@@ -170,7 +183,6 @@ def main(argv=None):
     print("  test_denoised.report.png    the score report (model vs baselines)")
     if a.hipo:
         print("  events_denoised.hipo        the HIPO file denoised (DC order 40/70 on rejected hits)")
-    return 0
 
 
 if __name__ == "__main__":

@@ -71,6 +71,7 @@ def test_tiny_demo_runs_the_whole_chain(tmp_path):
     (["--events", "10"], ["--events must be at least 64, not 10"]),
     (["--epochs", "0"], ["--epochs must be at least 1, not 0"]),
     (["--output-root", "AFILE/runs"], ["afile is not a folder"]),
+    (["--output-root", ""], ["--output-root: the path is empty"]),  # (ran the whole demo in the current folder)
 ])
 def test_settings_that_cannot_work_are_one_line_before_any_folder(tmp_path, args, words):
     (tmp_path / "afile").write_text("a user's file")
@@ -109,3 +110,5 @@ def test_sigterm_stops_the_running_step_too(tmp_path):
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 130 and err.strip().splitlines()[-1] == "interrupted", err[-2000:]
     assert children and not any(c.is_running() for c in children)
+    (run,) = tmp_path.iterdir()
+    assert f"demo stopped: what it made is in {run}/; the demo run again starts a new run from step 1" in out
