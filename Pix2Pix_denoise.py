@@ -263,7 +263,8 @@ def png_job(args, out, inputs):
 def h5_job(args, out, model_path, threshold, info):
     """Reader and writer of the HDF5 file's test split, the input and output checked."""
     if not Path(args.data).is_file():
-        raise InputError(f"{args.data}: data file not found")
+        problem = "a folder, not an HDF5 file" if Path(args.data).is_dir() else "data file not found"
+        raise InputError(f"{args.data}: {problem}")
     data_management.check_h5(args.data)
     args.split_seed = scored_split_seed(args.split_seed, args.data, data_management.fingerprint(args.data), info,
                                         model_path, data_management.SPLIT_SEED)

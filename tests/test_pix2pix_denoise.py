@@ -409,6 +409,7 @@ def test_bad_inputs_one_line_error_and_no_output(script, models, folders, tmp_pa
     ("sweep without evaluate", "--sweep-thresholds is only used with --evaluate"),
     ("output with input dir", "--output is for --data or --hipo; with --input-dir use --output-dir"),
     ("split seed with input dir", "--split-seed chooses the test events of --data"),
+    ("data is a folder", "raw: a folder, not an HDF5 file"),
 ])
 def test_bad_settings_are_input_errors_before_any_output(models, folders, tmp_path, case, words):
     tmp, raw, truth, names = folders
@@ -448,6 +449,8 @@ def test_bad_settings_are_input_errors_before_any_output(models, folders, tmp_pa
         args += ["--output", tmp_path / "o.h5"]
     elif case == "split seed with input dir":
         args += ["--split-seed", "7"]
+    elif case == "data is a folder":
+        args = [*args[:2], "--data", tmp / "raw"]
     with pytest.raises(InputError) as err:
         run_main(*args)
     assert words in str(err.value)
