@@ -21,6 +21,7 @@ import ctypes
 import functools
 import os
 import struct
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,8 +146,9 @@ def _record_header(f, pos, size, path):
 def check_hipo_file(path):
     """Check that path is a complete HIPO 4 file with events and return its number of events.
 
-    hipopybind aborts the process (not an exception) on a text file, a truncated file or one
-    without events: this walks the file and record headers first and raises a one-line InputError.
+    hipopybind aborts the process (not an exception) on a text file, a truncated file, one without events
+    or one whose dictionary is damaged: this walks the file and record headers first, then reads the
+    dictionary in a child process (DICTIONARY_PROBE), and raises a one-line InputError.
     """
     path = Path(path)
     if not path.is_file():
@@ -182,7 +184,14 @@ def check_hipo_file(path):
         _record_header(f, trailer, size, path)
     if n_events == 0:
         raise InputError(f"{path}: HIPO file holds no events")
+    probe = subprocess.run([sys.executable, "-c", DICTIONARY_PROBE, str(path)], capture_output=True)
+    if probe.returncode != 0:  # hipopybind aborted (a C++ assertion) on the damaged dictionary
+        raise InputError(f"{path}: corrupt HIPO file (its dictionary of banks cannot be read)")
     return n_events
+
+
+DICTIONARY_PROBE = ("import sys, hipopybind as hb; r = hb.Reader(); r.open(sys.argv[1]); "
+                    "r.readDictionary(hb.Dictionary())")  # check_hipo_file's child: exit 0, or killed by the abort
 
 
 def _check_schema(path, dictionary, bank_def, columns):

@@ -286,6 +286,8 @@ def test_bad_files_are_one_line_errors(tmp_path, events):
            "fake.hipo": b"HIPO" + bytes(60)}
     magic = data.find(b"\x00\x01\xda\xc0", data.find(b"\x00\x01\xda\xc0", 32) + 4)  # the event record's
     bad["corrupt.hipo"] = data[:magic] + bytes(4) + data[magic + 4:]
+    noise = np.random.default_rng(0).integers(0, 256, 64, dtype=np.uint8).tobytes()
+    bad["dictionary.hipo"] = data[:200] + noise + data[264:]  # inside the dictionary: hipopybind aborted on it
     for name, content in bad.items():
         (tmp_path / name).write_bytes(content)
     no_dc = tmp_path / "nodc.hipo"
@@ -295,7 +297,8 @@ def test_bad_files_are_one_line_errors(tmp_path, events):
     expected = {"notes.hipo": "not a HIPO file", "cut20.hipo": "not a HIPO file", "cut100.hipo": "truncated",
                 "half.hipo": "truncated", "last.hipo": "truncated", "zero.hipo": "not a HIPO file",
                 "fake.hipo": "not a HIPO file",
-                "corrupt.hipo": "corrupt", "nodc.hipo": "no DC::tdc or DC::tot", "empty.hipo": "no events",
+                "corrupt.hipo": "corrupt", "dictionary.hipo": "its dictionary of banks cannot be read",
+                "nodc.hipo": "no DC::tdc or DC::tot", "empty.hipo": "no events",
                 "missing.hipo": "no such file", "good.hipo": None}
     results = read_apart([tmp_path / name for name in expected])
     for (name, words), (kind, message) in zip(expected.items(), results, strict=True):
