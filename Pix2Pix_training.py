@@ -489,6 +489,11 @@ def main(argv=None):
     except tf.errors.ResourceExhaustedError as exc:  # a width or batch too large for the device's memory
         detail = exc.message[exc.message.find("OOM"):].splitlines()[0][:120]  # past TensorFlow's node name
         raise InputError(f"out of memory ({detail}); give a smaller --base-filters or --batch-size") from None
+    except tf.errors.OpError as exc:  # the data pipeline's reader refused its input (a damaged HDF5 file)
+        raised = [line.split("InputError: ", 1)[1] for line in exc.message.splitlines() if "InputError: " in line]
+        if not raised:
+            raise
+        raise InputError(raised[0]) from None
     return 0
 
 

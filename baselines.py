@@ -17,10 +17,10 @@ import time
 import zipfile
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 import data_management
+import pairs_h5
 from data_management import fingerprint, load_split
 from event_image import LAYERS, LAYERS_PER_SUPERLAYER, SUPERLAYERS, WIRES, crop_event, hit_mask, hit_scores
 from script_utils import (
@@ -159,7 +159,7 @@ def read_masks(h5_path, indices, desc="reading"):
     truth = np.zeros_like(raw)
     if len(indices) == 0:
         return raw, truth
-    with h5py.File(h5_path, "r") as f:
+    with pairs_h5.reading(h5_path) as f:
         starts = range(int(indices[0]), int(indices[-1]) + 1, READ_CHUNK)
         for start in progress(starts, desc=desc, unit="chunk"):
             lo, hi = np.searchsorted(indices, [start, start + READ_CHUNK])

@@ -147,7 +147,7 @@ def fingerprint(h5_path):
     the names nor a sampled event goes unnoticed.
     """
     h = hashlib.sha256()
-    with h5py.File(h5_path, "r") as f:
+    with pairs_h5.reading(h5_path) as f:
         n = f["raw"].shape[0]
         h.update(f"n={n}".encode())
         if "names" in f:
@@ -330,7 +330,7 @@ def iterate_uint8(h5_path, indices, batch_size=BATCH_SIZE, shuffle=False, seed=S
     """
     indices = np.sort(np.asarray(indices, np.int64))
     rng = np.random.default_rng([seed, epoch]) if shuffle else None
-    with h5py.File(h5_path, "r") as f:
+    with pairs_h5.reading(h5_path) as f:
         if f["raw"].shape[0] <= (indices[-1] if len(indices) else -1):
             raise RuntimeError(f"{h5_path}: the file changed; it has fewer pairs than the split needs")
         chunk_len = _chunk_len(f["raw"])

@@ -16,6 +16,7 @@
     print(pairs_h5.merge(["parts/part1.h5", "parts/part2.h5"], "data/pairs.h5"))
 """
 
+import contextlib
 import datetime
 import json
 import os
@@ -153,6 +154,17 @@ def write_attrs(f, created_by="Pix2Pix_data.py", **attrs):
 
 
 # --- Reading -------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def reading(path):
+    """h5py.File(path, "r"), whose read errors inside the block (a damaged file: a chunk that does not decompress)
+    are a one-line InputError naming the file, not h5py's OSError traceback."""
+    try:
+        with h5py.File(path, "r") as f:
+            yield f
+    except OSError as exc:
+        raise InputError(f"{path}: damaged HDF5 file ({str(exc).splitlines()[0]})") from None
+
+
 def mapped_pairs(source):
     """How many pairs a merged dataset maps from one of its virtual sources (a whole part, as merge_parts maps it)."""
     lo, hi = source.vspace.get_select_bounds()
@@ -198,7 +210,7 @@ def read_track_ids(h5_path, indices):
     contiguous block, from its first to its last index.
     """
     indices = np.asarray(indices, np.int64)
-    with h5py.File(h5_path, "r") as f:
+    with reading(h5_path) as f:
         if "track_ids" not in f:
             return None
         out = np.empty((len(indices), ei.LAYERS, ei.WIRES), np.uint8)
@@ -262,16 +274,22 @@ def check_parts(parts):
         raise InputError(f"missing shard(s) {', '.join(missing)} (given: {given} of {n})")
 
 
+def part_blocks(part, keys, size, text=False):
+    """(start, {key: rows}) of a part file's datasets, size rows at a time (text: as str); a damaged part is an
+    InputError (reading's), and only its reads are judged so: the caller writes between the blocks."""
+    with reading(part["path"]) as src:
+        for a in range(0, part["n"], size):
+            yield a, {key: (src[key].asstr() if text else src[key])[a:a + size] for key in keys}
+
+
 def copy_events(f, parts, total, chunk_events, level, desc):
     """The raw and truth events of the parts, copied into f in order."""
     writer = ChunkWriter(f, total, chunk_events, level)
     with progress(total=total, unit="pair", desc=desc) as bar:
         for part in parts:
-            with h5py.File(part["path"], "r") as src:
-                for a in range(0, part["n"], chunk_events):
-                    b = min(a + chunk_events, part["n"])
-                    writer.add_events({key: src[key][a:b] for key in EVENT_KEYS})
-                    bar.update(b - a)
+            for _, events in part_blocks(part, EVENT_KEYS, chunk_events):
+                writer.add_events(events)
+                bar.update(len(events["raw"]))
     writer.close()
 
 
@@ -296,10 +314,8 @@ def copy_optional(f, parts, total, keys, chunk_events, level):
                               compression="gzip", compression_opts=level)
         at = 0
         for part in parts:
-            with h5py.File(part["path"], "r") as src:
-                for a in range(0, part["n"], NAMES_BLOCK):
-                    block = src[key][a:a + NAMES_BLOCK]
-                    ds[at + a:at + a + len(block)] = block
+            for a, block in part_blocks(part, (key,), NAMES_BLOCK):
+                ds[at + a:at + a + len(block[key])] = block[key]
             at += part["n"]
 
 
@@ -309,10 +325,8 @@ def copy_names(f, parts, total):
         ds = f.create_dataset(key, shape=(total,), dtype=h5py.string_dtype("utf-8"))
         at = 0
         for part in parts:
-            with h5py.File(part["path"], "r") as src:
-                for a in range(0, part["n"], NAMES_BLOCK):
-                    block = src[key].asstr()[a:a + NAMES_BLOCK]
-                    ds[at + a:at + a + len(block)] = block
+            for a, block in part_blocks(part, (key,), NAMES_BLOCK, text=True):
+                ds[at + a:at + a + len(block[key])] = block[key]
             at += part["n"]
 
 

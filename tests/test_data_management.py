@@ -478,6 +478,32 @@ def test_a_part_rewritten_since_the_merge_is_refused(tmp_path, script, pairs):
     assert_one_line_error(script("data_management.py", "--data", merged, "--no-timing"), "merge again")
 
 
+def damage_chunks(h5, chunks):
+    """Overwrite part of the given compressed chunks of raw: they no longer decompress (the header stays whole)."""
+    with h5py.File(h5, "r") as f:
+        infos = [f["raw"].id.get_chunk_info(i) for i in chunks]
+    with open(h5, "r+b") as fh:
+        for info in infos:
+            fh.seek(info.byte_offset + 10)
+            fh.write(b"\xff" * 40)
+
+
+def test_a_damaged_file_is_one_line_for_every_reader(tmp_path, script):
+    """A chunk that does not decompress: h5py's OSError traceback (TensorFlow's 60 lines in training) became
+    a line naming the file, whichever script reads it."""
+    h5 = tmp_path / "pairs.h5"
+    write_pairs(h5, 64, chunk=2)
+    damage_chunks(h5, [2, 10, 20])  # pairs 4-5, 20-21, 40-41: none of the fingerprint's samples
+    dm.fingerprint(h5)
+    with pytest.raises(InputError, match="pairs.h5: damaged HDF5 file"):
+        list(dm.iterate_uint8(h5, np.arange(64), batch_size=8))
+    words = ("pairs.h5", "damaged HDF5 file")
+    assert_one_line_error(script("data_management.py", "--data", h5), *words)
+    assert_one_line_error(script("baselines.py", "--data", h5, "--methods", "snr"), *words)
+    assert_one_line_error(script("Pix2Pix_training.py", "--data", h5, "--output-dir", tmp_path / "run",
+                                 "--base-filters", 4, "--epochs", 1), *words)
+
+
 def test_without_tensorflow_the_script_saves_the_split_and_skips_the_timing(tmp_path):
     """A GPU machine with JAX alone runs it before bench/train_jax.py (it ended in a ModuleNotFoundError)."""
     h5 = tmp_path / "pairs.h5"
