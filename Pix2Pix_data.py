@@ -39,6 +39,7 @@ from script_utils import (
     atomic_output,
     check_not_an_input,
     check_output_path,
+    pool_result,
     progress,
     run_main,
     start_pool,
@@ -192,9 +193,9 @@ def ordered_results(pool, func, tasks, in_flight):
     for task in tasks:
         pending.append(pool.apply_async(func, (task,)))
         if len(pending) >= in_flight:
-            yield pending.popleft().get()
+            yield pool_result(pool, pending.popleft().get)
     while pending:
-        yield pending.popleft().get()
+        yield pool_result(pool, pending.popleft().get)
 
 
 # --- Convert ----------------------------------------------------------------------------------------

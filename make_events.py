@@ -32,6 +32,7 @@ from script_utils import (
     atomic_output,
     check_output_folder,
     check_output_path,
+    pool_result,
     progress,
     run_main,
     start_pool,
@@ -316,7 +317,9 @@ def write_events(folder, args):
         if workers > 1:  # workers ignore Ctrl-C: the main process stops them and cleans up
             pool = start_pool(workers)
         try:
-            for result in pool.imap_unordered(write_chunk, jobs) if pool else map(write_chunk, jobs):
+            results = pool.imap_unordered(write_chunk, jobs) if pool else map(write_chunk, jobs)
+            for _ in jobs:
+                result = pool_result(pool, results.next) if pool else next(results)
                 totals = [a + b for a, b in zip(totals, result, strict=True)]
                 bar.update(result[0])
         finally:

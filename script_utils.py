@@ -361,6 +361,7 @@ def check_stop():
 
 
 POOL_START = "spawn"  # worker processes start fresh: no threads, locks or open files of the caller
+POOL_POLL_SECONDS = 1.0  # how often pool_result looks for a dead worker while it waits
 
 
 def start_pool(workers, initializer=None, initargs=()):
@@ -397,7 +398,23 @@ def start_pool(workers, initializer=None, initargs=()):
         pool.terminate()
         pool.join()
         raise
+    pool.worker_pids = frozenset(p.pid for p in pool._pool)  # pool_result's: Pool replaces a dead worker unsaid
     return pool
+
+
+def pool_result(pool, wait):
+    """wait(timeout) (an AsyncResult's get, an imap iterator's next) on a start_pool pool, refusing to wait forever
+    for a task whose worker died (killed, out of memory?): multiprocessing.Pool replaces the worker and never
+    finishes its task."""
+    import multiprocessing
+
+    while True:
+        try:
+            return wait(POOL_POLL_SECONDS)
+        except multiprocessing.TimeoutError:
+            if any(p.exitcode is not None for p in pool._pool) or {p.pid for p in pool._pool} != pool.worker_pids:
+                raise InputError("a worker process died (killed? out of memory?): the run stops, nothing written") \
+                    from None
 
 
 def _start_worker(initializer, initargs):

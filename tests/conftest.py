@@ -62,3 +62,18 @@ def wait_for(proc, event, what, timeout=300):
             proc.communicate()
             pytest.fail(f"no {what} within {timeout} s")
         time.sleep(0.01)
+
+
+def kill_a_pool_worker(cmd, cwd):
+    """Start cmd (a script with --workers 2), SIGKILL one of its pool workers once its output's temporary exists
+    (what the out-of-memory killer does) and return (the CompletedProcess-like proc, its stdout, its stderr)."""
+    import psutil
+
+    proc = subprocess.Popen([sys.executable, *map(str, cmd)], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    workers = lambda: [c for c in psutil.Process(proc.pid).children() if "spawn_main" in " ".join(c.cmdline())]  # noqa: E731
+    wait_for(proc, lambda: len(workers()) == 2 and any(p.name.endswith(".tmp") for p in Path(cwd).iterdir()),
+             "two pool workers writing")
+    workers()[0].kill()
+    out, err = proc.communicate(timeout=300)  # it hung for good before
+    return proc, out, err

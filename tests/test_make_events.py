@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT, assert_one_line_error, wait_for
+from conftest import ROOT, assert_one_line_error, kill_a_pool_worker, wait_for
 from PIL import Image
 
 import event_image as ei
@@ -463,3 +463,13 @@ def test_cli_preset_and_world_options(script, tmp_path):
     totals = [0, 0, 0, np.zeros(3, np.int64)]  # the HIPO writer's events carry the preset's sectors
     events = list(me.hipo_events(4, 0, 1.0, 2, totals, "hard"))
     np.testing.assert_array_equal(events[0]["sectors"][min(events[0]["sectors"])][0], ei.hit_mask(raw[0]))
+
+
+@pytest.mark.slow
+def test_a_killed_worker_stops_the_run_in_one_line_and_leaves_nothing(tmp_path):
+    """multiprocessing.Pool never finishes the task of a worker that died (the out-of-memory killer's): the run
+    hung for good, its temporary folder left. Now it stops, in one line."""
+    proc, _, err = kill_a_pool_worker([ROOT / "make_events.py", "--out", "ev", "-n", 40000, "--workers", 2], tmp_path)
+    assert proc.returncode == 2 and err.strip().splitlines() == [
+        "error: a worker process died (killed? out of memory?): the run stops, nothing written"], err[-2000:]
+    assert list(tmp_path.iterdir()) == []

@@ -191,3 +191,37 @@ def test_a_ctrl_c_that_python_drops_in_a_finalizer_still_stops_the_run_and_keeps
     assert proc.stdout.split() == ["went", "on"]  # Python dropped the interrupt: the body went on ...
     assert proc.returncode == 130 and proc.stderr.strip() == "interrupted", proc.stderr  # ... but it counts
     assert list(tmp_path.iterdir()) == []  # neither the output nor its temporary
+
+
+def started_then_waiting(marker):
+    """A pool task that says it started (a file) and then waits a minute (module level: workers import it)."""
+    import time
+
+    marker.write_text("started")
+    time.sleep(60)
+
+
+def test_a_task_whose_worker_died_is_an_input_error_not_a_wait_for_ever(tmp_path):
+    """multiprocessing.Pool replaces a worker that died (the out-of-memory killer's) and never finishes its task:
+    pool_result stops waiting (make_events and Pix2Pix_data hung for good); a live pool's results come as before."""
+    import time
+
+    import script_utils
+
+    pool = script_utils.start_pool(2)
+    try:
+        assert script_utils.pool_result(pool, pool.apply_async(sum, ([1, 2],)).get) == 3
+        markers = [tmp_path / f"task{k}" for k in range(2)]
+        busy = [pool.apply_async(started_then_waiting, (m,)) for m in markers]  # a task on each worker
+        deadline = time.monotonic() + 120
+        while not all(m.exists() for m in markers) and time.monotonic() < deadline:
+            time.sleep(0.01)  # polling for the event: both tasks running
+        for worker in pool._pool:
+            os.kill(worker.pid, 9)
+        started = time.monotonic()
+        with pytest.raises(InputError, match="a worker process died"):
+            script_utils.pool_result(pool, busy[0].get)
+        assert time.monotonic() - started < 30
+    finally:
+        pool.terminate()
+        pool.join()
