@@ -34,6 +34,7 @@ from script_utils import (
     import_keras,
     import_tensorflow,
     progress,
+    raised_input_error,
     run_main,
     seed_number,
     warn,
@@ -490,10 +491,9 @@ def main(argv=None):
         detail = exc.message[exc.message.find("OOM"):].splitlines()[0][:120]  # past TensorFlow's node name
         raise InputError(f"out of memory ({detail}); give a smaller --base-filters or --batch-size") from None
     except tf.errors.OpError as exc:  # the data pipeline's reader refused its input (a damaged HDF5 file)
-        raised = [line.split("InputError: ", 1)[1] for line in exc.message.splitlines() if "InputError: " in line]
-        if not raised:
+        if (error := raised_input_error(exc.message)) is None:
             raise
-        raise InputError(raised[0]) from None
+        raise error from None
     return 0
 
 

@@ -147,6 +147,13 @@ def json_ready(obj):
     return obj
 
 
+def raised_input_error(message):
+    """The InputError that code run inside a library (a tf.data generator) raised, out of the library's error
+    message around it; None if there is none."""
+    lines = [line.split("InputError: ", 1)[1] for line in message.splitlines() if "InputError: " in line]
+    return InputError(lines[0]) if lines else None
+
+
 def warn(message):
     """A warning line on stderr: the run goes on."""
     print(f"warning: {message}", file=sys.stderr, flush=True)
