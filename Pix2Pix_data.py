@@ -18,8 +18,10 @@ one pair per sector image, raw from DC::tot/DC::tdc, truth from TimeBasedTrkg::T
 import contextlib
 import hashlib
 import os
+import pickle
 import re
 import signal
+import tempfile
 import threading
 import time
 from collections import deque
@@ -39,10 +41,9 @@ from script_utils import (
     atomic_output,
     check_not_an_input,
     check_output_path,
-    pool_result,
+    process_pool,
     progress,
     run_main,
-    start_pool,
     warn,
 )
 
@@ -94,8 +95,10 @@ def shard_range(k, n, total):
 
 
 # --- Worker processes: read, check, pad, compress --------------------------------------------
-def watch_parent(parent_pid):
-    """Worker start-up: exit if the main process dies."""
+def start_worker(parent_pid, results_folder):
+    """Worker start-up: exit if the main process dies; hand results over in files of results_folder
+    (result_in_file)."""
+    RESULTS_FOLDER[:] = [results_folder]
 
     def watch():
         while os.getppid() == parent_pid:
@@ -103,6 +106,30 @@ def watch_parent(parent_pid):
         os._exit(1)  # the main process was killed: nobody will read our results
 
     threading.Thread(target=watch, daemon=True).start()
+
+
+RESULTS_FOLDER = []  # in a worker: the folder its results go to (start_worker)
+
+
+def result_in_file(func, task):
+    """(In a worker) func(task) pickled into a new file of RESULTS_FOLDER; returns the file's path.
+
+    Only the short path crosses the pool's pipe, in one write: a worker that dies halfway through
+    sending a result of megabytes (a SIGTERM to the whole process group) leaves a message cut short
+    that hangs the pool's reader for good.
+    """
+    fd, path = tempfile.mkstemp(dir=RESULTS_FOLDER[0])
+    with os.fdopen(fd, "wb") as f:
+        pickle.dump(func(task), f, protocol=pickle.HIGHEST_PROTOCOL)
+    return path
+
+
+def read_result(path):
+    """The result result_in_file wrote, its file deleted."""
+    with open(path, "rb") as f:
+        result = pickle.load(f)
+    os.unlink(path)
+    return result
 
 
 _BUFFERS = {}  # per process: the chunk buffers decode_chunk reuses (no fresh megabytes per chunk)
@@ -175,12 +202,13 @@ def decode_chunk(task):
 
 @contextlib.contextmanager
 def worker_pool(workers):
-    """A pool of fresh worker processes (None for workers <= 1): they inherit no open file or thread."""
+    """A pool of fresh worker processes (None for workers <= 1): they inherit no open file or thread, and
+    hand their results over in files of a temporary folder (result_in_file)."""
     if workers <= 1:
         yield None
         return
-    parent = os.getpid()
-    with start_pool(workers, watch_parent, (parent,)) as pool:
+    with tempfile.TemporaryDirectory(prefix="Pix2Pix_data-") as folder, \
+            process_pool(workers, start_worker, (os.getpid(), folder)) as pool:
         yield pool
 
 
@@ -191,11 +219,11 @@ def ordered_results(pool, func, tasks, in_flight):
         return
     pending = deque()
     for task in tasks:
-        pending.append(pool.apply_async(func, (task,)))
+        pending.append(pool.submit(result_in_file, func, task))
         if len(pending) >= in_flight:
-            yield pool_result(pool, pending.popleft().get)
+            yield read_result(pending.popleft().result())
     while pending:
-        yield pool_result(pool, pending.popleft().get)
+        yield read_result(pending.popleft().result())
 
 
 # --- Convert ----------------------------------------------------------------------------------------

@@ -31,8 +31,8 @@ from script_utils import (
     check_not_an_input,
     check_output_path,
     import_keras,
+    process_pool,
     run_main,
-    start_pool,
 )
 
 # --- Settings (each one can be overridden on the command line) ----------------------------
@@ -170,8 +170,8 @@ def write_torchscript(onnx_path, path):
 
     if not all(importlib.util.find_spec(m) for m in ("torch", "onnx2torch")):
         raise InputError("--format torchscript needs torch and onnx2torch: pip install -r requirements-export.txt")
-    with start_pool(1) as pool:
-        pool.apply(trace_torchscript, (str(onnx_path), str(path)))
+    with process_pool(1) as pool:
+        pool.submit(trace_torchscript, str(onnx_path), str(path)).result()
 
 
 def trace_torchscript(onnx_path, path):

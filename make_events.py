@@ -13,10 +13,12 @@ writes the same events as one CLAS12 HIPO file, SECTORS sector images per HIPO e
     python make_events.py --out data/hard --preset hard -n 3000 --seed 1   # the harder world
 """
 
+import contextlib
 import math
 import os
 import signal
 import time
+from concurrent.futures import as_completed
 from pathlib import Path
 
 import numpy as np
@@ -32,10 +34,9 @@ from script_utils import (
     atomic_output,
     check_output_folder,
     check_output_path,
-    pool_result,
+    process_pool,
     progress,
     run_main,
-    start_pool,
     warn,
 )
 
@@ -312,20 +313,14 @@ def write_events(folder, args):
     jobs = [(str(folder), args.layout, args.seed, args.luminosity, s, min(size, n - s), args.world)
             for s in range(0, n, size)]
     totals = [0, 0, 0, np.zeros(ei.REGIONS, np.int64)]
-    with progress(total=n, unit="event", desc="events") as bar:
-        pool = None
-        if workers > 1:  # workers ignore Ctrl-C: the main process stops them and cleans up
-            pool = start_pool(workers)
-        try:
-            results = pool.imap_unordered(write_chunk, jobs) if pool else map(write_chunk, jobs)
-            for _ in jobs:
-                result = pool_result(pool, results.next) if pool else next(results)
-                totals = [a + b for a, b in zip(totals, result, strict=True)]
-                bar.update(result[0])
-        finally:
-            if pool:
-                pool.terminate()
-                pool.join()
+    # Workers ignore Ctrl-C: the main process stops them and cleans up.
+    with progress(total=n, unit="event", desc="events") as bar, \
+            process_pool(workers) if workers > 1 else contextlib.nullcontext() as pool:
+        tasks = as_completed([pool.submit(write_chunk, job) for job in jobs]) if pool else jobs
+        for task in tasks:
+            result = task.result() if pool else write_chunk(task)
+            totals = [a + b for a, b in zip(totals, result, strict=True)]
+            bar.update(result[0])
     return totals
 
 

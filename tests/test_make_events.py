@@ -467,8 +467,8 @@ def test_cli_preset_and_world_options(script, tmp_path):
 
 @pytest.mark.slow
 def test_a_killed_worker_stops_the_run_in_one_line_and_leaves_nothing(tmp_path):
-    """multiprocessing.Pool never finishes the task of a worker that died (the out-of-memory killer's): the run
-    hung for good, its temporary folder left. Now it stops, in one line."""
+    """A worker that died (the out-of-memory killer's) hung the run for good on multiprocessing.Pool (which never
+    finishes a dead worker's task), its temporary folder left. Now it stops, in one line."""
     proc, _, err = kill_a_pool_worker([ROOT / "make_events.py", "--out", "ev", "-n", 40000, "--workers", 2], tmp_path)
     assert proc.returncode == 2 and err.strip().splitlines() == [
         "error: a worker process died (killed? out of memory?): the run stops, nothing written"], err[-2000:]

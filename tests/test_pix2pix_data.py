@@ -24,6 +24,7 @@ from PIL import Image
 import event_image as ei
 import pairs_h5
 import Pix2Pix_data as p2d
+import script_utils
 from script_utils import InputError
 
 
@@ -521,6 +522,55 @@ def test_sigterm_stops_cleanly(tmp_path):
     assert proc.returncode == 130 and stderr.strip() == "interrupted", stderr
     assert not out.exists() and leftovers(tmp_path) == []
     assert psutil.wait_procs(children, timeout=10)[1] == []
+
+
+WRITE_SYSCALL = {"x86_64": "1", "aarch64": "64"}  # write(2)'s number, as /proc/PID/task/TID/syscall shows it
+
+
+def big_result_then_killed(task):
+    """A pool task returning 64 MB whose process is SIGKILLed while its main thread waits inside a write of 1 MB or
+    more: a result on its way to the main process through a pipe that is full (what a SIGTERM to the whole process
+    group can do). A write that does not wait (to a file) is not seen, and the process lives on."""
+    import platform
+    import threading
+
+    def writing_the_result():
+        call = Path(f"/proc/self/task/{os.getpid()}/syscall").read_text().split()
+        return call[0] == WRITE_SYSCALL[platform.machine()] and int(call[3], 16) >= 2**20
+
+    def kill_once_writing():
+        while not writing_the_result():
+            time.sleep(0.0002)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=kill_once_writing, daemon=True).start()
+    return np.ones(2**26, np.uint8)
+
+
+DEATH_WHILE_HANDING_OVER = """
+import sys
+sys.path[:0] = sys.argv[1:3]
+import Pix2Pix_data
+import test_pix2pix_data
+from script_utils import InputError
+
+try:
+    with Pix2Pix_data.worker_pool(2) as pool:
+        results = list(Pix2Pix_data.ordered_results(pool, test_pix2pix_data.big_result_then_killed, [0], 1))
+    print("got", results[0].sum())
+except InputError as e:
+    print(e)
+"""
+
+
+def test_a_worker_that_dies_while_handing_over_its_result_stops_the_run_in_one_line(tmp_path):
+    """A result sent through the pool's pipe and cut short by the worker's death hung the pool's reader for good
+    (Pix2Pix_data hung in 2 of 8 SIGTERMs to the whole process group; here it always does): results come in files,
+    and the run ends, with its result or with the death in one line."""
+    proc = subprocess.run([sys.executable, "-c", DEATH_WHILE_HANDING_OVER, str(ROOT), str(ROOT / "tests")],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.stdout.strip() in (f"got {2**26}", script_utils.WORKER_DIED), (proc.stdout, proc.stderr[-2000:])
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
 
 
 # --- Outputs that alias inputs, folders where files go, empty paths, two runs at once (issue 15) -------------

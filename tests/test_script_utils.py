@@ -125,7 +125,7 @@ import script_utils
 
 
 class StopNow:
-    \"\"\"Pickled for each worker inside Pool(): a SIGTERM to the process arrives at the second one,
+    \"\"\"Pickled for each worker as it starts: a SIGTERM to the process arrives at the second one,
     when the first worker is already running.\"\"\"
     pickled = 0
 
@@ -140,8 +140,8 @@ signal.signal(signal.SIGTERM, signal.default_int_handler)  # the scripts' SIGTER
 # A thread that does not hold the signals back (as BLAS threads do): the kernel hands it the SIGTERM.
 threading.Thread(target=threading.Event().wait, daemon=True).start()
 try:
-    script_utils.start_pool(2, print, (StopNow(),))
-    print("no interrupt")
+    with script_utils.process_pool(2, print, (StopNow(),)):
+        print("no interrupt")
 except KeyboardInterrupt:
     print("interrupted;", len(multiprocessing.active_children()), "workers left")
 """
@@ -194,34 +194,55 @@ def test_a_ctrl_c_that_python_drops_in_a_finalizer_still_stops_the_run_and_keeps
 
 
 def started_then_waiting(marker):
-    """A pool task that says it started (a file) and then waits a minute (module level: workers import it)."""
+    """A pool task that says it started (its process id in a file) and then waits a minute (module level: workers
+    import it)."""
     import time
 
-    marker.write_text("started")
+    marker.write_text(str(os.getpid()))
     time.sleep(60)
 
 
 def test_a_task_whose_worker_died_is_an_input_error_not_a_wait_for_ever(tmp_path):
-    """multiprocessing.Pool replaces a worker that died (the out-of-memory killer's) and never finishes its task:
-    pool_result stops waiting (make_events and Pix2Pix_data hung for good); a live pool's results come as before."""
+    """A worker that died (the out-of-memory killer's) stops the run in one line, soon (make_events and Pix2Pix_data
+    hung for good on multiprocessing.Pool, which replaces the worker and never finishes its task); a live pool's
+    results come as before."""
     import time
 
     import script_utils
 
-    pool = script_utils.start_pool(2)
-    try:
-        assert script_utils.pool_result(pool, pool.apply_async(sum, ([1, 2],)).get) == 3
-        markers = [tmp_path / f"task{k}" for k in range(2)]
-        busy = [pool.apply_async(started_then_waiting, (m,)) for m in markers]  # a task on each worker
-        deadline = time.monotonic() + 120
-        while not all(m.exists() for m in markers) and time.monotonic() < deadline:
-            time.sleep(0.01)  # polling for the event: both tasks running
-        for worker in pool._pool:
-            os.kill(worker.pid, 9)
-        started = time.monotonic()
-        with pytest.raises(InputError, match="a worker process died"):
-            script_utils.pool_result(pool, busy[0].get)
-        assert time.monotonic() - started < 30
-    finally:
-        pool.terminate()
-        pool.join()
+    started = None
+    with pytest.raises(InputError, match="a worker process died"):
+        with script_utils.process_pool(2) as pool:
+            assert pool.submit(sum, [1, 2]).result() == 3
+            markers = [tmp_path / f"task{k}" for k in range(2)]
+            busy = [pool.submit(started_then_waiting, m) for m in markers]  # a task on each worker
+            deadline = time.monotonic() + 120
+            while not all(m.exists() and m.read_text() for m in markers) and time.monotonic() < deadline:
+                time.sleep(0.01)  # polling for the event: both tasks running
+            for m in markers:
+                os.kill(int(m.read_text()), 9)
+            started = time.monotonic()
+            busy[0].result()
+    assert time.monotonic() - started < 30  # the other worker's minute is not waited for
+
+
+def test_a_stop_in_the_pools_block_stops_its_busy_workers_at_once(tmp_path):
+    """Ctrl-C inside the block: the workers (which ignore Ctrl-C) are stopped, not waited for through their task's
+    minute; an ordinary pool shutdown waits for running tasks."""
+    import multiprocessing
+    import time
+
+    import script_utils
+
+    markers = [tmp_path / f"task{k}" for k in range(2)]
+    with pytest.raises(KeyboardInterrupt):
+        with script_utils.process_pool(2) as pool:
+            for m in markers:
+                pool.submit(started_then_waiting, m)
+            deadline = time.monotonic() + 120
+            while not all(m.exists() and m.read_text() for m in markers) and time.monotonic() < deadline:
+                time.sleep(0.01)  # polling for the event: both tasks running
+            started = time.monotonic()
+            raise KeyboardInterrupt
+    assert time.monotonic() - started < 30
+    assert multiprocessing.active_children() == []
