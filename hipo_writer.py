@@ -14,6 +14,8 @@ import numpy as np
 from clas12_hipo import DC_BANKS, DC_TDC, DC_TOT, N_LAYERS, N_SECTORS, N_WIRES, PUTTERS, RUN_CONFIG, TBHITS, open_writer
 from script_utils import atomic_output
 
+HIPO_RUN = 1  # RUN::config run number of make_events.py's --format hipo files
+SECTOR_STREAM = 0x5EC7  # seeds the sector draw of HIPO event j: default_rng([SECTOR_STREAM, seed, j])
 INT_LIMITS = {k: (int(np.iinfo(t).min), int(np.iinfo(t).max))  # putBytes & co refuse values outside
               for k, t in {"B": np.int8, "S": np.int16, "I": np.int32, "L": np.int64}.items()}
 
@@ -117,3 +119,26 @@ def write_events(path, events, overwrite=False, dc_banks=(DC_TDC.name,), truth=T
         raise ValueError(f"dc_banks must be DC::tdc and/or DC::tot, not {dc_banks!r}")
     defs = [d for d in DC_BANKS if d.name in dc_banks] + ([TBHITS] if truth else []) + [RUN_CONFIG]
     return write_banks(path, defs, (event_banks(e, dc_banks, truth) for e in events), overwrite)
+
+
+def hipo_sectors(seed, j, sectors):
+    """The sectors (1-6, increasing) that HIPO event j of the set `seed` fills, drawn without repeats."""
+    rng = np.random.default_rng([SECTOR_STREAM, seed, j])
+    return np.sort(rng.choice(np.arange(1, N_SECTORS + 1), sectors, replace=False)).tolist()
+
+
+def hipo_events(chunks, seed, sectors):
+    """make_events.py's set as HIPO events for write_events, from its (start, raw, truth, track ids) chunks of
+    whole HIPO events.
+
+    Event i of the set (the PNG route's event_00000i) is the k-th smallest of the sectors of
+    HIPO event j = i // sectors (k = i % sectors; RUN::config event j): read in file order, the
+    sector images come back in the set's order. Track hits get order 0 and TBHits rows with their
+    track number as trkID, background hits order 10 (event_banks)."""
+    for at, raw, truth, ids in chunks:
+        for first in range(0, len(raw), sectors):
+            j = (at + first) // sectors
+            members = range(first, min(first + sectors, len(raw)))
+            yield {"run": HIPO_RUN, "event": j, "sectors": {s: (raw[k], truth[k], ids[k])
+                                                            for s, k in zip(hipo_sectors(seed, j, sectors), members,
+                                                                            strict=False)}}

@@ -70,8 +70,6 @@ TRACKS_TAG = "_tracks_"  # tagged layout: DIR/dc_tracks_N.png
 CHUNK_EVENTS = 1024  # events generated at once (bounds the memory of generate_events)
 JOB_EVENTS = 1000  # at most this many events per job handed to a worker
 JOBS_PER_WORKER = 4  # jobs handed to each worker process (fewer when that would exceed JOB_EVENTS)
-HIPO_RUN = 1  # RUN::config run number of a --format hipo file
-SECTOR_STREAM = 0x5EC7  # seeds the sector draw of HIPO event j: default_rng([SECTOR_STREAM, seed, j])
 
 # --- Tracks ---------------------------------------------------------------------------------
 TRACK_COUNT_PROBS = (0.50, 0.35, 0.15)  # probability of 1, 2, 3 tracks in an event
@@ -286,10 +284,7 @@ def pair_paths(folder, layout, i):
 
 
 def write_chunk(job):
-    """Worker: generate events start..start+count-1 and write their PNGs; return hit counts.
-
-    Returns (count, raw hits, truth hits, background hits per region (3,)).
-    """
+    """Worker: generate events start..start+count-1 and write their PNGs; return their hit_sums."""
     folder, layout, seed, luminosity, start, count, preset = job
     raw, truth, ids = generate_masks(count, seed, luminosity, start, track_ids=True, preset=preset)
     raw_img, truth_img = ei.mask_to_image(raw), ei.mask_to_image(truth)
@@ -298,12 +293,17 @@ def write_chunk(job):
         ei.write_event_png(raw_path, raw_img[k])
         ei.write_event_png(truth_path, truth_img[k])
         ei.write_track_ids_png(tracks_path, ids[k])
+    return hit_sums(raw, truth)
+
+
+def hit_sums(raw, truth):
+    """(events, raw hits, truth hits, background hits per region (3,)) of hit masks [N,36,112]."""
     background = (raw & ~truth).sum(axis=(0, 2)).reshape(ei.REGIONS, -1).sum(axis=1)
-    return count, int(raw.sum()), int(truth.sum()), background
+    return len(raw), int(raw.sum()), int(truth.sum()), background
 
 
 def write_events(folder, args):
-    """Write the PNG pairs of args into folder on args.workers processes; return write_chunk's sums."""
+    """Write the PNG pairs of args into folder on args.workers processes; return the set's hit_sums."""
     if args.layout == "folders":
         (folder / "raw").mkdir()
         (folder / "truth").mkdir()
@@ -324,35 +324,18 @@ def write_events(folder, args):
     return totals
 
 
-def hipo_sectors(seed, j, sectors):
-    """The sectors (1-6, increasing) that HIPO event j of the set `seed` fills, drawn without repeats."""
-    rng = np.random.default_rng([SECTOR_STREAM, seed, j])
-    return np.sort(rng.choice(np.arange(1, ch.N_SECTORS + 1), sectors, replace=False)).tolist()
-
-
-def hipo_events(n, seed, luminosity, sectors, totals, preset=PRESET):
-    """The set's n events as HIPO events for hipo_writer.write_events; adds their hit counts to totals.
-
-    Event i of the set (the PNG route's event_00000i) is the k-th smallest of the sectors of
-    HIPO event j = i // sectors (k = i % sectors; RUN::config event j): read in file order, the
-    sector images come back in the set's order. Track hits get order 0 and TBHits rows with their
-    track number as trkID, background hits order 10."""
+def hipo_chunks(n, seed, luminosity, sectors, totals, preset=PRESET):
+    """The set's events as (start, raw, truth, track ids) chunks of whole HIPO events (hipo_writer.hipo_events);
+    adds their hit counts to totals."""
     step = sectors * max(1, CHUNK_EVENTS // sectors)
     for at in range(0, n, step):
         raw, truth, ids = generate_masks(min(step, n - at), seed, luminosity, at, track_ids=True, preset=preset)
-        background = (raw & ~truth).sum(axis=(0, 2)).reshape(ei.REGIONS, -1).sum(axis=1)
-        totals[:] = [totals[0] + len(raw), totals[1] + int(raw.sum()), totals[2] + int(truth.sum()),
-                     totals[3] + background]
-        for first in range(0, len(raw), sectors):
-            j = (at + first) // sectors
-            members = range(first, min(first + sectors, len(raw)))
-            chosen = hipo_sectors(seed, j, sectors)
-            yield {"run": HIPO_RUN, "event": j,
-                   "sectors": {s: (raw[k], truth[k], ids[k]) for s, k in zip(chosen, members, strict=False)}}
+        totals[:] = [a + b for a, b in zip(totals, hit_sums(raw, truth), strict=True)]
+        yield at, raw, truth, ids
 
 
 def write_hipo(path, args):
-    """Write the set as one HIPO file (atomically) at path; return write_chunk's sums."""
+    """Write the set as one HIPO file (atomically) at path; return the set's hit_sums."""
     totals = [0, 0, 0, np.zeros(ei.REGIONS, np.int64)]
     with progress(total=args.events, unit="event", desc="events") as bar:
         def counted(events):
@@ -360,8 +343,8 @@ def write_hipo(path, args):
                 bar.update(len(event["sectors"]))
                 yield event
 
-        hipo_writer.write_events(path, counted(hipo_events(args.events, args.seed, args.luminosity, args.sectors,
-                                                           totals, args.world)),
+        chunks = hipo_chunks(args.events, args.seed, args.luminosity, args.sectors, totals, args.world)
+        hipo_writer.write_events(path, counted(hipo_writer.hipo_events(chunks, args.seed, args.sectors)),
                                  overwrite=args.overwrite)
     return totals
 

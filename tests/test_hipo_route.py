@@ -67,12 +67,12 @@ def test_hipo_file_holds_the_png_events(both):
     records = list(ch.read_sector_events(hipo))
     assert len(records) == N
     for i, r in enumerate(records):  # event i of the set: the (i % 2)-th sector of HIPO event i // 2
-        assert (r.run, r.event) == (me.HIPO_RUN, i // 2) and r.name == f"ev.hipo:{i // 2}:{r.sector}"
-        assert r.sector == me.hipo_sectors(SEED, i // 2, 2)[i % 2]
+        assert (r.run, r.event) == (hipo_writer.HIPO_RUN, i // 2) and r.name == f"ev.hipo:{i // 2}:{r.sector}"
+        assert r.sector == hipo_writer.hipo_sectors(SEED, i // 2, 2)[i % 2]
         np.testing.assert_array_equal(r.raw, ei.hit_mask(ei.read_event_png(png / f"raw/event_{i:06d}.png")))
         np.testing.assert_array_equal(r.truth, ei.hit_mask(ei.read_event_png(png / f"truth/event_{i:06d}.png")))
         np.testing.assert_array_equal(r.track_ids, ids[i])
-    sectors = [me.hipo_sectors(SEED, j, 2) for j in range(200)]
+    sectors = [hipo_writer.hipo_sectors(SEED, j, 2) for j in range(200)]
     assert all(len(set(s)) == 2 and 1 <= min(s) and max(s) <= 6 for s in sectors) and len(set(map(tuple, sectors))) > 8
     # orders: 0 on track hits, 10 on background hits (test_clas12_hipo checks the bank layout itself)
     for banks in hipopy.open(str(hipo)):
@@ -84,7 +84,8 @@ def test_make_events_hipo_sectors_and_bad_settings(tmp_path):
     out = tmp_path / "six.hipo"
     proc = run_script("make_events.py", "--format", "hipo", "--out", out, "-n", 13, "--sectors", 6, "--seed", 2)
     assert proc.returncode == 0 and "13 events" in proc.stdout and "3 HIPO events of 6 sectors" in proc.stdout
-    assert [r.sector for r in ch.read_sector_events(out)] == [1, 2, 3, 4, 5, 6] * 2 + [me.hipo_sectors(2, 2, 6)[0]]
+    last = hipo_writer.hipo_sectors(2, 2, 6)[0]
+    assert [r.sector for r in ch.read_sector_events(out)] == [1, 2, 3, 4, 5, 6] * 2 + [last]
     assert_one_line_error(run_script("make_events.py", "--format", "hipo", "--out", out, "-n", 5), "already exists")
     for args, words in ((["--sectors", 7], "--sectors 7"), (["--layout", "tagged"], "--layout tagged"),
                         (["--out", tmp_path], "is a folder"), (["--out", tmp_path / "o.txt"], "named .hipo")):
@@ -117,7 +118,7 @@ def test_hdf5_from_hipo_equals_hdf5_from_pngs(tmp_path, both):
         for key in ("raw", "truth"):
             assert from_hipo[key].shape == (N, 128, 128, 3) and from_hipo[key].dtype == np.uint8
             np.testing.assert_array_equal(from_hipo[key], from_png[key])
-        sectors = [me.hipo_sectors(SEED, i // 2, 2)[i % 2] for i in range(N)]
+        sectors = [hipo_writer.hipo_sectors(SEED, i // 2, 2)[i % 2] for i in range(N)]
         assert [n.decode() for n in from_hipo["names"]] == [f"ev.hipo:{i // 2}:{s}" for i, s in enumerate(sectors)]
         np.testing.assert_array_equal(from_hipo["truth_names"], from_hipo["names"])
         np.testing.assert_array_equal(from_hipo["track_ids"], me.generate_masks(N, SEED, track_ids=True)[2])
@@ -319,7 +320,7 @@ def test_evaluate_on_hipo_gives_the_scores_of_the_same_events_as_pngs(tmp_path, 
     assert without_names(from_hipo) == without_names(from_png)
     assert from_png["methods"]["model"]["scores"]["rejection"] > 0.3  # the model rejects something
     assert from_hipo["track_ids"] == {"with": N, "without": 0}
-    sectors = [me.hipo_sectors(SEED, i // 2, 2)[i % 2] for i in range(N)]
+    sectors = [hipo_writer.hipo_sectors(SEED, i // 2, 2)[i % 2] for i in range(N)]
     for key in ("worst_events", "best_events"):  # the same events, by their names in each route
         for a, b in zip(from_png[key], from_hipo[key], strict=True):
             i = int(a["name"][6:12])

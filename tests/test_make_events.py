@@ -12,6 +12,7 @@ from conftest import ROOT, assert_one_line_error, kill_a_pool_worker, wait_for
 from PIL import Image
 
 import event_image as ei
+import hipo_writer
 import make_events as me
 from script_utils import InputError
 
@@ -461,7 +462,7 @@ def test_cli_preset_and_world_options(script, tmp_path):
     with pytest.raises(InputError):
         me.generate_events(2, preset="nope")
     totals = [0, 0, 0, np.zeros(3, np.int64)]  # the HIPO writer's events carry the preset's sectors
-    events = list(me.hipo_events(4, 0, 1.0, 2, totals, "hard"))
+    events = list(hipo_writer.hipo_events(me.hipo_chunks(4, 0, 1.0, 2, totals, "hard"), 0, 2))
     np.testing.assert_array_equal(events[0]["sectors"][min(events[0]["sectors"])][0], ei.hit_mask(raw[0]))
 
 
