@@ -41,11 +41,11 @@ from script_utils import (
     atomic_output,
     check_not_an_input,
     check_output_path,
-    process_pool,
     progress,
     run_main,
     warn,
 )
+from worker_pools import process_pool
 
 # --- Settings (each one has a command-line option) ---------------------------------------
 RAW_DIR = "data/raw"  # raw PNGs (with --layout tagged: the one folder holding both kinds)

@@ -31,9 +31,9 @@ from script_utils import (
     check_not_an_input,
     check_output_path,
     import_keras,
-    process_pool,
     run_main,
 )
+from worker_pools import process_pool
 
 # --- Settings (each one can be overridden on the command line) ----------------------------
 FORMAT = "onnx"  # onnx: for onnxruntime and DJL's OnnxRuntime engine; torchscript: DJL's PyTorch engine

@@ -34,11 +34,11 @@ from script_utils import (
     atomic_output,
     check_output_folder,
     check_output_path,
-    process_pool,
     progress,
     run_main,
     warn,
 )
+from worker_pools import process_pool
 
 # --- Settings (each one has a command-line option) ------------------------------------------
 EVENTS = 1000  # raw/truth pairs to make

@@ -33,7 +33,7 @@ from PIL import Image  # noqa: E402
 
 import event_image as ei  # noqa: E402
 import Pix2Pix_data  # noqa: E402
-import script_utils  # noqa: E402
+import worker_pools  # noqa: E402
 from script_utils import ArgumentParser, check_folder_can_be_made, run_main  # noqa: E402
 
 N_PAIRS = 20_000
@@ -78,7 +78,7 @@ def decode(raw_dir, truth_dir, workers):
     names = sorted(os.listdir(raw_dir))
     jobs = [[(os.path.join(raw_dir, n), os.path.join(truth_dir, n)) for n in names[i:i + 64]]
             for i in range(0, len(names), 64)]
-    with multiprocessing.get_context(script_utils.POOL_START).Pool(workers) as pool:  # started as convert's
+    with multiprocessing.get_context(worker_pools.POOL_START).Pool(workers) as pool:  # started as convert's
         return sum(pool.imap_unordered(decode_pairs, jobs))
 
 

@@ -24,7 +24,7 @@ from PIL import Image
 import event_image as ei
 import pairs_h5
 import Pix2Pix_data as p2d
-import script_utils
+import worker_pools
 from script_utils import InputError
 
 
@@ -569,7 +569,7 @@ def test_a_worker_that_dies_while_handing_over_its_result_stops_the_run_in_one_l
     and the run ends, with its result or with the death in one line."""
     proc = subprocess.run([sys.executable, "-c", DEATH_WHILE_HANDING_OVER, str(ROOT), str(ROOT / "tests")],
                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
-    assert proc.stdout.strip() in (f"got {2**26}", script_utils.WORKER_DIED), (proc.stdout, proc.stderr[-2000:])
+    assert proc.stdout.strip() in (f"got {2**26}", worker_pools.WORKER_DIED), (proc.stdout, proc.stderr[-2000:])
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
 
 

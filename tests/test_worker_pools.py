@@ -1,0 +1,95 @@
+"""worker_pools.py: a pool that a stop while it starts leaves whole, a dead worker cannot hang, and a stop in
+its block does not wait on."""
+
+import multiprocessing
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import ROOT
+
+import worker_pools
+from script_utils import InputError
+
+STOP_WHILE_THE_POOL_STARTS = """
+import multiprocessing, os, signal, sys, threading
+sys.path.insert(0, sys.argv[1])
+import worker_pools
+
+
+class StopNow:
+    \"\"\"Pickled for each worker as it starts: a SIGTERM to the process arrives at the second one,
+    when the first worker is already running.\"\"\"
+    pickled = 0
+
+    def __reduce__(self):
+        StopNow.pickled += 1
+        if StopNow.pickled == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return (int, ())
+
+
+signal.signal(signal.SIGTERM, signal.default_int_handler)  # the scripts' SIGTERM: as Ctrl-C
+# A thread that does not hold the signals back (as BLAS threads do): the kernel hands it the SIGTERM.
+threading.Thread(target=threading.Event().wait, daemon=True).start()
+try:
+    with worker_pools.process_pool(2, print, (StopNow(),)):
+        print("no interrupt")
+except KeyboardInterrupt:
+    print("interrupted;", len(multiprocessing.active_children()), "workers left")
+"""
+
+
+def test_a_stop_while_the_pool_starts_its_workers_waits_for_the_pool_and_leaves_no_worker():
+    proc = subprocess.run([sys.executable, "-c", STOP_WHILE_THE_POOL_STARTS, str(ROOT)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.stdout.strip().splitlines()[-1] == "interrupted; 0 workers left", (proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr, proc.stderr
+
+
+def started_then_waiting(marker):
+    """A pool task that says it started (its process id in a file) and then waits a minute (module level: workers
+    import it)."""
+    import time
+
+    marker.write_text(str(os.getpid()))
+    time.sleep(60)
+
+
+def test_a_task_whose_worker_died_is_an_input_error_not_a_wait_for_ever(tmp_path):
+    """A worker that died (the out-of-memory killer's) stops the run in one line, soon (make_events and Pix2Pix_data
+    hung for good on multiprocessing.Pool, which replaces the worker and never finishes its task); a live pool's
+    results come as before."""
+    started = None
+    with pytest.raises(InputError, match="a worker process died"):
+        with worker_pools.process_pool(2) as pool:
+            assert pool.submit(sum, [1, 2]).result() == 3
+            markers = [tmp_path / f"task{k}" for k in range(2)]
+            busy = [pool.submit(started_then_waiting, m) for m in markers]  # a task on each worker
+            deadline = time.monotonic() + 120
+            while not all(m.exists() and m.read_text() for m in markers) and time.monotonic() < deadline:
+                time.sleep(0.01)  # polling for the event: both tasks running
+            for m in markers:
+                os.kill(int(m.read_text()), 9)
+            started = time.monotonic()
+            busy[0].result()
+    assert time.monotonic() - started < 30  # the other worker's minute is not waited for
+
+
+def test_a_stop_in_the_pools_block_stops_its_busy_workers_at_once(tmp_path):
+    """Ctrl-C inside the block: the workers (which ignore Ctrl-C) are stopped, not waited for through their task's
+    minute; an ordinary pool shutdown waits for running tasks."""
+    markers = [tmp_path / f"task{k}" for k in range(2)]
+    with pytest.raises(KeyboardInterrupt):
+        with worker_pools.process_pool(2) as pool:
+            for m in markers:
+                pool.submit(started_then_waiting, m)
+            deadline = time.monotonic() + 120
+            while not all(m.exists() and m.read_text() for m in markers) and time.monotonic() < deadline:
+                time.sleep(0.01)  # polling for the event: both tasks running
+            started = time.monotonic()
+            raise KeyboardInterrupt
+    assert time.monotonic() - started < 30
+    assert multiprocessing.active_children() == []

@@ -1,0 +1,98 @@
+"""Worker processes for the scripts that spread work over cores (make_events.py, Pix2Pix_data.py,
+and Pix2Pix_export.py's TorchScript tracing): a concurrent.futures process pool that an interrupt
+cannot leave half made and a dead worker cannot hang.
+
+    with process_pool(4) as pool:
+        results = [f.result() for f in [pool.submit(work, task) for task in tasks]]
+"""
+
+import contextlib
+import signal
+import threading
+
+from script_utils import STOP_SIGNALS, InputError
+
+POOL_START = "spawn"  # worker processes start fresh: no threads, locks or open files of the caller
+WORKER_DIED = "a worker process died (killed? out of memory?): the run stops, nothing written"
+
+
+@contextlib.contextmanager
+def process_pool(workers, initializer=None, initargs=()):
+    """A concurrent.futures process pool of `workers` fresh processes, for a with block.
+
+    Its workers start with Ctrl-C and SIGTERM held back (start_pool). A worker that dies (killed, the
+    out-of-memory killer) breaks the pool: the task waited on raises, and the block ends in one line
+    (an InputError). A block left by an exception (Ctrl-C: workers ignore it) stops the workers at
+    once; the pool is then shut down, tasks not started cancelled (the pool notices dead workers
+    without taking its queue's lock, which a worker may have died holding).
+    """
+    import multiprocessing
+    from concurrent.futures.process import BrokenProcessPool
+
+    before = set(multiprocessing.active_children())
+    pool = start_pool(workers, initializer, initargs)
+    started = set(multiprocessing.active_children()) - before
+    try:
+        yield pool
+    except BrokenProcessPool:
+        raise InputError(WORKER_DIED) from None
+    except BaseException:
+        for process in started:
+            process.terminate()  # not waiting for the tasks they run
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def start_pool(workers, initializer=None, initargs=()):
+    """A ProcessPoolExecutor with all its workers started, made with Ctrl-C and SIGTERM held back.
+
+    An interrupt while a worker starts can lose it or cut its start-up data short (it then prints a
+    traceback). So while the workers start, the stop signals only are noted: blocked in this thread
+    (the workers inherit that and let them through once their own handlers are set: Ctrl-C is the
+    main process's to handle, SIGTERM stops them) and, for one that another thread receives (BLAS
+    threads do not block signals), recorded by a Python handler. A noted signal is raised again once
+    the workers stand, with the caller's handlers back; if that raises, the pool is shut down first.
+    Then initializer(*initargs) in each worker.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    noted = []
+
+    def note(signum, frame):
+        noted.append(signum)
+
+    in_main = threading.current_thread() is threading.main_thread()  # Python handlers are the main thread's
+    handlers = {s: signal.signal(s, note) for s in STOP_SIGNALS} if in_main else {}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    pool = None
+    try:
+        pool = ProcessPoolExecutor(workers, multiprocessing.get_context(POOL_START), _start_worker,
+                                   (initializer, initargs))
+        for _ in range(workers):
+            pool.submit(int)  # the pool starts a process for each task while none is idle: every worker, now
+    except BaseException:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a signal blocked meanwhile is recorded here
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+    try:
+        for signum in noted[:1]:
+            signal.raise_signal(signum)  # as if it came now: the caller's handler (Ctrl-C: KeyboardInterrupt)
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    return pool
+
+
+def _start_worker(initializer, initargs):
+    """A pool worker's start-up (see start_pool)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    if initializer is not None:
+        initializer(*initargs)
