@@ -22,7 +22,6 @@ import pickle
 import re
 import signal
 import tempfile
-import threading
 import time
 from collections import deque
 from pathlib import Path
@@ -95,17 +94,9 @@ def shard_range(k, n, total):
 
 
 # --- Worker processes: read, check, pad, compress --------------------------------------------
-def start_worker(parent_pid, results_folder):
-    """Worker start-up: exit if the main process dies; hand results over in files of results_folder
-    (result_in_file)."""
+def start_worker(results_folder):
+    """Worker start-up: hand results over in files of results_folder (result_in_file)."""
     RESULTS_FOLDER[:] = [results_folder]
-
-    def watch():
-        while os.getppid() == parent_pid:
-            time.sleep(0.5)
-        os._exit(1)  # the main process was killed: nobody will read our results
-
-    threading.Thread(target=watch, daemon=True).start()
 
 
 RESULTS_FOLDER = []  # in a worker: the folder its results go to (start_worker)
@@ -118,9 +109,14 @@ def result_in_file(func, task):
     sending a result of megabytes (a SIGTERM to the whole process group) leaves a message cut short
     that hangs the pool's reader for good.
     """
-    fd, path = tempfile.mkstemp(dir=RESULTS_FOLDER[0])
-    with os.fdopen(fd, "wb") as f:
-        pickle.dump(func(task), f, protocol=pickle.HIGHEST_PROTOCOL)
+    result = func(task)
+    try:
+        fd, path = tempfile.mkstemp(dir=RESULTS_FOLDER[0])
+        with os.fdopen(fd, "wb") as f:
+            pickle.dump(result, f, protocol=pickle.HIGHEST_PROTOCOL)
+    except OSError as e:
+        raise InputError(f"{RESULTS_FOLDER[0]}: a worker cannot hand its result over there ({e.strerror}): "
+                         "set TMPDIR to a folder with free space") from None
     return path
 
 
@@ -207,8 +203,11 @@ def worker_pool(workers):
     if workers <= 1:
         yield None
         return
-    with tempfile.TemporaryDirectory(prefix="Pix2Pix_data-") as folder, \
-            process_pool(workers, start_worker, (os.getpid(), folder)) as pool:
+    try:
+        results = tempfile.TemporaryDirectory(prefix="Pix2Pix_data-")
+    except OSError as e:
+        raise InputError(f"no temporary folder for the workers' results ({e}): set TMPDIR") from None
+    with results as folder, process_pool(workers, start_worker, (folder,)) as pool:
         yield pool
 
 

@@ -7,13 +7,16 @@ cannot leave half made and a dead worker cannot hang.
 """
 
 import contextlib
+import os
 import signal
 import threading
+import time
 
 from script_utils import STOP_SIGNALS, InputError
 
 POOL_START = "spawn"  # worker processes start fresh: no threads, locks or open files of the caller
 WORKER_DIED = "a worker process died (killed? out of memory?): the run stops, nothing written"
+PARENT_POLL_SECONDS = 0.5  # how often a worker looks whether the main process still lives
 
 
 @contextlib.contextmanager
@@ -38,7 +41,7 @@ def process_pool(workers, initializer=None, initargs=()):
         raise InputError(WORKER_DIED) from None
     except BaseException:
         for process in started:
-            process.terminate()  # not waiting for the tasks they run
+            process.kill()  # not waiting for the tasks they run (SIGKILL: a stopped worker too)
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
@@ -53,7 +56,8 @@ def start_pool(workers, initializer=None, initargs=()):
     main process's to handle, SIGTERM stops them) and, for one that another thread receives (BLAS
     threads do not block signals), recorded by a Python handler. A noted signal is raised again once
     the workers stand, with the caller's handlers back; if that raises, the pool is shut down first.
-    Then initializer(*initargs) in each worker.
+    Then initializer(*initargs) in each worker. A worker exits when the main process dies (a SIGKILL):
+    a concurrent.futures worker holds both ends of the pool's pipes and would never learn of it.
     """
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
@@ -69,7 +73,7 @@ def start_pool(workers, initializer=None, initargs=()):
     pool = None
     try:
         pool = ProcessPoolExecutor(workers, multiprocessing.get_context(POOL_START), _start_worker,
-                                   (initializer, initargs))
+                                   (os.getpid(), initializer, initargs))
         for _ in range(workers):
             pool.submit(int)  # the pool starts a process for each task while none is idle: every worker, now
     except BaseException:
@@ -89,10 +93,17 @@ def start_pool(workers, initializer=None, initargs=()):
     return pool
 
 
-def _start_worker(initializer, initargs):
+def _start_worker(parent_pid, initializer, initargs):
     """A pool worker's start-up (see start_pool)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_POLL_SECONDS)
+        os._exit(1)  # the main process was killed: nobody will read our results
+
+    threading.Thread(target=watch, daemon=True).start()
     if initializer is not None:
         initializer(*initargs)

@@ -471,7 +471,9 @@ def test_sigkill_at_a_random_moment(tmp_path, seed):
     cmd = [sys.executable, str(ROOT / "Pix2Pix_data.py"), "--raw-dir", tmp_path / "ev/raw", "--truth-dir",
            tmp_path / "ev/truth", "--output", out, "--workers", "2", "--overwrite", "--chunk-events", "8"]
     rng = np.random.default_rng(seed)
-    proc = subprocess.Popen(list(map(str, cmd)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    (tmp_path / "tmpdir").mkdir()  # the workers' results folder, which a SIGKILL leaves: not in /tmp
+    proc = subprocess.Popen(list(map(str, cmd)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=dict(os.environ, TMPDIR=str(tmp_path / "tmpdir")))
     main = psutil.Process(proc.pid)
     if seed == 3:  # anywhere from start-up on
         time.sleep(rng.uniform(0.0, 1.0))
@@ -561,6 +563,16 @@ try:
 except InputError as e:
     print(e)
 """
+
+
+def test_a_result_that_cannot_be_handed_over_is_one_line_naming_the_folder(tmp_path, monkeypatch):
+    """A full $TMPDIR (No space left on device) gave a traceback from the worker: now one line that names the
+    folder and says to set TMPDIR (by hand, on a full 48 KB tmpfs: that line, exit 2)."""
+    monkeypatch.setattr(p2d, "RESULTS_FOLDER", [str(tmp_path / "gone")])
+    with pytest.raises(InputError, match=r"gone: a worker cannot hand its result over there .* set TMPDIR"):
+        p2d.result_in_file(len, [1, 2])
+    monkeypatch.setattr(p2d, "RESULTS_FOLDER", [str(tmp_path)])
+    assert p2d.read_result(p2d.result_in_file(len, [1, 2])) == 2 and list(tmp_path.iterdir()) == []
 
 
 def test_a_worker_that_dies_while_handing_over_its_result_stops_the_run_in_one_line(tmp_path):

@@ -1,12 +1,12 @@
 """worker_pools.py: a pool that a stop while it starts leaves whole, a dead worker cannot hang, and a stop in
 its block does not wait on."""
 
-import multiprocessing
 import os
 import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 from conftest import ROOT
 
@@ -78,18 +78,63 @@ def test_a_task_whose_worker_died_is_an_input_error_not_a_wait_for_ever(tmp_path
     assert time.monotonic() - started < 30  # the other worker's minute is not waited for
 
 
-def test_a_stop_in_the_pools_block_stops_its_busy_workers_at_once(tmp_path):
-    """Ctrl-C inside the block: the workers (which ignore Ctrl-C) are stopped, not waited for through their task's
-    minute; an ordinary pool shutdown waits for running tasks."""
-    markers = [tmp_path / f"task{k}" for k in range(2)]
-    with pytest.raises(KeyboardInterrupt):
-        with worker_pools.process_pool(2) as pool:
-            for m in markers:
-                pool.submit(started_then_waiting, m)
-            deadline = time.monotonic() + 120
-            while not all(m.exists() and m.read_text() for m in markers) and time.monotonic() < deadline:
-                time.sleep(0.01)  # polling for the event: both tasks running
+def both_running(markers, proc=None):
+    """Wait until both started_then_waiting tasks wrote their process ids; return them."""
+    deadline = time.monotonic() + 120
+    while not all(m.exists() and m.read_text() for m in markers):
+        assert time.monotonic() < deadline and (proc is None or proc.poll() is None), "the tasks did not start"
+        time.sleep(0.01)  # polling for the event: both tasks running
+    return [int(m.read_text()) for m in markers]
+
+
+BUSY_POOL = """
+import os, signal, sys, time
+from pathlib import Path
+sys.path[:0] = sys.argv[1:3]
+import test_worker_pools
+import worker_pools
+
+markers = [Path(sys.argv[3]) / f"task{k}" for k in range(2)]
+try:
+    with worker_pools.process_pool(2) as pool:
+        for m in markers:
+            pool.submit(test_worker_pools.started_then_waiting, m)
+        pids = test_worker_pools.both_running(markers)
+        if sys.argv[4] == "stop":
+            os.kill(pids[0], signal.SIGSTOP)  # a worker stopped (Ctrl-Z'd, a debugger's)
             started = time.monotonic()
             raise KeyboardInterrupt
-    assert time.monotonic() - started < 30
-    assert multiprocessing.active_children() == []
+        time.sleep(120)  # until the test kills this process
+except KeyboardInterrupt:
+    print(f"left the block in {time.monotonic() - started:.1f} s")
+"""
+
+
+def busy_pool(tmp_path, what):
+    """BUSY_POOL in a child process: a pool of two workers, each in a task of a minute."""
+    return subprocess.Popen([sys.executable, "-c", BUSY_POOL, str(ROOT), str(ROOT / "tests"), str(tmp_path), what],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_a_stop_in_the_pools_block_kills_its_busy_workers_at_once_a_stopped_one_too(tmp_path):
+    """Ctrl-C inside the block: the workers (which ignore Ctrl-C) are killed, not waited for through their task's
+    minute (an ordinary pool shutdown waits for running tasks), one stopped by SIGSTOP too (a SIGTERM would wait
+    for its SIGCONT)."""
+    proc = busy_pool(tmp_path, "stop")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and out.startswith("left the block in "), (out, err[-2000:])
+    assert float(out.split()[-2]) < 30
+
+
+def test_workers_exit_when_the_main_process_is_killed(tmp_path):
+    """A SIGKILL of the main process: its workers exit within seconds (concurrent.futures workers hold both ends of
+    the pool's pipes and never learn of it: make_events' went on writing into the temporary folder, then slept for
+    good)."""
+    proc = busy_pool(tmp_path, "kill")
+    workers = [psutil.Process(pid) for pid in both_running([tmp_path / f"task{k}" for k in range(2)], proc)]
+    proc.kill()
+    proc.wait()  # not communicate(): live workers would hold its pipes open
+    gone, alive = psutil.wait_procs(workers, timeout=10)
+    for worker in alive:
+        worker.kill()
+    assert alive == [], alive
