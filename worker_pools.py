@@ -25,9 +25,9 @@ def process_pool(workers, initializer=None, initargs=()):
 
     Its workers start with Ctrl-C and SIGTERM held back (start_pool). A worker that dies (killed, the
     out-of-memory killer) breaks the pool: the task waited on raises, and the block ends in one line
-    (an InputError). A block left by an exception (Ctrl-C: workers ignore it) stops the workers at
-    once; the pool is then shut down, tasks not started cancelled (the pool notices dead workers
-    without taking its queue's lock, which a worker may have died holding).
+    (an InputError). A block left by an exception (Ctrl-C: workers ignore it) kills the workers at
+    once, a stopped (SIGSTOP) one too; the pool is then shut down, tasks not started cancelled (the pool
+    notices dead workers without taking its queue's lock, which a worker may have died holding).
     """
     import multiprocessing
     from concurrent.futures.process import BrokenProcessPool
