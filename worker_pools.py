@@ -34,13 +34,12 @@ def process_pool(workers, initializer=None, initargs=()):
 
     before = set(multiprocessing.active_children())
     pool = start_pool(workers, initializer, initargs)
-    started = set(multiprocessing.active_children()) - before
     try:
         yield pool
     except BrokenProcessPool:
         raise InputError(WORKER_DIED) from None
     except BaseException:
-        for process in started:
+        for process in set(multiprocessing.active_children()) - before:  # the pool's, a late-started one too
             process.kill()  # not waiting for the tasks they run (SIGKILL: a stopped worker too)
         raise
     finally:
