@@ -58,7 +58,6 @@ from pix2pix_trainer import (  # noqa: E402, F401 (tests)
 from training_files import (  # noqa: E402
     CSV_FIELDS,
     Checkpoints,
-    append_history,
     architecture,
     best_epoch_text,
     check_output_dir,
@@ -68,6 +67,7 @@ from training_files import (  # noqa: E402
     export_generator,
     note_new_epochs,
     read_history,
+    record_epoch,
     report_epoch,
     restore_latest,
     run_stability,
@@ -259,13 +259,7 @@ def end_of_epoch(run, sums, n_steps, seconds):
     row = {"epoch": epoch, "step": step, **dict(zip(CSV_FIELDS[2:6], means, strict=True)), **scores,
            "seconds": round(seconds, 2), "images_per_s": speed,
            "disc_winning": int(bool(trainer.gan and means[3] < s.d_saturated_loss))}
-    rows = append_history(run.out / "history.csv", row, s.collapse_drop)
-    row["collapse"] = rows[-1]["collapse"]
-    with run.log.as_default():
-        for key in CSV_FIELDS[2:]:
-            if key not in ("disc_winning", "collapse") and key in row:
-                tf.summary.scalar(key, float(row[key]), step=epoch)
-    run.log.flush()
+    rows = record_epoch(run.out, run.log, row, s.collapse_drop)
     if first is not None:
         save_samples(run.out / "samples" / f"epoch_{epoch:03d}.png", first, scores["threshold"], s.sample_events)
     report_epoch(s, row, seconds)

@@ -242,110 +242,6 @@ def load_split(h5_path, split_seed=SPLIT_SEED, test_fraction=TEST_FRACTION, vali
 
 
 # --- Reading batches ----------------------------------------------------------------------
-def _chunk_len(ds):
-    """Pairs per HDF5 chunk along axis 0 (64 for an unchunked dataset, a reasonable read size)."""
-    return ds.chunks[0] if ds.chunks else 64
-
-
-def _chunk_groups(indices, chunk_len):
-    """Split sorted indices into the groups that share an HDF5 chunk (a list of arrays)."""
-    chunk = indices // chunk_len
-    cuts = np.flatnonzero(np.diff(chunk)) + 1
-    return np.split(indices, cuts)
-
-
-def epoch_windows(indices, chunk_len, rng=None, window=SHUFFLE_WINDOW):
-    """The order of one pass, as a list of windows (index arrays) to read and yield in turn.
-
-    Without rng: file order, windows of whole chunks. With rng: the chunk groups in random
-    order, gathered into windows of about `window` pairs, each window permuted.
-    """
-    groups = _chunk_groups(np.asarray(indices, np.int64), chunk_len)
-    if rng is not None:
-        groups = [groups[i] for i in rng.permutation(len(groups))]
-    windows, current, size = [], [], 0
-    for group in groups:
-        current.append(group)
-        size += len(group)
-        if size >= window:
-            windows.append(np.concatenate(current))
-            current, size = [], 0
-    if current:
-        windows.append(np.concatenate(current))
-    if rng is not None:
-        windows = [rng.permutation(w) for w in windows]
-    return windows
-
-
-def _read_pairs(f, indices, chunk_len):
-    """raw, truth uint8 arrays of the given pairs, in the given order.
-
-    The indices are visited in file order, one slice read per HDF5 chunk touched (a chunk is
-    decompressed once), and each row is copied straight to its place in the output.
-    """
-    order = np.argsort(indices, kind="stable")
-    in_file_order = indices[order]
-    raw = np.empty((len(indices),) + PAIR_SHAPE, np.uint8)
-    truth = np.empty_like(raw)
-    datasets = ((f["raw"], raw), (f["truth"], truth))
-    start = 0
-    for group in _chunk_groups(in_file_order, chunk_len):
-        lo, hi = int(group[0]), int(group[-1]) + 1
-        stop = start + len(group)
-        dest = order[start:stop]
-        for ds, out in datasets:
-            block = ds[lo:hi]
-            out[dest] = block if len(group) == hi - lo else block[group - lo]
-        start = stop
-    return raw, truth
-
-
-def _batches(parts, batch_size, drop_remainder):
-    """Cut consecutive (raw, truth) parts into batches; only a batch that spans two parts is copied."""
-    carry = None  # the start of a batch left over from the previous part
-    for raw, truth in parts:
-        s = 0
-        if carry is not None:
-            s = min(batch_size - len(carry[0]), len(raw))
-            carry = (np.concatenate([carry[0], raw[:s]]), np.concatenate([carry[1], truth[:s]]))
-            if len(carry[0]) < batch_size:
-                continue
-            yield carry
-            carry = None
-        full = s + (len(raw) - s) // batch_size * batch_size
-        for b in range(s, full, batch_size):
-            yield raw[b:b + batch_size], truth[b:b + batch_size]
-        if full < len(raw):
-            carry = (raw[full:], truth[full:])
-    if carry is not None and not drop_remainder:
-        yield carry
-
-
-def iterate_uint8(h5_path, indices, batch_size=BATCH_SIZE, shuffle=False, seed=SPLIT_SEED, epoch=0,
-                  drop_remainder=False, window=SHUFFLE_WINDOW, memory=None):
-    """One pass over the given pairs as uint8 (raw, truth) numpy batches, in the order make_dataset uses.
-
-    memory: None to stream from the file, or a dict that is filled with the pairs on the first
-    call and read from on later ones (the in-memory mode of make_dataset).
-    """
-    indices = np.sort(np.asarray(indices, np.int64))
-    rng = np.random.default_rng([seed, epoch]) if shuffle else None
-    with pairs_h5.reading(h5_path) as f:
-        if f["raw"].shape[0] <= (indices[-1] if len(indices) else -1):
-            raise RuntimeError(f"{h5_path}: the file changed; it has fewer pairs than the split needs")
-        chunk_len = _chunk_len(f["raw"])
-        windows = epoch_windows(indices, chunk_len, rng, window)
-        if memory is None:
-            yield from _batches((_read_pairs(f, w, chunk_len) for w in windows), batch_size, drop_remainder)
-            return
-        if "raw" not in memory:
-            memory["raw"], memory["truth"] = _read_pairs(f, indices, chunk_len)
-    pos = np.searchsorted(indices, np.concatenate(windows) if windows else indices)
-    stop = len(pos) - len(pos) % batch_size if drop_remainder else len(pos)
-    for s in range(0, stop, batch_size):
-        yield memory["raw"][pos[s:s + batch_size]], memory["truth"][pos[s:s + batch_size]]
-
-
 def fits_in_memory(n, memory_budget_mb=MEMORY_BUDGET_MB):
     """Whether raw + truth of a whole file of n pairs fit in the memory budget."""
     return n * PAIR_BYTES <= memory_budget_mb * 2**20
@@ -359,7 +255,7 @@ def make_dataset(h5_path, indices, batch_size=BATCH_SIZE, shuffle=False, seed=SP
     (event_image.network_input), whatever colour the file stores.
 
     shuffle=False: file order. shuffle=True: the k-th pass (k = 0, 1, ... from creation) is
-    ordered by np.random.default_rng([seed, epoch + k]) as epoch_windows says (the chunks in
+    ordered by np.random.default_rng([seed, epoch + k]) as pairs_h5.epoch_windows says (the chunks in
     random order, windows of about `window` pairs permuted), so a resumed run made with
     epoch=E repeats the order of epoch E, whether the pairs stream or sit in memory. The last short batch is kept
     unless drop_remainder (then the batch size is static). len(dataset) is the number of batches.
@@ -381,8 +277,8 @@ def make_dataset(h5_path, indices, batch_size=BATCH_SIZE, shuffle=False, seed=SP
     passes = itertools.count(epoch)
 
     def generator():
-        yield from iterate_uint8(h5_path, indices, batch_size, shuffle, seed, next(passes), drop_remainder,
-                                 window, memory)
+        yield from pairs_h5.iterate_uint8(h5_path, indices, batch_size, window, shuffle, seed, next(passes),
+                                          drop_remainder, memory)
 
     batch_dim = batch_size if drop_remainder else None
     spec = tf.TensorSpec((batch_dim,) + PAIR_SHAPE, tf.uint8)
@@ -422,7 +318,7 @@ def load_datasets(h5_path, batch_size=BATCH_SIZE, seed=SPLIT_SEED, drop_remainde
 def hits_per_event(h5_path, indices, batch_size=BATCH_SIZE):
     """Hits per event (numpy arrays) of raw and truth over the given pairs, read in file order."""
     raw_hits, truth_hits = [], []
-    batches = iterate_uint8(h5_path, indices, batch_size)
+    batches = pairs_h5.iterate_uint8(h5_path, indices, batch_size, SHUFFLE_WINDOW)
     for raw, truth in progress(batches, total=-(-len(indices) // batch_size), desc="counting hits", leave=False):
         raw_hits.append(hit_mask(crop_event(raw), PNG_HIT_THRESHOLD).sum(axis=(1, 2)))
         truth_hits.append(hit_mask(crop_event(truth), PNG_HIT_THRESHOLD).sum(axis=(1, 2)))

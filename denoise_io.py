@@ -110,7 +110,8 @@ class H5SplitReader:
 
     def __iter__(self):
         start = 0
-        for raw, truth in data_management.iterate_uint8(self.data, self.indices, batch_size=self.batch_size):
+        batches = pairs_h5.iterate_uint8(self.data, self.indices, self.batch_size, data_management.SHUFFLE_WINDOW)
+        for raw, truth in batches:
             stop = start + len(raw)
             ids = pairs_h5.read_track_ids(self.data, self.indices[start:stop])
             yield self.names[start:stop], ei.hit_mask(ei.crop_event(raw)), ei.hit_mask(ei.crop_event(truth)), ids

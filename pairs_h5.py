@@ -9,6 +9,8 @@
 - ChunkWriter appends events to `raw` and `truth` one whole compressed chunk at a time;
   create_names and write_attrs make the rest of a file.
 - check_virtual_sources and read_track_ids read a file back: a merged file's parts, the track ids.
+- iterate_uint8 reads pairs back in batches, a whole HDF5 chunk at a time, in file order or shuffled by
+  windows of chunks (data_management's pipelines, the denoiser's test split).
 - merge joins the part files of a sharded conversion (Pix2Pix_data.py --shard K/N) into one
   file, as virtual datasets over the parts or as a copy.
 
@@ -218,6 +220,112 @@ def read_track_ids(h5_path, indices):
             group = indices[lo:lo + 1024]
             out[lo:lo + len(group)] = f["track_ids"][int(group[0]):int(group[-1]) + 1][group - group[0]]
     return out
+
+
+# --- Reading batches (data_management's pipelines, the denoiser's test split) ----------------------
+def _chunk_len(ds):
+    """Pairs per HDF5 chunk along axis 0 (64 for an unchunked dataset, a reasonable read size)."""
+    return ds.chunks[0] if ds.chunks else 64
+
+
+def _chunk_groups(indices, chunk_len):
+    """Split sorted indices into the groups that share an HDF5 chunk (a list of arrays)."""
+    chunk = indices // chunk_len
+    cuts = np.flatnonzero(np.diff(chunk)) + 1
+    return np.split(indices, cuts)
+
+
+def epoch_windows(indices, chunk_len, rng, window):
+    """The order of one pass, as a list of windows (index arrays) to read and yield in turn.
+
+    Without rng: file order, windows of whole chunks. With rng: the chunk groups in random
+    order, gathered into windows of about `window` pairs, each window permuted.
+    """
+    groups = _chunk_groups(np.asarray(indices, np.int64), chunk_len)
+    if rng is not None:
+        groups = [groups[i] for i in rng.permutation(len(groups))]
+    windows, current, size = [], [], 0
+    for group in groups:
+        current.append(group)
+        size += len(group)
+        if size >= window:
+            windows.append(np.concatenate(current))
+            current, size = [], 0
+    if current:
+        windows.append(np.concatenate(current))
+    if rng is not None:
+        windows = [rng.permutation(w) for w in windows]
+    return windows
+
+
+def _read_pairs(f, indices, chunk_len):
+    """raw, truth uint8 arrays of the given pairs, in the given order.
+
+    The indices are visited in file order, one slice read per HDF5 chunk touched (a chunk is
+    decompressed once), and each row is copied straight to its place in the output.
+    """
+    order = np.argsort(indices, kind="stable")
+    in_file_order = indices[order]
+    raw = np.empty((len(indices),) + EVENT_SHAPE, np.uint8)
+    truth = np.empty_like(raw)
+    datasets = ((f["raw"], raw), (f["truth"], truth))
+    start = 0
+    for group in _chunk_groups(in_file_order, chunk_len):
+        lo, hi = int(group[0]), int(group[-1]) + 1
+        stop = start + len(group)
+        dest = order[start:stop]
+        for ds, out in datasets:
+            block = ds[lo:hi]
+            out[dest] = block if len(group) == hi - lo else block[group - lo]
+        start = stop
+    return raw, truth
+
+
+def _batches(parts, batch_size, drop_remainder):
+    """Cut consecutive (raw, truth) parts into batches; only a batch that spans two parts is copied."""
+    carry = None  # the start of a batch left over from the previous part
+    for raw, truth in parts:
+        s = 0
+        if carry is not None:
+            s = min(batch_size - len(carry[0]), len(raw))
+            carry = (np.concatenate([carry[0], raw[:s]]), np.concatenate([carry[1], truth[:s]]))
+            if len(carry[0]) < batch_size:
+                continue
+            yield carry
+            carry = None
+        full = s + (len(raw) - s) // batch_size * batch_size
+        for b in range(s, full, batch_size):
+            yield raw[b:b + batch_size], truth[b:b + batch_size]
+        if full < len(raw):
+            carry = (raw[full:], truth[full:])
+    if carry is not None and not drop_remainder:
+        yield carry
+
+
+def iterate_uint8(h5_path, indices, batch_size, window, shuffle=False, seed=None, epoch=0, drop_remainder=False,
+                  memory=None):
+    """One pass over the given pairs as uint8 (raw, truth) numpy batches, in data_management.make_dataset's order
+    (window: data_management's SHUFFLE_WINDOW).
+
+    memory: None to stream from the file, or a dict that is filled with the pairs on the first
+    call and read from on later ones (the in-memory mode of make_dataset).
+    """
+    indices = np.sort(np.asarray(indices, np.int64))
+    rng = np.random.default_rng([seed, epoch]) if shuffle else None
+    with reading(h5_path) as f:
+        if f["raw"].shape[0] <= (indices[-1] if len(indices) else -1):
+            raise RuntimeError(f"{h5_path}: the file changed; it has fewer pairs than the split needs")
+        chunk_len = _chunk_len(f["raw"])
+        windows = epoch_windows(indices, chunk_len, rng, window)
+        if memory is None:
+            yield from _batches((_read_pairs(f, w, chunk_len) for w in windows), batch_size, drop_remainder)
+            return
+        if "raw" not in memory:
+            memory["raw"], memory["truth"] = _read_pairs(f, indices, chunk_len)
+    pos = np.searchsorted(indices, np.concatenate(windows) if windows else indices)
+    stop = len(pos) - len(pos) % batch_size if drop_remainder else len(pos)
+    for s in range(0, stop, batch_size):
+        yield memory["raw"][pos[s:s + batch_size]], memory["truth"][pos[s:s + batch_size]]
 
 
 # --- Merging the parts of a sharded conversion -----------------------------------------------------

@@ -230,6 +230,19 @@ def update_stability(sidecar, rows):
     return data
 
 
+def record_epoch(out, log, row, collapse_drop):
+    """An epoch's row into OUT/history.csv (append_history; row gets its collapse flag) and its scores into
+    TensorBoard's writer log; returns history's rows."""
+    rows = append_history(out / "history.csv", row, collapse_drop)
+    row["collapse"] = rows[-1]["collapse"]
+    with log.as_default():
+        for key in CSV_FIELDS[2:]:
+            if key not in ("disc_winning", "collapse") and key in row:
+                tf.summary.scalar(key, float(row[key]), step=row["epoch"])
+    log.flush()
+    return rows
+
+
 def append_history(path, row, collapse_drop=0.1):
     """Add an epoch's row to history.csv, replacing rows of that epoch or later (from a resume), with
     the collapse column over all rows (mark_collapses); returns the rows."""

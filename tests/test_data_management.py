@@ -12,6 +12,7 @@ from conftest import ROOT, assert_one_line_error
 
 import data_management as dm
 import event_image as ei
+import pairs_h5
 from event_image import PNG_HIT_THRESHOLD, crop_event, hit_mask
 from script_utils import InputError
 
@@ -267,11 +268,11 @@ def test_datasets_sharing_a_memory_read_the_file_once(tmp_path):
 def test_batches_across_parts_smaller_and_larger_than_a_batch(drop):
     ids = np.arange(16)
     parts = [(ids[a:b], -ids[a:b]) for a, b in ((0, 3), (3, 5), (5, 15), (15, 16))]
-    batches = list(dm._batches(parts, 4, drop))
+    batches = list(pairs_h5._batches(parts, 4, drop))
     assert [len(r) for r, _ in batches] == [4] * 4
     assert np.array_equal(np.concatenate([r for r, _ in batches]), ids)
     assert all(np.array_equal(r, -t) for r, t in batches)
-    short = list(dm._batches(parts[:3], 4, drop))  # 15 pairs: the last 3 are a short batch
+    short = list(pairs_h5._batches(parts[:3], 4, drop))  # 15 pairs: the last 3 are a short batch
     assert [len(r) for r, _ in short] == ([4] * 3 if drop else [4, 4, 4, 3])
 
 
@@ -496,7 +497,7 @@ def test_a_damaged_file_is_one_line_for_every_reader(tmp_path, script):
     damage_chunks(h5, [2, 10, 20])  # pairs 4-5, 20-21, 40-41: none of the fingerprint's samples
     dm.fingerprint(h5)
     with pytest.raises(InputError, match="pairs.h5: damaged HDF5 file"):
-        list(dm.iterate_uint8(h5, np.arange(64), batch_size=8))
+        list(pairs_h5.iterate_uint8(h5, np.arange(64), 8, dm.SHUFFLE_WINDOW))
     words = ("pairs.h5", "damaged HDF5 file")
     assert_one_line_error(script("data_management.py", "--data", h5), *words)
     assert_one_line_error(script("baselines.py", "--data", h5, "--methods", "snr"), *words)
