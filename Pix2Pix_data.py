@@ -18,10 +18,8 @@ one pair per sector image, raw from DC::tot/DC::tdc, truth from TimeBasedTrkg::T
 import contextlib
 import hashlib
 import os
-import pickle
 import re
 import signal
-import tempfile
 import time
 from collections import deque
 from pathlib import Path
@@ -44,7 +42,7 @@ from script_utils import (
     run_main,
     warn,
 )
-from worker_pools import process_pool
+from worker_pools import process_pool, submit_task, task_result
 
 # --- Settings (each one has a command-line option) ---------------------------------------
 RAW_DIR = "data/raw"  # raw PNGs (with --layout tagged: the one folder holding both kinds)
@@ -94,40 +92,6 @@ def shard_range(k, n, total):
 
 
 # --- Worker processes: read, check, pad, compress --------------------------------------------
-def start_worker(results_folder):
-    """Worker start-up: hand results over in files of results_folder (result_in_file)."""
-    RESULTS_FOLDER[:] = [results_folder]
-
-
-RESULTS_FOLDER = []  # in a worker: the folder its results go to (start_worker)
-
-
-def result_in_file(func, task):
-    """(In a worker) func(task) pickled into a new file of RESULTS_FOLDER; returns the file's path.
-
-    Only the short path crosses the pool's pipe, in one write: a worker that dies halfway through
-    sending a result of megabytes (a SIGTERM to the whole process group) leaves a message cut short
-    that hangs the pool's reader for good.
-    """
-    result = func(task)
-    try:
-        fd, path = tempfile.mkstemp(dir=RESULTS_FOLDER[0])
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump(result, f, protocol=pickle.HIGHEST_PROTOCOL)
-    except OSError as e:
-        raise InputError(f"{RESULTS_FOLDER[0]}: a worker cannot hand its result over there ({e.strerror}): "
-                         "set TMPDIR to a folder with free space") from None
-    return path
-
-
-def read_result(path):
-    """The result result_in_file wrote, its file deleted."""
-    with open(path, "rb") as f:
-        result = pickle.load(f)
-    os.unlink(path)
-    return result
-
-
 _BUFFERS = {}  # per process: the chunk buffers decode_chunk reuses (no fresh megabytes per chunk)
 
 
@@ -198,16 +162,11 @@ def decode_chunk(task):
 
 @contextlib.contextmanager
 def worker_pool(workers):
-    """A pool of fresh worker processes (None for workers <= 1): they inherit no open file or thread, and
-    hand their results over in files of a temporary folder (result_in_file)."""
+    """A pool of fresh worker processes (None for workers <= 1): they inherit no open file or thread."""
     if workers <= 1:
         yield None
         return
-    try:
-        results = tempfile.TemporaryDirectory(prefix="Pix2Pix_data-")
-    except OSError as e:
-        raise InputError(f"no temporary folder for the workers' results ({e}): set TMPDIR") from None
-    with results as folder, process_pool(workers, start_worker, (folder,)) as pool:
+    with process_pool(workers) as pool:
         yield pool
 
 
@@ -218,11 +177,11 @@ def ordered_results(pool, func, tasks, in_flight):
         return
     pending = deque()
     for task in tasks:
-        pending.append(pool.submit(result_in_file, func, task))
+        pending.append(submit_task(pool, func, task))
         if len(pending) >= in_flight:
-            yield read_result(pending.popleft().result())
+            yield task_result(pending.popleft())
     while pending:
-        yield read_result(pending.popleft().result())
+        yield task_result(pending.popleft())
 
 
 # --- Convert ----------------------------------------------------------------------------------------

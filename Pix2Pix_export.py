@@ -33,7 +33,7 @@ from script_utils import (
     import_keras,
     run_main,
 )
-from worker_pools import process_pool
+from worker_pools import process_pool, submit_task, task_result
 
 # --- Settings (each one can be overridden on the command line) ----------------------------
 FORMAT = "onnx"  # onnx: for onnxruntime and DJL's OnnxRuntime engine; torchscript: DJL's PyTorch engine
@@ -171,7 +171,7 @@ def write_torchscript(onnx_path, path):
     if not all(importlib.util.find_spec(m) for m in ("torch", "onnx2torch")):
         raise InputError("--format torchscript needs torch and onnx2torch: pip install -r requirements-export.txt")
     with process_pool(1) as pool:
-        pool.submit(trace_torchscript, str(onnx_path), str(path)).result()
+        task_result(submit_task(pool, trace_torchscript, str(onnx_path), str(path)))
 
 
 def trace_torchscript(onnx_path, path):

@@ -38,7 +38,7 @@ from script_utils import (
     run_main,
     warn,
 )
-from worker_pools import process_pool
+from worker_pools import process_pool, submit_task, task_result
 
 # --- Settings (each one has a command-line option) ------------------------------------------
 EVENTS = 1000  # raw/truth pairs to make
@@ -316,9 +316,9 @@ def write_events(folder, args):
     # Workers ignore Ctrl-C: the main process stops them and cleans up.
     with progress(total=n, unit="event", desc="events") as bar, \
             process_pool(workers) if workers > 1 else contextlib.nullcontext() as pool:
-        tasks = as_completed([pool.submit(write_chunk, job) for job in jobs]) if pool else jobs
-        for task in tasks:
-            result = task.result() if pool else write_chunk(task)
+        results = (map(task_result, as_completed([submit_task(pool, write_chunk, job) for job in jobs])) if pool
+                   else map(write_chunk, jobs))
+        for result in results:
             totals = [a + b for a, b in zip(totals, result, strict=True)]
             bar.update(result[0])
     return totals

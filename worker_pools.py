@@ -3,12 +3,14 @@ and Pix2Pix_export.py's TorchScript tracing): a concurrent.futures process pool 
 cannot leave half made and a dead worker cannot hang.
 
     with process_pool(4) as pool:
-        results = [f.result() for f in [pool.submit(work, task) for task in tasks]]
+        results = [task_result(f) for f in [submit_task(pool, work, task) for task in tasks]]
 """
 
 import contextlib
 import os
+import pickle
 import signal
+import tempfile
 import threading
 import time
 
@@ -17,6 +19,7 @@ from script_utils import STOP_SIGNALS, InputError
 POOL_START = "spawn"  # worker processes start fresh: no threads, locks or open files of the caller
 WORKER_DIED = "a worker process died (killed? out of memory?): the run stops, nothing written"
 PARENT_POLL_SECONDS = 0.5  # how often a worker looks whether the main process still lives
+RESULTS_FOLDER = []  # in a worker: the folder its results go to (_start_worker)
 
 
 @contextlib.contextmanager
@@ -32,21 +35,57 @@ def process_pool(workers, initializer=None, initargs=()):
     import multiprocessing
     from concurrent.futures.process import BrokenProcessPool
 
-    before = set(multiprocessing.active_children())
-    pool = start_pool(workers, initializer, initargs)
     try:
-        yield pool
-    except BrokenProcessPool:
-        raise InputError(WORKER_DIED) from None
-    except BaseException:
-        for process in set(multiprocessing.active_children()) - before:  # the pool's, a late-started one too
-            process.kill()  # not waiting for the tasks they run (SIGKILL: a stopped worker too)
-        raise
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        results = tempfile.TemporaryDirectory(prefix="worker-results-")
+    except OSError as e:
+        raise InputError(f"no temporary folder for the workers' results ({e}): set TMPDIR") from None
+    with results as folder:
+        before = set(multiprocessing.active_children())
+        pool = start_pool(workers, folder, initializer, initargs)
+        try:
+            yield pool
+        except BrokenProcessPool:
+            raise InputError(WORKER_DIED) from None
+        except BaseException:
+            for process in set(multiprocessing.active_children()) - before:  # the pool's, a late-started one too
+                process.kill()  # not waiting for the tasks they run (SIGKILL: a stopped worker too)
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
-def start_pool(workers, initializer=None, initargs=()):
+def submit_task(pool, func, *args):
+    """pool.submit(func, *args) with the result handed over in a file (result_in_file); task_result reads it."""
+    return pool.submit(result_in_file, func, *args)
+
+
+def task_result(future):
+    """The result of a submit_task task (its file deleted); a worker's exception is raised here."""
+    with open(future.result(), "rb") as f:
+        result = pickle.load(f)
+    os.unlink(f.name)
+    return result
+
+
+def result_in_file(func, *args):
+    """(In a worker) func(*args) pickled into a new file of RESULTS_FOLDER; returns the file's path.
+
+    Only the short path crosses the pool's pipe, in one write: a worker that dies halfway through
+    sending a result of megabytes (a SIGTERM to the whole process group) leaves a message cut short
+    that hangs the pool's reader for good.
+    """
+    result = func(*args)
+    try:
+        fd, path = tempfile.mkstemp(dir=RESULTS_FOLDER[0])
+        with os.fdopen(fd, "wb") as f:
+            pickle.dump(result, f, protocol=pickle.HIGHEST_PROTOCOL)
+    except OSError as e:
+        raise InputError(f"{RESULTS_FOLDER[0]}: a worker cannot hand its result over there ({e.strerror}): "
+                         "set TMPDIR to a folder with free space") from None
+    return path
+
+
+def start_pool(workers, results_folder, initializer=None, initargs=()):
     """A ProcessPoolExecutor with all its workers started, made with Ctrl-C and SIGTERM held back.
 
     An interrupt while a worker starts can lose it or cut its start-up data short (it then prints a
@@ -55,8 +94,9 @@ def start_pool(workers, initializer=None, initargs=()):
     main process's to handle, SIGTERM stops them) and, for one that another thread receives (BLAS
     threads do not block signals), recorded by a Python handler. A noted signal is raised again once
     the workers stand, with the caller's handlers back; if that raises, the pool is shut down first.
-    Then initializer(*initargs) in each worker. A worker exits when the main process dies (a SIGKILL):
-    a concurrent.futures worker holds both ends of the pool's pipes and would never learn of it.
+    Then initializer(*initargs) in each worker; its results go to files in results_folder (submit_task).
+    A worker exits when the main process dies (a SIGKILL): a concurrent.futures worker holds both ends
+    of the pool's pipes and would never learn of it.
     """
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
@@ -72,7 +112,7 @@ def start_pool(workers, initializer=None, initargs=()):
     pool = None
     try:
         pool = ProcessPoolExecutor(workers, multiprocessing.get_context(POOL_START), _start_worker,
-                                   (os.getpid(), initializer, initargs))
+                                   (os.getpid(), results_folder, initializer, initargs))
         for _ in range(workers):
             pool.submit(int)  # the pool starts a process for each task while none is idle: every worker, now
     except BaseException:
@@ -92,8 +132,9 @@ def start_pool(workers, initializer=None, initargs=()):
     return pool
 
 
-def _start_worker(parent_pid, initializer, initargs):
+def _start_worker(parent_pid, results_folder, initializer, initargs):
     """A pool worker's start-up (see start_pool)."""
+    RESULTS_FOLDER[:] = [results_folder]
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)

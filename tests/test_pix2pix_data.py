@@ -565,16 +565,6 @@ except InputError as e:
 """
 
 
-def test_a_result_that_cannot_be_handed_over_is_one_line_naming_the_folder(tmp_path, monkeypatch):
-    """A full $TMPDIR (No space left on device) gave a traceback from the worker: now one line that names the
-    folder and says to set TMPDIR (by hand, on a full 48 KB tmpfs: that line, exit 2)."""
-    monkeypatch.setattr(p2d, "RESULTS_FOLDER", [str(tmp_path / "gone")])
-    with pytest.raises(InputError, match=r"gone: a worker cannot hand its result over there .* set TMPDIR"):
-        p2d.result_in_file(len, [1, 2])
-    monkeypatch.setattr(p2d, "RESULTS_FOLDER", [str(tmp_path)])
-    assert p2d.read_result(p2d.result_in_file(len, [1, 2])) == 2 and list(tmp_path.iterdir()) == []
-
-
 def test_a_worker_that_dies_while_handing_over_its_result_stops_the_run_in_one_line(tmp_path):
     """A result sent through the pool's pipe and cut short by the worker's death hung the pool's reader for good
     (Pix2Pix_data hung in 2 of 8 SIGTERMs to the whole process group; here it always does): results come in files,

@@ -2,9 +2,11 @@
 its block does not wait on."""
 
 import os
+import pickle
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -113,7 +115,8 @@ except KeyboardInterrupt:
 def busy_pool(tmp_path, what):
     """BUSY_POOL in a child process: a pool of two workers, each in a task of a minute."""
     return subprocess.Popen([sys.executable, "-c", BUSY_POOL, str(ROOT), str(ROOT / "tests"), str(tmp_path), what],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, TMPDIR=str(tmp_path)))  # a SIGKILL leaves the results folder
 
 
 def test_a_stop_in_the_pools_block_kills_its_busy_workers_at_once_a_stopped_one_too(tmp_path):
@@ -138,3 +141,14 @@ def test_workers_exit_when_the_main_process_is_killed(tmp_path):
     for worker in alive:
         worker.kill()
     assert alive == [], alive
+
+
+def test_a_result_that_cannot_be_handed_over_is_one_line_naming_the_folder(tmp_path, monkeypatch):
+    """A full $TMPDIR (No space left on device) gave a traceback from the worker: now one line that names the
+    folder and says to set TMPDIR (by hand, on a full 48 KB tmpfs: that line, exit 2)."""
+    monkeypatch.setattr(worker_pools, "RESULTS_FOLDER", [str(tmp_path / "gone")])
+    with pytest.raises(InputError, match=r"gone: a worker cannot hand its result over there .* set TMPDIR"):
+        worker_pools.result_in_file(len, [1, 2])
+    monkeypatch.setattr(worker_pools, "RESULTS_FOLDER", [str(tmp_path)])
+    path = worker_pools.result_in_file(len, [1, 2])
+    assert pickle.loads(Path(path).read_bytes()) == 2
