@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -90,6 +91,33 @@ def test_a_run_started_in_the_same_second_gets_its_own_folder(tmp_path):
     out = demo.run_folder(tmp_path)
     assert out.name.rsplit("-", 1)[0] in taken and out.name.endswith("-2") and out.is_dir()
     assert demo.run_folder(tmp_path).name == out.name[:-1] + "3"
+
+
+def test_a_stop_while_the_step_starts_stops_the_step_too(tmp_path, monkeypatch):
+    """A SIGTERM that lands inside Popen, after the fork (a CI run once left training running alone this
+    way): the demo still stops the step and waits for it."""
+    (tmp_path / "sleeper.py").write_text("import time\ntime.sleep(120)\n")
+    monkeypatch.setattr(demo, "HERE", tmp_path)
+    started = []
+
+    class SignalledPopen(subprocess.Popen):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            started.append(self)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(subprocess, "Popen", SignalledPopen)
+    handler = signal.signal(signal.SIGTERM, demo.stop_step)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            demo.step("sleep", "sleeper.py")
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+        for child in started:
+            if child.poll() is None:
+                child.kill()
+    (child,) = started
+    assert child.returncode == -signal.SIGTERM  # stopped, and waited for
 
 
 @pytest.mark.slow
