@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from event_worlds import check_luminosity
-from script_utils import STOP_SIGNALS, ArgumentParser, InputError, check_folder_can_be_made, run_main, seed_number
+from script_utils import ArgumentParser, InputError, check_folder_can_be_made, run_main, seed_number, stop_signals_held
 
 # --- Settings (each one can be overridden on the command line) ----------------------------
 OUTPUT_ROOT = "demo_output"  # each run gets its own timestamped folder in here
@@ -53,37 +53,23 @@ def stop_step(signum, frame):
     raise KeyboardInterrupt
 
 
-def start_step(cmd):
-    """The step's process and the stop signal (if any) that came while it started. Ctrl-C and SIGTERM are
-    only noted meanwhile: one that landed inside Popen, after the fork, would stop the demo and leave the
-    step running alone."""
-    noted = []
-    handlers = {s: signal.signal(s, lambda signum, frame: noted.append(signum)) for s in STOP_SIGNALS}
-    try:
-        STEP[:] = [subprocess.Popen(cmd)]
-    finally:
-        for s, handler in handlers.items():
-            signal.signal(s, handler)
-    return STEP[0], noted
-
-
 def step(title, script, *args):
     """Run one of the project's scripts in a subprocess, echoing its command; stop on failure. A stopped demo
     waits for the step to stop: no step goes on running alone."""
     cmd = [sys.executable, str(HERE / script), *map(str, args)]
     print(f"\n=== {title}\n$ python {script} {shlex.join(map(str, args))}", flush=True)
     t0 = time.time()
-    child, noted = start_step(cmd)
-    with child:
-        try:
-            for signum in noted[:1]:
-                stop_step(signum, None)  # the step stops as on a SIGTERM
+    try:
+        with stop_signals_held():  # a stop inside Popen, after the fork, would miss the step
+            STEP[:] = [subprocess.Popen(cmd)]
+        with STEP[0] as child:
             code = child.wait()
-        except KeyboardInterrupt:
+    except KeyboardInterrupt:
+        for child in STEP:
             child.wait()
-            raise
-        finally:
-            STEP.clear()
+        raise
+    finally:
+        STEP.clear()
     if code != 0:
         sys.exit(f"demo: step '{title}' failed (see above)")
     print(f"({time.time() - t0:.0f} s)", flush=True)

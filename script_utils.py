@@ -21,6 +21,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 
@@ -319,14 +320,44 @@ def atomic_output(target, overwrite=False, suffix="", ext="", folder=False):
 
 
 def replace_folder(new, target):
-    """Swap the finished folder new in for the existing folder target, then delete the old one."""
+    """Swap the finished folder new in for the existing folder target, then delete the old one. A stop
+    between the two renames would leave neither: it waits for the second."""
     old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
-    os.replace(target, old / target.name)
-    os.replace(new, target)
-    shutil.rmtree(old)
+    try:
+        with stop_signals_held():
+            os.replace(target, old / target.name)
+            os.replace(new, target)
+    finally:
+        if target.exists():  # not when the second rename failed: the old folder is all there is
+            shutil.rmtree(old)
 
 
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}  # Ctrl-C and a batch system's stop
+
+
+@contextlib.contextmanager
+def stop_signals_held(block=False):
+    """Ctrl-C and SIGTERM only noted while the block runs (a step a stop must not cut in two), the first
+    then raised again as if it came at its end. Python handlers run in the main thread only, so elsewhere
+    nothing is held. block=True also blocks them in this thread, which processes it starts inherit (a
+    Python started by subprocess would keep them blocked for good)."""
+    noted = []
+
+    def note(signum, frame):
+        noted.append(signum)
+
+    in_main = threading.current_thread() is threading.main_thread()
+    handlers = {s: signal.signal(s, note) for s in STOP_SIGNALS} if in_main else {}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS) if block else None
+    try:
+        yield
+    finally:
+        if block:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a signal blocked meanwhile is noted here
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+    for signum in noted[:1]:
+        signal.raise_signal(signum)
 
 
 STOP_REQUESTED = []  # the signal that asked the run to stop (request_stop), if any

@@ -14,7 +14,7 @@ import tempfile
 import threading
 import time
 
-from script_utils import STOP_SIGNALS, InputError
+from script_utils import STOP_SIGNALS, InputError, stop_signals_held
 
 POOL_START = "spawn"  # worker processes start fresh: no threads, locks or open files of the caller
 WORKER_DIED = "a worker process died (killed? out of memory?): the run stops, nothing written"
@@ -41,8 +41,9 @@ def process_pool(workers, initializer=None, initargs=()):
         raise InputError(f"no temporary folder for the workers' results ({e}): set TMPDIR") from None
     with results as folder:
         before = set(multiprocessing.active_children())
-        pool = start_pool(workers, folder, initializer, initargs)
+        pool = None
         try:
+            pool = start_pool(workers, folder, initializer, initargs)  # in the try: a stop may land as it returns
             yield pool
         except BrokenProcessPool:
             raise InputError(WORKER_DIED) from None
@@ -51,7 +52,8 @@ def process_pool(workers, initializer=None, initargs=()):
                 process.kill()  # not waiting for the tasks they run (SIGKILL: a stopped worker too)
             raise
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
 
 
 def submit_task(pool, func, *args):
@@ -101,33 +103,16 @@ def start_pool(workers, results_folder, initializer=None, initargs=()):
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    noted = []
-
-    def note(signum, frame):
-        noted.append(signum)
-
-    in_main = threading.current_thread() is threading.main_thread()  # Python handlers are the main thread's
-    handlers = {s: signal.signal(s, note) for s in STOP_SIGNALS} if in_main else {}
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     pool = None
     try:
-        pool = ProcessPoolExecutor(workers, multiprocessing.get_context(POOL_START), _start_worker,
-                                   (os.getpid(), results_folder, initializer, initargs))
-        for _ in range(workers):
-            pool.submit(int)  # the pool starts a process for each task while none is idle: every worker, now
+        with stop_signals_held(block=True):
+            pool = ProcessPoolExecutor(workers, multiprocessing.get_context(POOL_START), _start_worker,
+                                       (os.getpid(), results_folder, initializer, initargs))
+            for _ in range(workers):
+                pool.submit(int)  # the pool starts a process for each task while none is idle: every worker, now
     except BaseException:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
-        raise
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a signal blocked meanwhile is recorded here
-        for s, handler in handlers.items():
-            signal.signal(s, handler)
-    try:
-        for signum in noted[:1]:
-            signal.raise_signal(signum)  # as if it came now: the caller's handler (Ctrl-C: KeyboardInterrupt)
-    except BaseException:
-        pool.shutdown(wait=True, cancel_futures=True)
         raise
     return pool
 

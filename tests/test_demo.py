@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -82,15 +83,14 @@ def test_settings_that_cannot_work_are_one_line_before_any_folder(tmp_path, args
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
 
 
-def test_a_run_started_in_the_same_second_gets_its_own_folder(tmp_path):
+def test_a_run_started_in_the_same_second_gets_its_own_folder(tmp_path, monkeypatch):
     """Runs started at once (seeds side by side) each get a folder (the second crashed on the first's)."""
-    now = time.time()
-    taken = {time.strftime("run-%Y%m%d-%H%M%S", time.localtime(now + k)) for k in range(5)}
-    for name in taken:
-        (tmp_path / name).mkdir()
-    out = demo.run_folder(tmp_path)
-    assert out.name.rsplit("-", 1)[0] in taken and out.name.endswith("-2") and out.is_dir()
-    assert demo.run_folder(tmp_path).name == out.name[:-1] + "3"
+    assert re.fullmatch(r"run-\d{8}-\d{6}", demo.run_folder(tmp_path / "a").name)
+    monkeypatch.setattr(time, "strftime", lambda fmt: "run-20261207-040000")  # the same second for all
+    (tmp_path / "b/run-20261207-040000").mkdir(parents=True)
+    assert demo.run_folder(tmp_path / "b").name == "run-20261207-040000-2"
+    assert demo.run_folder(tmp_path / "b").name == "run-20261207-040000-3"
+    assert sorted(p.name for p in (tmp_path / "b").iterdir())[-1] == "run-20261207-040000-3"
 
 
 def test_a_stop_while_the_step_starts_stops_the_step_too(tmp_path, monkeypatch):

@@ -4,6 +4,7 @@ that are inputs, empty and folder paths."""
 import argparse
 import importlib
 import os
+import signal
 import subprocess
 import sys
 
@@ -52,6 +53,25 @@ def test_a_folder_that_appears_while_writing_is_never_replaced(tmp_path):
             target.mkdir()
             (target / "b.png").write_text("theirs")
     assert os.listdir(target) == ["b.png"] and os.listdir(tmp_path) == ["events"]
+
+
+def test_a_stop_between_the_folder_swaps_renames_waits_for_the_second(tmp_path, monkeypatch):
+    """--overwrite of a folder renames twice (old out, new in); a Ctrl-C between them once left neither. Now
+    the stop comes after the swap: the new folder in place, nothing hidden left beside it."""
+    target = tmp_path / "events"
+    target.mkdir()
+    (target / "old.png").write_text("old")
+    rename = os.replace
+
+    def rename_then_ctrl_c(src, dst):
+        rename(src, dst)
+        os.kill(os.getpid(), signal.SIGINT)  # lands after the first rename
+
+    monkeypatch.setattr(os, "replace", rename_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_output(target, overwrite=True, folder=True) as tmp:
+            (tmp / "new.png").write_text("new")
+    assert os.listdir(target) == ["new.png"] and os.listdir(tmp_path) == ["events"]
 
 
 def test_overwrite_replaces_and_plain_write_creates(tmp_path):
