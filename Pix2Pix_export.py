@@ -14,7 +14,6 @@ events (from --data, else synthetic) and refused if any hit decision differs.
 """
 
 import contextlib
-import hashlib
 import io
 import json
 import os
@@ -226,15 +225,6 @@ def verify(path, fmt, keras_model, hits, threshold):
     return float(np.abs(exported - expected).max()), differ, invented
 
 
-def sha256(path):
-    """Hex sha256 of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 # --- Main ------------------------------------------------------------------------------------------
 def build_parser():
     """The settings above, each overridable on the command line."""
@@ -334,7 +324,7 @@ def export(args):
         if differ or invented:
             raise InputError(f"{output}: the exported model disagrees with the Keras model ({differ} decisions "
                              f"differ, {invented} invented hits); nothing written")
-        content = sidecar_for(args, model_path, info, threshold, sha256(tmp), check)
+        content = sidecar_for(args, model_path, info, threshold, trained_model.file_sha256(tmp), check)
         tmp_json.write_text(json.dumps(content, indent=1, default=float) + "\n")
     return content
 

@@ -10,6 +10,7 @@ without TensorFlow. Beside either, a sidecar JSON holds the threshold chosen on 
 """
 
 import collections
+import hashlib
 import json
 import os
 import zipfile
@@ -145,18 +146,28 @@ def read_sidecar(model_path):
 
 def check_sidecar(sidecar, info, model_path):
     """Refuse a sidecar that cannot be this model's: another export format's (denoiser.json written for
-    denoiser.pt beside denoiser.onnx), or training settings that are not a JSON object with mirror_average
-    true or false and shift_average a whole number (a hand edit gone wrong)."""
+    denoiser.pt beside denoiser.onnx), an export's whose sha256 is not the model file's, or training settings
+    that are not a JSON object with mirror_average true or false and shift_average a whole number (a hand edit
+    gone wrong)."""
     made = info.get("format")
     if made is not None and EXPORT_SUFFIXES.get(made) != model_path.suffix:
         raise InputError(f"{sidecar}: the sidecar of {info.get('file')} ({made}), not of {model_path.name} "
                          "(export each format to a name of its own)")
+    if made is not None and info.get("sha256") != file_sha256(model_path):
+        raise InputError(f"{sidecar}: written for another {model_path.name} (its sha256 differs: files of two "
+                         "exports mixed, or an export stopped between its two files); export it again")
     record = training_record(info)
     settings = (record.get("settings") or {}) if isinstance(record, dict) else None
     if not (isinstance(settings, dict) and isinstance(settings.get("mirror_average", False), bool)
             and type(settings.get("shift_average", 0)) is int):
         raise InputError(f"{sidecar}: its training settings are not a JSON object with mirror_average true or "
                          "false and shift_average a whole number")
+
+
+def file_sha256(path):
+    """Hex sha256 of a file's bytes (an export's sidecar records its model file's)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def training_record(info):

@@ -305,8 +305,8 @@ def test_denoise_refuses_onnx_files_that_are_not_this_projects_export(exported, 
 
 def test_each_format_needs_a_name_of_its_own_and_a_sidecar_is_checked_against_its_model(run, exported, tmp_path):
     """denoiser.onnx and denoiser.pt would share denoiser.json: the second export is refused (even with
-    --overwrite), and a model whose sidecar was written for another format, or whose training settings were
-    edited into something else, is refused when loaded."""
+    --overwrite), and a model whose sidecar was written for another format or another file, or whose training
+    settings were edited into something else, is refused when loaded."""
     folder, _, _ = run
     before = exported.with_suffix(".json").read_bytes()
     for extra in ([], ["--overwrite"]):
@@ -323,6 +323,12 @@ def test_each_format_needs_a_name_of_its_own_and_a_sidecar_is_checked_against_it
         trained_model.load_model(copy)
     (tmp_path / "copy.json").write_text(json.dumps(sidecar))
     assert trained_model.load_model(copy)[1]["threshold"] == sidecar["threshold"]  # the same content: taken
+    other = onnx.load(str(exported))
+    other.doc_string = "another export"  # a working model, but not the file this sidecar was written for
+    onnx.save(other, str(copy))
+    with pytest.raises(InputError, match=r"copy.json: written for another copy.onnx \(its sha256 differs"):
+        trained_model.load_model(copy)
+    copy.write_bytes(exported.read_bytes())
     for settings in ({"shift_average": "two"}, [1], {"mirror_average": "yes"}, {"shift_average": 1.5}):
         (tmp_path / "copy.json").write_text(json.dumps(dict(sidecar, training=dict(sidecar["training"],
                                                                                    settings=settings))))
