@@ -241,10 +241,13 @@ def train_epoch(run):
 
 
 def validate_run(run):
-    """pix2pix_model.validate of the run's generator on its validation split, with the run's criterion."""
+    """pix2pix_model.validate of the run's generator on its validation split, with the run's criterion (a
+    progress bar on a terminal)."""
     s = run.s
-    return validate(run.trainer.predict, run.validation, s.validation_batches, s.threshold_criterion,
-                    run.validation_ids, s.tracks_kept, s.validation_background)
+    batches = min(len(run.validation), s.validation_batches or len(run.validation))  # validate stops there
+    shown = progress(run.validation, total=batches, desc="validation", unit="batch", leave=False)
+    return validate(run.trainer.predict, shown, s.validation_batches, s.threshold_criterion, run.validation_ids,
+                    s.tracks_kept, s.validation_background)
 
 
 def end_of_epoch(run, sums, n_steps, seconds):

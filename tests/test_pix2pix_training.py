@@ -6,7 +6,9 @@ dozen pairs.
 
 import csv
 import dataclasses
+import io
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -251,6 +253,24 @@ def test_generator_best_is_the_best_validation_epoch_and_reproduces_its_scores(e
 
 
 # --- Resume ---------------------------------------------------------------------------------------
+def test_validation_shows_its_progress_on_a_terminal(events_h5, tmp_path, monkeypatch):
+    """Validation takes minutes on a big split: on a terminal a bar counts its batches (up to --validation-batches),
+    as the epoch's bar counts its steps."""
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    shown_at_once = pt.progress
+    monkeypatch.setattr(pt, "progress", lambda *a, **k: shown_at_once(*a, mininterval=0, **k))  # every update drawn
+    for cap, batches in ((0, 3), (2, 2)):  # 9 validation pairs in batches of 4
+        terminal = Terminal()
+        monkeypatch.setattr(sys, "stderr", terminal)
+        pt.train(settings(events_h5, tmp_path / f"run{cap}", "--epochs", 1, "--steps-per-epoch", 1,
+                          "--validation-batches", cap))
+        shown = re.findall(r"validation: *\d+%\|[^|]*\| (\d+)/(\d+)", terminal.getvalue())
+        assert shown and shown[-1] == (str(batches), str(batches)), terminal.getvalue()[-500:]
+
+
 def test_a_run_whose_checkpoints_are_all_unreadable_says_it_starts_again(events_h5, tiny_run, tmp_path, capsys):
     """None readable (as after a kill during the first save): no restore, a warning, step 0."""
     part = tmp_path / "part"
