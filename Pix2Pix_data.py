@@ -21,7 +21,6 @@ import os
 import re
 import signal
 import time
-from collections import deque
 from pathlib import Path
 
 import h5py
@@ -42,7 +41,7 @@ from script_utils import (
     run_main,
     warn,
 )
-from worker_pools import process_pool, submit_task, task_result
+from worker_pools import ordered_results, worker_pool
 
 # --- Settings (each one has a command-line option) ---------------------------------------
 RAW_DIR = "data/raw"  # raw PNGs (with --layout tagged: the one folder holding both kinds)
@@ -158,30 +157,6 @@ def decode_chunk(task):
         result.update(track_ids=np.where(truth_hits, ids[:k], 0).astype(np.uint8),
                       unlabelled_hits=int(unlabelled.sum()), unlabelled_pairs=int(unlabelled.any(axis=(1, 2)).sum()))
     return result
-
-
-@contextlib.contextmanager
-def worker_pool(workers):
-    """A pool of fresh worker processes (None for workers <= 1): they inherit no open file or thread."""
-    if workers <= 1:
-        yield None
-        return
-    with process_pool(workers) as pool:
-        yield pool
-
-
-def ordered_results(pool, func, tasks, in_flight):
-    """func(task) for each task, in task order, on the pool; a bounded number of tasks in flight."""
-    if pool is None:
-        yield from map(func, tasks)
-        return
-    pending = deque()
-    for task in tasks:
-        pending.append(submit_task(pool, func, task))
-        if len(pending) >= in_flight:
-            yield task_result(pending.popleft())
-    while pending:
-        yield task_result(pending.popleft())
 
 
 # --- Convert ----------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from script_utils import (
 from trained_model import (
     choose_threshold,
     cpu_cores,
-    load_model,
+    model_from,
     predicted,
     read_sidecar,
     resolve_model,
@@ -292,7 +292,7 @@ def main(argv=None):
     else:
         reader, writer = h5_job(args, out, model_path, threshold, info)
 
-    model, _ = load_model(model_path, args.threads or cpu_cores())
+    model = model_from(model_path, info, args.threads or cpu_cores())  # the sidecar read once, above
     print(f"model {model_path} (threshold {threshold:.3f}{threshold_origin(args.threshold, info)})")
     scoring = baselines = None
     if args.evaluate:

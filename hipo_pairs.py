@@ -29,6 +29,7 @@ import event_image as ei
 import Pix2Pix_data
 from pairs_h5 import ChunkWriter, create_names, create_track_ids, write_attrs
 from script_utils import InputError, atomic_output, progress, warn
+from worker_pools import ordered_results, worker_pool
 
 CAPACITY_GUESS = 4096  # first size of the datasets when the number of pairs is not known yet
 
@@ -109,8 +110,8 @@ def write_records(f, records, *, workers, chunk_events, level, capacity, total, 
     side = deque()
     tasks = chunk_tasks(records, chunk_events, level, side)
     in_flight = workers * Pix2Pix_data.IN_FLIGHT_PER_WORKER
-    with Pix2Pix_data.worker_pool(workers) as pool, progress(total=total, unit="pair", desc=desc) as bar, \
-            contextlib.closing(Pix2Pix_data.ordered_results(pool, encode_chunk, tasks, in_flight)) as results:
+    with worker_pool(workers) as pool, progress(total=total, unit="pair", desc=desc) as bar, \
+            contextlib.closing(ordered_results(pool, encode_chunk, tasks, in_flight)) as results:
         for result in results:
             chunk_names, chunk_ids = side.popleft()
             at, m = writer.count, len(chunk_names)

@@ -13,7 +13,6 @@ writes the same events as one CLAS12 HIPO file, SECTORS sector images per HIPO e
     python make_events.py --out data/hard --preset hard -n 3000 --seed 1   # the harder world
 """
 
-import contextlib
 import math
 import os
 import signal
@@ -38,7 +37,7 @@ from script_utils import (
     run_main,
     warn,
 )
-from worker_pools import process_pool, submit_task, task_result
+from worker_pools import submit_task, task_result, worker_pool
 
 # --- Settings (each one has a command-line option) ------------------------------------------
 EVENTS = 1000  # raw/truth pairs to make
@@ -315,7 +314,7 @@ def write_events(folder, args):
     totals = [0, 0, 0, np.zeros(ei.REGIONS, np.int64)]
     # Workers ignore Ctrl-C: the main process stops them and cleans up.
     with progress(total=n, unit="event", desc="events") as bar, \
-            process_pool(workers) if workers > 1 else contextlib.nullcontext() as pool:
+            worker_pool(workers) as pool:
         results = (map(task_result, as_completed([submit_task(pool, write_chunk, job) for job in jobs])) if pool
                    else map(write_chunk, jobs))
         for result in results:

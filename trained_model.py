@@ -221,9 +221,14 @@ def load_model(path, threads=None):
     """
     path = resolve_model(path)
     info = read_sidecar(path)
+    return model_from(path, info, threads), info
+
+
+def model_from(path, info, threads=None):
+    """The model of a model file (resolve_model's) whose sidecar JSON (read_sidecar's) is info, run as it says."""
     if path.suffix == ".onnx":  # an export holds its output views, if any, in its graph
-        return OnnxModel(path, threads), info
-    return KerasModel(path, threads, views=output_views(info)), info
+        return OnnxModel(path, threads)
+    return KerasModel(path, threads, views=output_views(info))
 
 
 def output_views(info):

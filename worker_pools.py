@@ -4,6 +4,9 @@ cannot leave half made and a dead worker cannot hang.
 
     with process_pool(4) as pool:
         results = [task_result(f) for f in [submit_task(pool, work, task) for task in tasks]]
+
+worker_pool(workers) is the same, or None for one worker (the work then runs in the main process), and
+ordered_results(pool, work, tasks, in_flight) yields the results in task order with a bounded number in flight.
 """
 
 import contextlib
@@ -13,6 +16,7 @@ import signal
 import tempfile
 import threading
 import time
+from collections import deque
 
 from script_utils import STOP_SIGNALS, InputError, stop_signals_held
 
@@ -54,6 +58,30 @@ def process_pool(workers, initializer=None, initargs=()):
         finally:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
+
+
+@contextlib.contextmanager
+def worker_pool(workers):
+    """A pool of fresh worker processes (None for workers <= 1): they inherit no open file or thread."""
+    if workers <= 1:
+        yield None
+        return
+    with process_pool(workers) as pool:
+        yield pool
+
+
+def ordered_results(pool, func, tasks, in_flight):
+    """func(task) for each task, in task order, on the pool; a bounded number of tasks in flight."""
+    if pool is None:
+        yield from map(func, tasks)
+        return
+    pending = deque()
+    for task in tasks:
+        pending.append(submit_task(pool, func, task))
+        if len(pending) >= in_flight:
+            yield task_result(pending.popleft())
+    while pending:
+        yield task_result(pending.popleft())
 
 
 def submit_task(pool, func, *args):

@@ -553,13 +553,13 @@ def big_result_then_killed(task):
 DEATH_WHILE_HANDING_OVER = """
 import sys
 sys.path[:0] = sys.argv[1:3]
-import Pix2Pix_data
 import test_pix2pix_data
+import worker_pools
 from script_utils import InputError
 
 try:
-    with Pix2Pix_data.worker_pool(2) as pool:
-        results = list(Pix2Pix_data.ordered_results(pool, test_pix2pix_data.big_result_then_killed, [0], 1))
+    with worker_pools.worker_pool(2) as pool:
+        results = list(worker_pools.ordered_results(pool, test_pix2pix_data.big_result_then_killed, [0], 1))
     print("got", results[0].sum())
 except InputError as e:
     print(e)
