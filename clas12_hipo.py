@@ -76,6 +76,7 @@ GETTERS = dict(B=hb.getBytes, S=hb.getShorts, I=hb.getInts, F=hb.getFloats, D=hb
 PUTTERS = dict(B=hb.putBytes, S=hb.putShorts, I=hb.putInts, F=hb.putFloats, D=hb.putDoubles, L=hb.putLongs)
 
 FILE_MAGIC, WORD_MAGIC, HEADER_BYTES = b"HIPO", 0xC0DA0100, 56
+EVENT_MAGIC = "EVNT"  # the first 4 bytes of every event in a record
 HIPO_VERSION = 6  # the HIPO 4 format
 
 
@@ -224,6 +225,16 @@ def _read_columns(event, bank, columns, ranges, where):
     return out
 
 
+def check_event_header(event, where):
+    """InputError unless the event starts with HIPO's event magic.
+
+    A compressed (LZ4) record damaged inside is read without an error: hipopybind hands its events
+    on from the damage to the record's end as zero bytes, which would read as events without
+    banks. Only called for events without DC rows (reading the header copies the event's buffer)."""
+    if "".join(event.getEventBuffer()[:4]) != EVENT_MAGIC:
+        raise InputError(f"{where}: corrupt HIPO file (the event cannot be read: its record is damaged)")
+
+
 class _HipoInput:
     """A checked HIPO file open for reading: its reader, dictionary and the banks read here."""
 
@@ -260,11 +271,15 @@ class _HipoInput:
         return None, self.index, f"{self.path}: event #{self.index}"
 
     def dc_rows(self, event, where):
-        """{bank name: (sector, layer, component, order)} for the event's non-empty DC banks."""
+        """{bank name: (sector, layer, component, order)} for the event's non-empty DC banks.
+
+        An event without DC rows is checked for its header (check_event_header)."""
         rows = {}
         for bank_def, bank in self.dc:
             if (columns := _read_columns(event, bank, DC_COLUMNS, DC_RANGES, where)) is not None:
                 rows[bank_def.name] = tuple(columns)
+        if not rows:
+            check_event_header(event, where)
         return rows
 
     def truth(self, event, where):

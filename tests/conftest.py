@@ -40,6 +40,17 @@ def assert_one_line_error(proc, *words):
         assert word.lower() in lines[0].lower(), (word, lines[0])
 
 
+def damage_record(data):
+    """HIPO file bytes with 64 bytes inverted half-way into the first event record's compressed data.
+
+    hipopybind's LZ4 decoding fails there without an error and hands the events from the damage on
+    as zero bytes."""
+    header_words, user_bytes = (int.from_bytes(data[i:i + 4], "little") for i in (8, 24))
+    record = header_words * 4 + user_bytes + (-user_bytes) % 4
+    at = record + 56 + (int.from_bytes(data[record:record + 4], "little") * 4 - 56) // 2
+    return data[:at] + bytes(b ^ 0xFF for b in data[at:at + 64]) + data[at + 64:]
+
+
 @pytest.fixture
 def script():
     """The run_script helper, as a fixture."""
