@@ -53,7 +53,8 @@ def main(argv=None):
     keep = {"model": prob > threshold,
             **{m: f(raw) for m, f in evaluation.baseline_keeps(cae_data, epochs=args.cae_epochs).items()}}
     result = evaluation.evaluate(raw, truth, keep, prob, track_ids=pairs_h5.read_track_ids(args.data, test))
-    print(f"{run}: epoch {info['epoch']}, width {info['base_filters']}, threshold {threshold:.2f} (validation)")
+    source = "validation" if args.threshold is None else "--threshold"
+    print(f"{run}: epoch {info['epoch']}, width {info['base_filters']}, threshold {threshold:.2f} ({source})")
     report = Path(args.report or run / (Path(args.probabilities).stem + ".report"))
     evaluation.finish_report(result, threshold, report, args.overwrite,
                              {"model": str(run), "model_info": info, "input": args.data})

@@ -3,6 +3,7 @@ hand-made events with known answers; track ids carried from make_events through 
 evaluation."""
 
 import json
+import math
 
 import h5py
 import numpy as np
@@ -255,26 +256,58 @@ def test_events_without_a_reconstructable_track_or_without_track_hits_say_so_in_
     assert res["verdict"] == "not enough track hits to compare"
 
 
-def verdict_with_fakes(model_events, cae_events, events=20):
+def verdict_with_fakes(model_events, cae_events, events=20, cae_start=0):
     """The verdict on `events` events with a track and a background cluster, the model keeping the cluster in
-    the first model_events of them, the CAE in the first cae_events."""
+    the first model_events of them, the CAE in cae_events from event cae_start on."""
     raw = np.repeat(straight_track() | background(CLUSTER), events, axis=0)
     truth = np.repeat(straight_track(), events, axis=0)
-    with_cluster = [np.arange(events)[:, None, None] < n for n in (model_events, cae_events)]
+    event = np.arange(events)[:, None, None]
+    with_cluster = [event < model_events, (event >= cae_start) & (event < cae_start + cae_events)]
     model, cae = (np.where(c, raw, truth) for c in with_cluster)
     return evaluation.evaluate(raw, truth, {"model": model, "CAE": cae, "SNR": raw})["verdict"]
 
 
 def test_the_verdict_says_whether_the_fake_segment_counts_differ_by_more_than_chance():
-    # two-sided exact binomial test of the model's share against one half, by hand:
-    # 0 of 6: 2 / 2^6 = 0.031; 1 of 6: 2 x (1 + 6) / 2^6 = 0.219; 6 of 6: the same as 0 of 6
-    assert ("Fake segments in these 20 events: model 0; SNR 20 (model fewer, p < 0.001); "
-            "CAE 6 (model fewer, p = 0.031).") in verdict_with_fakes(0, 6)
-    assert ("model 1; SNR 20 (model fewer, p < 0.001); CAE 5 (as many within chance, p = 0.219)."
-            in verdict_with_fakes(1, 5))
-    assert "model 6; SNR 20 (model fewer, p = 0.009); CAE 0 (model more, p = 0.031)." in verdict_with_fakes(6, 0)
-    assert ("model 0; SNR 20 (model fewer, p < 0.001); CAE 0 (as many within chance, p = 1.000)."
-            in verdict_with_fakes(0, 0))
+    # a sign test on the events where the two differ, by hand: 0 of 6: 2 / 2^6 = 0.031; 0 of 4: 2 / 2^4 = 0.125;
+    # 0 of 14: 2 / 2^14 < 0.001; 1 of 2: 1
+    assert ("Fake segments in these 20 events: model 0; SNR 20 (model fewer in 20 events, more in 0: model fewer, "
+            "p < 0.001); CAE 6 (model fewer in 6 events, more in 0: model fewer, p = 0.031).") \
+        in verdict_with_fakes(0, 6)
+    assert ("model 1; SNR 20 (model fewer in 19 events, more in 0: model fewer, p < 0.001); "
+            "CAE 5 (model fewer in 4 events, more in 0: as many within chance, p = 0.125).") in verdict_with_fakes(1, 5)
+    assert ("model 6; SNR 20 (model fewer in 14 events, more in 0: model fewer, p < 0.001); "
+            "CAE 0 (model fewer in 0 events, more in 6: model more, p = 0.031).") in verdict_with_fakes(6, 0)
+    assert "CAE 0 (model fewer in 0 events, more in 0: as many within chance, p = 1.000)." in verdict_with_fakes(0, 0)
+    # The same events matter, not only the totals: 12 against 6 in the same 6 events and 6 more is a difference
+    # (the totals alone, 12 of 18, would be p = 0.238); 1 against 1 in different events is none.
+    assert "CAE 6 (model fewer in 0 events, more in 6: model more, p = 0.031)." in verdict_with_fakes(12, 6)
+    assert ("model 1; SNR 20 (model fewer in 19 events, more in 0: model fewer, p < 0.001); "
+            "CAE 1 (model fewer in 1 events, more in 1: as many within chance, p = 1.000).") \
+        in verdict_with_fakes(1, 1, cae_start=1)
+
+
+def test_figures_are_printed_with_the_decimals_that_keep_them_apart_from_0_and_1():
+    assert evaluation.percent(1 - 1 / 31900) == "99.997" and evaluation.percent(0.9953) == "99.53"
+    assert evaluation.percent(1.0) == "100.00" and evaluation.percent(0.0) == "0.00"
+    assert evaluation.shown(7 / 16000, 3) == "0.0004" and evaluation.shown(0.0, 3) == "0.000"
+    assert evaluation.shown(0.99999, 4, 1) == "0.99999" and evaluation.shown(math.nan, 4, 1) == "nan"
+    raw, truth = straight_track() | background(CLUSTER), straight_track()
+    res = evaluation.evaluate(raw, truth, {"model": truth, "SNR": raw})
+    model = res["methods"]["model"]
+    model["tracking"]["scores"].update(kept_ge5=1 - 1 / 31900, fake_segments_per_event=7 / 16000)
+    model["scores"].update(f1=res["methods"]["SNR"]["scores"]["f1"] + 1e-6)
+    text = evaluation.verdict(res)
+    assert "the model keeps 99.997 % of the tracks" in text and "leaves 0.0004 fake segments per event" in text
+    assert "the model is EQUAL (to 4 decimals) to the best CLAS12 baseline (SNR)" in text and "(+0.0000)" in text
+    model_row = evaluation.format_table(res).splitlines()[1].split()
+    assert model_row[0] == "model" and model_row[6:8] == ["0.99997", "0.0004"]
+
+
+def test_p_values_are_printed_so_that_their_side_of_0_05_shows():
+    assert evaluation.p_value_text(0.0498) == "p = 0.0498"  # not 0.050 beside "model fewer"
+    assert evaluation.p_value_text(0.0502) == "p = 0.050"
+    assert evaluation.p_value_text(0.2191) == "p = 0.219" and evaluation.p_value_text(1.0) == "p = 1.000"
+    assert evaluation.p_value_text(0.0009) == "p < 0.001" and evaluation.p_value_text(0.001) == "p = 0.001"
 
 
 def test_report_json_and_png_carry_the_tracking(tmp_path):

@@ -202,6 +202,7 @@ def test_score_probabilities_scores_like_denoise_evaluate(jax_run):
     proc = run("score_probabilities.py", "--data", tmp / "events.h5", "--run", tmp / "run", "--threshold", 0.3,
                "--report", tmp / "scored")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "threshold 0.30 (--threshold)" in proc.stdout  # not best.json's, chosen on validation
     report = json.loads((tmp / "scored.json").read_text())
     assert set(report["methods"]) == {"model", "keep-all", "SNR"} and (tmp / "scored.png").is_file()
     # The same numbers as evaluation.py's scores of those outputs, computed here.
