@@ -148,8 +148,9 @@ def check_hipo_file(path):
     """Check that path is a complete HIPO 4 file with events and return its number of events.
 
     hipopybind aborts the process (not an exception) on a text file, a truncated file, one without events
-    or one whose dictionary is damaged: this walks the file and record headers first, then reads the
-    dictionary in a child process (DICTIONARY_PROBE), and raises a one-line InputError.
+    or one whose dictionary or a compressed record is damaged: this walks the file and record headers
+    first, then reads the dictionary and every event in a child process (FILE_PROBE, microseconds an
+    event) and compares their number with the record headers'; each problem is a one-line InputError.
     """
     path = Path(path)
     if not path.is_file():
@@ -185,14 +186,29 @@ def check_hipo_file(path):
         _record_header(f, trailer, size, path)
     if n_events == 0:
         raise InputError(f"{path}: HIPO file holds no events")
-    probe = subprocess.run([sys.executable, "-c", DICTIONARY_PROBE, str(path)], capture_output=True)
-    if probe.returncode != 0:  # hipopybind aborted (a C++ assertion) on the damaged dictionary
+    probe = subprocess.run([sys.executable, "-c", FILE_PROBE, str(path)], capture_output=True, text=True,
+                           errors="replace")
+    if "dictionary read" not in probe.stdout:  # hipopybind aborted (a C++ assertion) on the damaged dictionary
         raise InputError(f"{path}: corrupt HIPO file (its dictionary of banks cannot be read)")
+    read = probe.stdout.split("events read ")[-1].strip()
+    if read != str(n_events):  # aborted, a C++ exception, or another number of events than the headers
+        raise InputError(f"{path}: corrupt HIPO file (its records hold {n_events} events and "
+                         f"{'not all' if probe.returncode else read} could be read: a record is damaged)")
     return n_events
 
 
-DICTIONARY_PROBE = ("import sys, hipopybind as hb; r = hb.Reader(); r.open(sys.argv[1]); "
-                    "r.readDictionary(hb.Dictionary())")  # check_hipo_file's child: exit 0, or killed by the abort
+# check_hipo_file's child: the lines 'dictionary read' and 'events read N', or less where hipopybind aborts
+FILE_PROBE = """import os, sys, hipopybind as hb
+r = hb.Reader()
+r.open(sys.argv[1])
+r.readDictionary(hb.Dictionary())
+os.write(1, b"\\ndictionary read\\n")
+event, n = hb.Event(), 0
+while r.next():
+    r.read(event)
+    n += 1
+os.write(1, f"events read {n}\\n".encode())
+"""
 
 
 def _check_schema(path, dictionary, bank_def, columns):

@@ -40,15 +40,15 @@ def assert_one_line_error(proc, *words):
         assert word.lower() in lines[0].lower(), (word, lines[0])
 
 
-def damage_record(data):
-    """HIPO file bytes with 64 bytes inverted half-way into the first event record's compressed data.
+def damage_record(data, where=0.5, size=64):
+    """HIPO file bytes with `size` bytes inverted `where` (0..1) into the first event record's compressed data.
 
-    hipopybind's LZ4 decoding fails there without an error and hands the events from the damage on
-    as zero bytes."""
+    Half-way, hipopybind's LZ4 decoding fails without an error and hands the events from the damage on
+    as zero bytes; at the start (4 bytes), reading an event crashes the process."""
     header_words, user_bytes = (int.from_bytes(data[i:i + 4], "little") for i in (8, 24))
     record = header_words * 4 + user_bytes + (-user_bytes) % 4
-    at = record + 56 + (int.from_bytes(data[record:record + 4], "little") * 4 - 56) // 2
-    return data[:at] + bytes(b ^ 0xFF for b in data[at:at + 64]) + data[at + 64:]
+    at = record + 56 + int((int.from_bytes(data[record:record + 4], "little") * 4 - 56) * where)
+    return data[:at] + bytes(b ^ 0xFF for b in data[at:at + size]) + data[at + size:]
 
 
 @pytest.fixture

@@ -288,6 +288,9 @@ def test_bad_files_are_one_line_errors(tmp_path, events):
     magic = data.find(b"\x00\x01\xda\xc0", data.find(b"\x00\x01\xda\xc0", 32) + 4)  # the event record's
     bad["corrupt.hipo"] = data[:magic] + bytes(4) + data[magic + 4:]
     bad["damaged.hipo"] = damage_record(data)  # hipopybind reads the last event as zero bytes
+    bad["record.hipo"] = damage_record(data, 0, 4)  # hipopybind crashes the process reading the first event
+    record = magic - 28  # word 3 of its header: the number of events in the record
+    bad["count.hipo"] = data[:record + 12] + (4).to_bytes(4, "little") + data[record + 16:]
     noise = np.random.default_rng(0).integers(0, 256, 64, dtype=np.uint8).tobytes()
     bad["dictionary.hipo"] = data[:200] + noise + data[264:]  # inside the dictionary: hipopybind aborted on it
     for name, content in bad.items():
@@ -301,6 +304,8 @@ def test_bad_files_are_one_line_errors(tmp_path, events):
                 "fake.hipo": "not a HIPO file",
                 "corrupt.hipo": "corrupt", "dictionary.hipo": "its dictionary of banks cannot be read",
                 "damaged.hipo": "event #2: corrupt HIPO file (the event cannot be read: its record is damaged)",
+                "record.hipo": "corrupt HIPO file (its records hold 3 events and not all could be read",
+                "count.hipo": "corrupt HIPO file (its records hold 4 events and 3 could be read: a record is damaged)",
                 "nodc.hipo": "no DC::tdc or DC::tot", "empty.hipo": "no events",
                 "missing.hipo": "no such file", "good.hipo": None}
     results = read_apart([tmp_path / name for name in expected])
@@ -312,7 +317,7 @@ def test_bad_files_are_one_line_errors(tmp_path, events):
         assert message.startswith(f"{tmp_path / name}: ") and words in message, (name, message)
     # Every file is checked before the first record: a bad second file stops the run at once.
     one_line_error(lambda: next(ch.read_sector_events([good, tmp_path / "notes.hipo"])), "notes.hipo")
-    for name in ("half.hipo", "nodc.hipo", "damaged.hipo"):
+    for name in ("half.hipo", "nodc.hipo", "damaged.hipo", "record.hipo"):
         one_line_error(lambda n=name: ch.rewrite_orders(tmp_path / n, tmp_path / "out.hipo", keep_even), name)
     assert not (tmp_path / "out.hipo").exists()
 

@@ -197,6 +197,7 @@ def test_pix2pix_data_hipo_bad_inputs(tmp_path, both):
     (tmp_path / "notes.hipo").write_text("run 4013\n" * 20)
     (tmp_path / "cut.hipo").write_bytes(good.read_bytes()[:-100])
     (tmp_path / "damaged.hipo").write_bytes(damage_record(good.read_bytes()))
+    (tmp_path / "record.hipo").write_bytes(damage_record(good.read_bytes(), 0, 4))  # crashed hipopybind
     hipo_writer.write_banks(tmp_path / "nodc.hipo", [ch.TBHITS, ch.RUN_CONFIG],
                             [{"RUN::config": {"run": [1], "event": [2]}}])
     hipo_writer.write_events(tmp_path / "notruth.hipo", [make_event(np.random.default_rng(1), 3, 9, [2])], truth=False)
@@ -209,6 +210,7 @@ def test_pix2pix_data_hipo_bad_inputs(tmp_path, both):
         (["--hipo", tmp_path / "notes.hipo"], ["notes.hipo", "not a HIPO file"]),
         (["--hipo", good, tmp_path / "cut.hipo"], ["cut.hipo", "truncated"]),
         (["--hipo", good, tmp_path / "damaged.hipo"], ["damaged.hipo", "event", "its record is damaged"]),
+        (["--hipo", good, tmp_path / "record.hipo"], ["record.hipo", "not all could be read"]),
         (["--hipo", tmp_path / "nodc.hipo"], ["nodc.hipo", "no DC::tdc or DC::tot"]),
         (["--hipo", tmp_path / "notruth.hipo"], ["notruth.hipo", "no TimeBasedTrkg::TBHits bank"]),
         (["--hipo", tmp_path / "rows.hipo"], ["rows.hipo", "event 103", "component 113 outside 1-112"]),
@@ -224,8 +226,8 @@ def test_pix2pix_data_hipo_bad_inputs(tmp_path, both):
         assert_one_line_error(run_script("Pix2Pix_data.py", *args, "--output", out, "--workers", 1), *words)
     proc = run_script("Pix2Pix_data.py", "--hipo", good, "--output", good, "--overwrite")
     assert_one_line_error(proc, "good.hipo", "output is one of the --hipo input files")
-    assert leftovers(tmp_path) == sorted(["good.hipo", "notes.hipo", "cut.hipo", "damaged.hipo", "nodc.hipo",
-                                          "notruth.hipo", "rows.hipo"])
+    assert leftovers(tmp_path) == sorted(["good.hipo", "notes.hipo", "cut.hipo", "damaged.hipo", "record.hipo",
+                                          "nodc.hipo", "notruth.hipo", "rows.hipo"])
     assert good.read_bytes() == hipo.read_bytes()
 
 
@@ -374,6 +376,7 @@ def test_denoise_hipo_bad_inputs_name_the_file_and_leave_nothing(tmp_path, both,
     (tmp_path / "notes.hipo").write_text("run 4013\n" * 20)
     (tmp_path / "cut.hipo").write_bytes(good.read_bytes()[:len(good.read_bytes()) // 2])
     (tmp_path / "damaged.hipo").write_bytes(damage_record(good.read_bytes()))
+    (tmp_path / "record.hipo").write_bytes(damage_record(good.read_bytes(), 0, 4))  # crashed hipopybind
     hipo_writer.write_banks(tmp_path / "nodc.hipo", [ch.TBHITS, ch.RUN_CONFIG],
                             [{"RUN::config": {"run": [1], "event": [2]}}])
     hipo_writer.write_events(tmp_path / "notruth.hipo", [make_event(np.random.default_rng(1), 3, 9, [2])], truth=False)
@@ -389,6 +392,7 @@ def test_denoise_hipo_bad_inputs_name_the_file_and_leave_nothing(tmp_path, both,
         (["--hipo", tmp_path / "notes.hipo"], ["notes.hipo", "not a HIPO file"]),
         (["--hipo", tmp_path / "cut.hipo"], ["cut.hipo", "truncated"]),
         (["--hipo", tmp_path / "damaged.hipo"], ["damaged.hipo", "event", "its record is damaged"]),
+        (["--hipo", tmp_path / "record.hipo"], ["record.hipo", "not all could be read"]),
         (["--hipo", tmp_path / "nodc.hipo"], ["nodc.hipo", "no DC::tdc or DC::tot"]),
         (["--hipo", tmp_path / "rows.hipo"], ["rows.hipo", "event 100", "layer 37 outside 1-36"]),
         (["--hipo", tmp_path / "late.hipo"], ["late.hipo", "event 399", "sector 0 outside 1-6"]),
@@ -408,5 +412,5 @@ def test_denoise_hipo_bad_inputs_name_the_file_and_leave_nothing(tmp_path, both,
     assert_one_line_error(run_script("Pix2Pix_denoise.py", *model, "--hipo", good, "--output", tmp_path / "mine.hipo"),
                           "mine.hipo", "already exists")
     assert (tmp_path / "mine.hipo").read_text() == "keep me" and good.read_bytes() == hipo.read_bytes()
-    assert leftovers(tmp_path) == sorted(["good.hipo", "notes.hipo", "cut.hipo", "damaged.hipo", "nodc.hipo",
-                                          "notruth.hipo", "rows.hipo", "late.hipo", "mine.hipo"])
+    assert leftovers(tmp_path) == sorted(["good.hipo", "notes.hipo", "cut.hipo", "damaged.hipo", "record.hipo",
+                                          "nodc.hipo", "notruth.hipo", "rows.hipo", "late.hipo", "mine.hipo"])

@@ -117,7 +117,7 @@ def test_evaluation_perfect_empty_and_keep_all():
     assert empty["efficiency"] == 0 and empty["rejection"] == 1 and empty["f1"] == 0 and math.isnan(empty["purity"])
     assert inv["efficiency"] == 1 and inv["invented_per_event"] == 1 and inv["purity"] == 1  # invented not "kept"
     assert res["events"] == 6 and res["methods"]["model"]["counts"]["track_hits"] == 6 * 36
-    assert "EQUAL (to 4 decimals) to the best CLAS12 baseline (CAE)" in res["verdict"]  # CAE's F1 is 1 too (invented not kept)
+    assert "EQUAL (to 4 decimals) to the best CLAS12 baseline (CAE)" in res["verdict"]  # CAE: F1 1 (invented not kept)
     res = evaluation.evaluate(raw, truth, {"model": truth, "SNR": np.zeros_like(raw)})
     assert "BETTER than the best CLAS12 baseline (SNR): F1 1.0000 vs 0.0000 (+1.0000)" in res["verdict"]
     assert res["model_vs_per_event"] == {"SNR": {"better": 6, "equal": 0, "worse": 0}}
