@@ -401,8 +401,9 @@ def rewrite_orders(in_path, out_path, decide, raw_orders=RAW_ORDERS, batch_event
     decide(masks) gets the (B, 36, 112) bool images (raw-order hits of DC::tot, else DC::tdc) of
     the sectors with hits in up to batch_events events and returns the kept (B, 36, 112) bool.
     Every raw-order row of DC::tdc and DC::tot on a hit that is not kept gets its order rewritten
-    (0 -> 40, 10 -> 70, units digit kept); nothing else changes: the same events in the same
-    order, every other bank and row byte for byte. Written atomically. Returns counts: events,
+    (0 -> 40, 10 -> 70, units digit kept); nothing else changes: the same events with their tags,
+    every other bank and row byte for byte, each tag's events in their order (HIPO's writer, as
+    coatjava's, keeps each tag's events in records of their own). Written atomically. Returns counts: events,
     hits (raw pixels), rejected (pixels), rows_rewritten, events_without_dc_hits."""
     raw_orders = _check_orders(raw_orders)
     if not set(raw_orders) <= set(REJECTED_ORDER):

@@ -229,6 +229,38 @@ def test_rewrite_orders_keep_all_is_a_byte_identical_copy(tmp_path, events):
     assert event_bytes(path) == event_bytes(tmp_path / "same.hipo")
 
 
+def test_rewrite_orders_keeps_every_tag_and_each_tags_order(tmp_path):
+    # One record with events of three tags mixed (a writer that keeps file order; scaler events among physics
+    # events): the copy has the same events with their tags, each tag's in its order, each tag's together
+    # (HIPO's writer, as coatjava's, keeps each tag's events in records of their own).
+    defs = [ch.DC_TDC, ch.RUN_CONFIG]
+    schemas = {d.name: hipo_writer.make_schema(d) for d in defs}
+    dictionary = hb.Dictionary()
+    for schema in schemas.values():
+        dictionary.addSchema(schema)
+    path = tmp_path / "tags.hipo"
+    with ch.open_writer(path, dictionary) as writer:
+        builder, event = hb.RecordBuilder(), hb.Event()
+        for i in range(12):
+            event.reset()
+            banks = {"DC::tdc": {"sector": [1], "layer": [1 + i], "component": [1 + i], "order": [0]},
+                     "RUN::config": {"run": [1], "event": [i]}}
+            for d in defs:
+                event.addStructure(hipo_writer._make_bank(d, schemas[d.name], banks[d.name]))
+            event.setTag(i % 3)
+            builder.addEvent(event)
+        writer.writeRecord(builder)
+    before = event_bytes(path)
+    assert [tag for _, tag, _ in before] == [i % 3 for i in range(12)]
+    counts = ch.rewrite_orders(path, tmp_path / "out.hipo", lambda masks: masks)
+    after = event_bytes(tmp_path / "out.hipo")
+    assert counts["events"] == len(after) == 12
+    for tag in range(3):
+        assert [e for e in after if e[1] == tag] == [e for e in before if e[1] == tag]
+    tags = [tag for _, tag, _ in after]
+    assert sum(a != b for a, b in zip(tags[:-1], tags[1:], strict=True)) == 2, tags  # three runs of one tag each
+
+
 def test_rewrite_orders_refusals_leave_nothing(tmp_path, events):
     path, _ = rewrite_input(tmp_path, events)
     with pytest.raises(InputError, match="output is the input"):
