@@ -94,9 +94,12 @@ def no_pairs_message(paths, raw_orders, stats):
 
 
 def chunk_tasks(records, chunk_events, level, side):
-    """encode_chunk's tasks, chunk_events records each; each chunk's names and track ids go to side, in order."""
+    """encode_chunk's tasks, chunk_events records each; each chunk's names and track ids go to side, in order.
+
+    The track ids are those of the truth hits that are raw hits (the truth encode_chunk keeps), 0 elsewhere."""
     while block := list(itertools.islice(records, chunk_events)):
-        ids = np.clip(np.stack([r.track_ids for r in block]), 0, 255).astype(np.uint8)
+        ids = np.stack([np.where(r.truth & r.raw, r.track_ids, 0) for r in block])
+        ids = np.clip(ids, 0, 255).astype(np.uint8)
         side.append(([r.name for r in block], ids))
         yield chunk_events, level, np.stack([r.raw for r in block]), np.stack([r.truth for r in block])
 

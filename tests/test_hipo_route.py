@@ -179,6 +179,7 @@ def test_hipo_truth_is_cut_to_raw_hits_sectors_and_orders(tmp_path):
     assert list(zip(*np.nonzero(truth[0]), strict=True)) == [(0, 9)]  # TBHits (2, 9) and (6, 59): no raw hit
     assert list(zip(*np.nonzero(truth[1]), strict=True)) == [(3, 6), (4, 7)] and raw[1].sum() == 3
     assert data["track_ids"][0, 0, 9] == 2 and data["track_ids"][1, 3, 6] == 1
+    np.testing.assert_array_equal(data["track_ids"] > 0, truth)  # the dropped TBHits hits' trkID too
     proc = run_script("Pix2Pix_data.py", "--hipo", tmp_path / "odd.hipo", "--output", tmp_path / "b.h5",
                       "--keep-sectors-without-truth", "--raw-orders", "0", "--workers", 1)
     assert proc.returncode == 0, proc.stderr
