@@ -298,18 +298,22 @@ def swept_tracking(result, other):
 
 def at_equal_tracks(result, other="CAE"):
     """' At the CAE's share of tracks ...': the model at the highest swept threshold keeping at least as many
-    reconstructable tracks as the other method, and its fake segments there ('' without a sweep or the method).
+    reconstructable tracks as the other method, and its fake segments there, or that none does ('' without a
+    sweep, the method or a reconstructable track).
 
     The fair comparison of fake segments: a method that removes more tracks leaves fewer segments of any kind.
     """
     target, sweep = swept_tracking(result, other)
-    enough = [(t, s) for t, s in sweep if s["kept_ge5"] >= target["kept_ge5"]]  # none if NaN
-    if not enough:
+    if not sweep or math.isnan(target["kept_ge5"]):
         return ""
+    text = f" At {other}'s share of tracks ({percent(target['kept_ge5'])} %) the model "
+    enough = [(t, s) for t, s in sweep if s["kept_ge5"] >= target["kept_ge5"]]
+    if not enough:
+        return text + f"keeps fewer at every swept threshold (down to {min(t for t, _ in sweep):.2f})."
     t, at = max(enough, key=lambda ts: ts[0])
-    return (f" At {other}'s share of tracks ({percent(target['kept_ge5'])} %) the model (threshold "
-            f"{t:.2f}: {percent(at['kept_ge5'])} %) would leave {shown(at['fake_segments_per_event'], 3)} fake "
-            f"segments per event ({other} {shown(target['fake_segments_per_event'], 3)}).")
+    return (text + f"(threshold {t:.2f}: {percent(at['kept_ge5'])} %) would leave "
+            f"{shown(at['fake_segments_per_event'], 3)} fake segments per event "
+            f"({other} {shown(target['fake_segments_per_event'], 3)}).")
 
 
 def at_equal_fakes(result, other="CAE"):

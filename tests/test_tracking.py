@@ -235,6 +235,10 @@ def test_threshold_sweep_carries_tracking_and_the_model_is_compared_at_the_cae_s
     never = evaluation.evaluate(raw, track, {"model": raw, "CAE": cae & track}, sure, thresholds=(0.3, 0.5, 0.7, 0.95))
     assert "At CAE's fake segments (0.000 per event) the model leaves more at every swept threshold (up to 0.95)." \
         in never["verdict"]
+    unsure = np.where(raw, 0.2, 0.0).astype(np.float32)  # every hit dropped at every swept threshold
+    short = evaluation.evaluate(raw, track, {"model": raw, "CAE": cae}, unsure, thresholds=(0.3, 0.5, 0.7, 0.95))
+    assert "At CAE's share of tracks (100.00 %) the model keeps fewer at every swept threshold (down to 0.30)." \
+        in short["verdict"]
     res["threshold"] = 0.5
     paths = evaluation.write_report(res, tmp_path / "r")
     sweep = json.loads(paths["json"].read_text())["threshold_sweep"]
