@@ -369,7 +369,7 @@ def build_parser():
                    help="DC order tens digits that are raw hits (default: %(default)s, nominal and background)")
     h.add_argument("--keep-sectors-without-truth", action="store_true", default=KEEP_SECTORS_WITHOUT_TRUTH,
                    help="also write sectors with raw hits but no TBHits hits (empty truth); by default only sectors "
-                        "with TBHits hits, as the CLAS12 AI group does")
+                        "with TBHits hits on raw hits, as the CLAS12 AI group does")
     return p
 
 

@@ -348,8 +348,9 @@ def read_sector_events(paths, raw_orders=RAW_ORDERS, keep_sectors_without_truth=
     """Yield a SectorImage for every sector image of the files' events, streamed event by event.
 
     raw: the rows of DC::tot (if the event has it) or DC::tdc whose order's tens digit is in
-    raw_orders. By default only sectors with TBHits hits are yielded (the CLAS12 AI group's
-    rule); keep_sectors_without_truth adds the other sectors with raw hits (empty truth). A file
+    raw_orders. By default only sectors with TBHits hits on raw hits are yielded (the CLAS12 AI
+    group's rule; a TBHits hit without a raw hit is not truth a pair can have); keep_sectors_without_truth
+    adds the other sectors with raw hits. A file
     without TBHits yields every sector with raw hits, truth None. Every file is checked before
     the first record. stats, a dict if given, receives counts: files, events,
     events_without_dc_hits, sectors, sectors_without_truth (left out). labels: each file's FILE in the
@@ -382,7 +383,7 @@ def _file_sector_events(source, file_name, raw_orders, keep_without_truth, stats
             has_raw = bool(raw[s].any())
             if truth is None:
                 wanted = has_raw
-            elif truth[0][s].any():
+            elif (truth[0][s] & raw[s]).any():  # TBHits hits on raw hits: the truth of a pair
                 wanted = True
             else:
                 wanted = keep_without_truth and has_raw

@@ -37,16 +37,17 @@ class SectorTruth:
         self.unscored = 0  # sectors denoised without TBHits hits
 
     def take(self, masks):
-        """(names, truth, track ids, scored) for the next len(masks) sector images; scored: has TBHits hits."""
+        """(names, truth, track ids, scored) for the next len(masks) sector images; scored: has TBHits hits on
+        raw hits (the truth)."""
         records = []
         for mask in masks:
             record = next((r for r in self.records if r.raw.any()), None)
             if record is None or not np.array_equal(record.raw, mask):
                 raise RuntimeError(f"{self.path}: the truth reader lost step with the denoised sectors")
             records.append(record)
-        scored = np.array([r.truth.any() for r in records], bool)
-        self.unscored += int((~scored).sum())
         truth = np.stack([r.truth for r in records]) & masks
+        scored = truth.any(axis=(1, 2))
+        self.unscored += int((~scored).sum())
         ids = np.clip(np.stack([r.track_ids for r in records]), 0, 255).astype(np.uint8)
         return [r.name for r in records], truth, ids, scored
 
@@ -70,8 +71,8 @@ def check_job(in_path, out_path, overwrite, evaluate):
         raise InputError(f"{in_path}: no sector has DC hits: nothing to score (drop --evaluate to denoise it)")
     if first.truth is None:
         raise InputError(f"{in_path}: no {ch.TBHITS.name} bank to score against (--evaluate)")
-    if not any(r.raw.any() and r.truth.any() for r in itertools.chain([first], records)):
-        raise InputError(f"{in_path}: no sector with DC hits has {ch.TBHITS.name} hits: nothing to score "
+    if not any((r.raw & r.truth).any() for r in itertools.chain([first], records)):
+        raise InputError(f"{in_path}: no sector with DC hits has {ch.TBHITS.name} hits on them: nothing to score "
                          "(drop --evaluate to denoise it)")
 
 

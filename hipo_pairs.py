@@ -89,7 +89,7 @@ def no_pairs_message(paths, raw_orders, stats):
         orders = " ".join(str(o) for o in raw_orders)
         return (f"{paths[0]}: none of the {stats['events']} events has a DC hit of the orders --raw-orders "
                 f"{orders} keeps (their tens digit)")
-    return (f"{paths[0]}: no sector with {ch.TBHITS.name} hits in the HIPO file(s) "
+    return (f"{paths[0]}: no sector with {ch.TBHITS.name} hits on raw hits in the HIPO file(s) "
             f"({stats['events']} events; --keep-sectors-without-truth keeps the others)")
 
 

@@ -155,11 +155,12 @@ def test_hipo_shards_merge_into_the_unsharded_file(tmp_path, both):
 
 def odd_file(path):
     """Two events: sector 1 with a TBHits hit on no DC hit and one on an order-20 hit, sector 2 without
-    TBHits hits, sector 3 with background (order 10) and track hits; then an event with no DC rows."""
-    dc = {"sector": [1, 1, 1, 2, 2, 3, 3, 3], "layer": [1, 2, 3, 1, 2, 4, 5, 6],
-          "component": [10, 10, 10, 50, 51, 7, 8, 90], "order": [0, 0, 20, 10, 0, 0, 1, 10]}
-    tb = {"sector": [1, 1, 1, 3, 3], "superlayer": [1, 1, 2, 1, 1], "layer": [1, 3, 1, 4, 5],
-          "wire": [10, 10, 60, 7, 8], "trkID": [2, 2, 2, 1, 1]}
+    TBHits hits, sector 3 with background (order 10) and track hits, sector 4 with a DC hit and a TBHits
+    hit on another wire only; then an event with no DC rows."""
+    dc = {"sector": [1, 1, 1, 2, 2, 3, 3, 3, 4], "layer": [1, 2, 3, 1, 2, 4, 5, 6, 10],
+          "component": [10, 10, 10, 50, 51, 7, 8, 90, 30], "order": [0, 0, 20, 10, 0, 0, 1, 10, 0]}
+    tb = {"sector": [1, 1, 1, 3, 3, 4], "superlayer": [1, 1, 2, 1, 1, 2], "layer": [1, 3, 1, 4, 5, 4],
+          "wire": [10, 10, 60, 7, 8, 31], "trkID": [2, 2, 2, 1, 1, 3]}
     hipo_writer.write_banks(path, [ch.DC_TDC, ch.TBHITS, ch.RUN_CONFIG], [
         {"DC::tdc": dc, "TimeBasedTrkg::TBHits": tb, "RUN::config": {"run": [7], "event": [31]}},
         {"RUN::config": {"run": [7], "event": [32]}}])
@@ -171,7 +172,7 @@ def test_hipo_truth_is_cut_to_raw_hits_sectors_and_orders(tmp_path):
                       "--workers", 1)
     assert proc.returncode == 0, proc.stderr
     assert "dropped 2 TBHits hit(s) in 1 sector(s)" in proc.stderr and proc.stderr.count("\n") == 1
-    assert "1 without DC hits, 1 sectors without TBHits hits left out" in proc.stdout
+    assert "1 without DC hits, 2 sectors without TBHits hits left out" in proc.stdout  # 2, and 4: none on a raw hit
     data, _ = read_h5(tmp_path / "a.h5")
     assert [n.decode() for n in data["names"]] == ["odd.hipo:31:1", "odd.hipo:31:3"]
     raw, truth = ei.hit_mask(ei.crop_event(data["raw"])), ei.hit_mask(ei.crop_event(data["truth"]))
@@ -184,9 +185,10 @@ def test_hipo_truth_is_cut_to_raw_hits_sectors_and_orders(tmp_path):
                       "--keep-sectors-without-truth", "--raw-orders", "0", "--workers", 1)
     assert proc.returncode == 0, proc.stderr
     data, attrs = read_h5(tmp_path / "b.h5")
-    assert [n.decode() for n in data["names"]] == ["odd.hipo:31:1", "odd.hipo:31:2", "odd.hipo:31:3"]
+    assert [n.decode() for n in data["names"]] == [f"odd.hipo:31:{s}" for s in (1, 2, 3, 4)]
     raw, truth = ei.hit_mask(ei.crop_event(data["raw"])), ei.hit_mask(ei.crop_event(data["truth"]))
     assert list(zip(*np.nonzero(raw[1]), strict=True)) == [(1, 50)] and not truth[1].any()  # order 10 left out
+    assert list(zip(*np.nonzero(raw[3]), strict=True)) == [(9, 29)] and not truth[3].any()
     assert list(zip(*np.nonzero(raw[2]), strict=True)) == [(3, 6), (4, 7)]  # order 1: tens digit 0
     assert list(attrs["raw_orders"]) == [0] and attrs["keep_sectors_without_truth"]
 
@@ -341,8 +343,8 @@ def test_evaluate_scores_the_sectors_with_tbhits_hits_only(tmp_path, track_model
     assert Pix2Pix_denoise.main(["--model", str(track_model), "--hipo", str(tmp_path / "odd.hipo"), "--output",
                                  str(out), "--evaluate", "--grid-events", "0"]) == 0
     stdout = capsys.readouterr().out
-    assert "2 events (1 without DC hits), 3 sectors denoised" in stdout
-    assert "1 sectors without TBHits hits not scored" in stdout
+    assert "2 events (1 without DC hits), 4 sectors denoised" in stdout
+    assert "2 sectors without TBHits hits not scored" in stdout  # 2, and 4: its TBHits hit is on no raw hit
     report = json.loads((tmp_path / "odd_denoised.report.json").read_text())
     counts = report["methods"]["keep-all"]["counts"]
     assert report["events"] == 2 and counts["track_hits"] == 3 and counts["noise_hits"] == 2  # sectors 1 and 3
