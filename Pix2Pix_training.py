@@ -59,12 +59,14 @@ from training_files import (  # noqa: E402
     CSV_FIELDS,
     Checkpoints,
     architecture,
-    best_epoch_text,
+    best_summary,
     check_output_dir,
     check_same_data,
+    check_same_replicas,
     check_same_settings,
     data_record,
     export_generator,
+    finished_export,
     note_new_epochs,
     read_history,
     record_epoch,
@@ -183,6 +185,7 @@ def set_up(s):
     data = data_record(s.data)
     check_same_data(out, data)  # before anything is written (the split beside the data too)
     check_same_settings(out, vars(s))
+    check_same_replicas(out, replicas)
     split, steps_per_epoch, validation, validation_ids = load_data(s, replicas)
 
     restored = restore_latest(trainer, out / "checkpoints")
@@ -278,13 +281,17 @@ def finish(run, scores):
     s, trainer = run.s, run.trainer
     step, epoch, _ = trainer.counters()
     if run.chief:
-        if scores is None:  # nothing left to train: score the restored weights
-            scores, _ = validate_run(run)
         rows = read_history(run.out / "history.csv")
-        export_generator(trainer, run.out, "generator_final", scores, epoch, step, vars(s), run_stability(rows, epoch))
+        final = finished_export(run.out, epoch, step) if scores is None else None
+        if final is not None:  # the run had finished: its final export stands (not re-validated, maybe otherwise)
+            scores = final["validation"]
+        else:
+            if scores is None:  # nothing left to train, not exported yet: score the restored weights
+                scores, _ = validate_run(run)
+            export_generator(trainer, run.out, "generator_final", scores, epoch, step, vars(s),
+                             run_stability(rows, epoch))
         best = update_stability(run.out / "generator_best.json", rows)  # against the run's last five epochs
-        best_text = (best_epoch_text(run.out, best) if float(trainer.best_f1.numpy()) >= 0 else
-                     "no epoch scored a validation F1, so no generator_best.keras was written")
+        best_text = best_summary(run.out, best, float(trainer.best_f1.numpy()) >= 0)
         print(f"Done: {epoch} epochs, {step} steps in {time.time() - run.started:.0f} s; {best_text}; final: "
               f"{run.out / 'generator_final.keras'}", flush=True)
     if run.multi_worker:  # wait for each other (the chief's exports), so that all workers leave together

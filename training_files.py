@@ -133,6 +133,26 @@ def check_same_settings(out, settings):
                          "the run's settings or use another --output-dir")
 
 
+def check_same_replicas(out, replicas):
+    """Refuse to resume a run on another number of replicas (--logical-cpus, devices, workers): its position
+    in an epoch counts global batches (--batch-size x replicas), so it would skip other events than it trained."""
+    config_path = out / "run_config.json"
+    saved = json.loads(config_path.read_text()).get("replicas", replicas) if config_path.exists() else replicas
+    if saved != replicas:
+        raise InputError(f"{out}: holds a run trained on {saved} replica(s), this one has {replicas} (its place in "
+                         "an epoch counts global batches); resume with as many or use another --output-dir")
+
+
+def finished_export(out, epoch, step):
+    """generator_final.json's contents where it was exported at this epoch and step (the run had finished before),
+    else None."""
+    path = out / "generator_final.json"
+    if not path.exists() or not (out / "generator_final.keras").exists():
+        return None
+    data = json.loads(path.read_text())
+    return data if (data.get("epoch"), data.get("step")) == (epoch, step) else None
+
+
 def is_worker_folder(path):
     """A multi-worker run's folder of another worker (it may be made before the chief's first file)."""
     return path.name.startswith(".worker_") and path.name.endswith("_tmp") and path.is_dir()
@@ -311,6 +331,16 @@ def tracking_text(scores):
     if "tracks_kept" not in scores:
         return ""
     return f", tracks kept {scores['tracks_kept']:.4f}, fake segments/event {scores['fake_segments_per_event']:.4f}"
+
+
+def best_summary(out, best, scored):
+    """What the end of a run says of its best epoch: best_epoch_text of generator_best.json's contents (best), or
+    why there is none (scored: an epoch scored a validation F1)."""
+    if best is not None:
+        return best_epoch_text(out, best)
+    if not scored:
+        return "no epoch scored a validation F1, so no generator_best.keras was written"
+    return f"no {out / 'generator_best.json'} (moved?)"
 
 
 def best_epoch_text(out, info):

@@ -150,6 +150,21 @@ def tiny_run(events_h5, tmp_path_factory):
     return out, proc
 
 
+def test_a_finished_run_run_again_keeps_its_final_export_and_says_a_missing_best(events_h5, tiny_run, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(tiny_run[0], out)
+    final = [out / "generator_final.keras", out / "generator_final.json"]
+    stamps = [(p.stat().st_ino, p.stat().st_mtime_ns) for p in final]
+    again = run_script("Pix2Pix_training.py", "--data", events_h5, "--output-dir", out, *RUN, *TINY)
+    assert again.returncode == 0, again.stderr
+    assert [(p.stat().st_ino, p.stat().st_mtime_ns) for p in final] == stamps  # not re-validated and re-exported
+    assert "Done: 2 epochs, 6 steps" in again.stdout and "best epoch" in again.stdout
+    (out / "generator_best.json").unlink()  # moved away by hand
+    again = run_script("Pix2Pix_training.py", "--data", events_h5, "--output-dir", out, *RUN, *TINY)
+    assert again.returncode == 0, again.stderr
+    assert f"no {out / 'generator_best.json'} (moved?)" in again.stdout
+
+
 def test_run_writes_history_tensorboard_samples_and_reloadable_generators(events_h5, tiny_run):
     out, proc = tiny_run
     with open(out / "history.csv", newline="") as f:
@@ -441,6 +456,13 @@ def test_two_logical_cpus_train_with_mirrored_strategy_in_bfloat16(events_h5, tm
     assert int(row["step"]) == 2 and np.isfinite(float(row["gen_total"])) and np.isfinite(float(row["disc"]))
     model = keras.models.load_model(out / "generator_final.keras", compile=False)
     assert model.predict(np.zeros((1, 128, 128, 3), np.float32), verbose=0).dtype == np.float32
+    # Resumed on one replica: its place in an epoch counts batches of 4, refused, nothing written.
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    proc = run_script("Pix2Pix_training.py", "--data", events_h5, "--output-dir", out, "--epochs", 2,
+                      "--logical-cpus", 1, "--base-filters", 4, "--batch-size", 2, "--mixed-precision", "bfloat16",
+                      "--validation-batches", 1, "--steps-per-epoch", 2, "--gan-weight", 1)
+    assert_one_line_error(proc, "trained on 2 replica(s), this one has 1")
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
 def test_mixed_precision_auto_follows_the_machine():
