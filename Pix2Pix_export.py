@@ -287,9 +287,9 @@ def export(args):
     sidecar = output.with_suffix(".json")
     model_path = trained_model.resolve_model(args.model)
     inputs = {p.resolve() for p in (model_path, model_path.with_suffix(".json"), Path(args.data or model_path))}
-    twins = [output.with_suffix(end) for end in trained_model.EXPORT_SUFFIXES.values() if end != output.suffix]
+    twins = [output.with_suffix(end) for end in trained_model.MODEL_SUFFIXES if end != output.suffix]
     twin = next((t for t in twins if t.exists()), None)
-    if twin is not None and sidecar.exists():  # the other format's export, under the same name
+    if twin is not None and sidecar.exists():  # another model's (a training's .keras, another format's export)
         raise InputError(f"{sidecar}: the sidecar of {twin.name}, which it would no longer describe; give the "
                          f"{args.format} file a name of its own")
     for target in (output, sidecar):

@@ -103,6 +103,11 @@ class OnnxModel:
         if got != want:
             raise InputError(f"{path}: not this project's export: maps {got[0]} -> {got[1]}, expected "
                              f"{want[0]} -> {want[1]} (a batch dimension first)")
+        tensors = [*self.session.get_inputs(), *self.session.get_outputs()]
+        if any(t.type != "tensor(float)" or isinstance(t.shape[0], int) for t in tensors):
+            raise InputError(f"{path}: not this project's export: its tensors are "
+                             f"{[(t.name, t.type, t.shape) for t in tensors]}, expected float32 of any batch size")
+        self.threshold = self.session.get_modelmeta().custom_metadata_map.get("threshold")  # the export's
 
     def probabilities(self, hit_maps):
         """Hit probability (N, 36, 112) float32 of each cell of hit maps (N, 36, 112) (bool or 0/1)."""
@@ -112,6 +117,7 @@ class OnnxModel:
 
 EXPORT_SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}  # an export sidecar's "format" -> its model file's ending
 MODEL_TYPES = {".keras": KerasModel, ".onnx": OnnxModel}  # model file ending -> the class behind .probabilities()
+MODEL_SUFFIXES = (".keras", *EXPORT_SUFFIXES.values())  # the model files a sidecar JSON may describe
 
 
 def resolve_model(path):
@@ -136,8 +142,8 @@ def read_sidecar(model_path):
         return {}
     try:
         info = json.loads(sidecar.read_text())
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{sidecar}: unreadable model sidecar ({exc})") from None
+    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: nested too deep for json
+        raise InputError(f"{sidecar}: unreadable model sidecar ({type(exc).__name__}: {str(exc)[:200]})") from None
     if not isinstance(info, dict):
         raise InputError(f"{sidecar}: model sidecar is not a JSON object")
     check_sidecar(sidecar, info, Path(model_path))
@@ -150,7 +156,7 @@ def check_sidecar(sidecar, info, model_path):
     that are not a JSON object with mirror_average true or false and shift_average a whole number (a hand edit
     gone wrong)."""
     made = info.get("format")
-    if made is not None and EXPORT_SUFFIXES.get(made) != model_path.suffix:
+    if made is not None and (not isinstance(made, str) or EXPORT_SUFFIXES.get(made) != model_path.suffix):
         raise InputError(f"{sidecar}: the sidecar of {info.get('file')} ({made}), not of {model_path.name} "
                          "(export each format to a name of its own)")
     if made is not None and info.get("sha256") != file_sha256(model_path):
@@ -226,9 +232,19 @@ def load_model(path, threads=None):
 
 def model_from(path, info, threads=None):
     """The model of a model file (resolve_model's) whose sidecar JSON (read_sidecar's) is info, run as it says."""
-    if path.suffix == ".onnx":  # an export holds its output views, if any, in its graph
-        return OnnxModel(path, threads)
-    return KerasModel(path, threads, views=output_views(info))
+    if path.suffix != ".onnx":
+        return KerasModel(path, threads, views=output_views(info))
+    model = OnnxModel(path, threads)  # an export holds its output views, if any, in its graph
+    stored = info.get("threshold")
+    try:
+        differ = abs(float(model.threshold) - float(stored)) > 1e-6
+    except (TypeError, ValueError):  # none in either (choose_threshold says what is wrong with a stored one)
+        differ = False
+    if differ:
+        raise InputError(f"{path.with_suffix('.json')}: its threshold {stored} is not the one in {path.name}'s "
+                         f"metadata ({model.threshold}, what CLAS12 reconstruction reads): edited by hand? export "
+                         "it again")
+    return model
 
 
 def output_views(info):

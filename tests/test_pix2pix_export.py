@@ -132,7 +132,7 @@ def test_bad_inputs(run, exported, tmp_path):
         (["--model", folder, "--output", tmp_path / "x.onnx", "--verify-events", "0"], ["verify-events"]),
         (["--model", folder, "--output", tmp_path / "x.onnx", "--threshold", "1"], ["--threshold 1.0", "[0, 1)"]),
         (["--model", folder, "--output", folder / "generator_best.onnx", "--overwrite"], ["generator_best.json",
-                                                                                         "its inputs"]),
+                                                                                         "generator_best.keras"]),
         (["--model", folder, "--output", tmp_path / "x.onnx", "--data", tmp_path / "x.onnx"], ["x.onnx", "inputs"]),
     ]
     for args, words in cases:
@@ -293,11 +293,20 @@ def test_denoise_refuses_onnx_files_that_are_not_this_projects_export(exported, 
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 3])])
     other = tmp_path / "other.onnx"
     onnx.save(helper.make_model(graph), str(other))
+    interface = {}  # the right names and shapes, but a fixed batch of 1 or float64 tensors
+    for name, kind, batch in (("fixed", TensorProto.FLOAT, 1), ("double", TensorProto.DOUBLE, "batch")):
+        node = helper.make_node("Identity", [ei.MODEL_INPUT], [ei.MODEL_OUTPUT])
+        tensors = [helper.make_tensor_value_info(t, kind, [batch, *ei.MODEL_TENSOR_SHAPE[1:]])
+                   for t in (ei.MODEL_INPUT, ei.MODEL_OUTPUT)]
+        interface[name] = tmp_path / f"{name}.onnx"
+        onnx.save(helper.make_model(helper.make_graph([node], "g", tensors[:1], tensors[1:])), str(interface[name]))
     no_sidecar = tmp_path / "copy.onnx"
     no_sidecar.write_bytes(exported.read_bytes())
     data = ["--data", events / "events.h5", "--output", tmp_path / "out.h5"]
     for model, extra, words in ((not_onnx, ["--threshold", "0.5"], ["text.onnx", "cannot load"]),
                                 (other, ["--threshold", "0.5"], ["other.onnx", "not this project"]),
+                                (interface["fixed"], ["--threshold", "0.5"], ["fixed.onnx", "any batch size"]),
+                                (interface["double"], ["--threshold", "0.5"], ["double.onnx", "float32"]),
                                 (no_sidecar, [], ["copy.json", "threshold"])):
         assert_one_line_error(run_script("Pix2Pix_denoise.py", "--model", model, *data, *extra), *words)
     assert not (tmp_path / "out.h5").exists()
@@ -315,6 +324,11 @@ def test_each_format_needs_a_name_of_its_own_and_a_sidecar_is_checked_against_it
             export.main(["--model", str(folder), "--output", str(exported.with_suffix(".pt")), "--format",
                          "torchscript", *extra])
     assert exported.with_suffix(".json").read_bytes() == before and not exported.with_suffix(".pt").exists()
+    training_sidecar = (folder / "generator_best.json").read_bytes()  # the training's, beside generator_best.keras
+    with pytest.raises(InputError, match=r"generator_best.json: the sidecar of generator_best.keras, which it would"):
+        export.main(["--model", str(folder), "--output", str(folder / "generator_best.onnx"), "--overwrite"])
+    assert (folder / "generator_best.json").read_bytes() == training_sidecar
+    assert not (folder / "generator_best.onnx").exists()
     copy = tmp_path / "copy.onnx"
     copy.write_bytes(exported.read_bytes())
     sidecar = json.loads(before)
@@ -329,6 +343,16 @@ def test_each_format_needs_a_name_of_its_own_and_a_sidecar_is_checked_against_it
     with pytest.raises(InputError, match=r"copy.json: written for another copy.onnx \(its sha256 differs"):
         trained_model.load_model(copy)
     copy.write_bytes(exported.read_bytes())
+    hand_edits = [(dict(sidecar, threshold=0.9), r"copy.json: its threshold 0.9 is not the one in copy.onnx's "
+                   r"metadata \(0\.\d+, what CLAS12 reconstruction reads\)"),
+                  (dict(sidecar, format=["onnx"]), r"copy.json: the sidecar of denoiser.onnx \(\['onnx'\]\)")]
+    for content, message in hand_edits:
+        (tmp_path / "copy.json").write_text(json.dumps(content))
+        with pytest.raises(InputError, match=message):
+            trained_model.load_model(copy)
+    (tmp_path / "copy.json").write_text("[" * 100000 + "]" * 100000)  # deeper than json reads
+    with pytest.raises(InputError, match=r"copy.json: unreadable model sidecar \(RecursionError"):
+        trained_model.load_model(copy)
     for settings in ({"shift_average": "two"}, [1], {"mirror_average": "yes"}, {"shift_average": 1.5}):
         (tmp_path / "copy.json").write_text(json.dumps(dict(sidecar, training=dict(sidecar["training"],
                                                                                    settings=settings))))
