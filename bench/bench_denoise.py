@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from script_utils import ArgumentParser, import_keras, run_main  # noqa: E402
+from script_utils import ArgumentParser, InputError, import_keras, run_main  # noqa: E402
 
 keras = import_keras()  # TensorFlow imported quietly, before the modules that use it
 
@@ -69,8 +69,8 @@ def parse_args(argv=None):
         p.error(f"--widths {args.widths}: whole numbers above 0, comma-separated")
     if args.rounds < 1 or args.events < 2 * args.rounds or args.batch_size < 1 or args.threads < 1:
         p.error("need --rounds, --batch-size and --threads at least 1 and --events at least 2 per round")
-    if args.model:
-        trained_model.resolve_model(args.model)  # before minutes of events and timings
+    if args.model and trained_model.resolve_model(args.model).suffix != ".keras":  # before minutes of timings
+        p.error(f"--model {args.model}: a trained run or .keras generator (the benchmark makes its own exports)")
     return args
 
 
@@ -82,16 +82,20 @@ def generator_files(folder, width, trained):
         path = trained_model.resolve_model(trained)
         generator = keras.models.load_model(path, compile=False)
         info = trained_model.read_sidecar(path)
+        if not isinstance(info.get("base_filters"), int):
+            raise InputError(f"{path.with_suffix('.json')}: no base_filters (not a training run's sidecar)")
         width, threshold = info["base_filters"], trained_model.choose_threshold(None, info, path)
+        gated = trained_model.training_settings(info).get("gate_by_raw_hits", True)
     else:
         keras.utils.set_random_seed(SEED)
-        generator, threshold = pm.with_raw_hit_gate(pm.build_generator(width)), 0.5
+        generator, threshold, gated = pm.with_raw_hit_gate(pm.build_generator(width)), 0.5, True
     files = {"keras-float32": folder / f"w{width}.keras", "keras-bfloat16": folder / f"w{width}_bf16.keras",
              "onnx": folder / f"w{width}.onnx", "onnx-int8": folder / f"w{width}_int8.onnx",
              MIRROR: folder / f"w{width}_mirror.onnx"}
     generator.save(files["keras-float32"])
     with pm.dtype_policy("mixed_bfloat16"):
-        bf16 = pm.with_raw_hit_gate(pm.build_generator(width))
+        bf16 = pm.build_generator(width)
+        bf16 = pm.with_raw_hit_gate(bf16) if gated else bf16
     bf16.set_weights(generator.get_weights())
     bf16.save(files["keras-bfloat16"])
     Pix2Pix_export.write_onnx(Pix2Pix_export.with_clas12_interface(generator), files["onnx"], {"threshold": threshold})

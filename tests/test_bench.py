@@ -27,6 +27,7 @@ def test_bench_training_times_the_default_step_and_the_gan_terms_step():
     (["bench_data.py", "-n", "0"], ["-n must be at least 4"]),
     (["bench_denoise.py", "--widths", "16,x"], ["--widths 16,x"]),
     (["bench_denoise.py", "--model", "AFILE"], ["afile", "model"]),
+    (["bench_denoise.py", "--model", "AFILE.onnx"], ["afile.onnx", "a trained run or .keras generator"]),
     (["bench_denoise.py", "--events", "1"], ["--events at least 2 per round"]),
     (["bench_hipo.py", "--pairs-sectors", "2"], ["--pairs-sectors 0 or at least 16"]),
     (["bench_baselines.py", "--events", "0"], ["--events must be at least 1"]),
@@ -36,6 +37,7 @@ def test_bench_scripts_answer_bad_settings_in_one_line(tmp_path, args, words):
     """Each benchmark refuses what cannot work before minutes of set-up (tracebacks from h5py, TensorFlow or a
     child process, some after generating events)."""
     (tmp_path / "afile").write_text("")
+    (tmp_path / "afile.onnx").write_text("")
     script, *rest = [str(tmp_path / "afile") + a[5:] if a.startswith("AFILE") else a for a in args]
     env = {"KERAS_BACKEND": "jax"} if script == "train_jax.py" else None
     assert_one_line_error(run_script(f"bench/{script}", *rest, env=env), *words)
