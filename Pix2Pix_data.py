@@ -308,6 +308,11 @@ def convert(raw_dir, truth_dir, output, *, layout=LAYOUT, raw_tag=RAW_TAG, truth
                         source_tracks=str(Path(pairs[0].tracks_path).parent.resolve()) if pairs[0].tracks_path else "")
         if skip_bad:
             write_skipped_list(skip_path, skipped, output, overwrite)
+        elif skip_path.exists():  # an earlier --skip-bad run's list, of the output replaced or gone
+            if overwrite:
+                skip_path.unlink()
+            else:
+                warn(f"{skip_path}: left by an earlier run with --skip-bad, not this one's list (delete it)")
     truth_source = (f"the images in --truth-dir {truth_dir}" if layout == "folders"
                     else f"the {truth_tag} files in {raw_dir}")
     warn_at_end(skipped, skip_path, counts, written, truth_source)

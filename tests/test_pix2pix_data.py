@@ -325,6 +325,17 @@ def test_skip_bad_leaves_bad_pairs_out_and_lists_them(tmp_path):
     (tmp_path / "other.h5").unlink()
     proc = convert_cli(tmp_path / "ev/raw", tmp_path / "ev/truth", tmp_path / "other.h5", "--skip-bad")
     assert_one_line_error(proc, "other.h5.skipped.txt", "already exists")
+    # The bad files taken out, the pairs made again without --skip-bad: with --overwrite the old list goes with
+    # the old output; without it (other.h5 was deleted, its list not) the list stays, and a warning says so.
+    for name in ("raw/event_0005.png", "truth/event_0005.png", "raw/event_0011.png", "truth/event_0011.png",
+                 "truth/lonely.png"):
+        (tmp_path / "ev" / name).unlink()
+    proc = convert_cli(tmp_path / "ev/raw", tmp_path / "ev/truth", out, "--overwrite")
+    assert proc.returncode == 0 and "warning" not in proc.stderr, proc.stderr
+    assert not (tmp_path / "pairs.h5.skipped.txt").exists()
+    proc = convert_cli(tmp_path / "ev/raw", tmp_path / "ev/truth", tmp_path / "other.h5")
+    assert proc.returncode == 0 and "other.h5.skipped.txt: left by an earlier run with --skip-bad" in proc.stderr
+    assert (tmp_path / "other.h5.skipped.txt").exists()
 
 
 def test_skip_bad_with_nothing_good_is_an_error(tmp_path):
