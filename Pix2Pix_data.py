@@ -19,7 +19,6 @@ import contextlib
 import hashlib
 import os
 import re
-import signal
 import time
 from pathlib import Path
 
@@ -404,7 +403,6 @@ def parse_args(argv=None):
 
 def main(argv=None):
     """Convert (or merge) as the command line says and print the one-line summary."""
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a batch system's stop: as Ctrl-C, no temporary left
     args = parse_args(argv)
     if args.merge:
         print(pairs_h5.merge(args.merge, args.output, copy=args.copy, overwrite=args.overwrite,

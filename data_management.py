@@ -333,10 +333,17 @@ def time_epoch(dataset):
     return pairs, time.perf_counter() - t0
 
 
+class NotedData(argparse.Action):
+    """--data, noted as given (data_given): the old positional spelling must not name a second file."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        namespace.data, namespace.data_given = values, True
+
+
 def build_parser():
     """The command line: every setting above."""
     p = ArgumentParser(description=__doc__)
-    p.add_argument("--data", default=DATA, help="HDF5 file of pairs (default %(default)s)")
+    p.add_argument("--data", default=DATA, action=NotedData, help="HDF5 file of pairs (default %(default)s)")
     p.add_argument("h5_path", nargs="?", default=None, help=argparse.SUPPRESS)  # the old spelling of --data
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="pairs per batch (default %(default)s)")
     p.add_argument("--test-fraction", type=float, default=TEST_FRACTION,
@@ -356,7 +363,9 @@ def build_parser():
 def parse_args(argv=None):
     """The command line, with impossible settings refused (InputError)."""
     args = build_parser().parse_args(argv)
-    if args.h5_path is not None and args.data == DATA:  # --data wins over the old positional
+    if args.h5_path is not None and getattr(args, "data_given", False):
+        raise InputError(f"two HDF5 files, --data {args.data} and {args.h5_path}: give one, as --data")
+    if args.h5_path is not None:
         args.data = args.h5_path
     if not str(args.data).strip():
         raise InputError("--data: the HDF5 file path is empty")

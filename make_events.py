@@ -15,7 +15,6 @@ writes the same events as one CLAS12 HIPO file, SECTORS sector images per HIPO e
 
 import math
 import os
-import signal
 import time
 from concurrent.futures import as_completed
 from pathlib import Path
@@ -459,7 +458,6 @@ def parse_args(argv=None):
 
 def main(argv=None):
     """Make the events as the command line says and print the one-line summary."""
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a batch system's stop: as Ctrl-C, no temporary left
     args = parse_args(argv)
     if args.format == "hipo":
         if args.out.is_dir():

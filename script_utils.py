@@ -39,10 +39,12 @@ class InputError(Exception):
 
 
 def run_main(main, argv=None):
-    """Run main(argv) as a script: InputError -> one line on stderr and exit 2, Ctrl-C -> 130 (also one
-    that Python dropped: note_dropped_interrupt), a Python warning -> warn's one line."""
+    """Run main(argv) as a script: InputError -> one line on stderr and exit 2, Ctrl-C or a batch system's
+    SIGTERM -> 130 with nothing half written (also one that Python dropped: note_dropped_interrupt), a Python
+    warning -> warn's one line."""
     INTERRUPTED.clear()
     sys.unraisablehook = note_dropped_interrupt
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # as Ctrl-C: atomic_output keeps nothing
     try:
         with warnings_as_lines():
             code = main(argv)
@@ -53,7 +55,28 @@ def run_main(main, argv=None):
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except Exception as exc:
+        full = disk_full(exc)
+        if full is None:
+            raise
+        print(f"error: no room to write{f' {full.filename}' if full.filename else ''}: {os.strerror(full.errno)}; "
+              "make room and run the same command again", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(EXIT_BAD_INPUT)  # not Python's shutdown: HDF5, left with a failed write, can crash in it
     sys.exit(code or 0)
+
+
+DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}  # no space left, over quota, over the file size limit
+
+
+def disk_full(exc):
+    """The OSError in exc's chain (its causes and contexts) that says the disk is full, else None: a library
+    that fails on a full disk often fails again cleaning up (h5py's close after its failed write)."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 INTERRUPTED = []  # Ctrl-Cs whose KeyboardInterrupt Python dropped (note_dropped_interrupt)
@@ -63,10 +86,11 @@ def note_dropped_interrupt(unraisable):
     """run_main's sys.unraisablehook. A Ctrl-C (or SIGTERM, where a script makes it one) that lands while a
     __del__ or a garbage-collector callback runs raises KeyboardInterrupt there, and Python drops it with a
     traceback; TensorFlow's objects run such code often. It is noted instead, so that atomic_output keeps
-    nothing and run_main still exits 130. Anything else goes to Python's own hook."""
+    nothing and run_main still exits 130. A full disk's error (h5py's objects fail again as they are freed) is
+    dropped: run_main says it. Anything else goes to Python's own hook."""
     if isinstance(unraisable.exc_value, KeyboardInterrupt):
         INTERRUPTED.append(unraisable.exc_type)
-    else:
+    elif disk_full(unraisable.exc_value) is None:  # a full disk's: said once, by run_main
         sys.__unraisablehook__(unraisable)
 
 

@@ -414,6 +414,13 @@ def test_an_empty_data_path_is_one_line(script, args):
     assert_one_line_error(script("data_management.py", *args, "--no-timing"), "--data", "empty")
 
 
+@pytest.mark.parametrize("data", ["other.h5", dm.DATA])
+def test_the_old_positional_and_data_together_are_one_line(script, data):
+    """Both named a file: one was used without a word (the positional when --data was given its default)."""
+    assert_one_line_error(script("data_management.py", "--data", data, "pairs.h5", "--no-timing"),
+                          f"two HDF5 files, --data {data} and pairs.h5: give one")
+
+
 def test_fewest_pairs_follows_the_fractions(tmp_path):
     assert dm.min_pairs() == 3
     h5 = tmp_path / "pairs.h5"

@@ -2,12 +2,15 @@
 Pix2Pix_denoise --hipo (orders rewritten, --evaluate), each against the PNG route on the same events, and bad input."""
 
 import json
+import signal
+import subprocess
+import sys
 
 import h5py
 import hipopy
 import numpy as np
 import pytest
-from conftest import assert_one_line_error, damage_record, run_script
+from conftest import ROOT, assert_one_line_error, damage_record, run_script, wait_for
 from test_clas12_hipo import event_bytes, make_event, rewrite_input
 from test_pix2pix_denoise import save_model
 
@@ -348,6 +351,21 @@ def test_evaluate_scores_the_sectors_with_tbhits_hits_only(tmp_path, track_model
     report = json.loads((tmp_path / "odd_denoised.report.json").read_text())
     counts = report["methods"]["keep-all"]["counts"]
     assert report["events"] == 2 and counts["track_hits"] == 3 and counts["noise_hits"] == 2  # sectors 1 and 3
+
+
+def test_a_batch_system_sigterm_stops_denoising_and_leaves_nothing(tmp_path, track_model):
+    hipo = tmp_path / "big.hipo"  # seconds of denoising: the signal lands before the end
+    proc = run_script("make_events.py", "--format", "hipo", "--out", hipo, "-n", 12000, "--sectors", 6, "--seed", 3)
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "out.hipo"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "Pix2Pix_denoise.py"), "--model", str(track_model),
+                             "--hipo", str(hipo), "--output", str(out)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    wait_for(proc, lambda: any(n.startswith(".out.hipo.") for n in leftovers(tmp_path)), "its temporary output")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and err.strip() == "interrupted", (proc.returncode, err)
+    assert leftovers(tmp_path) == ["big.hipo"]
 
 
 def test_evaluate_on_a_file_without_tbhits_hits_is_refused_and_leaves_nothing(tmp_path, track_model):

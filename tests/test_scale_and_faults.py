@@ -710,6 +710,31 @@ def new_case_args(kind, tmp, good):
     }[kind]
 
 
+@pytest.mark.parametrize("script, limit, args", [
+    ("make_events.py", 100, lambda out, good: ["--out", out / "ev", "-n", 300, "--workers", 2]),
+    ("Pix2Pix_data.py", 2_000, lambda out, good: ["--raw-dir", good / "raw", "--truth-dir", good / "truth",
+                                                  "--output", out / "p.h5", "--workers", 1]),
+    ("Pix2Pix_training.py", 100_000, lambda out, good: ["--data", good / "good.h5", "--output-dir", out / "run",
+                                                        "--base-filters", 4, "--batch-size", 4, "--epochs", 1,
+                                                        "--steps-per-epoch", 2, "--validation-batches", 1]),
+], ids=["make_events", "Pix2Pix_data", "Pix2Pix_training"])
+def test_a_full_disk_is_one_line_exit_2_and_leaves_no_temporary(script, limit, args, good, tmp_path):
+    """A full disk, as a file size limit makes it (writes past it fail with EFBIG as they would with ENOSPC):
+    h5py crashed the process (a segfault, after two tracebacks), make_events and training ended in tracebacks."""
+    import resource
+
+    def small_files():  # in the child: writes past `limit` bytes of a file fail, SIGXFSZ ignored
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = subprocess.run([sys.executable, str(ROOT / script), *map(str, args(out, good))], capture_output=True,
+                          text=True, cwd=ROOT, preexec_fn=small_files, timeout=600)
+    assert_one_line_error(proc, "no room to write", "File too large", "make room and run the same command again")
+    assert not [p for p in out.rglob("*") if p.name.endswith((".tmp", ".h5", ".keras")) or p.name == "ev"]
+
+
 def test_the_readme_counts_the_sweeps_cases():
     """The README's Bad input line says how many cases the two sweeps hold: it counts these lists."""
     readme = (ROOT / "README.md").read_text()
