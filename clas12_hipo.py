@@ -254,9 +254,10 @@ def check_event_header(event, where):
 class _HipoInput:
     """A checked HIPO file open for reading: its reader, dictionary and the banks read here."""
 
-    def __init__(self, path):
+    def __init__(self, path, checked=False):
         self.path = Path(path)
-        check_hipo_file(self.path)
+        if not checked:  # check_hipo_file reads every event once more
+            check_hipo_file(self.path)
         self.reader = hb.Reader()
         self.reader.open(str(self.path))
         self.dictionary = hb.Dictionary()
@@ -365,7 +366,8 @@ def read_sector_events(paths, raw_orders=RAW_ORDERS, keep_sectors_without_truth=
     labels = [Path(p).name for p in paths] if labels is None else labels
     for path, label in zip(paths, labels, strict=True):
         stats["files"] += 1
-        yield from _file_sector_events(_HipoInput(path), label, raw_orders, keep_sectors_without_truth, stats)
+        yield from _file_sector_events(_HipoInput(path, checked=True), label, raw_orders, keep_sectors_without_truth,
+                                       stats)
 
 
 def _file_sector_events(source, file_name, raw_orders, keep_without_truth, stats):
