@@ -214,14 +214,19 @@ def verification_hits(data, n):
     return masks[:, None].astype(np.float32)
 
 
+TIE = 1e-6  # a probability this close to the threshold is a tie that float rounding decides either way
+
+
 def verify(path, fmt, keras_model, hits, threshold):
-    """Largest probability difference and count of differing hit decisions between the file and Keras."""
+    """Largest probability difference and count of differing hit decisions between the file and Keras (not
+    counting ties: Keras' probability within TIE of the threshold)."""
     exported = run_exported(path, fmt, hits)
     expected = np.asarray(keras_model.predict(hits, batch_size=32, verbose=0))
     if exported.shape != hits.shape:
         raise InputError(f"{path}: the exported model returns {exported.shape} for {hits.shape}")
     invented = int(((exported > threshold) & (hits == 0)).sum())
-    differ = int(((exported > threshold) != (expected > threshold)).sum())
+    decided = np.abs(expected - threshold) > TIE
+    differ = int((((exported > threshold) != (expected > threshold)) & decided).sum())
     return float(np.abs(exported - expected).max()), differ, invented
 
 
@@ -320,7 +325,8 @@ def export(args):
         check = {"events": len(hits), "max_probability_difference": max_diff, "decisions_differ": differ,
                  "invented_hits": invented}
         print(f"verified on {len(hits)} events: largest probability difference {max_diff:.2e}, "
-              f"{differ} hit decisions differ at threshold {threshold:.3f}, {invented} hits invented")
+              f"{differ} hit decisions differ at threshold {threshold:.3f} (ties within {TIE:g} aside), "
+              f"{invented} hits invented")
         if differ or invented:
             raise InputError(f"{output}: the exported model disagrees with the Keras model ({differ} decisions "
                              f"differ, {invented} invented hits); nothing written")

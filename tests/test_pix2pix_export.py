@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import types
 
 import h5py
 import numpy as np
@@ -121,6 +122,19 @@ def test_refuses_an_export_that_disagrees(run, tmp_path, monkeypatch):
     with pytest.raises(InputError, match="disagrees"):
         export.main(["--model", str(folder), "--output", str(tmp_path / "bad.onnx"), "--verify-events", "16"])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_tie_at_the_threshold_is_not_a_disagreement(tmp_path, monkeypatch):
+    """A probability within float rounding of the threshold may fall either side in another runtime (a
+    TorchScript export was refused for one such hit, 1.2e-7 from it): not counted; 1e-5 away, it is."""
+    hits, threshold = hit_maps(2), 0.5
+    cell = np.unravel_index(np.argmax(hits), hits.shape)  # a hit
+    for nudge, differ in ((2e-7, 0), (1e-5, 1)):
+        keras_side, file_side = np.full(hits.shape, 0.1), np.full(hits.shape, 0.1)
+        keras_side[cell], file_side[cell] = threshold + nudge, threshold - nudge  # kept by one, not the other
+        monkeypatch.setattr(export, "run_exported", lambda *a, p=file_side: p)
+        model = types.SimpleNamespace(predict=lambda x, p=keras_side, **kw: p)
+        assert export.verify(tmp_path / "x.onnx", "onnx", model, hits, threshold)[1] == differ
 
 
 def test_bad_inputs(run, exported, tmp_path):
