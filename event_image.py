@@ -48,9 +48,13 @@ REGION_ROWS = tuple(PAD_TOP + r * (LAYERS_PER_REGION + REGION_GAP) for r in rang
 # Padded row of each of the 36 layers, and the padded columns of the wires.
 LAYER_ROWS = np.concatenate([np.arange(start, start + LAYERS_PER_REGION) for start in REGION_ROWS])
 WIRE_COLUMNS = slice(PAD_LEFT, PAD_LEFT + WIRES)
-# Each cell's mirror along its layer (--mirror-average): wire 111 - w, and 110 - w in the odd layers, whose cells
-# sit half a cell over, so that a track's mirror has the same stagger; -1 for the odd layers' wire 111 (none).
-MIRROR_WIRE = (WIRES - 1 - np.arange(LAYERS) % 2)[:, None] - np.arange(WIRES)[None, :]
+# CLAS12's half-cell stagger, in cells, of each layer's wires (coatjava's DC geometry puts wire w of layer l = 1-6 of
+# a superlayer at w - 1 + (l % 2) / 2 cells across the layer): rows 0, 2, 4, ... (layers 1, 3, 5) sit half a cell
+# towards higher wires, so a track at x cells hits wire rint(x - STAGGER[row]) (0-based).
+STAGGER = 0.5 * ((np.arange(LAYERS) + 1) % 2)
+# Each cell's mirror along its layer (--mirror-average): wire 111 - w, and 110 - w in the staggered layers, so
+# that a track's mirror has the same stagger; -1 for the staggered layers' wire 111 (none).
+MIRROR_WIRE = (WIRES - 1 - 2 * STAGGER).astype(int)[:, None] - np.arange(WIRES)[None, :]
 
 LAYOUT = {  # recorded in every HDF5 file the project writes
     "event_shape": (LAYERS, WIRES, CHANNELS),

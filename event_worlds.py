@@ -42,7 +42,7 @@ UNWANTED_LAST_LAYER = (5, 23)  # an unwanted track ends in this layer range: nev
 
 # The geometry, shared with make_events' default generator.
 LAYER = np.arange(ei.LAYERS)
-STAGGER = 0.5 * (LAYER % 2)  # odd layers sit half a cell over
+STAGGER = ei.STAGGER  # CLAS12's half-cell stagger (event_image)
 STEREO_SIGN = np.where((LAYER // ei.LAYERS_PER_SUPERLAYER) % 2 == 0, 1.0, -1.0)  # +6 / -6 degree superlayers
 N = ei.LAYERS_PER_REGION
 # The bend's shape per layer: 0 in region 1, quadratic in region 2, straight in region 3; its slope goes

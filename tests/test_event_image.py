@@ -5,6 +5,7 @@ import pytest
 from PIL import Image
 
 import event_image as ei
+import make_events
 from script_utils import InputError
 
 
@@ -231,14 +232,28 @@ def test_decisions_image_colours_each_hit_by_what_the_method_did():
 
 
 def test_mirror_wire_is_the_wire_of_the_mirrored_position_in_every_layer():
-    """A hit at position x across the layer (wire units, odd layers' cells half a cell over, as make_events
-    draws them) mirrored to 111 - x lands on MIRROR_WIRE's wire, in even and odd layers alike."""
-    from event_worlds import STAGGER
-
+    """A hit at position x across the layer (wire units, the staggered layers' cells half a cell over, as
+    make_events draws them) mirrored to 111 - x lands on MIRROR_WIRE's wire, in every layer."""
     rng = np.random.default_rng(4)
     x = rng.uniform(0.6, 110.4, (500, ei.LAYERS))
-    wire = lambda pos: np.rint(pos - STAGGER).astype(int)  # noqa: E731
+    wire = lambda pos: np.rint(pos - ei.STAGGER).astype(int)  # noqa: E731
     layers = np.broadcast_to(np.arange(ei.LAYERS), x.shape)
     assert np.array_equal(ei.MIRROR_WIRE[layers, wire(x)], wire(ei.WIRES - 1 - x))
-    assert (ei.MIRROR_WIRE[1::2, -1] == -1).all() and (ei.MIRROR_WIRE >= -1).all()
-    assert sorted(ei.MIRROR_WIRE[0]) == list(range(ei.WIRES)) and sorted(ei.MIRROR_WIRE[1])[1:] == list(range(111))
+    assert (ei.MIRROR_WIRE[0::2, -1] == -1).all() and (ei.MIRROR_WIRE >= -1).all()
+    assert sorted(ei.MIRROR_WIRE[1]) == list(range(ei.WIRES)) and sorted(ei.MIRROR_WIRE[0])[1:] == list(range(111))
+
+
+def test_the_stagger_is_coatjavas_a_straight_track_zig_zags_as_in_clas12():
+    """coatjava's DC geometry: wire w of layer l (1-6) at w - 1 + (l % 2) / 2 cells, so layers 1, 3, 5 (rows 0,
+    2, 4) sit half a cell towards higher wires, and a track (less than half a cell a layer) steps by 0 or +1
+    from such a layer to the next and by 0 or -1 from the next to the one after: make_events' tracks do."""
+    assert list(ei.STAGGER[:6]) == [0.5, 0, 0.5, 0, 0.5, 0] and list(ei.STAGGER[6:12]) == list(ei.STAGGER[:6])
+    _, _, ids = make_events.generate_masks(300, seed=6, luminosity=0, track_ids=True)
+    steps = {}
+    for event, k in zip(*np.nonzero([[(e == k).any() for k in range(1, 4)] for e in ids]), strict=True):
+        rows, wires = np.nonzero(ids[event] == k + 1)  # one track's hits
+        one = {r: w[0] for r in range(ei.LAYERS) if len(w := wires[rows == r]) == 1}
+        for r in range(ei.LAYERS - 1):
+            if r in one and r + 1 in one and r % 6 != 5:  # within a superlayer
+                steps.setdefault(r % 2, set()).add(int(one[r + 1] - one[r]))
+    assert steps[0] == {0, 1} and steps[1] == {-1, 0}

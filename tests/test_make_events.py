@@ -78,8 +78,8 @@ def test_track_geometry():
     assert jumps.max() <= 4 and (jumps > 1).any()
     # A smooth curve: the mean slope changes little between the regions (small curvature),
     # and some tracks bend visibly.
-    slope = np.stack([(w[:, 12 * r + 11] - w[:, 12 * r]) / 11 for r in range(3)], axis=1)
-    assert np.abs(slope).max() < 0.7 and np.abs(np.diff(slope, axis=1)).max() < 0.6
+    slope = np.stack([(w[:, 12 * r + 10] - w[:, 12 * r]) / 10 for r in range(3)], axis=1)  # rows staggered alike
+    assert np.abs(slope).max() < 0.9 and np.abs(np.diff(slope, axis=1)).max() < 0.6  # 0.45 a layer, the stereo jump
     assert (np.abs(slope[:, 2] - slope[:, 0]) > 0.2).any()
     # Sometimes the adjacent wire fires too.
     double = second_fired[active].sum() / f.sum()
@@ -299,10 +299,10 @@ def world(**changes):
 
 def test_default_preset_is_todays_events_bit_for_bit():
     import hashlib
-    h = hashlib.sha256()  # computed with make_events.py before the presets existed
+    h = hashlib.sha256()  # computed with make_events.py before the presets existed, again with coatjava's stagger
     for a in me.generate_events(200, seed=5, luminosity=1.5, start=17, track_ids=True, preset="default"):
         h.update(a.tobytes())
-    assert h.hexdigest() == "23b5aec32bff4260fd3d31679b9d97a706f0d3f8e4cae0a8139e82e9ba93e403"
+    assert h.hexdigest() == "733c0be71b305cbfce38e821bedd64bb95d103ec4b69504164fa4e7927077bc1"
     args = me.parse_args(["--out", "x"])
     assert args.world == "default"  # no world option: today's generator
     assert me.parse_args(["--out", "x", "--inefficiency", "0.03"]).world["inefficiency"] == 0.03
@@ -422,8 +422,8 @@ def test_background_lean_tilts_background_segments_and_curls_one_way():
     assert abs(lean[0.0][0]) < 0.15 and abs(lean[0.0][1]) < 0.15 and 0.4 < lean[0.0][2] < 0.6  # either way alike
     assert 0.4 < lean[0.5][0] < 0.7 and 0.3 < lean[0.5][1] < 0.7 and 0.68 < lean[0.5][2] < 0.82  # 3 in 4 one way
     assert lean[1.0][0] > 0.95 and lean[1.0][1] > 0.8 and lean[1.0][2] == 1.0  # all one way
-    raw, truth = me.generate_events(50, seed=4, preset="hard")  # lean 0 draws nothing: the events measured before it
-    assert hashlib.sha256(raw.tobytes() + truth.tobytes()).hexdigest().startswith("0a41916e78c07b30")
+    raw, truth = me.generate_events(50, seed=4, preset="hard")  # lean 0 draws nothing: the events before it (with
+    assert hashlib.sha256(raw.tobytes() + truth.tobytes()).hexdigest().startswith("a99f48f4394d52e3")  # the stagger)
     assert me.parse_args(["--out", "x", "--background-lean", "0.5"]).world["background_lean"] == 0.5
     for bad in ("1.5", "-0.1"):
         with pytest.raises(InputError):
