@@ -422,8 +422,8 @@ def test_background_lean_tilts_background_segments_and_curls_one_way():
     assert abs(lean[0.0][0]) < 0.15 and abs(lean[0.0][1]) < 0.15 and 0.4 < lean[0.0][2] < 0.6  # either way alike
     assert 0.4 < lean[0.5][0] < 0.7 and 0.3 < lean[0.5][1] < 0.7 and 0.68 < lean[0.5][2] < 0.82  # 3 in 4 one way
     assert lean[1.0][0] > 0.95 and lean[1.0][1] > 0.8 and lean[1.0][2] == 1.0  # all one way
-    raw, truth = me.generate_events(50, seed=4, preset="hard")  # lean 0 draws nothing: the events before it (with
-    assert hashlib.sha256(raw.tobytes() + truth.tobytes()).hexdigest().startswith("a99f48f4394d52e3")  # the stagger)
+    raw, truth = me.generate_events(50, seed=4, preset="hard")  # lean 0 draws nothing: the events from before it
+    assert hashlib.sha256(raw.tobytes() + truth.tobytes()).hexdigest().startswith("a99f48f4394d52e3")
     assert me.parse_args(["--out", "x", "--background-lean", "0.5"]).world["background_lean"] == 0.5
     for bad in ("1.5", "-0.1"):
         with pytest.raises(InputError):
