@@ -62,7 +62,6 @@ from training_files import (  # noqa: E402
     best_summary,
     check_output_dir,
     check_same_data,
-    check_same_replicas,
     check_same_settings,
     data_record,
     export_generator,
@@ -74,7 +73,6 @@ from training_files import (  # noqa: E402
     restore_latest,
     run_stability,
     save_samples,
-    update_stability,
     write_json,
 )
 
@@ -184,8 +182,7 @@ def set_up(s):
     replicas = strategy.num_replicas_in_sync
     data = data_record(s.data)
     check_same_data(out, data)  # before anything is written (the split beside the data too)
-    check_same_settings(out, vars(s))
-    check_same_replicas(out, replicas)
+    check_same_settings(out, vars(s), replicas)
     split, steps_per_epoch, validation, validation_ids = load_data(s, replicas)
 
     restored = restore_latest(trainer, out / "checkpoints")
@@ -282,16 +279,14 @@ def finish(run, scores):
     step, epoch, _ = trainer.counters()
     if run.chief:
         rows = read_history(run.out / "history.csv")
-        final = finished_export(run.out, epoch, step) if scores is None else None
-        if final is not None:  # the run had finished: its final export stands (not re-validated, maybe otherwise)
-            scores = final["validation"]
+        final = finished_export(run.out, epoch, step) if scores is None else None  # the run had finished
+        if final is not None:
+            scores = final["validation"]  # its export stands: not validated again, maybe on other settings
         else:
-            if scores is None:  # nothing left to train, not exported yet: score the restored weights
-                scores, _ = validate_run(run)
+            scores = validate_run(run)[0] if scores is None else scores  # nothing left to train: the restored weights
             export_generator(trainer, run.out, "generator_final", scores, epoch, step, vars(s),
                              run_stability(rows, epoch))
-        best = update_stability(run.out / "generator_best.json", rows)  # against the run's last five epochs
-        best_text = best_summary(run.out, best, float(trainer.best_f1.numpy()) >= 0)
+        best_text = best_summary(run.out, rows, float(trainer.best_f1.numpy()) >= 0)
         print(f"Done: {epoch} epochs, {step} steps in {time.time() - run.started:.0f} s; {best_text}; final: "
               f"{run.out / 'generator_final.keras'}", flush=True)
     if run.multi_worker:  # wait for each other (the chief's exports), so that all workers leave together

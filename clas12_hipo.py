@@ -145,16 +145,24 @@ def _record_header(f, pos, size, path):
 
 
 def check_hipo_file(path):
-    """Check that path is a complete HIPO 4 file with events and return its number of events.
+    """Check that path is a complete HIPO 4 file with events and return its number of events (once per state of
+    the file: a route reads a file several times, and the check reads every event)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: {'not a file' if path.exists() else 'no such file'}")
+    st = path.stat()
+    return _checked_hipo_file(path, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _checked_hipo_file(path, inode, size, mtime_ns):
+    """check_hipo_file's check of the file as it is (inode, size and time stamp; an error is not kept).
 
     hipopybind aborts the process (not an exception) on a text file, a truncated file, one without events
     or one whose dictionary or a compressed record is damaged: this walks the file and record headers
     first, then reads the dictionary and every event in a child process (FILE_PROBE, microseconds an
     event) and compares their number with the record headers'; each problem is a one-line InputError.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: {'not a file' if path.exists() else 'no such file'}")
     try:
         f = open(path, "rb")
     except OSError as exc:
@@ -254,10 +262,9 @@ def check_event_header(event, where):
 class _HipoInput:
     """A checked HIPO file open for reading: its reader, dictionary and the banks read here."""
 
-    def __init__(self, path, checked=False):
+    def __init__(self, path):
         self.path = Path(path)
-        if not checked:  # check_hipo_file reads every event once more
-            check_hipo_file(self.path)
+        check_hipo_file(self.path)
         self.reader = hb.Reader()
         self.reader.open(str(self.path))
         self.dictionary = hb.Dictionary()
@@ -366,8 +373,7 @@ def read_sector_events(paths, raw_orders=RAW_ORDERS, keep_sectors_without_truth=
     labels = [Path(p).name for p in paths] if labels is None else labels
     for path, label in zip(paths, labels, strict=True):
         stats["files"] += 1
-        yield from _file_sector_events(_HipoInput(path, checked=True), label, raw_orders, keep_sectors_without_truth,
-                                       stats)
+        yield from _file_sector_events(_HipoInput(path), label, raw_orders, keep_sectors_without_truth, stats)
 
 
 def _file_sector_events(source, file_name, raw_orders, keep_without_truth, stats):

@@ -122,25 +122,23 @@ def note_new_epochs(s, out, epoch):
           f"over {s.epochs} epochs; epoch {epoch + 1} trains at {now:.3f} of the set rates", flush=True)
 
 
-def check_same_settings(out, settings):
+def check_same_settings(out, settings, replicas):
     """Refuse to resume a run with settings that change what it learns or how its best epoch is chosen
-    (run_config.json's "settings"; those of RESUME_MAY_CHANGE, and settings it does not record, may differ)."""
-    saved = started_settings(out)
+    (run_config.json's "settings"; those of RESUME_MAY_CHANGE, and settings it does not record, may differ), or
+    on another number of replicas (--logical-cpus, devices, workers): its place in an epoch counts global
+    batches (--batch-size x replicas), so it would skip other events than it trained."""
+    config_path = out / "run_config.json"
+    config = json.loads(config_path.read_text()) if config_path.exists() else {}
+    saved = config.get("settings") or {}
     changed = [f"--{k.replace('_', '-')} {saved[k]} there, {v} asked" for k, v in settings.items()
                if k in saved and k not in RESUME_MAY_CHANGE and saved[k] != v]
     if changed:
         raise InputError(f"{out}: holds a run started with other settings ({'; '.join(changed)}); resume with "
                          "the run's settings or use another --output-dir")
-
-
-def check_same_replicas(out, replicas):
-    """Refuse to resume a run on another number of replicas (--logical-cpus, devices, workers): its position
-    in an epoch counts global batches (--batch-size x replicas), so it would skip other events than it trained."""
-    config_path = out / "run_config.json"
-    saved = json.loads(config_path.read_text()).get("replicas", replicas) if config_path.exists() else replicas
-    if saved != replicas:
-        raise InputError(f"{out}: holds a run trained on {saved} replica(s), this one has {replicas} (its place in "
-                         "an epoch counts global batches); resume with as many or use another --output-dir")
+    if config.get("replicas", replicas) != replicas:
+        raise InputError(f"{out}: holds a run trained on {config['replicas']} replica(s), this one has {replicas} "
+                         "(its place in an epoch counts global batches); resume with as many or use another "
+                         "--output-dir")
 
 
 def finished_export(out, epoch, step):
@@ -333,9 +331,11 @@ def tracking_text(scores):
     return f", tracks kept {scores['tracks_kept']:.4f}, fake segments/event {scores['fake_segments_per_event']:.4f}"
 
 
-def best_summary(out, best, scored):
-    """What the end of a run says of its best epoch: best_epoch_text of generator_best.json's contents (best), or
-    why there is none (scored: an epoch scored a validation F1)."""
+def best_summary(out, rows, scored):
+    """At the end of a run: generator_best.json's epoch compared with the run's last epochs now (update_stability,
+    history's rows), and what the run's last line says of it: best_epoch_text, or why there is none (scored: an
+    epoch scored a validation F1)."""
+    best = update_stability(out / "generator_best.json", rows)
     if best is not None:
         return best_epoch_text(out, best)
     if not scored:
