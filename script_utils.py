@@ -41,9 +41,11 @@ class InputError(Exception):
 def run_main(main, argv=None):
     """Run main(argv) as a script: InputError -> one line on stderr and exit 2, Ctrl-C or a batch system's
     SIGTERM -> 130 with nothing half written (also one that Python dropped: note_dropped_interrupt), a Python
-    warning -> warn's one line."""
+    warning -> warn's one line. Output piped to a reader that has gone (`script | head`) is dropped, the run goes on."""
     INTERRUPTED.clear()
     sys.unraisablehook = note_dropped_interrupt
+    sys.stdout, sys.stderr = (s if isinstance(s, ReaderMayLeave) else ReaderMayLeave(s)
+                              for s in (sys.stdout, sys.stderr))
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # as Ctrl-C: atomic_output keeps nothing
     try:
         with warnings_as_lines():
@@ -64,6 +66,35 @@ def run_main(main, argv=None):
         sys.stdout.flush()
         os._exit(EXIT_BAD_INPUT)  # not Python's shutdown: HDF5, left with a failed write, can crash in it
     sys.exit(code or 0)
+
+
+class ReaderMayLeave:
+    """A text stream (stdout, stderr) whose closed pipe (`script | head` once head has its lines) sends the rest
+    of the run's lines to /dev/null instead of a BrokenPipeError traceback in the middle of the work."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text):
+        try:
+            return self.stream.write(text)
+        except BrokenPipeError:
+            self.to_devnull()
+            return len(text)
+
+    def flush(self):
+        try:
+            self.stream.flush()
+        except BrokenPipeError:
+            self.to_devnull()
+
+    def to_devnull(self):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self.stream.fileno())
+        os.close(devnull)
+
+    def __getattr__(self, name):  # fileno, isatty, encoding, ...: the stream's own
+        return getattr(self.stream, name)
 
 
 DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}  # no space left, over quota, over the file size limit
@@ -213,7 +244,7 @@ def check_output_path(target, overwrite, folder=False):
         above = next((a for a in (parent, *parent.parents) if a.exists()), None)
         if above is not None and not above.is_dir():
             raise InputError(f"{target}: {above} is a file, not a folder")
-        raise InputError(f"{target}: folder {parent} does not exist")
+        raise InputError(f"{target}: folder {parent} does not exist (make it first: mkdir -p {parent})")
     if not can_write_in(parent):
         raise InputError(f"{target}: folder {parent} is not writable")
 
@@ -345,14 +376,19 @@ def atomic_output(target, overwrite=False, suffix="", ext="", folder=False):
 
 def replace_folder(new, target):
     """Swap the finished folder new in for the existing folder target, then delete the old one. A stop
-    between the two renames would leave neither: it waits for the second."""
+    between the two renames would leave neither: it waits for the second; a second that fails puts the
+    old folder back."""
     old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
     try:
         with stop_signals_held():
             os.replace(target, old / target.name)
-            os.replace(new, target)
+            try:
+                os.replace(new, target)
+            except BaseException:
+                os.replace(old / target.name, target)
+                raise
     finally:
-        if target.exists():  # not when the second rename failed: the old folder is all there is
+        if target.exists():  # the new folder, or the old one back; else the old one is all there is
             shutil.rmtree(old)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import assert_one_line_error
+from conftest import ROOT, assert_one_line_error
 from PIL import Image
 
 import evaluation
@@ -351,6 +351,23 @@ def test_png_threshold_override_and_gate_by_raw_hits(models, folders):
     assert data["methods"]["model"]["scores"]["efficiency"] == 0 and "WORSE" in data["verdict"]
 
 
+def test_output_piped_to_a_reader_that_leaves_does_not_stop_the_run(models, folders):
+    """`Pix2Pix_denoise.py ... | head -3`: head leaves after its lines; the run ended in a BrokenPipeError traceback,
+    its PNG folder removed and its report left. Now the rest of its lines go nowhere and the run finishes."""
+    import subprocess
+    import sys
+
+    tmp, raw, truth, names = folders
+    proc = subprocess.Popen([sys.executable, ROOT / "Pix2Pix_denoise.py", "--model", models["track"], "--input-dir",
+                             tmp / "raw", "--output-dir", tmp / "out", "--evaluate", "--truth-dir", tmp / "truth"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp)
+    proc.stdout.close()  # the reader gone before the first line
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 0 and "Traceback" not in err, err[-2000:]
+    assert sorted(p.name for p in (tmp / "out").iterdir()) == sorted(names)
+    assert json.loads((tmp / "out.report.json").read_text())["events"] == len(names)
+
+
 def test_overwrite(script, models, folders):
     tmp, raw, truth, names = folders
     args = ["--model", models["track"], "--input-dir", tmp / "raw", "--output-dir", tmp / "out"]
@@ -642,8 +659,6 @@ def test_cae_baseline_through_the_evaluation(models, h5file):
 def _start(*args):
     import subprocess
     import sys
-
-    from conftest import ROOT
 
     return subprocess.Popen([sys.executable, str(ROOT / SCRIPT), *map(str, args)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, cwd=ROOT)

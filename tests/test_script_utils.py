@@ -2,6 +2,7 @@
 that are inputs, empty and folder paths."""
 
 import argparse
+import errno
 import importlib
 import os
 import signal
@@ -121,7 +122,7 @@ def test_output_names_too_long_or_below_a_file(tmp_path):
     check_output_path(tmp_path / ("x" * 200), overwrite=False)
     with pytest.raises(InputError, match="afile is a file, not a folder"):
         check_output_path(tmp_path / "afile" / "sub" / "out.h5", overwrite=True)
-    with pytest.raises(InputError, match="does not exist"):
+    with pytest.raises(InputError, match=r"does not exist \(make it first: mkdir -p .*missing\)"):
         check_output_path(tmp_path / "missing" / "out.h5", overwrite=True)
 
 
@@ -175,3 +176,29 @@ def test_a_ctrl_c_that_python_drops_in_a_finalizer_still_stops_the_run_and_keeps
     assert proc.stdout.split() == ["went", "on"]  # Python dropped the interrupt: the body went on ...
     assert proc.returncode == 130 and proc.stderr.strip() == "interrupted", proc.stderr  # ... but it counts
     assert list(tmp_path.iterdir()) == []  # neither the output nor its temporary
+
+
+@pytest.mark.parametrize("failing", [(2,), (2, 3)], ids=["new-refused", "old-not-back-either"])
+def test_a_folder_replaced_keeps_the_old_one_when_the_new_cannot_be_put_in_its_place(tmp_path, monkeypatch, failing):
+    import script_utils
+
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "old.png").write_text("the user's")
+    calls, real_replace = [], os.replace
+
+    def some_fail(src, dst):  # 1: the old folder moved aside; 2: the new one in its place; 3: the old one back
+        calls.append(dst)
+        if len(calls) in failing:  # a lost mount, an I/O error
+            raise OSError(errno.EIO, "input/output error")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(script_utils.os, "replace", some_fail)
+    with pytest.raises(OSError), script_utils.atomic_output(target, overwrite=True, folder=True) as tmp:
+        (tmp / "new.png").write_text("new")
+    if failing == (2,):  # put back: no temporary, no hidden old folder left
+        assert [p.name for p in target.iterdir()] == ["old.png"] and (target / "old.png").read_text() == "the user's"
+        assert [p.name for p in tmp_path.iterdir()] == ["out"]
+    else:  # the old folder is all there is: kept where it was moved
+        kept = list(tmp_path.rglob("old.png"))
+        assert not target.exists() and len(kept) == 1 and kept[0].read_text() == "the user's"
