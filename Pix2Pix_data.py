@@ -47,10 +47,10 @@ RAW_DIR = "data/raw"  # raw PNGs (with --layout tagged: the one folder holding b
 TRUTH_DIR = "data/truth"  # truth PNGs, same file names as in RAW_DIR
 OUTPUT = "data/pairs.h5"
 LAYOUT = "folders"  # "folders": RAW_DIR/NAME + TRUTH_DIR/NAME; "tagged": one folder, tags in names
-RAW_TAG = "_all_"  # tagged layout: a raw file's name carries this ...
-TRUTH_TAG = "_truth_"  # ... and its truth file's name this instead
+RAW_TAG = ei.RAW_TAG  # tagged layout: a raw file's name carries this ...
+TRUTH_TAG = ei.TRUTH_TAG  # ... and its truth file's name this instead
 TRACKS_DIR = None  # track-id PNGs, same names as in RAW_DIR (None: a `tracks` folder beside TRUTH_DIR, if any)
-TRACKS_TAG = "_tracks_"  # tagged layout: a track-id file's name carries this instead of the raw tag
+TRACKS_TAG = ei.TRACKS_TAG  # tagged layout: a track-id file's name carries this instead of the raw tag
 WORKERS = os.cpu_count() or 1  # decoding processes (1: no extra processes)
 CHUNK_EVENTS = pairs_h5.CHUNK_EVENTS  # events per HDF5 chunk along axis 0
 COMPRESSION_LEVEL = pairs_h5.COMPRESSION_LEVEL  # ISA-L deflate level 0-3
@@ -315,13 +315,17 @@ def convert(raw_dir, truth_dir, output, *, layout=LAYOUT, raw_tag=RAW_TAG, truth
     truth_source = (f"the images in --truth-dir {truth_dir}" if layout == "folders"
                     else f"the {truth_tag} files in {raw_dir}")
     warn_at_end(skipped, skip_path, counts, written, truth_source)
+    return run_summary(output, written, len(skipped), f"{k}/{n}", counts, t0, read=len(mine))
+
+
+def run_summary(output, written, skipped, shard, counts, t0, read, note=""):
+    """What a run did (summary_line's facts): pairs written and skipped, hits per event, size, time since t0
+    and pairs read per second (bad ones too)."""
     seconds = time.perf_counter() - t0
-    return {
-        "output": str(output), "pairs": written, "skipped": len(skipped), "shard": f"{k}/{n}",
-        "raw_hits_per_event": counts["raw_hits"] / max(written, 1),
-        "truth_hits_per_event": counts["truth_hits"] / max(written, 1),
-        "bytes": output.stat().st_size, "seconds": seconds, "pairs_per_second": len(mine) / seconds,
-    }
+    return {"output": str(output), "pairs": written, "skipped": skipped, "shard": shard,
+            "raw_hits_per_event": counts["raw_hits"] / max(written, 1),
+            "truth_hits_per_event": counts["truth_hits"] / max(written, 1),
+            "bytes": output.stat().st_size, "seconds": seconds, "pairs_per_second": read / seconds, "note": note}
 
 
 def summary_line(s):
@@ -332,7 +336,7 @@ def summary_line(s):
     skipped = f", {s['skipped']} skipped" if s["skipped"] else ""
     return (f"wrote {s['pairs']} pairs{shard}{skipped} to {s['output']} ({s['bytes'] / 1e6:.1f} MB{ratio}); "
             f"hits per event raw {s['raw_hits_per_event']:.1f} truth {s['truth_hits_per_event']:.1f}; "
-            f"{s['seconds']:.1f} s, {s['pairs_per_second']:.0f} pairs/s" + s.get("note", ""))
+            f"{s['seconds']:.1f} s, {s['pairs_per_second']:.0f} pairs/s{s['note']}")
 
 
 # --- Command line ---------------------------------------------------------------------------------------
@@ -345,7 +349,7 @@ def build_parser():
                    help="folder of the truth PNGs, same file names as the raw ones (default %(default)s; "
                         "not used with --layout tagged)")
     p.add_argument("--output", default=OUTPUT, help="HDF5 file to write (default %(default)s)")
-    p.add_argument("--layout", choices=("folders", "tagged"), default=LAYOUT,
+    p.add_argument("--layout", choices=ei.PAIR_LAYOUTS, default=LAYOUT,
                    help="how pairs are stored: two folders of equal names, or one folder with tags in the names "
                         "(default %(default)s)")
     p.add_argument("--raw-tag", default=RAW_TAG, help="tagged layout: raw files' tag (default %(default)s)")

@@ -12,7 +12,6 @@ the result hit by hit against the truth and the CLAS12 baselines (evaluation.py)
 """
 
 import argparse
-import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from script_utils import (
 from trained_model import (
     choose_threshold,
     cpu_cores,
+    kept_hits,
     model_from,
     predicted,
     read_sidecar,
@@ -160,6 +160,8 @@ def parse_args(argv=None):
         raise InputError("--tracks-dir is only used with --evaluate on --input-dir")
     if args.evaluate and args.input_dir and not args.truth_dir:
         raise InputError("--evaluate on a PNG folder needs --truth-dir")
+    if args.truth_dir and args.tracks_dir is None:  # the track-id folder beside the truth's, if there is one
+        args.tracks_dir = ei.default_tracks_dir(args.truth_dir)
     scoring = [f for f in ("baseline_cae", "cae_data", "cae_cache", "cae_epochs", "sweep_thresholds", "background_bins",
                            "grid_events", "report") if getattr(args, f) != parser.get_default(f)]
     if scoring and not args.evaluate:
@@ -199,15 +201,12 @@ def denoise(model, threshold, reader, writer, evaluation=None, baselines=None, g
     with writer, ThreadPoolExecutor(max_workers=2) as pool:
         # readers may give no track ids
         for (names, raw, truth, *track_ids), prob in predicted(model, prefetched(reader, pool)):
-            kept = prob > threshold
-            if gate:
-                kept &= raw
+            kept = kept_hits(prob, raw, threshold, gate)
             if writing is not None:
                 writing.result()  # raises here if the previous batch could not be written
             writing = pool.submit(writer.write, names, kept)
             if evaluation is not None:
-                keeps = {"model": kept, **{m: keep(raw) for m, keep in (baselines or {}).items()}}
-                evaluation.add(raw, truth, keeps, prob, names, track_ids[0] if track_ids else None)
+                evaluation.add_model(raw, truth, kept, prob, names, track_ids[0] if track_ids else None, baselines)
             n += len(names)
             bar.update(len(names))
         if writing is not None:
@@ -233,9 +232,8 @@ def output_paths(args):
 
 def input_paths(args, model_path):
     """Every file or folder the run reads: outputs must be none of them, nor inside or above one."""
-    tracks_dir = args.tracks_dir or (ei.default_tracks_dir(args.truth_dir) if args.truth_dir else None)
     model_files = (model_path, Path(model_path).with_suffix(".json"))  # the model and its sidecar
-    return (args.input_dir, args.truth_dir, tracks_dir, args.data, args.hipo, args.cae_data, *model_files)
+    return (args.input_dir, args.truth_dir, args.tracks_dir, args.data, args.hipo, args.cae_data, *model_files)
 
 
 def check_outputs(args, out, report, inputs):
@@ -252,8 +250,7 @@ def check_outputs(args, out, report, inputs):
 
 def png_job(args, out, inputs):
     """Reader and writer of a PNG folder, every input and output checked."""
-    tracks_dir = args.tracks_dir or (ei.default_tracks_dir(args.truth_dir) if args.truth_dir else None)
-    reader = PngFolderReader(args.input_dir, args.truth_dir, args.batch_size, tracks_dir)
+    reader = PngFolderReader(args.input_dir, args.truth_dir, args.batch_size, args.tracks_dir)
     writer = PngFolderWriter(out, args.overwrite)
     writer.check(reader.names, inputs)
     reader.check()
@@ -270,9 +267,8 @@ def h5_job(args, out, model_path, threshold, info):
                                         model_path, data_management.SPLIT_SEED)
     reader = H5SplitReader(args.data, args.split_seed, batch_size=args.batch_size)
     print(f"{args.data}: the {len(reader)} test events of split seed {args.split_seed}")
-    layout = {k: list(v) if isinstance(v, tuple) else v for k, v in ei.LAYOUT.items()}
     attrs = {"source": str(Path(args.data).resolve()), "model": str(model_path), "threshold": threshold,
-             "split": "test", "mask_with_raw": args.gate_by_raw_hits, "layout": json.dumps(layout)}
+             "split": "test", "gate_by_raw_hits": args.gate_by_raw_hits}
     return reader, H5Writer(out, reader.indices, reader.names, attrs, args.overwrite)
 
 
@@ -315,7 +311,7 @@ def main(argv=None):
         if scoring is not None:
             meta = {"model": str(model_path), "model_info": info,
                     "input": str(args.input_dir or args.data or args.hipo), "output": str(out),
-                    "mask_with_raw": args.gate_by_raw_hits, "split_seed": args.split_seed if args.data else None}
+                    "gate_by_raw_hits": args.gate_by_raw_hits, "split_seed": args.split_seed if args.data else None}
             evaluation.finish_report(scoring.result(), threshold, report, args.overwrite, meta)
     except BaseException:  # a run that fails (or is stopped) after writing leaves nothing of its own behind
         if writer is not None:

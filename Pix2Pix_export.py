@@ -263,13 +263,12 @@ def parse_args(argv=None):
     return args
 
 
-def load_trained(args):
-    """The Keras generator, its training sidecar and the threshold to store."""
-    path = trained_model.resolve_model(args.model)
+def load_trained(path, args):
+    """The Keras generator at path (args.model resolved), its training sidecar and the threshold to store."""
     if path.suffix != ".keras":
         raise InputError(f"{path}: export needs the trained .keras generator")
     model, info = trained_model.load_model(path)
-    return path, model.model, info, trained_model.choose_threshold(args.threshold, info, path)
+    return model.model, info, trained_model.choose_threshold(args.threshold, info, path)
 
 
 def sidecar_for(args, model_path, info, threshold, file_sha, check):
@@ -302,7 +301,7 @@ def export(args):
             raise InputError(f"{target}: the export would replace one of its inputs")
         check_not_an_input(target, (model_path, model_path.with_suffix(".json"), args.data))  # links, folders too
         check_output_path(target, args.overwrite)
-    model_path, generator, info, threshold = load_trained(args)
+    generator, info, threshold = load_trained(model_path, args)
     hits = verification_hits(args.data, args.verify_events)
     try:
         wrapped = with_clas12_interface(generator, trained_model.output_views(info))

@@ -45,18 +45,10 @@ keras = import_keras()
 
 import pix2pix_model  # noqa: E402
 from pix2pix_model import dtype_policy, epoch_rank, validate  # noqa: E402
-from pix2pix_trainer import (  # noqa: E402, F401 (tests)
-    EVENT_CELLS,
-    Trainer,
-    augment,
-    choose_precision,
-    choose_strategy,
-    epoch_batches,
-    make_optimizer,
-    with_noise_hits,
-)
+from pix2pix_trainer import Trainer, choose_precision, choose_strategy, epoch_batches  # noqa: E402
 from training_files import (  # noqa: E402
     CSV_FIELDS,
+    RUN_CONFIG,
     Checkpoints,
     architecture,
     best_summary,
@@ -190,12 +182,13 @@ def set_up(s):
     # Where this process writes: the chief into the run folder, other workers into a temporary one.
     ckpt_dir = out / "checkpoints" if chief else out / f".worker_{worker_name}_tmp" / "checkpoints"
     checkpoints = Checkpoints(trainer, ckpt_dir, s.keep_checkpoints, last_saved=step if restored else -1)
-    if chief and not (out / "run_config.json").exists():
-        write_json(out / "run_config.json", {"architecture": architecture(trainer), "data": data, "settings": vars(s),
-                                             "precision": precision, "replicas": replicas})
+    if chief and not (out / RUN_CONFIG).exists():
+        write_json(out / RUN_CONFIG, {"architecture": architecture(trainer), "data": data, "settings": vars(s),
+                                      "precision": precision, "replicas": replicas})
     if restored:
-        print(f"Resuming from {restored}: step {step}, epoch {epoch + 1} after {done_in_epoch} of its batches",
-              flush=True)
+        where = (f"epoch {epoch + 1} after {done_in_epoch} of its batches" if epoch < s.epochs
+                 else f"its {epoch} epochs are done, none to train")
+        print(f"Resuming from {restored}: step {step}, {where}", flush=True)
         note_new_epochs(s, out, epoch)
     print(f"Training {len(split['train'])} pairs ({steps_per_epoch} steps of {trainer.global_batch} per epoch, "
           f"{replicas} replica(s), {precision}), validating on {len(split['validation'])}; "

@@ -120,7 +120,7 @@ def hipo_route(a, out, h5, run):
     """The same events as a HIPO file, its HDF5 pairs (checked against the PNG route's) and the file denoised."""
     hipo, hipo_h5, denoised = out / "events.hipo", out / "events_hipo.h5", out / "events_denoised.hipo"
     step("HIPO 1/3 the same events as a CLAS12 HIPO file (2 sectors per event)", "make_events.py", "--format", "hipo",
-         "--out", hipo, "-n", a.events, "--seed", a.seed, "--luminosity", a.luminosity)
+         "--output", hipo, "-n", a.events, "--seed", a.seed, "--luminosity", a.luminosity)
     step("HIPO 2/3 HIPO -> HDF5 pairs", "Pix2Pix_data.py", "--hipo", hipo, "--output", hipo_h5)
     if not same_pairs(h5, hipo_h5):
         sys.exit(f"demo: {hipo_h5} does not hold the same pairs as {h5}")
@@ -168,7 +168,7 @@ def run_steps(a, out):
     """The steps, each a script run as a user would run it, writing into out."""
     t0 = time.time()
     events, h5, run, denoised = out / "events", out / "events.h5", out / "training", out / "test_denoised.h5"
-    step("1/5 synthetic events", "make_events.py", "--out", events, "-n", a.events, "--seed", a.seed,
+    step("1/5 synthetic events", "make_events.py", "--output", events, "-n", a.events, "--seed", a.seed,
          "--luminosity", a.luminosity, "--preview")
     step("2/5 PNG pairs -> HDF5", "Pix2Pix_data.py", "--raw-dir", events / "raw", "--truth-dir", events / "truth",
          "--output", h5)

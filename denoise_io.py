@@ -16,7 +16,6 @@ import numpy as np
 import data_management
 import event_image as ei
 import pairs_h5
-import Pix2Pix_data
 from script_utils import InputError, atomic_output, can_write_in, check_not_an_input, progress, warn
 
 
@@ -27,10 +26,10 @@ def check_not_tagged(folder, names):
     file beside them are an ordinary folder's names."""
     present = set(names)
     for name in names:
-        for tag in (Pix2Pix_data.TRUTH_TAG, Pix2Pix_data.TRACKS_TAG):
-            if name.count(tag) == 1 and name.replace(tag, Pix2Pix_data.RAW_TAG) in present:
+        for tag in (ei.TRUTH_TAG, ei.TRACKS_TAG):
+            if name.count(tag) == 1 and name.replace(tag, ei.RAW_TAG) in present:
                 raise InputError(f"{folder}: holds the tagged layout's truth or track-id PNGs ({name} beside "
-                                 f"{name.replace(tag, Pix2Pix_data.RAW_TAG)}), which would be denoised as events: "
+                                 f"{name.replace(tag, ei.RAW_TAG)}), which would be denoised as events: "
                                  f"convert it with Pix2Pix_data.py --layout tagged --raw-dir {folder} and denoise the "
                                  "HDF5 file's test split with --data, or move the raw PNGs to a folder of their own")
 
@@ -191,7 +190,7 @@ class H5Writer:
                                                compression="gzip", compression_opts=1)
             out.create_dataset("indices", data=self.indices)
             out.create_dataset("names", data=self.names, dtype=h5py.string_dtype())
-            out.attrs.update(self.attrs)
+            pairs_h5.write_attrs(out, created_by="Pix2Pix_denoise.py", **self.attrs)
             self.done, self.stack = 0, stack.pop_all()
         return self
 

@@ -24,7 +24,6 @@ from script_utils import atomic_output, check_output_path, json_ready
 
 BACKGROUND_BINS = (0, 10, 20, 40, 60, 80, 100, 130, 160, 200, 300)  # lower edges of the background-hit bins
 GRID_EVENTS = 4  # worst and best events shown in the report
-METHODS = ("model", "keep-all", "SNR", "CAE")
 
 
 def _empty_counts():
@@ -67,6 +66,11 @@ class HitEvaluation:
         self.paired_fakes = {m: {"fewer": 0, "equal": 0, "more": 0} for m in self.methods if m != "model"}
         self.worst, self.best = [], []  # heaps of (key, -serial, event)
         self.serial = 0
+
+    def add_model(self, raw, truth, kept, probabilities, names, track_ids, baselines):
+        """Count one batch of the model's kept hits beside the baselines' ({method: keep function} of raw hits)."""
+        keeps = {"model": kept, **{m: keep(raw) for m, keep in (baselines or {}).items()}}
+        self.add(raw, truth, keeps, probabilities, names, track_ids)
 
     def add(self, raw, truth, keeps, probabilities=None, names=None, track_ids=None):
         """Count one batch: boolean masks (N, 36, 112); keeps = {method: kept mask}.
@@ -253,11 +257,11 @@ def tracking_verdict(result):
             f"{shown(model['fake_beside_tracks_per_event'], 3)} of them beside a track (raw "
             f"{shown(model['raw_fake_segments_per_event'], 3)} / "
             f"{shown(model['raw_fake_beside_tracks_per_event'], 3)}{fake}).")
-    return text + fake_segment_counts(result) + at_equal_tracks(result) + at_equal_fakes(result) + \
+    return text + fake_segment_sentence(result) + at_equal_tracks(result) + at_equal_fakes(result) + \
         track_ids_note(result, " ")
 
 
-def fake_segment_counts(result):
+def fake_segment_sentence(result):
     """' Fake segments in these N events: model a; SNR b (model fewer in x events, more in y: model fewer, ...).'
 
     The counts behind the per-event figures, and whether they differ by more than chance: the methods

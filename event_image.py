@@ -218,7 +218,11 @@ def write_track_ids_png(path, track_ids):
     Image.fromarray(track_ids.astype(np.uint8), "L").save(path, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
 
 
-TRACKS_FOLDER = "tracks"  # make_events.py's folders layout: DIR/raw, DIR/truth and DIR/tracks (track-id PNGs)
+# The PNG layouts of make_events.py and Pix2Pix_data.py: folders (DIR/raw, DIR/truth and DIR/tracks, the track-id
+# PNGs, one name in each) or tagged (one folder: dc_all_N.png, dc_truth_N.png, dc_tracks_N.png; the tags' defaults).
+PAIR_LAYOUTS = ("folders", "tagged")
+TRACKS_FOLDER = "tracks"
+RAW_TAG, TRUTH_TAG, TRACKS_TAG = "_all_", "_truth_", "_tracks_"
 
 
 def default_tracks_dir(truth_dir):

@@ -26,17 +26,18 @@ WORLDS = {
              "wire_gradient": 0.0, "background_lean": 0.0},
 }
 PRESETS = tuple(WORLDS)
-MAX_TRACKS = 127  # per event: a track id is TBHits.trkID, one signed byte
+MAX_TRACK_ID = 127  # most tracks per event: a track id is TBHits.trkID, one signed byte
 MAX_LUMINOSITY = 10.0  # every world's limit (make_events' default generator draws slots for up to this)
 WORLD_OPTIONS = ("tracks", "track_span", "bend", "inefficiency", "segment_rate", "occupancy_scale", "crosstalk_rate",
                  "unwanted_fraction", "wire_gradient", "background_lean")
-STEREO_MAX = 2.0  # as make_events
-DOUBLE_HIT = 0.06
-NOISE_OCCUPANCY = np.array((0.025, 0.012, 0.008))  # today's uncorrelated hits per region (R1, R2, R3)
-SEGMENTS_PER_EVENT = 1.5  # today's background segments and cross-talk runs per event (luminosity 1)
-CROSSTALK_PER_EVENT = 2.0
-SEGMENT_REGION_WEIGHTS = np.array((0.60, 0.25, 0.15))
-SEGMENT_SLOPE_MAX = 1.2
+# Shared by every world, make_events' default generator included (it imports them from here).
+STEREO_MAX = 2.0  # the two superlayers of a region see a track up to +-this many wires apart
+DOUBLE_HIT = 0.06  # chance that the adjacent wire fires too
+NOISE_OCCUPANCY = np.array((0.025, 0.012, 0.008))  # uncorrelated hits at luminosity 1: fraction of cells lit in R1-R3
+SEGMENTS_PER_EVENT = 1.5  # low-energy background segments per event at luminosity 1, each inside one superlayer
+SEGMENT_REGION_WEIGHTS = np.array((0.60, 0.25, 0.15))  # where the segments are
+SEGMENT_SLOPE_MAX = 1.2  # |wires per layer|: low-energy particles cross at steeper angles
+CROSSTALK_PER_EVENT = 2.0  # cross-talk runs per event at luminosity 1 (the uncorrelated hits' regional weights)
 UNWANTED_CURVATURE = (0.04, 0.15)  # |change of slope per layer| of an unwanted (curling) track
 UNWANTED_LAST_LAYER = (5, 23)  # an unwanted track ends in this layer range: never reaches region 3
 
@@ -221,11 +222,11 @@ def add_world_options(parser, preset, **defaults):
     w.add_argument("--bend", type=float, default=defaults["bend"],
                    help="|change of slope| across region 2, wires per layer, either direction (hard: 0.6)")
     w.add_argument("--inefficiency", type=float, default=defaults["inefficiency"],
-                   help="each layer's inefficiency, drawn in 0..this per event (hard: 0.05)")
+                   help="each layer's inefficiency, drawn in 0..this for each track (hard: 0.05)")
     w.add_argument("--segment-rate", type=float, default=defaults["segment_rate"],
                    help=f"background segments per event, x today's {SEGMENTS_PER_EVENT:g} (hard: 4)")
     w.add_argument("--occupancy-scale", type=float, nargs=2, metavar=("LO", "HI"), default=defaults["occupancy_scale"],
-                   help="each region's uncorrelated hits x a factor drawn in LO..HI per event (hard: 1 3)")
+                   help="each region's uncorrelated hits x a factor drawn in LO..HI per event and region (hard: 1 3)")
     w.add_argument("--crosstalk-rate", type=float, default=defaults["crosstalk_rate"],
                    help=f"cross-talk runs per event, x today's {CROSSTALK_PER_EVENT:g} (hard: 2)")
     w.add_argument("--unwanted-fraction", type=float, default=defaults["unwanted_fraction"],
@@ -246,8 +247,8 @@ def world_settings(args):
         return args.preset
     world = {**WORLDS[args.preset], **given}
     lo, hi = world["tracks"]
-    if not 0 <= lo <= hi <= MAX_TRACKS:
-        raise InputError(f"--tracks {lo} {hi}: need 0 <= MIN <= MAX <= {MAX_TRACKS} (a track id is one signed byte "
+    if not 0 <= lo <= hi <= MAX_TRACK_ID:
+        raise InputError(f"--tracks {lo} {hi}: need 0 <= MIN <= MAX <= {MAX_TRACK_ID} (a track id is one signed byte "
                          "in HIPO's TBHits.trkID)")
     lo, hi = world["occupancy_scale"]
     if not 0 <= lo <= hi:

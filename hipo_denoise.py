@@ -18,7 +18,7 @@ import numpy as np
 
 import clas12_hipo as ch
 from script_utils import InputError, check_not_an_input, check_output_path, progress
-from trained_model import predicted
+from trained_model import kept_hits, predicted
 
 BATCHES_PER_READ = 2  # events read (and rewritten) at once: this many model batches' worth (at least
 #                       the batches the model runs at once: its concurrent_batches)
@@ -94,16 +94,13 @@ def denoise_hipo(model, threshold, in_path, out_path, *, batch_size=32, gate=Fal
         kept = np.empty_like(masks)
         batches = ((at, masks[at:at + batch_size]) for at in range(0, len(masks), batch_size))
         for (at, raw), prob in predicted(model, batches):
-            keep = prob > threshold
-            if gate:
-                keep &= raw
+            keep = kept_hits(prob, raw, threshold, gate)
             kept[at:at + batch_size] = keep
             if truth is not None:
                 names, true, ids, scored = truth.take(raw)
                 if scored.any():
-                    keeps = {"model": keep[scored], **{m: f(raw[scored]) for m, f in (baselines or {}).items()}}
-                    evaluation.add(raw[scored], true[scored], keeps, prob[scored],
-                                   [n for n, s in zip(names, scored, strict=True) if s], track_ids=ids[scored])
+                    evaluation.add_model(raw[scored], true[scored], keep[scored], prob[scored],
+                                         [n for n, s in zip(names, scored, strict=True) if s], ids[scored], baselines)
         sectors += len(masks)
         bar.update(len(masks))
         return kept

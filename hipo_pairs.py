@@ -217,12 +217,6 @@ def convert_hipo(paths, output, *, raw_orders=ch.RAW_ORDERS, keep_sectors_withou
     if counts["stray_hits"]:
         warn(f"dropped {counts['stray_hits']} TBHits hit(s) in {counts['stray_pairs']} sector(s) that are not raw "
              f"hits (no DC row of order {'/'.join(map(str, raw_orders))} on that wire)")
-    seconds = time.perf_counter() - t0
     note = (f" ({stats['events']} HIPO events read, {stats['events_without_dc_hits']} without DC hits, "
             f"{stats['sectors_without_truth']} sectors without TBHits hits left out)" if n == 1 else "")
-    return {
-        "output": str(output), "pairs": written, "skipped": 0, "shard": f"{k}/{n}",
-        "raw_hits_per_event": counts["raw_hits"] / max(written, 1),
-        "truth_hits_per_event": counts["truth_hits"] / max(written, 1),
-        "bytes": output.stat().st_size, "seconds": seconds, "pairs_per_second": written / seconds, "note": note,
-    }
+    return Pix2Pix_data.run_summary(output, written, 0, f"{k}/{n}", counts, t0, read=written, note=note)

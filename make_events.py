@@ -7,10 +7,10 @@ own generator np.random.default_rng([seed, i]), so any slice of a set can be mad
 (generate_events(n, seed, luminosity, start) gives them as arrays, with no files). --format hipo
 writes the same events as one CLAS12 HIPO file, SECTORS sector images per HIPO event.
 
-    python make_events.py --out data/synth                     # 1000 pairs, seed 0, luminosity 1
-    python make_events.py --out data/synth -n 20000 --seed 1 --preview
-    python make_events.py --format hipo --out data/synth.hipo -n 20000 --seed 1
-    python make_events.py --out data/hard --preset hard -n 3000 --seed 1   # the harder world
+    python make_events.py --output data/synth                     # 1000 pairs, seed 0, luminosity 1
+    python make_events.py --output data/synth -n 20000 --seed 1 --preview
+    python make_events.py --format hipo --output data/synth.hipo -n 20000 --seed 1
+    python make_events.py --output data/hard --preset hard -n 3000 --seed 1   # the harder world
 """
 
 import math
@@ -25,7 +25,19 @@ import clas12_hipo as ch
 import event_image as ei
 import event_worlds
 import hipo_writer
-from event_worlds import LAYER, REGION_TWO_CURVE, STAGGER, STEREO_SIGN
+from event_worlds import (  # the geometry, the stereo angle, double hits and background rates: every world's
+    CROSSTALK_PER_EVENT,
+    DOUBLE_HIT,
+    LAYER,
+    NOISE_OCCUPANCY,
+    REGION_TWO_CURVE,
+    SEGMENT_REGION_WEIGHTS,
+    SEGMENT_SLOPE_MAX,
+    SEGMENTS_PER_EVENT,
+    STAGGER,
+    STEREO_MAX,
+    STEREO_SIGN,
+)
 from script_utils import (
     ArgumentParser,
     InputError,
@@ -63,8 +75,6 @@ BACKGROUND_LEAN = None  # background segments slope, unwanted tracks curl toward
 
 # --- Fixed ----------------------------------------------------------------------------------
 PREVIEW_NAME = "preview.png"  # the preview's file name when --preview gives none
-TRACKS_FOLDER = ei.TRACKS_FOLDER  # folders layout: DIR/tracks/NAME.png, each truth hit's track number (1..k; 0 = none)
-TRACKS_TAG = "_tracks_"  # tagged layout: DIR/dc_tracks_N.png
 CHUNK_EVENTS = 1024  # events generated at once (bounds the memory of generate_events)
 JOB_EVENTS = 1000  # at most this many events per job handed to a worker
 JOBS_PER_WORKER = 4  # jobs handed to each worker process (fewer when that would exceed JOB_EVENTS)
@@ -75,17 +85,12 @@ MAX_TRACKS = len(TRACK_COUNT_PROBS)
 ENTRY_SLOPE_MAX = 0.30  # |wires per layer| of the straight part in region 1
 BEND_MAX = 0.35  # |change of slope| across region 2 (torus field)
 SLOPE_LIMIT = 0.45  # |slope| never above this, so the staggered wire steps by 0 or 1
-STEREO_MAX = 2.0  # the two superlayers of a region see a track up to +-this many wires apart
 LAYER_MISS = 0.03  # chance that a layer misses a track's hit (default preset)
-DOUBLE_HIT = 0.06  # chance that the adjacent wire fires too
+# STEREO_MAX and DOUBLE_HIT: event_worlds.py, shared by every world
 
 # --- Background (at luminosity 1; every kind scales with the luminosity) ---------------------
-NOISE_OCCUPANCY = (0.025, 0.012, 0.008)  # uncorrelated hits: fraction of cells lit in R1, R2, R3
-SEGMENTS_PER_EVENT = 1.5  # low-energy background segments, each inside one superlayer
-SEGMENT_REGION_WEIGHTS = (0.60, 0.25, 0.15)  # where the segments are
+# NOISE_OCCUPANCY, SEGMENTS_PER_EVENT, SEGMENT_REGION_WEIGHTS, SEGMENT_SLOPE_MAX, CROSSTALK_PER_EVENT: event_worlds.py
 SEGMENT_LAYERS = (3, 6)  # a segment spans this many layers (min, max)
-SEGMENT_SLOPE_MAX = 1.2  # |wires per layer|: low-energy particles cross at steeper angles
-CROSSTALK_PER_EVENT = 2.0  # cross-talk runs (same regional weights as the uncorrelated hits)
 CROSSTALK_WIRES = (2, 4)  # a run lights this many adjacent wires in one layer (min, max)
 SLOTS = 32  # candidate segments and cross-talk runs drawn per event (bounds the luminosity)
 assert max(SEGMENTS_PER_EVENT, CROSSTALK_PER_EVENT) * event_worlds.MAX_LUMINOSITY <= SLOTS
@@ -270,15 +275,15 @@ def event_name(i):
 
 def tagged_names(i):
     """(raw, truth) file names of event i in the tagged layout: dc_all_000123.png, dc_truth_000123.png."""
-    return f"dc_all_{i:06d}.png", f"dc_truth_{i:06d}.png"
+    return f"dc{ei.RAW_TAG}{i:06d}.png", f"dc{ei.TRUTH_TAG}{i:06d}.png"
 
 
 def pair_paths(folder, layout, i):
     """Where the raw, truth and track-id PNGs of event i go inside the output folder."""
     if layout == "tagged":
         raw_name, truth_name = tagged_names(i)
-        return folder / raw_name, folder / truth_name, folder / f"dc{TRACKS_TAG}{i:06d}.png"
-    return folder / "raw" / event_name(i), folder / "truth" / event_name(i), folder / TRACKS_FOLDER / event_name(i)
+        return folder / raw_name, folder / truth_name, folder / f"dc{ei.TRACKS_TAG}{i:06d}.png"
+    return folder / "raw" / event_name(i), folder / "truth" / event_name(i), folder / ei.TRACKS_FOLDER / event_name(i)
 
 
 def write_chunk(job):
@@ -305,7 +310,7 @@ def write_events(folder, args):
     if args.layout == "folders":
         (folder / "raw").mkdir()
         (folder / "truth").mkdir()
-        (folder / TRACKS_FOLDER).mkdir()
+        (folder / ei.TRACKS_FOLDER).mkdir()
     n, workers = args.events, min(args.workers, args.events)
     size = max(1, min(JOB_EVENTS, math.ceil(n / (JOBS_PER_WORKER * workers))))
     jobs = [(str(folder), args.layout, args.seed, args.luminosity, s, min(size, n - s), args.world)
@@ -361,7 +366,7 @@ def preview_path(args):
     """Where --preview writes (None without it), and whether that is inside the output folder."""
     if args.preview is None:
         return None, False
-    out = args.out  # in the tagged layout the folder holds only tagged event PNGs (Pix2Pix_data refuses others)
+    out = args.output  # in the tagged layout the folder holds only tagged event PNGs (Pix2Pix_data refuses others)
     default = out / PREVIEW_NAME if args.layout == "folders" else out.parent / f"{out.name}_{PREVIEW_NAME}"
     if args.format == "hipo":
         default = out.parent / f"{out.stem}_{PREVIEW_NAME}"
@@ -385,8 +390,8 @@ def summary_line(args, seconds, totals, preview):
     count, raw_hits, truth_hits, background = totals
     cells = count * ei.LAYERS * ei.WIRES
     per_region = background / (cells / ei.REGIONS)
-    where = (f"{count} pairs to {args.out} ({args.layout})" if args.format == "png" else
-             f"{count} events to {args.out} ({-(-count // args.sectors)} HIPO events of {args.sectors} sectors)")
+    where = (f"{count} pairs to {args.output} ({args.layout})" if args.format == "png" else
+             f"{count} events to {args.output} ({-(-count // args.sectors)} HIPO events of {args.sectors} sectors)")
     return (f"wrote {where} ({event_worlds.preset_label(args.world)}) in {seconds:.1f} s: "
             f"mean {raw_hits / count:.1f} raw / {truth_hits / count:.1f} truth hits per event, "
             f"occupancy {100 * raw_hits / cells:.2f} %, background {100 * background.sum() / cells:.2f} % "
@@ -397,9 +402,9 @@ def summary_line(args, seconds, totals, preview):
 def build_parser():
     """The command line: every setting above, and the output folder."""
     p = ArgumentParser(description=__doc__)
-    p.add_argument("--out", required=True, type=Path,
+    p.add_argument("--output", "--out", required=True, type=Path, metavar="OUT",
                    help="output folder (--format hipo: the .hipo file), made at the end; an existing non-empty "
-                        "one needs --overwrite")
+                        "one needs --overwrite (--out: its old name)")
     p.add_argument("--format", choices=("png", "hipo"), default=FORMAT,
                    help="png: raw/truth PNG pairs in a folder; hipo: one CLAS12 HIPO file with DC::tdc, "
                         "TimeBasedTrkg::TBHits and RUN::config (default %(default)s)")
@@ -413,7 +418,7 @@ def build_parser():
                    help="background scale: 0 = tracks only, 2 = about twice the background hits, "
                         f"at most {event_worlds.MAX_LUMINOSITY:g} (default %(default)s)")
     p.add_argument("--workers", type=int, default=WORKERS, help="processes writing PNGs (default %(default)s)")
-    p.add_argument("--layout", choices=("folders", "tagged"), default=LAYOUT,
+    p.add_argument("--layout", choices=ei.PAIR_LAYOUTS, default=LAYOUT,
                    help="folders: OUT/raw/event_000123.png + OUT/truth/event_000123.png + OUT/tracks/event_000123.png; "
                         "tagged: OUT/dc_all_000123.png + OUT/dc_truth_000123.png + OUT/dc_tracks_000123.png; the "
                         "tracks image holds each truth hit's track number 1..k (default %(default)s)")
@@ -460,21 +465,21 @@ def main(argv=None):
     """Make the events as the command line says and print the one-line summary."""
     args = parse_args(argv)
     if args.format == "hipo":
-        if args.out.is_dir():
-            raise InputError(f"{args.out}: is a folder; --format hipo writes one file")
-        if args.out.suffix != ".hipo":
-            raise InputError(f"{args.out}: --format hipo writes one file named .hipo")
-        check_output_path(args.out, args.overwrite)
+        if args.output.is_dir():
+            raise InputError(f"{args.output}: is a folder; --format hipo writes one file")
+        if args.output.suffix != ".hipo":
+            raise InputError(f"{args.output}: --format hipo writes one file named .hipo")
+        check_output_path(args.output, args.overwrite)
     else:
-        check_output_folder(args.out, args.overwrite)
+        check_output_folder(args.output, args.overwrite)
     preview, preview_inside = preview_path(args)
-    replace = args.out.exists()  # checked above; a folder another run makes meanwhile is never replaced
+    replace = args.output.exists()  # checked above; a folder another run makes meanwhile is never replaced
     shown = min(args.preview_events, args.events)
     t0 = time.perf_counter()
     if args.format == "hipo":
-        totals = write_hipo(args.out, args)  # atomically, by clas12_hipo
+        totals = write_hipo(args.output, args)  # atomically, by clas12_hipo
     else:
-        with atomic_output(args.out, overwrite=replace, folder=True) as tmp:  # replaced only when complete
+        with atomic_output(args.output, overwrite=replace, folder=True) as tmp:  # replaced only when complete
             totals = write_events(tmp, args)
             if preview_inside:
                 write_preview(tmp / preview.name, args.seed, args.luminosity, shown, args.world)

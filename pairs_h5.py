@@ -31,7 +31,7 @@ import numpy as np
 import event_image as ei
 from script_utils import InputError, atomic_output, check_not_an_input, check_output_path, progress
 
-CHUNK_EVENTS = 32  # events per HDF5 chunk along axis 0 (data_management reads batches of 32)
+CHUNK_EVENTS = 32  # events per HDF5 chunk along axis 0 (a batch of data_management's pipelines)
 COMPRESSION_LEVEL = 1  # ISA-L deflate level 0-3
 EVENT_SHAPE = (ei.PADDED_SIZE, ei.PADDED_SIZE, ei.CHANNELS)
 EVENT_KEYS = ("raw", "truth")

@@ -191,7 +191,7 @@ def training_data(info, model_path):
     fingerprint), from its sidecar (an export keeps the training's under "training"), else from run_config.json
     beside it (runs before the sidecar held it); (None, None) where neither says."""
     record, seed = training_record(info).get("data"), training_settings(info).get("split_seed")
-    config = Path(model_path).parent / "run_config.json"
+    config = Path(model_path).parent / "run_config.json"  # training_files.RUN_CONFIG (this module needs no TensorFlow)
     if record is None and config.is_file():
         try:
             saved = json.loads(config.read_text())
@@ -289,6 +289,12 @@ def threshold_origin(given, info):
     times = settings.get("validation_background", 1)
     chosen = settings.get("threshold_criterion", "?") + (f", {times} events' background" if times != 1 else "")
     return f", from validation (criterion {chosen}{views_note(output_views(info))})"
+
+
+def kept_hits(probabilities, raw, threshold, gate):
+    """The hits a model keeps: probability above its threshold, and only raw hits when gated (--gate-by-raw-hits)."""
+    kept = probabilities > threshold
+    return kept & raw if gate else kept
 
 
 def predicted(model, batches):

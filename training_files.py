@@ -42,6 +42,15 @@ def write_json(path, data):
 
 
 # --- run_config.json: what a checkpoint's weights fit ----------------------------------------------
+RUN_CONFIG = "run_config.json"  # in a run's folder: its architecture, data, settings and replicas
+
+
+def run_config(out):
+    """The run_config.json of the run in out ({} when there is none)."""
+    path = out / RUN_CONFIG
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def architecture(trainer):
     """What a checkpoint's weights depend on: a resume with anything else is refused."""
     s = trainer.s
@@ -57,7 +66,7 @@ def check_output_dir(out, wanted, chief=True):
 
     Other workers of a multi-worker run share the chief's folder, which the chief may be filling.
     """
-    config_path = out / "run_config.json"
+    config_path = out / RUN_CONFIG
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: is not a folder")
     check_folder_can_be_made(out)
@@ -93,10 +102,7 @@ def check_same_data(out, wanted):
     The fingerprint decides: the same file moved or copied resumes; another file, or the same
     path holding other pairs now, is refused. A run_config.json without the record is not checked.
     """
-    config_path = out / "run_config.json"
-    if not config_path.exists():
-        return
-    saved = json.loads(config_path.read_text()).get("data")
+    saved = run_config(out).get("data")
     if not saved or saved.get("fingerprint") == wanted["fingerprint"]:
         return
     if saved.get("path") == wanted["path"]:
@@ -108,8 +114,7 @@ def check_same_data(out, wanted):
 
 def started_settings(out):
     """run_config.json's "settings": those the run in out started with ({} without it)."""
-    config_path = out / "run_config.json"
-    return (json.loads(config_path.read_text()).get("settings") or {}) if config_path.exists() else {}
+    return run_config(out).get("settings") or {}
 
 
 def note_new_epochs(s, out, epoch):
@@ -122,15 +127,19 @@ def note_new_epochs(s, out, epoch):
           f"over {s.epochs} epochs; epoch {epoch + 1} trains at {now:.3f} of the set rates", flush=True)
 
 
+def flag_of(setting):
+    """The command-line flag of a setting's name (lam: --lambda, a Python keyword)."""
+    return "--lambda" if setting == "lam" else "--" + setting.replace("_", "-")
+
+
 def check_same_settings(out, settings, replicas):
     """Refuse to resume a run with settings that change what it learns or how its best epoch is chosen
     (run_config.json's "settings"; those of RESUME_MAY_CHANGE, and settings it does not record, may differ), or
     on another number of replicas (--logical-cpus, devices, workers): its place in an epoch counts global
     batches (--batch-size x replicas), so it would skip other events than it trained."""
-    config_path = out / "run_config.json"
-    config = json.loads(config_path.read_text()) if config_path.exists() else {}
+    config = run_config(out)
     saved = config.get("settings") or {}
-    changed = [f"--{k.replace('_', '-')} {saved[k]} there, {v} asked" for k, v in settings.items()
+    changed = [f"{flag_of(k)} {saved[k]} there, {v} asked" for k, v in settings.items()
                if k in saved and k not in RESUME_MAY_CHANGE and saved[k] != v]
     if changed:
         raise InputError(f"{out}: holds a run started with other settings ({'; '.join(changed)}); resume with "
@@ -303,7 +312,7 @@ def export_generator(trainer, out, stem, scores, epoch, step, settings, stabilit
     with atomic_output(out / f"{stem}.keras", overwrite=True, ext=".keras") as tmp:  # Keras wants the ending
         model.save(tmp)
     validation = {k: v for k, v in scores.items() if k != "threshold"}
-    data = json.loads((out / "run_config.json").read_text()).get("data")  # the pairs file: denoising's split
+    data = run_config(out).get("data")  # the pairs file: denoising's split
     write_json(out / f"{stem}.json", {"threshold": scores["threshold"], "epoch": epoch, "step": step,
                                       "base_filters": trainer.s.base_filters, "validation": validation,
                                       "precision": trainer.precision, "settings": settings, "data": data,

@@ -131,7 +131,7 @@ def make_events(folder, n):
     if (folder / "raw").is_dir() and len(os.listdir(folder / "raw")) == n:
         return
     shutil.rmtree(folder, ignore_errors=True)
-    subprocess.run([sys.executable, str(ROOT / "make_events.py"), "--out", str(folder), "-n", str(n), "--seed", "0"],
+    subprocess.run([sys.executable, str(ROOT / "make_events.py"), "--output", str(folder), "-n", str(n), "--seed", "0"],
                    check=True, stdout=subprocess.DEVNULL)
 
 

@@ -186,7 +186,7 @@ def measure(method, path, out=None):
 def make_set(folder, n, fmt):
     """make_events.py's set of seed 1: n events as PNG pairs (folder) or a HIPO file (folder.hipo)."""
     out = Path(f"{folder}.hipo") if fmt == "hipo" else Path(folder)
-    subprocess.run([sys.executable, str(ROOT / "make_events.py"), "--format", fmt, "--out", str(out), "-n", str(n),
+    subprocess.run([sys.executable, str(ROOT / "make_events.py"), "--format", fmt, "--output", str(out), "-n", str(n),
                     "--seed", "1", "--workers", str(WORKERS)], check=True, capture_output=True)
     return out
 

@@ -298,23 +298,25 @@ def train(s):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # shows each default
     p.add_argument("--data", default=DATA, help="the project's HDF5 file (its NAME.split.npz beside it)")
     p.add_argument("--overwrite", action="store_true", help="write into a --output-dir that is not empty")
-    p.add_argument("--output-dir", default=OUTPUT_DIR)
+    p.add_argument("--output-dir", default=OUTPUT_DIR, help="the run's folder")
     p.add_argument("--also-score", nargs="*", default=[], metavar="H5",
                    help="other HDF5 files (each with its saved split): the best epoch's outputs of their test "
                         "splits go to test_probabilities_STEM.npz (e.g. events at another luminosity)")
-    p.add_argument("--epochs", type=int, default=EPOCHS)
+    p.add_argument("--epochs", type=int, default=EPOCHS, help="epochs at most (see --seconds)")
     p.add_argument("--seconds", type=float, default=SECONDS, help="no epoch starts after this much training time")
-    p.add_argument("--batch-size", type=int, default=BATCH_SIZE)
-    p.add_argument("--base-filters", type=int, default=BASE_FILTERS)
-    p.add_argument("--lambda", dest="lam", type=float, default=LAMBDA)
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="events per step")
+    p.add_argument("--base-filters", type=int, default=BASE_FILTERS, help="the U-Net's width")
+    p.add_argument("--lambda", dest="lam", type=float, default=LAMBDA, help="L1 weight")
     p.add_argument("--lam", dest="lam", type=float, default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # old name
-    p.add_argument("--hit-weight", type=float, default=HIT_WEIGHT)
-    p.add_argument("--weight-raw-hits", action=argparse.BooleanOptionalAction, default=WEIGHT_RAW_HITS)
-    p.add_argument("--learning-rate", type=float, default=LEARNING_RATE)
-    p.add_argument("--beta-1", type=float, default=BETA_1)
+    p.add_argument("--hit-weight", type=float, default=HIT_WEIGHT, help="weight of the truth's hit pixels")
+    p.add_argument("--weight-raw-hits", action=argparse.BooleanOptionalAction, default=WEIGHT_RAW_HITS,
+                   help="weight the raw hits' pixels as Pix2Pix_training.py does")
+    p.add_argument("--learning-rate", type=float, default=LEARNING_RATE, help="Adam's")
+    p.add_argument("--beta-1", type=float, default=BETA_1, help="Adam's")
     p.add_argument("--gan-weight", type=float, default=GAN_WEIGHT,
                    help="weight of the GAN term; 0 trains the generator on the weighted L1 alone")
     p.add_argument("--noise-augment", type=float, default=NOISE_AUGMENT,
@@ -342,8 +344,8 @@ def parse_args(argv=None):
                    help="tracks criterion: the share of reconstructable tracks the threshold must keep")
     p.add_argument("--validation-background", type=int, default=VALIDATION_BACKGROUND, metavar="N",
                    help="validation events carry their own and the next N - 1 events' background (1 to --batch-size)")
-    p.add_argument("--seed", type=int, default=SEED)
-    p.add_argument("--precision", default=PRECISION, choices=("mixed_bfloat16", "float32"))
+    p.add_argument("--seed", type=int, default=SEED, help="the initialisation and the batches' order")
+    p.add_argument("--precision", default=PRECISION, choices=("mixed_bfloat16", "float32"), help="Keras' dtype policy")
     s = p.parse_args(argv)
     if not 1 <= s.validation_background <= s.batch_size:
         p.error(f"--validation-background must be 1 to --batch-size ({s.batch_size}), not {s.validation_background}")

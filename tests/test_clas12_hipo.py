@@ -89,8 +89,10 @@ def test_round_trip_pixel_for_pixel_with_names_and_orders(tmp_path, events, capf
 def test_index_conventions(tmp_path):
     path = tmp_path / "conv.hipo"
     dc = {"sector": [2, 2, 5], "layer": [1, 36, 13], "component": [112, 1, 50], "order": [0, 10, 0], "TDC": [1, 2, 3]}
-    tb = {"sector": [2, 2, 5], "superlayer": [4, 6, 1], "layer": [1, 6, 1], "wire": [112, 1, 7], "trkID": [3, 4, 1]}
+    tb = {"sector": [2, 2, 2, 5], "superlayer": [4, 6, 6, 1], "layer": [1, 6, 6, 1], "wire": [112, 1, 1, 7],
+          "trkID": [3, 4, 2, 1]}  # tracks 4 and 2 on one wire: the larger id, whichever row comes last
     hipo_writer.write_banks(path, [ch.DC_TDC, ch.TBHITS], [{"DC::tdc": dc, "TimeBasedTrkg::TBHits": tb}])
+    assert [r.sector for r in ch.read_sector_events(path)] == [2]  # 5's TBHits hit is on no raw hit: no pair
     records = {r.sector: r for r in ch.read_sector_events(path, keep_sectors_without_truth=True)}  # 5: none on raw
     assert set(records) == {2, 5}
     assert sorted(zip(*np.nonzero(records[2].raw), strict=True)) == [(0, 111), (35, 0)]  # layer 1 -> row 0

@@ -27,7 +27,7 @@ N, SEED = 45, 4  # events of the synthetic set used here (odd: the last HIPO eve
 
 def make_both(folder, n=N, seed=SEED, *args):
     """The same synthetic events as PNG pairs (folder/png) and as a HIPO file (folder/ev.hipo)."""
-    for extra in (["--out", folder / "png"], ["--format", "hipo", "--out", folder / "ev.hipo"]):
+    for extra in (["--output", folder / "png"], ["--format", "hipo", "--output", folder / "ev.hipo"]):
         proc = run_script("make_events.py", *extra, "-n", n, "--seed", seed, "--workers", 1, *args)
         assert proc.returncode == 0, proc.stderr
     return folder / "png", folder / "ev.hipo"
@@ -85,16 +85,16 @@ def test_hipo_file_holds_the_png_events(both):
 
 def test_make_events_hipo_sectors_and_bad_settings(tmp_path):
     out = tmp_path / "six.hipo"
-    proc = run_script("make_events.py", "--format", "hipo", "--out", out, "-n", 13, "--sectors", 6, "--seed", 2)
+    proc = run_script("make_events.py", "--format", "hipo", "--output", out, "-n", 13, "--sectors", 6, "--seed", 2)
     assert proc.returncode == 0 and "13 events" in proc.stdout and "3 HIPO events of 6 sectors" in proc.stdout
     last = hipo_writer.hipo_sectors(2, 2, 6)[0]
     assert [r.sector for r in ch.read_sector_events(out)] == [1, 2, 3, 4, 5, 6] * 2 + [last]
-    assert_one_line_error(run_script("make_events.py", "--format", "hipo", "--out", out, "-n", 5), "already exists")
+    assert_one_line_error(run_script("make_events.py", "--format", "hipo", "--output", out, "-n", 5), "already exists")
     for args, words in ((["--sectors", 7], "--sectors 7"), (["--layout", "tagged"], "--layout tagged"),
-                        (["--out", tmp_path], "is a folder"), (["--out", tmp_path / "o.txt"], "named .hipo")):
-        full = ["--format", "hipo", "--out", tmp_path / "x.hipo", "-n", 5, *args]
+                        (["--output", tmp_path], "is a folder"), (["--output", tmp_path / "o.txt"], "named .hipo")):
+        full = ["--format", "hipo", "--output", tmp_path / "x.hipo", "-n", 5, *args]
         assert_one_line_error(run_script("make_events.py", *full), words)
-    assert_one_line_error(run_script("make_events.py", "--out", tmp_path / "png", "-n", 5, "--sectors", 3),
+    assert_one_line_error(run_script("make_events.py", "--output", tmp_path / "png", "-n", 5, "--sectors", 3),
                           "--sectors 3: for --format hipo")  # not left unused without a word
     assert leftovers(tmp_path) == ["six.hipo"]
 
@@ -355,7 +355,7 @@ def test_evaluate_scores_the_sectors_with_tbhits_hits_only(tmp_path, track_model
 
 def test_a_batch_system_sigterm_stops_denoising_and_leaves_nothing(tmp_path, track_model):
     hipo = tmp_path / "big.hipo"  # seconds of denoising: the signal lands before the end
-    proc = run_script("make_events.py", "--format", "hipo", "--out", hipo, "-n", 12000, "--sectors", 6, "--seed", 3)
+    proc = run_script("make_events.py", "--format", "hipo", "--output", hipo, "-n", 12000, "--sectors", 6, "--seed", 3)
     assert proc.returncode == 0, proc.stderr
     out = tmp_path / "out.hipo"
     proc = subprocess.Popen([sys.executable, str(ROOT / "Pix2Pix_denoise.py"), "--model", str(track_model),

@@ -176,7 +176,7 @@ def test_event_names():
 
 def test_cli_folders_layout_with_preview(script, tmp_path):
     out = tmp_path / "synth"
-    proc = script("make_events.py", "--out", out, "-n", 13, "--seed", 5, "--workers", 2, "--preview")
+    proc = script("make_events.py", "--output", out, "-n", 13, "--seed", 5, "--workers", 2, "--preview")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
     assert len(lines) == 1 and "13 pairs" in lines[0] and "occupancy" in lines[0]
@@ -198,13 +198,13 @@ def test_cli_tagged_layout_and_overwrite(script, tmp_path):
     out = tmp_path / "tagged"
     out.mkdir()
     (out / "old.txt").write_text("the user's file")
-    proc = script("make_events.py", "--out", out, "-n", 4, "--layout", "tagged", "--workers", 1,
+    proc = script("make_events.py", "--output", out, "-n", 4, "--layout", "tagged", "--workers", 1,
                   "--luminosity", 2)
     assert_one_line_error(proc, str(out), "not empty")
     assert (out / "old.txt").exists() and len(list(out.iterdir())) == 1
 
     preview = tmp_path / "look.png"
-    proc = script("make_events.py", "--out", out, "-n", 4, "--layout", "tagged", "--workers", 1,
+    proc = script("make_events.py", "--output", out, "-n", 4, "--layout", "tagged", "--workers", 1,
                   "--luminosity", 2, "--overwrite", "--preview", preview)
     assert proc.returncode == 0, proc.stderr
     names = sorted(p.name for p in out.iterdir())
@@ -218,12 +218,12 @@ def test_cli_tagged_layout_and_overwrite(script, tmp_path):
 
 
 def test_options_with_nothing_to_act_on_are_warned_about(capsys):
-    me.parse_args(["--out", "x.hipo", "--format", "hipo", "--workers", str(me.WORKERS + 1)])
-    me.parse_args(["--out", "x", "--preview-events", "3"])
+    me.parse_args(["--output", "x.hipo", "--format", "hipo", "--workers", str(me.WORKERS + 1)])
+    me.parse_args(["--output", "x", "--preview-events", "3"])
     assert capsys.readouterr().err.splitlines() == [
         "warning: --workers has nothing to act on here (one process writes HIPO)",
         "warning: --preview-events has nothing to act on here (no --preview)"]
-    me.parse_args(["--out", "x", "--workers", str(me.WORKERS + 1), "--preview", "--preview-events", "3"])
+    me.parse_args(["--output", "x", "--workers", str(me.WORKERS + 1), "--preview", "--preview-events", "3"])
     assert capsys.readouterr().err == ""
 
 
@@ -237,23 +237,23 @@ def test_options_with_nothing_to_act_on_are_warned_about(capsys):
     (["--layout", "tagged", "--preview", "x/look.png"], ["look.png", "only event PNGs"]),  # Pix2Pix_data refuses it
     (["--layout", "tagged", "--preview", "x/dc_all_000001.png"], ["dc_all_000001.png", "only event PNGs"]),
     (["--preview", "x/raw/event_000001.png"], ["event_000001.png", "only event PNGs"]),  # an event replaced
-    (["--out", "x.png", "--preview", "x.png"], ["x.png", "is the output itself"]),  # refused after the events
+    (["--output", "x.png", "--preview", "x.png"], ["x.png", "is the output itself"]),  # refused after the events
 ])
 def test_cli_bad_settings(script, tmp_path, args, words):
     args = [str(tmp_path / a) if a.endswith((".jpg", ".png")) else a for a in args]
-    proc = script("make_events.py", "--out", tmp_path / "x", *args)
+    proc = script("make_events.py", "--output", tmp_path / "x", *args)
     assert_one_line_error(proc, *words)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_cli_bad_output_places(script, tmp_path):
-    proc = script("make_events.py", "--out", tmp_path / "missing" / "x", "-n", 2)
+    proc = script("make_events.py", "--output", tmp_path / "missing" / "x", "-n", 2)
     assert_one_line_error(proc, "missing", "does not exist")
     (tmp_path / "file").write_text("")
-    proc = script("make_events.py", "--out", tmp_path / "file", "-n", 2, "--overwrite")
+    proc = script("make_events.py", "--output", tmp_path / "file", "-n", 2, "--overwrite")
     assert_one_line_error(proc, "file", "not a folder")
     (tmp_path / "look.png").write_text("mine")
-    proc = script("make_events.py", "--out", tmp_path / "x", "-n", 2, "--preview", tmp_path / "look.png")
+    proc = script("make_events.py", "--output", tmp_path / "x", "-n", 2, "--preview", tmp_path / "look.png")
     assert_one_line_error(proc, "look.png", "already exists")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "look.png"]
 
@@ -261,7 +261,7 @@ def test_cli_bad_output_places(script, tmp_path):
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "batch-system-sigterm"])
 def test_cli_interrupted_run_leaves_nothing(tmp_path, stop):
     out = tmp_path / "big"
-    proc = subprocess.Popen([sys.executable, str(ROOT / "make_events.py"), "--out", str(out), "-n", "200000",
+    proc = subprocess.Popen([sys.executable, str(ROOT / "make_events.py"), "--output", str(out), "-n", "200000",
                              "--workers", "2"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     def some_events_written():  # event-driven: its temporary folder holds 10 event pictures
         temporary = [p for p in tmp_path.iterdir() if p.name.startswith(".big.") and p.is_dir()]
@@ -277,7 +277,7 @@ def test_cli_interrupted_run_leaves_nothing(tmp_path, stop):
 
 def test_tagged_layout_keeps_its_default_preview_out_of_the_event_folder(script, tmp_path):
     out = tmp_path / "tagged"
-    proc = script("make_events.py", "--out", out, "-n", 4, "--layout", "tagged", "--preview")
+    proc = script("make_events.py", "--output", out, "-n", 4, "--layout", "tagged", "--preview")
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "tagged_preview.png").is_file()
     assert sorted(p.name for p in out.iterdir()) == sorted(
@@ -303,9 +303,9 @@ def test_default_preset_is_todays_events_bit_for_bit():
     for a in me.generate_events(200, seed=5, luminosity=1.5, start=17, track_ids=True, preset="default"):
         h.update(a.tobytes())
     assert h.hexdigest() == "733c0be71b305cbfce38e821bedd64bb95d103ec4b69504164fa4e7927077bc1"
-    args = me.parse_args(["--out", "x"])
+    args = me.parse_args(["--output", "x"])
     assert args.world == "default"  # no world option: today's generator
-    assert me.parse_args(["--out", "x", "--inefficiency", "0.03"]).world["inefficiency"] == 0.03
+    assert me.parse_args(["--output", "x", "--inefficiency", "0.03"]).world["inefficiency"] == 0.03
 
 
 def test_hard_events_truth_inside_raw_deterministic_and_sliceable():
@@ -386,14 +386,14 @@ def test_wire_gradient_tilts_the_uncorrelated_hits_along_the_wires():
     quarter = 28  # the profile 1 + 0.8 (1 - 2 w / 111) averages 1.61 over wires 0-27 and 0.39 over 84-111
     assert 1.5 < noise[1][:quarter].sum() / noise[0][:quarter].sum() < 1.72
     assert 0.3 < noise[1][-quarter:].sum() / noise[0][-quarter:].sum() < 0.48
-    assert me.parse_args(["--out", "x", "--wire-gradient", "0.5"]).world["wire_gradient"] == 0.5
-    me.parse_args(["--out", "x", "--occupancy-scale", "3", "3", "--luminosity", "10"])  # 75 % at most: fine
+    assert me.parse_args(["--output", "x", "--wire-gradient", "0.5"]).world["wire_gradient"] == 0.5
+    me.parse_args(["--output", "x", "--occupancy-scale", "3", "3", "--luminosity", "10"])  # 75 % at most: fine
     for bad in (["--wire-gradient", "1.5"], ["--wire-gradient", "-0.1"],  # 112 % on the densest wire
                 ["--occupancy-scale", "3", "3", "--luminosity", "10", "--wire-gradient", "0.5"]):
         with pytest.raises(InputError):
-            me.parse_args(["--out", "x", *bad])
+            me.parse_args(["--output", "x", *bad])
     with pytest.raises(InputError, match=r"135% occupancy .*--luminosity 10 x \(1 \+ wire gradient 0.8\)"):
-        me.parse_args(["--out", "x", "--preset", "hard", "--luminosity", "10", "--wire-gradient", "0.8"])
+        me.parse_args(["--output", "x", "--preset", "hard", "--luminosity", "10", "--wire-gradient", "0.8"])
 
 
 def two_layer_lean(background):
@@ -424,10 +424,10 @@ def test_background_lean_tilts_background_segments_and_curls_one_way():
     assert lean[1.0][0] > 0.95 and lean[1.0][1] > 0.8 and lean[1.0][2] == 1.0  # all one way
     raw, truth = me.generate_events(50, seed=4, preset="hard")  # lean 0 draws nothing: the events from before it
     assert hashlib.sha256(raw.tobytes() + truth.tobytes()).hexdigest().startswith("a99f48f4394d52e3")
-    assert me.parse_args(["--out", "x", "--background-lean", "0.5"]).world["background_lean"] == 0.5
+    assert me.parse_args(["--output", "x", "--background-lean", "0.5"]).world["background_lean"] == 0.5
     for bad in ("1.5", "-0.1"):
         with pytest.raises(InputError):
-            me.parse_args(["--out", "x", "--background-lean", bad])
+            me.parse_args(["--output", "x", "--background-lean", bad])
 
 
 def test_unwanted_tracks_are_raw_hits_never_truth():
@@ -446,19 +446,19 @@ def test_unwanted_tracks_are_raw_hits_never_truth():
 
 def test_cli_preset_and_world_options(script, tmp_path):
     out = tmp_path / "hard"
-    done = script("make_events.py", "--out", out, "-n", "12", "--preset", "hard", "--workers", "1")
+    done = script("make_events.py", "--output", out, "-n", "12", "--preset", "hard", "--workers", "1")
     assert done.returncode == 0, done.stderr
     raw, truth, ids = me.generate_events(12, seed=0, track_ids=True, preset="hard")
     got = np.asarray(Image.open(out / "raw" / me.event_name(5)).convert("RGB"))
     np.testing.assert_array_equal(got, raw[5])
-    args = me.parse_args(["--out", "x", "--preset", "hard", "--tracks", "2", "2", "--unwanted-fraction", "0"])
+    args = me.parse_args(["--output", "x", "--preset", "hard", "--tracks", "2", "2", "--unwanted-fraction", "0"])
     assert list(args.world["tracks"]) == [2, 2] and args.world["track_span"] == 45
     assert set(me.generate_events(30, preset=args.world, track_ids=True)[2].max(axis=(1, 2))) == {2}
-    assert list(me.parse_args(["--out", "x", "--tracks", "0", "127"]).world["tracks"]) == [0, 127]
+    assert list(me.parse_args(["--output", "x", "--tracks", "0", "127"]).world["tracks"]) == [0, 127]
     for bad in (["--tracks", "3", "1"], ["--tracks", "1", "128"], ["--inefficiency", "1.5"],
                 ["--occupancy-scale", "2", "1"], ["--bend", "-1"]):
         with pytest.raises(InputError):
-            me.parse_args(["--out", "x", *bad])
+            me.parse_args(["--output", "x", *bad])
     with pytest.raises(InputError):
         me.generate_events(2, preset="nope")
     totals = [0, 0, 0, np.zeros(3, np.int64)]  # the HIPO writer's events carry the preset's sectors
@@ -470,6 +470,7 @@ def test_cli_preset_and_world_options(script, tmp_path):
 def test_a_killed_worker_stops_the_run_in_one_line_and_leaves_nothing(tmp_path):
     """A worker that died (the out-of-memory killer's) hung the run for good on multiprocessing.Pool (which never
     finishes a dead worker's task), its temporary folder left. Now it stops, in one line."""
+    # --out: --output's old name, still taken
     proc, _, err = kill_a_pool_worker([ROOT / "make_events.py", "--out", "ev", "-n", 40000, "--workers", 2], tmp_path)
     assert proc.returncode == 2 and err.strip().splitlines() == [
         "error: a worker process died (killed? out of memory?): the run stops, nothing written"], err[-2000:]

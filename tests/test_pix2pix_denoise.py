@@ -102,6 +102,16 @@ def masks(n=6, seed=1, noise_per_event=None):
     return ei.hit_mask(raw), ei.hit_mask(truth)
 
 
+def test_event_by_event_counts_ties_as_equal_and_only_events_with_tracks():
+    raw, truth = masks(8)
+    truth[6:] = False  # two events of background only: nothing to find there
+    snr = truth.copy()
+    snr[6:] = raw[6:]  # keeps the background where the model keeps nothing: no track's F1 to compare
+    res = evaluation.evaluate(raw, truth, {"model": truth, "keep-all": raw, "SNR": snr, "CAE": truth})
+    assert res["model_vs_per_event"]["SNR"] == {"better": 0, "equal": 6, "worse": 0}  # the same F1 is a tie
+    assert res["model_vs_per_event"]["keep-all"] == {"better": 6, "equal": 0, "worse": 0}
+
+
 def test_evaluation_perfect_empty_and_keep_all():
     raw, truth = masks()
     invent = truth.copy()
@@ -271,7 +281,7 @@ def test_events_scored_against_themselves_are_refused_before_any_work(script, mo
     layout (its truth and track-id PNGs would be denoised as events): one line, nothing written. A folder of
     tagged raw PNGs alone, or of names that carry a tag with no raw PNG beside them, is denoised as usual."""
     for layout in ("folders", "tagged"):
-        proc = script("make_events.py", "--out", tmp_path / layout, "-n", 3, "--layout", layout, "--workers", 1)
+        proc = script("make_events.py", "--output", tmp_path / layout, "-n", 3, "--layout", layout, "--workers", 1)
         assert proc.returncode == 0, proc.stderr
     ev, tagged, out = tmp_path / "folders", tmp_path / "tagged", tmp_path / "out"
     (tmp_path / "link").symlink_to(ev / "raw")
@@ -572,6 +582,8 @@ def test_h5_test_split_denoised_and_scored(models, h5file, capsys):
         assert [n.decode() for n in f["names"][:]] == [f"ev{i:02d}.png" for i in test]
         den = f["denoised"][:]
         assert den.shape == (len(test), 36, 112, 3) and den.dtype == np.uint8 and f.attrs["threshold"] == 0.4
+        assert f.attrs["created_by"] == "Pix2Pix_denoise.py" and json.loads(f.attrs["layout"]) == json.loads(
+            json.dumps(ei.LAYOUT)) and not f.attrs["gate_by_raw_hits"]  # the attribute names of every HDF5 file
     np.testing.assert_array_equal(den, truth[test])  # the perfect model: exactly the truth, cropped back
     data = json.loads((path.parent / "test_denoised.report.json").read_text())
     assert data["events"] == len(test) and data["methods"]["model"]["scores"]["f1"] == 1

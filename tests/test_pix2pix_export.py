@@ -228,7 +228,7 @@ def test_concurrent_onnx_denoising_equals_one_batch_at_a_time(exported, events, 
     import trained_model
 
     hipo = tmp_path / "ev.hipo"
-    made = run_script("make_events.py", "--format", "hipo", "--out", hipo, "-n", 20, "--seed", 4, "--workers", 1)
+    made = run_script("make_events.py", "--format", "hipo", "--output", hipo, "-n", 20, "--seed", 4, "--workers", 1)
     assert made.returncode == 0, made.stderr
     one = denoise_both_ways(exported, events, tmp_path / "one", "--threads", "1", "--batch-size", "5")
     one_hipo = denoise_hipo(exported, hipo, tmp_path / "one.hipo", "--threads", "1", "--batch-size", "5")
@@ -396,7 +396,7 @@ def test_an_onnx_model_giving_nan_is_refused_on_every_route(events, tmp_path):
     model = tmp_path / "nan.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(model))
     hipo = tmp_path / "ev.hipo"
-    assert run_script("make_events.py", "--format", "hipo", "--out", hipo, "-n", 6, "--seed", 4).returncode == 0
+    assert run_script("make_events.py", "--format", "hipo", "--output", hipo, "-n", 6, "--seed", 4).returncode == 0
     for data, out in ((["--data", events / "events.h5"], "o.h5"), (["--hipo", hipo], "o.hipo")):
         proc = run_script("Pix2Pix_denoise.py", "--model", model, "--threshold", "0.5", *data, "--output",
                           tmp_path / out)

@@ -159,6 +159,7 @@ def test_a_finished_run_run_again_keeps_its_final_export_and_says_a_missing_best
     assert again.returncode == 0, again.stderr
     assert [(p.stat().st_ino, p.stat().st_mtime_ns) for p in final] == stamps  # not re-validated and re-exported
     assert "Done: 2 epochs, 6 steps" in again.stdout and "best epoch" in again.stdout
+    assert "step 6, its 2 epochs are done, none to train" in again.stdout  # not "epoch 3 after 0 of its batches"
     (out / "generator_best.json").unlink()  # moved away by hand
     again = run_script("Pix2Pix_training.py", "--data", events_h5, "--output-dir", out, *RUN, *TINY)
     assert again.returncode == 0, again.stderr
@@ -351,9 +352,13 @@ def test_resuming_on_another_pairs_file_is_refused_and_the_same_file_resumes(eve
     with pytest.raises(InputError, match="whose pairs have changed"):
         check_same_data(part, data_record(events_h5, dm.fingerprint(other)))
     # Settings that change what the run learns or how its best epoch is chosen are refused too, nothing written.
-    with pytest.raises(InputError, match=r"holds a run started with other settings \(--split-seed 1234 there, 7 "
-                                         r"asked; --pixel-loss bce there, l1 asked\); resume with the run's"):
-        pt.train(settings(events_h5, part, *more, "--pixel-loss", "l1", "--split-seed", 7))
+    with pytest.raises(InputError, match=r"holds a run started with other settings \(--lambda 100.0 there, 50.0 "
+                                         r"asked; --split-seed 1234 there, 7 asked; --pixel-loss bce there, l1 "
+                                         r"asked\); resume with the run's"):  # --lambda: the flag, not its dest lam
+        pt.train(settings(events_h5, part, *more, "--pixel-loss", "l1", "--split-seed", 7, "--lambda", 50))
+    for flag, value in (("--tracks-kept", 0.9), ("--threshold-criterion", "f1")):  # how the best epoch is chosen
+        with pytest.raises(InputError, match=f"other settings \\({flag} "):
+            pt.train(settings(events_h5, part, *more, flag, value))
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
     # The same --data resumes; so does a copy of it elsewhere (the data folder moved: the same fingerprint).
     pt.train(settings(events_h5, part, *more))
@@ -822,6 +827,15 @@ def test_collapse_flag_on_a_hand_made_history(capsys):
     assert "(GAN 0.100, L1 0.01000)" in capsys.readouterr().out
 
 
+def test_a_resumed_epoch_replaces_its_row_and_those_after_it(tmp_path):
+    from training_files import append_history, read_history
+    path = tmp_path / "history.csv"
+    for epoch in (1, 2, 3):  # a run stopped during epoch 4, resumed from its checkpoint of epoch 1's end
+        append_history(path, {"epoch": epoch, "f1": 0.5 + epoch / 10})
+    append_history(path, {"epoch": 2, "f1": 0.9})
+    assert [(r["epoch"], r["f1"]) for r in read_history(path)] == [("1", "0.6"), ("2", "0.9")]
+
+
 def test_a_plain_unet_run_writes_the_collapse_column_and_the_stability(events_h5, tmp_path):
     out = tmp_path / "run"
     s = settings(events_h5, out, "--gan-weight", 0, "--ema-decay", 0.5, "--epochs", 2, "--steps-per-epoch", 2,
@@ -889,16 +903,16 @@ def first_training_batch(events_h5, tmp_path, *extra):
 def test_noise_augment_adds_noise_hits_on_the_events_cells_to_the_training_batches_only(events_h5, tmp_path):
     raw, truth = one_batch()
     seed = tf.constant([7, 0], tf.int64)
-    noisy, same_truth = (np.asarray(a) for a in pt.with_noise_hits(raw, truth, 0.2, seed))
+    noisy, same_truth = (np.asarray(a) for a in ptr.with_noise_hits(raw, truth, 0.2, seed))
     np.testing.assert_array_equal(same_truth, truth)
     hit, noisy_hit = np.asarray(raw).max(-1) > 0.5, noisy.max(-1) > 0.5
     added = noisy_hit & ~hit
     assert (noisy_hit >= hit).all() and (noisy >= np.asarray(raw)).all()
-    assert not added[:, pt.EVENT_CELLS[..., 0] == 0].any()  # never on the layout's padding
+    assert not added[:, ptr.EVENT_CELLS[..., 0] == 0].any()  # never on the layout's padding
     fractions = added.sum(axis=(1, 2)) / (ei.LAYERS * ei.WIRES)
     assert fractions.max() < 0.2 * 1.1 and len(set(np.round(fractions, 3))) == len(fractions)  # 0..0.2, per event
-    np.testing.assert_array_equal(pt.with_noise_hits(raw, truth, 0.2, seed)[0], noisy)  # seeded
-    assert not np.array_equal(pt.with_noise_hits(raw, truth, 0.2, seed + 2)[0], noisy)
+    np.testing.assert_array_equal(ptr.with_noise_hits(raw, truth, 0.2, seed)[0], noisy)  # seeded
+    assert not np.array_equal(ptr.with_noise_hits(raw, truth, 0.2, seed + 2)[0], noisy)
     # The training pipeline: the same batches with noise added to the raw images, the truth as it was.
     def first_batch(*extra):
         return first_training_batch(events_h5, tmp_path, *extra)

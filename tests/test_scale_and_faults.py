@@ -465,10 +465,10 @@ def setup_case(script, kind, tmp, good):
         args = ["-n", 2, "--workers", 1]
         if kind == "output is a file":
             (tmp / "events").write_text("a regular file")
-            return ["--out", tmp / "events", *args], ["events", "not a folder"]
+            return ["--output", tmp / "events", *args], ["events", "not a folder"]
         if kind == "preview in a missing folder":
-            return ["--out", tmp / "events", "--preview", tmp / "missing" / "p.png", *args], ["p.png", "missing"]
-        return ["--out", output_place(tmp, kind, "events"), *args], ["events", PLACE_KINDS[kind]]
+            return ["--output", tmp / "events", "--preview", tmp / "missing" / "p.png", *args], ["p.png", "missing"]
+        return ["--output", output_place(tmp, kind, "events"), *args], ["events", PLACE_KINDS[kind]]
     # Pix2Pix_denoise.py
     copy("model.keras", "model.json")
     png_job = [*model, "--input-dir", tmp / "raw", "--output-dir", tmp / "out"]
@@ -690,9 +690,9 @@ def new_case_args(kind, tmp, good):
         "--batch-size inf": [*png_job, "--output-dir", tmp / "o", "--batch-size", "inf"],
         "--cae-cache is a file": [*model, "--data", tmp / "good.h5", "--output", tmp / "d.h5", "--evaluate",
                                   "--baseline-cae", "--cae-cache", tmp / "afile"],
-        "preview is an existing folder": ["--out", tmp / "ev", "-n", 5, "--preview", tmp / "prev.png"],
-        "preview below a file": ["--out", tmp / "ev", "-n", 5, "--preview", tmp / "afile" / "prev.png"],
-        "events in a folder that refuses new names": ["--out", "/proc/events", "-n", 5],  # /proc: root too
+        "preview is an existing folder": ["--output", tmp / "ev", "-n", 5, "--preview", tmp / "prev.png"],
+        "preview below a file": ["--output", tmp / "ev", "-n", 5, "--preview", tmp / "afile" / "prev.png"],
+        "events in a folder that refuses new names": ["--output", "/proc/events", "-n", 5],  # /proc: root too
         "run folder in a folder that refuses new names": ["--data", tmp / "good.h5", "--output-dir", "/proc/run",
                                                           "--epochs", 1, "--batch-size", 4, *TINY],
         "output is a link that leads nowhere": [*pngs, "--output", tmp / "nowhere.h5"],
@@ -711,7 +711,7 @@ def new_case_args(kind, tmp, good):
 
 
 @pytest.mark.parametrize("script, limit, args", [
-    ("make_events.py", 100, lambda out, good: ["--out", out / "ev", "-n", 300, "--workers", 2]),
+    ("make_events.py", 100, lambda out, good: ["--output", out / "ev", "-n", 300, "--workers", 2]),
     ("Pix2Pix_data.py", 2_000, lambda out, good: ["--raw-dir", good / "raw", "--truth-dir", good / "truth",
                                                   "--output", out / "p.h5", "--workers", 1]),
     ("Pix2Pix_training.py", 100_000, lambda out, good: ["--data", good / "good.h5", "--output-dir", out / "run",

@@ -332,7 +332,7 @@ def test_track_ids_survive_make_events_pix2pix_data_and_the_evaluation(tmp_path,
     import Pix2Pix_denoise
 
     out = tmp_path / "events"
-    assert make_events.main(["--out", str(out), "-n", "40", "--seed", "21", "--workers", "1",
+    assert make_events.main(["--output", str(out), "-n", "40", "--seed", "21", "--workers", "1",
                              "--layout", layout]) == 0
     h5 = tmp_path / "events.h5"
     if layout == "folders":
@@ -360,7 +360,7 @@ def test_track_ids_survive_make_events_pix2pix_data_and_the_evaluation(tmp_path,
 
 def test_pairs_without_track_ids_stay_as_they_were_and_missing_ones_are_named(tmp_path):
     out = tmp_path / "events"
-    assert make_events.main(["--out", str(out), "-n", "6", "--seed", "2", "--workers", "1"]) == 0
+    assert make_events.main(["--output", str(out), "-n", "6", "--seed", "2", "--workers", "1"]) == 0
     (out / "tracks" / make_events.event_name(4)).unlink()
     with pytest.raises(InputError, match="no track-id file"):
         Pix2Pix_data.convert(out / "raw", out / "truth", tmp_path / "a.h5", workers=1)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import h5py
+import jax  # noqa: F401 (requirements-dev.txt has it: a missing jax fails here, it is not skipped)
 import keras
 import numpy as np
 import pytest
@@ -18,8 +19,6 @@ import evaluation
 import event_image as ei
 import make_events
 import pix2pix_model as pm
-
-pytest.importorskip("jax")
 
 
 def write_events(path, n, seed):
