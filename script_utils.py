@@ -32,6 +32,8 @@ AT_FDCWD, RENAME_NOREPLACE = -100, 1  # renameat2(2): paths relative to the work
 NAME_MAX = 255  # bytes in one file name (Linux filesystems)
 SEED_LIMIT = 2**32  # seeds numpy, scikit-learn and Keras all take are below this
 TEMP_NAME_EXTRA = 40  # what atomic_output's temporary name adds: ".", ".<12 hex>", a suffix, ".tmp", an ending
+# A stream closed when the script started (`>&-`, `2>&-`) is None in Python: /dev/null takes its place.
+sys.stdout, sys.stderr = (s if s is not None else open(os.devnull, "w") for s in (sys.stdout, sys.stderr))
 
 
 class InputError(Exception):
@@ -69,29 +71,25 @@ def run_main(main, argv=None):
 
 
 class ReaderMayLeave:
-    """A text stream (stdout, stderr) whose closed pipe (`script | head` once head has its lines) sends the rest
-    of the run's lines to /dev/null instead of a BrokenPipeError traceback in the middle of the work."""
+    """stdout or stderr whose lines go to /dev/null once its pipe's reader has gone (`script | head`), not a crash."""
 
     def __init__(self, stream):
         self.stream = stream
 
-    def write(self, text):
+    def quietly(self, call, *args):
         try:
-            return self.stream.write(text)
-        except BrokenPipeError:
-            self.to_devnull()
-            return len(text)
+            call(*args)
+        except BrokenPipeError:  # from now on the stream's descriptor is /dev/null
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self.stream.fileno())
+            os.close(devnull)
+
+    def write(self, text):
+        self.quietly(self.stream.write, text)
+        return len(text)
 
     def flush(self):
-        try:
-            self.stream.flush()
-        except BrokenPipeError:
-            self.to_devnull()
-
-    def to_devnull(self):
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, self.stream.fileno())
-        os.close(devnull)
+        self.quietly(self.stream.flush)
 
     def __getattr__(self, name):  # fileno, isatty, encoding, ...: the stream's own
         return getattr(self.stream, name)
@@ -377,18 +375,24 @@ def atomic_output(target, overwrite=False, suffix="", ext="", folder=False):
 def replace_folder(new, target):
     """Swap the finished folder new in for the existing folder target, then delete the old one. A stop
     between the two renames would leave neither: it waits for the second; a second that fails puts the
-    old folder back."""
+    old folder back, and where that fails too (another run's folder there now) says where it is kept."""
     old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+    saved, placed = old / target.name, False
     try:
         with stop_signals_held():
-            os.replace(target, old / target.name)
+            os.replace(target, saved)
             try:
                 os.replace(new, target)
+                placed = True
             except BaseException:
-                os.replace(old / target.name, target)
+                os.replace(saved, target)
                 raise
+    except OSError as exc:
+        if os.path.lexists(saved):
+            raise InputError(f"{target}: not replaced ({exc.strerror}); its old content is kept in {saved}") from None
+        raise
     finally:
-        if target.exists():  # the new folder, or the old one back; else the old one is all there is
+        if placed or not os.path.lexists(saved):
             shutil.rmtree(old)
 
 

@@ -178,7 +178,7 @@ def test_a_ctrl_c_that_python_drops_in_a_finalizer_still_stops_the_run_and_keeps
     assert list(tmp_path.iterdir()) == []  # neither the output nor its temporary
 
 
-@pytest.mark.parametrize("failing", [(2,), (2, 3)], ids=["new-refused", "old-not-back-either"])
+@pytest.mark.parametrize("failing", [(2,), (2, 3), ("race",)], ids=["new-refused", "old-not-back-either", "race"])
 def test_a_folder_replaced_keeps_the_old_one_when_the_new_cannot_be_put_in_its_place(tmp_path, monkeypatch, failing):
     import script_utils
 
@@ -192,13 +192,30 @@ def test_a_folder_replaced_keeps_the_old_one_when_the_new_cannot_be_put_in_its_p
         if len(calls) in failing:  # a lost mount, an I/O error
             raise OSError(errno.EIO, "input/output error")
         real_replace(src, dst)
+        if failing == ("race",) and len(calls) == 1:  # another run's folder lands in between: 2 and 3 refused
+            target.mkdir()
+            (target / "theirs.png").write_text("another run's")
 
     monkeypatch.setattr(script_utils.os, "replace", some_fail)
-    with pytest.raises(OSError), script_utils.atomic_output(target, overwrite=True, folder=True) as tmp:
+    with pytest.raises((OSError, InputError)) as raised, \
+            script_utils.atomic_output(target, overwrite=True, folder=True) as tmp:
         (tmp / "new.png").write_text("new")
     if failing == (2,):  # put back: no temporary, no hidden old folder left
         assert [p.name for p in target.iterdir()] == ["old.png"] and (target / "old.png").read_text() == "the user's"
         assert [p.name for p in tmp_path.iterdir()] == ["out"]
-    else:  # the old folder is all there is: kept where it was moved
+    else:  # the old folder is all there is: kept where it was moved, and the line says where
         kept = list(tmp_path.rglob("old.png"))
-        assert not target.exists() and len(kept) == 1 and kept[0].read_text() == "the user's"
+        assert len(kept) == 1 and kept[0].read_text() == "the user's" and kept[0].parent != target
+        assert [p.name for p in target.iterdir()] == ["theirs.png"] if failing == ("race",) else not target.exists()
+        assert isinstance(raised.value, InputError) and f"old content is kept in {kept[0].parent}" in str(raised.value)
+
+
+def test_a_script_runs_with_its_stdout_and_stderr_closed(tmp_path):
+    """`script >&- 2>&-`: Python's sys.stdout and sys.stderr are None (the progress bar and TensorFlow's quiet
+    import failed on it)."""
+    script = f"{sys.executable} {ROOT / 'make_events.py'} --output {tmp_path / 'ev'} -n 5 --workers 1 >&- 2>&-"
+    assert subprocess.run(["bash", "-c", script], timeout=120).returncode == 0
+    assert len(list((tmp_path / "ev" / "raw").iterdir())) == 5
+    proc = subprocess.run(["bash", "-c", f"{sys.executable} {ROOT / 'Pix2Pix_training.py'} --help 2>&-"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "usage: Pix2Pix_training.py" in proc.stdout
