@@ -28,9 +28,6 @@ import pairs_h5
 from script_utils import (
     ArgumentParser,
     InputError,
-    StopNow,
-    catch_stop_signals,
-    check_stop,
     import_keras,
     import_tensorflow,
     progress,
@@ -45,7 +42,15 @@ keras = import_keras()
 
 import pix2pix_model  # noqa: E402
 from pix2pix_model import dtype_policy, epoch_rank, validate  # noqa: E402
-from pix2pix_trainer import Trainer, choose_precision, choose_strategy, epoch_batches  # noqa: E402
+from pix2pix_trainer import (  # noqa: E402
+    StopNow,
+    Trainer,
+    catch_stop_signals,
+    check_stop,
+    choose_precision,
+    choose_strategy,
+    epoch_batches,
+)
 from training_files import (  # noqa: E402
     CSV_FIELDS,
     RUN_CONFIG,

@@ -2,16 +2,18 @@
 optimizers, the counters and the compiled train and predict steps under that strategy, with the
 recipe's levers (--gan-weight, --gan-warmup, --disc-every, --label-smoothing, --ema-decay,
 --lr-decay, --pixel-loss, --noise-augment, --beside-augment, --mix-tracks, --mix-background, --bend-augment; the
-README's "Training" section).
+README's "Training" section); a stop asked for by Ctrl-C or SIGTERM, taken between steps.
 """
 
 import json
 import os
+import signal
+import sys
 from pathlib import Path
 
 import data_management
 import event_image as ei
-from script_utils import InputError, import_keras, import_tensorflow
+from script_utils import STOP_SIGNALS, InputError, import_keras, import_tensorflow
 
 tf = import_tensorflow()  # first, so that its C++ start-up lines stay off stderr
 keras = import_keras()
@@ -273,3 +275,40 @@ class Trainer:
     def counters(self):
         """(step, epoch, batch_in_epoch) as Python ints."""
         return int(self.step.numpy()), int(self.epoch.numpy()), int(self.batch_in_epoch.numpy())
+
+
+# --- Stopping between steps: Ctrl-C or a batch system's SIGTERM -----------------------------------------
+STOP_REQUESTED = []  # the signal that asked the run to stop (request_stop), if any
+
+
+class StopNow(KeyboardInterrupt):
+    """A second stop signal: stop at once, saving nothing more (a KeyboardInterrupt to every other handler)."""
+
+
+def request_stop(signum, frame):
+    """Ctrl-C or a batch system's SIGTERM (pre-emption, the end of a time slot): stop after the
+    current step, with a checkpoint of it, so that the same command resumes from there.
+
+    The signal only sets a flag that the training loop reads between steps (check_stop). A
+    KeyboardInterrupt raised wherever the signal lands can be lost: Python drops one raised in a
+    garbage-collector callback, and Keras imports JAX's when JAX is installed. A second signal
+    stops at once.
+    """
+    if STOP_REQUESTED:
+        raise StopNow
+    STOP_REQUESTED.append(signum)
+    print(f"\n{signal.Signals(signum).name}: stopping after the current step (again to stop at once)",
+          file=sys.stderr, flush=True)
+
+
+def catch_stop_signals():
+    """From now on Ctrl-C and SIGTERM go to request_stop."""
+    STOP_REQUESTED.clear()
+    for s in STOP_SIGNALS:
+        signal.signal(s, request_stop)
+
+
+def check_stop():
+    """Between steps: a stop asked for by a signal becomes the KeyboardInterrupt that saves and exits."""
+    if STOP_REQUESTED:
+        raise KeyboardInterrupt

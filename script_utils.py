@@ -424,42 +424,6 @@ def stop_signals_held(block=False):
         signal.raise_signal(signum)
 
 
-STOP_REQUESTED = []  # the signal that asked the run to stop (request_stop), if any
-
-
-class StopNow(KeyboardInterrupt):
-    """A second stop signal: stop at once, saving nothing more (a KeyboardInterrupt to every other handler)."""
-
-
-def request_stop(signum, frame):
-    """Ctrl-C or a batch system's SIGTERM (pre-emption, the end of a time slot): stop after the
-    current step, with a checkpoint of it, so that the same command resumes from there.
-
-    The signal only sets a flag that the training loop reads between steps (check_stop). A
-    KeyboardInterrupt raised wherever the signal lands can be lost: Python drops one raised in a
-    garbage-collector callback, and Keras imports JAX's when JAX is installed. A second signal
-    stops at once.
-    """
-    if STOP_REQUESTED:
-        raise StopNow
-    STOP_REQUESTED.append(signum)
-    print(f"\n{signal.Signals(signum).name}: stopping after the current step (again to stop at once)",
-          file=sys.stderr, flush=True)
-
-
-def catch_stop_signals():
-    """From now on Ctrl-C and SIGTERM go to request_stop."""
-    STOP_REQUESTED.clear()
-    for s in STOP_SIGNALS:
-        signal.signal(s, request_stop)
-
-
-def check_stop():
-    """Between steps: a stop asked for by a signal becomes the KeyboardInterrupt that saves and exits."""
-    if STOP_REQUESTED:
-        raise KeyboardInterrupt
-
-
 def progress(iterable=None, **kwargs):
     """A tqdm progress bar, shown only when stderr is a terminal."""
     kwargs.setdefault("disable", not sys.stderr.isatty())
