@@ -1,6 +1,6 @@
 """Hit-level and tracking-level scoring of a denoiser against the truth and the CLAS12 baselines, and its report.
 
-Used by Pix2Pix_denoise.py --evaluate and bench/score_probabilities.py; no TensorFlow or Keras
+Used by Pix2Pix_denoise.py --evaluate (hipo_denoise for --hipo) and bench/score_probabilities.py; no TensorFlow or Keras
 (the CAE baseline imports them when asked for). On boolean hit masks (N, 36, 112):
 
     keeps = {"model": prob > 0.5, **{m: keep(raw) for m, keep in baseline_keeps().items()}}

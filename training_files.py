@@ -128,7 +128,8 @@ def note_new_epochs(s, out, epoch):
 
 
 def flag_of(setting):
-    """The command-line flag of a setting's name (lam: --lambda, a Python keyword)."""
+    """The command-line flag of a setting's name (lam: --lambda, a Python keyword; Pix2Pix_training's only flag
+    whose dest differs from its name)."""
     return "--lambda" if setting == "lam" else "--" + setting.replace("_", "-")
 
 
