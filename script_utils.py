@@ -4,7 +4,7 @@
   exit code 2, with no traceback (imported as a library, InputError is an ordinary exception).
 - warn: the one way a script prints a warning (run_main prints Python warnings through it too).
 - atomic_output: every file and folder the project writes goes through it.
-- catch_stop_signals / check_stop: Ctrl-C or SIGTERM stops a loop between steps (Pix2Pix_training).
+- run_main treats SIGTERM as Ctrl-C; stop_signals_held keeps a stop from cutting a step in two.
 - progress: a tqdm bar that shows on a terminal and stays quiet in logs and tests.
 - import_tensorflow / import_keras: TensorFlow and Keras without their C++ start-up lines.
 """
@@ -32,8 +32,23 @@ AT_FDCWD, RENAME_NOREPLACE = -100, 1  # renameat2(2): paths relative to the work
 NAME_MAX = 255  # bytes in one file name (Linux filesystems)
 SEED_LIMIT = 2**32  # seeds numpy, scikit-learn and Keras all take are below this
 TEMP_NAME_EXTRA = 40  # what atomic_output's temporary name adds: ".", ".<12 hex>", a suffix, ".tmp", an ending
-# A stream closed when the script started (`>&-`, `2>&-`) is None in Python: /dev/null takes its place.
-sys.stdout, sys.stderr = (s if s is not None else open(os.devnull, "w") for s in (sys.stdout, sys.stderr))
+
+
+def open_closed_streams():
+    """A descriptor closed when the script started (`<&-`, `>&-`, `2>&-`) gets /dev/null, else the next file opened
+    would take its number (and a child's or a C library's output would land in it); Python's stream of it, None
+    (which the progress bar and TensorFlow's quiet import failed on), becomes that /dev/null."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.open(os.devnull, os.O_RDWR)  # the lowest free number: fd itself
+    for name, fd in (("stdout", 1), ("stderr", 2)):
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(fd, "w", closefd=False))
+
+
+open_closed_streams()  # at import, before anything writes
 
 
 class InputError(Exception):
@@ -384,13 +399,13 @@ def replace_folder(new, target):
             try:
                 os.replace(new, target)
                 placed = True
-            except BaseException:
-                os.replace(saved, target)
+            except BaseException as exc:
+                try:
+                    os.replace(saved, target)
+                except OSError:
+                    why = getattr(exc, "strerror", None) or type(exc).__name__
+                    raise InputError(f"{target}: not replaced ({why}); its old content is kept in {saved}") from exc
                 raise
-    except OSError as exc:
-        if os.path.lexists(saved):
-            raise InputError(f"{target}: not replaced ({exc.strerror}); its old content is kept in {saved}") from None
-        raise
     finally:
         if placed or not os.path.lexists(saved):
             shutil.rmtree(old)

@@ -216,6 +216,7 @@ def test_a_script_runs_with_its_stdout_and_stderr_closed(tmp_path):
     script = f"{sys.executable} {ROOT / 'make_events.py'} --output {tmp_path / 'ev'} -n 5 --workers 1 >&- 2>&-"
     assert subprocess.run(["bash", "-c", script], timeout=120).returncode == 0
     assert len(list((tmp_path / "ev" / "raw").iterdir())) == 5
-    proc = subprocess.run(["bash", "-c", f"{sys.executable} {ROOT / 'Pix2Pix_training.py'} --help 2>&-"],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0 and "usage: Pix2Pix_training.py" in proc.stdout
+    for closed in ("2>&-", "<&- 2>&-"):  # with stdin closed too, /dev/null for stderr took descriptor 0
+        proc = subprocess.run(["bash", "-c", f"{sys.executable} {ROOT / 'Pix2Pix_training.py'} --help {closed}"],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0 and "usage: Pix2Pix_training.py" in proc.stdout, closed
