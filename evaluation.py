@@ -39,6 +39,12 @@ def event_f1(raw, truth, kept):
     return np.where(den > 0, 2.0 * tp / np.maximum(den, 1), 1.0)
 
 
+def tally(counts, a, b):
+    """Add the events where a < b, a == b and a > b to counts' three keys, in their order."""
+    for key, n in zip(counts, ((a < b).sum(), (a == b).sum(), (a > b).sum()), strict=True):
+        counts[key] += int(n)
+
+
 class HitEvaluation:
     """Hit-level counts of several methods, accumulated batch by batch (memory stays flat).
 
@@ -118,9 +124,7 @@ class HitEvaluation:
         if "model" in self.methods:
             fakes = {m: c["fake_segments"] for m, c in zip(self.methods, per_method, strict=True)}
             for m, c in self.paired_fakes.items():
-                c["fewer"] += int((fakes["model"] < fakes[m]).sum())
-                c["equal"] += int((fakes["model"] == fakes[m]).sum())
-                c["more"] += int((fakes["model"] > fakes[m]).sum())
+                tally(c, fakes["model"], fakes[m])
 
     def _compare_events(self, raw, truth, keeps):
         """Count the events (with track hits) where the model's F1 beats, ties or loses to each other method's."""
@@ -129,10 +133,7 @@ class HitEvaluation:
         for m in self.methods:
             if m != "model":
                 other = event_f1(raw[has_track], truth[has_track], np.asarray(keeps[m], bool)[has_track])
-                c = self.paired[m]
-                c["better"] += int((f1 > other).sum())
-                c["equal"] += int((f1 == other).sum())
-                c["worse"] += int((f1 < other).sum())
+                tally(self.paired[m], other, f1)  # better: the other's F1 below the model's
         return f1, np.flatnonzero(has_track)
 
     def _keep_extremes(self, raw, truth, keeps, names, f1, rows):
