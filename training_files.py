@@ -322,8 +322,10 @@ def export_generator(trainer, out, stem, scores, epoch, step, settings, stabilit
 
 def report_epoch(s, row, seconds):
     """The epoch's line of the log, and a note when the discriminator wins outright."""
-    print(f"epoch {row['epoch']}/{s.epochs} step {row['step']}: G {row['gen_total']:.4f} (GAN {row['gen_gan']:.3f}, "
-          f"{s.pixel_loss.upper()} {row['gen_l1']:.5f}) D {row['disc']:.3f} | validation L1 {row['val_l1']:.5f}, "
+    pixel = f"{s.pixel_loss.upper()} {row['gen_l1']:.5f}"
+    losses = (f"G {row['gen_total']:.4f} (GAN {row['gen_gan']:.3f}, {pixel}) D {row['disc']:.3f}" if s.gan_weight > 0
+              else f"G {row['gen_total']:.4f} ({pixel}; no discriminator: --gan-weight 0)")
+    print(f"epoch {row['epoch']}/{s.epochs} step {row['step']}: {losses} | validation L1 {row['val_l1']:.5f}, "
           f"threshold {row['threshold']:.2f}: efficiency {row['efficiency']:.3f} rejection {row['rejection']:.3f} "
           f"purity {row['purity']:.3f} F1 {row['f1']:.3f}{tracking_text(row)} ({seconds:.0f} s)", flush=True)
     if row.get("collapse"):

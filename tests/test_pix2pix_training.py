@@ -822,9 +822,9 @@ def test_collapse_flag_on_a_hand_made_history(capsys):
     pt.report_epoch(settings("x.h5", "run"), row, 1.0)
     out = capsys.readouterr().out
     assert "collapse: validation F1 0.790 fell more than 0.1 below the best" in out
-    assert "(GAN 0.100, BCE 0.01000)" in out  # the line names the pixel loss the run trains with
-    pt.report_epoch(settings("x.h5", "run", "--pixel-loss", "l1"), row, 1.0)
-    assert "(GAN 0.100, L1 0.01000)" in capsys.readouterr().out
+    assert "G 1.0000 (GAN 0.100, BCE 0.01000) D 1.300 | " in out  # the line names the pixel loss it trains with
+    pt.report_epoch(settings("x.h5", "run", "--pixel-loss", "l1", "--gan-weight", "0"), row, 1.0)
+    assert "G 1.0000 (L1 0.01000; no discriminator: --gan-weight 0) | " in capsys.readouterr().out  # no "D nan"
 
 
 def test_a_resumed_epoch_replaces_its_row_and_those_after_it(tmp_path):
