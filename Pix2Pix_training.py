@@ -100,6 +100,7 @@ KEEP_WORKER_CHECKPOINTS = False  # multi-worker: other workers keep their checkp
 THRESHOLD_CRITERION = pix2pix_model.THRESHOLD_CRITERION  # balanced | f1 | tracks: as tracking would (README)
 TRACKS_KEPT = pix2pix_model.TRACKS_KEPT  # tracks: the share of reconstructable tracks the chosen threshold keeps
 VALIDATION_BACKGROUND = pix2pix_model.VALIDATION_BACKGROUND  # validation events carry N events' background
+VALIDATION_DRAWS = pix2pix_model.VALIDATION_DRAWS  # ... each under D other events' backgrounds in turn
 MIRROR_AVERAGE = pix2pix_model.MIRROR_AVERAGE  # output averaged with the mirrored event's (validate, denoise, export)
 SHIFT_AVERAGE = pix2pix_model.SHIFT_AVERAGE  # wires: and with the event's moved so far along its layers (0 = off)
 D_SATURATED_LOSS = 0.1  # discriminator loss below this (balanced: 2 log 2 = 1.39) is flagged as winning
@@ -245,7 +246,7 @@ def validate_run(run):
     batches = min(len(run.validation), s.validation_batches or len(run.validation))  # validate stops there
     shown = progress(run.validation, total=batches, desc="validation", unit="batch", leave=False)
     return validate(run.trainer.predict, shown, s.validation_batches, s.threshold_criterion, run.validation_ids,
-                    s.tracks_kept, s.validation_background)
+                    s.tracks_kept, s.validation_background, s.validation_draws)
 
 
 def end_of_epoch(run, sums, n_steps, seconds):
@@ -383,6 +384,10 @@ def add_validation_settings(p):
     p.add_argument("--validation-background", type=int, default=VALIDATION_BACKGROUND, metavar="N",
                    help="validate (choose the threshold, generator_best) on events carrying their own and the next "
                         "N - 1 events' background, as at N x the luminosity; 1 to --batch-size (default %(default)s)")
+    p.add_argument("--validation-draws", type=int, default=VALIDATION_DRAWS, metavar="D",
+                   help="validate each event D times, under other events' background each time (with "
+                        "--validation-background 2 or more): D times the fake segments to choose on, D times the "
+                        "validation's time (default %(default)s)")
     p.add_argument("--mirror-average", action=argparse.BooleanOptionalAction, default=MIRROR_AVERAGE,
                    help="the model's output: the average of its answers for the event and for the event mirrored "
                         "along the wires, in validation and wherever the model is used (twice the time) "
@@ -465,6 +470,13 @@ def parse_args(argv=None):
                 f"--validation-background {s.batch_size})" if s.batch_size < s.validation_background else "")
         raise InputError(f"--validation-background must be 1 to --batch-size ({s.batch_size}), "
                          f"not {s.validation_background}{hint}")
+    if s.validation_draws < 1 or (s.validation_draws > 1 and s.validation_background == 1):
+        raise InputError(f"--validation-draws must be 1, or more with --validation-background 2 or more, not "
+                         f"{s.validation_draws} (with --validation-background {s.validation_background})")
+    if s.validation_draws * (s.validation_background - 1) >= s.batch_size:
+        raise InputError(f"--validation-draws {s.validation_draws} x (--validation-background "
+                         f"{s.validation_background} - 1) must be below --batch-size {s.batch_size}: each draw "
+                         "takes other events of the batch")
     if not s.shift_average < ei.WIRES:
         raise InputError(f"--shift-average must be below {ei.WIRES} wires, not {s.shift_average}")
     for name in ("hit_weight", "generator_lr", "discriminator_lr"):

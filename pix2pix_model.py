@@ -41,6 +41,7 @@ PIXEL_LOSS = "bce"  # the generator's per-pixel term: l1 (the paper's) | bce, a 
 LR_DECAY = "cosine"  # none: constant learning rates | cosine: falling along a half cosine over the epochs
 THRESHOLD_CRITERION = "tracks"  # how validation chooses the threshold: balanced | f1 | tracks (as tracking would)
 VALIDATION_BACKGROUND = 2  # validation events carry this many events' background (2: as at twice the luminosity)
+VALIDATION_DRAWS = 1  # each validation event validated under this many other events' backgrounds
 TRACKS_KEPT = 0.99  # threshold criterion "tracks": the share of reconstructable tracks the threshold must keep
 MIRROR_AVERAGE = False  # validate, denoise and export the output averaged with the mirrored event's (2x the time)
 SHIFT_AVERAGE = 0  # wires (0 = off): the same with the event moved this many wires along its layers (one pass more)
@@ -334,16 +335,17 @@ def mixed_background(raw, truth, u, share):
     return ops.maximum(raw, other), truth
 
 
-def with_more_background(raw, truth, times):
+def with_more_background(raw, truth, times, draw=0):
     """raw (numpy) with the background hits (raw hits not in the truth) of the batch's next times - 1 events
     added, as mixed_background adds the next one's: each event then carries times events' background over
-    its own tracks, as at times the luminosity (--validation-background). In a batch of fewer than times
-    events each event gets the background of all the others."""
+    its own tracks, as at times the luminosity (--validation-background). draw d takes the times - 1 events
+    after the first d x (times - 1) instead (--validation-draws: other backgrounds over the same tracks).
+    The batch wraps around: in a small one, draws and events repeat."""
     if times == 1:
         return raw
     background = raw * (1 - truth)
     for k in range(1, times):
-        raw = np.maximum(raw, np.roll(background, -k, axis=0))
+        raw = np.maximum(raw, np.roll(background, -(k + draw * (times - 1)), axis=0))
     return raw
 
 
@@ -355,10 +357,12 @@ def lr_factor(decay, epoch, epochs):
 
 # --- Validation: the output threshold ----------------------------------------------------------------
 def validate(predict, dataset, max_batches=0, criterion="balanced", track_ids=None, tracks_kept=TRACKS_KEPT,
-             background=1):
+             background=1, draws=1):
     """Validation L1 and hit-level scores at every threshold tried; the best one chosen.
 
-    background: each event carries that many events' background (with_more_background), 1 = its own.
+    background: each event carries that many events' background (with_more_background), 1 = its own;
+    draws: each event is validated that many times, under other events' background each time (draw 0, 1,
+    ...), and every figure counts all of them (more fake segments to choose the threshold on).
 
     criterion "balanced" picks the threshold of event_image.THRESHOLDS where the worse of
     efficiency and rejection is best (physicists want both high); "f1" the best F1 (which
@@ -377,20 +381,20 @@ def validate(predict, dataset, max_batches=0, criterion="balanced", track_ids=No
     for i, (raw, truth) in enumerate(dataset):
         if max_batches and i >= max_batches:
             break
-        raw, truth = np.asarray(raw, np.float32), np.asarray(truth, np.float32)
-        raw = with_more_background(raw, truth, background)
-        output = np.asarray(predict(raw), np.float32)
-        if first is None:
-            first = (raw, truth, output)
-        l1_sum += float(np.abs(truth - output).mean(axis=(1, 2, 3)).sum())
-        raw_hits, truth_hits, brightest = ei.padded_hits(raw, truth, output)
-        kept = {t: brightest > t for t in thresholds}
-        for t in thresholds:
-            counts[t] = ei.add_counts(counts[t], ei.hit_counts(raw_hits, truth_hits, kept[t]))
-        if criterion == "tracks":
-            ids = None if track_ids is None else track_ids[events:events + len(raw)]
-            add_tracking_counts(track_counts, raw_hits, truth_hits, kept, ids)
-        events += len(raw)
+        truth = np.asarray(truth, np.float32)
+        ids = None if track_ids is None else track_ids[events:events + len(truth)]
+        for draw in range(draws):
+            given = with_more_background(np.asarray(raw, np.float32), truth, background, draw)
+            output = np.asarray(predict(given), np.float32)
+            first = (given, truth, output) if first is None else first
+            l1_sum += float(np.abs(truth - output).mean(axis=(1, 2, 3)).sum())
+            raw_hits, truth_hits, brightest = ei.padded_hits(given, truth, output)
+            kept = {t: brightest > t for t in thresholds}
+            for t in thresholds:
+                counts[t] = ei.add_counts(counts[t], ei.hit_counts(raw_hits, truth_hits, kept[t]))
+            if criterion == "tracks":
+                add_tracking_counts(track_counts, raw_hits, truth_hits, kept, ids)
+        events += len(truth)
     scores = {t: ei.scores_from_counts(c) for t, c in counts.items()}
     f1 = {t: (sc["f1"] if not math.isnan(sc["f1"]) else -1.0) for t, sc in scores.items()}
     extra = {}
@@ -404,7 +408,7 @@ def validate(predict, dataset, max_batches=0, criterion="balanced", track_ids=No
         best = best_threshold({t: (v if not math.isnan(v) else -1.0) for t, v in balanced.items()})
     else:
         best = best_threshold(f1)
-    return {"val_l1": l1_sum / max(events, 1), "threshold": float(best), **scores[best], **extra,
+    return {"val_l1": l1_sum / max(events * draws, 1), "threshold": float(best), **scores[best], **extra,
             "f1_by_threshold": {str(t): v for t, v in f1.items()}}, first
 
 

@@ -286,8 +286,9 @@ def threshold_origin(given, info):
     if info.get("threshold_source") == "export --threshold":
         return f", set at export; validation chose {info.get('validation_threshold')}"
     settings = training_settings(info)
-    times = settings.get("validation_background", 1)
-    chosen = settings.get("threshold_criterion", "?") + (f", {times} events' background" if times != 1 else "")
+    times, draws = settings.get("validation_background", 1), settings.get("validation_draws", 1)
+    chosen = (settings.get("threshold_criterion", "?") + (f", {times} events' background" if times != 1 else "")
+              + (f" in {draws} draws" if draws != 1 else ""))
     return f", from validation (criterion {chosen}{views_note(output_views(info))})"
 
 

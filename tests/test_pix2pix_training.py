@@ -608,6 +608,45 @@ def test_validation_background_validates_on_events_carrying_the_next_events_back
             pt.parse_args(["--validation-background", bad])
 
 
+def test_validation_draws_validate_each_event_under_other_events_background_and_count_them_all():
+    raw, truth, ids = make_events.generate_events(16, seed=3, track_ids=True)
+    raw, truth = (ei.pad_event(a).astype(np.float32) / 255 for a in (raw, truth))
+    dataset = [(raw[:8], truth[:8]), (raw[8:], truth[8:])]
+    seen = []
+
+    def every_third_wire_lost(x):  # the model: drops the hits of every third wire; what it was given recorded
+        seen.append(np.asarray(x))
+        return x * (np.arange(x.shape[2]) % 3 != 0)[None, None, :, None]
+
+    drawn, _ = pm.validate(every_third_wire_lost, dataset, criterion="tracks", track_ids=ids, background=3, draws=3)
+    hits, tracks = raw > 0, truth > 0
+    assert len(seen) == 6  # each batch under three backgrounds in turn: the next two events', the two after, ...
+    for i, given in enumerate(seen):
+        b, draw = divmod(i, 3)
+        background = (hits & ~tracks)[8 * b:8 * b + 8]
+        others = np.roll(background, -1 - 2 * draw, axis=0) | np.roll(background, -2 - 2 * draw, axis=0)
+        np.testing.assert_array_equal(given > 0, hits[8 * b:8 * b + 8] | others)
+    by_hand = [(np.concatenate(seen), np.concatenate([truth[8 * (i // 3):8 * (i // 3) + 8] for i in range(6)]))]
+    by_hand_ids = np.concatenate([ids[8 * (i // 3):8 * (i // 3) + 8] for i in range(6)])  # one batch of 48 events
+    again, _ = pm.validate(every_third_wire_lost, by_hand, criterion="tracks", track_ids=by_hand_ids)
+    assert again == drawn  # every draw scored, each with its own events' track ids
+    assert 0 < drawn["tracks_kept"] < 1 and drawn["fake_segments_per_event"] > 0  # both figures are tested
+    one, _ = pm.validate(every_third_wire_lost, dataset, criterion="tracks", track_ids=ids, background=3)
+    assert one != drawn
+    run = pt.Run(**{**dict.fromkeys(f.name for f in dataclasses.fields(pt.Run)),
+                    "s": settings("d.h5", "run", "--threshold-criterion", "tracks", "--validation-draws", 3,
+                                  "--validation-background", 3, "--batch-size", 8),
+                    "trainer": types.SimpleNamespace(predict=every_third_wire_lost), "validation": dataset,
+                    "validation_ids": ids})
+    assert pt.validate_run(run)[0] == drawn  # the training passes --validation-draws on
+    for bad in (["--validation-draws", "0"], ["--validation-draws", "2", "--validation-background", "1"],
+                ["--validation-draws", pt.BATCH_SIZE // 2, "--validation-background", 3]):  # 2 events each: a batch
+        with pytest.raises(InputError, match="--validation-draws"):
+            pt.parse_args(list(map(str, bad)))
+    most = pt.BATCH_SIZE - 1  # the batch's other events, one per draw
+    assert pt.parse_args(["--validation-draws", str(most), "--validation-background", "2"]).validation_draws == most
+
+
 def test_threshold_criterion_tracks_reads_the_validation_track_ids_in_the_datasets_order(tmp_path):
     path = tmp_path / "ids.h5"
     raw, truth, ids = make_events.generate_events(48, seed=4, track_ids=True)
