@@ -111,7 +111,7 @@ def test_threshold_override_is_stored_and_said(run, exported, tmp_path):
     stored = json.loads(exported.with_suffix(".json").read_text())
     assert stored["threshold_source"] == "validation"
     assert trained_model.threshold_origin(None, stored) == ", from validation (criterion tracks, 2 events' background)"
-    drawn = {**stored, "settings": {**stored["settings"], "validation_draws": 8}}
+    drawn = {**stored, "training": {"settings": {**trained_model.training_settings(stored), "validation_draws": 8}}}
     assert trained_model.threshold_origin(None, drawn) == (", from validation (criterion tracks, 2 events' background "
                                                            "in 8 draws)")
     assert trained_model.threshold_origin(0.3, stored) == ""
