@@ -71,6 +71,7 @@ PIXEL_LOSS = pm.PIXEL_LOSS  # l1 | bce: the generator's per-pixel term, as Pix2P
 THRESHOLD_CRITERION = pm.THRESHOLD_CRITERION  # balanced | f1 | tracks, as Pix2Pix_training's --threshold-criterion
 TRACKS_KEPT = pm.TRACKS_KEPT  # tracks: the share of reconstructable tracks the threshold keeps (--tracks-kept)
 VALIDATION_BACKGROUND = pm.VALIDATION_BACKGROUND  # validation events carry N events' background (as there)
+VALIDATION_DRAWS = pm.VALIDATION_DRAWS  # ... each under D other events' backgrounds in turn (as there)
 SEED = 1
 PRECISION = "mixed_bfloat16"  # a Keras dtype policy: mixed_bfloat16 | float32
 # ----------------------------------------------------------------------------------------------
@@ -203,10 +204,12 @@ def run_epoch(step, state, train, order, noise_key, steps_before):
 
 def validate_epoch(s, predict_params, validation):
     """pix2pix_model.validate's scores of the validation split (raw, truth, track ids or None; uint8) in
-    batches of --batch-size, with the run's --threshold-criterion, --tracks-kept and --validation-background."""
+    batches of --batch-size, with the run's --threshold-criterion, --tracks-kept, --validation-background and
+    --validation-draws."""
     raw, truth, ids = validation
     return pm.validate(predict_params, batches(raw, truth, s.batch_size), criterion=s.threshold_criterion,
-                       track_ids=ids, tracks_kept=s.tracks_kept, background=s.validation_background)[0]
+                       track_ids=ids, tracks_kept=s.tracks_kept, background=s.validation_background,
+                       draws=s.validation_draws)[0]
 
 
 def optimizers_and_state(generator, discriminator, s):
@@ -344,11 +347,18 @@ def parse_args(argv=None):
                    help="tracks criterion: the share of reconstructable tracks the threshold must keep")
     p.add_argument("--validation-background", type=int, default=VALIDATION_BACKGROUND, metavar="N",
                    help="validation events carry their own and the next N - 1 events' background (1 to --batch-size)")
+    p.add_argument("--validation-draws", type=int, default=VALIDATION_DRAWS, metavar="D",
+                   help="each validation event validated D times under other events' background (D (N - 1) below "
+                        "--batch-size; with N >= 2)")
     p.add_argument("--seed", type=int, default=SEED, help="the initialisation and the batches' order")
     p.add_argument("--precision", default=PRECISION, choices=("mixed_bfloat16", "float32"), help="Keras' dtype policy")
     s = p.parse_args(argv)
     if not 1 <= s.validation_background <= s.batch_size:
         p.error(f"--validation-background must be 1 to --batch-size ({s.batch_size}), not {s.validation_background}")
+    if s.validation_draws < 1 or (s.validation_draws > 1 and s.validation_background == 1) or \
+            s.validation_draws * (s.validation_background - 1) >= s.batch_size:
+        p.error(f"--validation-draws must be 1, or more with --validation-background 2 or more and "
+                f"D (N - 1) below --batch-size ({s.batch_size}), not {s.validation_draws}")
     if not 0 <= s.shift_average < ei.WIRES:
         p.error(f"--shift-average must be 0 to {ei.WIRES - 1} wires, not {s.shift_average}")
     return s

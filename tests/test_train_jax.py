@@ -257,22 +257,24 @@ import train_jax as tj
 validation = tj.load_pairs(sys.argv[1], track_ids=True)["validation"]
 np.savez(sys.argv[2], raw=validation[0], truth=validation[1], ids=validation[2])
 doubtful = np.where(np.arange(128) % 5 == 0, 0.3, 0.9)[None, None, :, None]  # every fifth wire's hits at 0.3
-for name, flags in (("two", ["--validation-background", "2"]), ("own", ["--validation-background", "1"])):
+for name, flags in (("two", ["--validation-background", "2"]), ("own", ["--validation-background", "1"]),
+                    ("drawn", ["--validation-background", "2", "--validation-draws", "3"])):
     s = tj.parse_args(["--data", sys.argv[1], "--batch-size", "4", "--tracks-kept", "0.5", *flags])
     scores = tj.validate_epoch(s, lambda raw: raw * doubtful, validation)
     print(json.dumps({"name": name, **{k: scores[k] for k in ("threshold", "tracks_kept", "fake_segments_per_event")}}))
 """
     proc = run_code(code, tmp / "events.h5", tmp / "validation.npz")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    got = {d.pop("name"): d for d in (json.loads(line) for line in proc.stdout.strip().splitlines()[-2:])}
+    got = {d.pop("name"): d for d in (json.loads(line) for line in proc.stdout.strip().splitlines()[-3:])}
     d = np.load(tmp / "validation.npz")
     np.testing.assert_array_equal(d["ids"] > 0, ei.hit_mask(ei.crop_event(d["truth"])))  # each image's own ids
     doubtful = np.where(np.arange(128) % 5 == 0, 0.3, 0.9)[None, None, :, None]
     batches = [(d["raw"][i:i + 4] / 255, d["truth"][i:i + 4] / 255) for i in range(0, len(d["raw"]), 4)]
-    for name, background in (("two", 2), ("own", 1)):
+    for name, background, draws in (("two", 2, 1), ("own", 1, 1), ("drawn", 2, 3)):
         want, _ = pm.validate(lambda raw: raw * doubtful, batches, criterion="tracks", track_ids=d["ids"],
-                              tracks_kept=0.5, background=background)
+                              tracks_kept=0.5, background=background, draws=draws)
         assert got[name] == {k: pytest.approx(want[k]) for k in got[name]}, name
+    assert got["drawn"] != got["two"]
     assert got["two"]["fake_segments_per_event"] > got["own"]["fake_segments_per_event"]
     assert 0.3 <= got["two"]["threshold"] < 0.9  # the doubtful hits dropped, some tracks with them
     one_track_each, _ = pm.validate(lambda raw: raw * doubtful, batches, criterion="tracks", tracks_kept=0.5,
