@@ -465,18 +465,8 @@ def parse_args(argv=None):
                          "in [0, 1)")
     if not 0 < s.tracks_kept <= 1:
         raise InputError(f"--tracks-kept must be in (0, 1], not {s.tracks_kept}")
-    if not 1 <= s.validation_background <= s.batch_size:
-        hint = (f" (its default is {VALIDATION_BACKGROUND}: with --batch-size {s.batch_size} give "
-                f"--validation-background {s.batch_size})" if s.batch_size < s.validation_background else "")
-        raise InputError(f"--validation-background must be 1 to --batch-size ({s.batch_size}), "
-                         f"not {s.validation_background}{hint}")
-    if s.validation_draws < 1 or (s.validation_draws > 1 and s.validation_background == 1):
-        raise InputError(f"--validation-draws must be 1, or more with --validation-background 2 or more, not "
-                         f"{s.validation_draws} (with --validation-background {s.validation_background})")
-    if s.validation_draws * (s.validation_background - 1) >= s.batch_size:
-        raise InputError(f"--validation-draws {s.validation_draws} x (--validation-background "
-                         f"{s.validation_background} - 1) must be below --batch-size {s.batch_size}: each draw "
-                         "takes other events of the batch")
+    if problem := pix2pix_model.validation_problem(s.validation_background, s.validation_draws, s.batch_size):
+        raise InputError(problem)
     if not s.shift_average < ei.WIRES:
         raise InputError(f"--shift-average must be below {ei.WIRES} wires, not {s.shift_average}")
     for name in ("hit_weight", "generator_lr", "discriminator_lr"):

@@ -335,6 +335,22 @@ def mixed_background(raw, truth, u, share):
     return ops.maximum(raw, other), truth
 
 
+def validation_problem(background, draws, batch_size):
+    """Why --validation-background and --validation-draws do not fit batches of batch_size ('' when they do):
+    each draw gives every event the background of background - 1 other events of its batch."""
+    if not 1 <= background <= batch_size:
+        hint = (f" (its default is {VALIDATION_BACKGROUND}: with --batch-size {batch_size} give "
+                f"--validation-background {batch_size})" if batch_size < background else "")
+        return f"--validation-background must be 1 to --batch-size ({batch_size}), not {background}{hint}"
+    if draws < 1 or (draws > 1 and background == 1):
+        return (f"--validation-draws must be 1, or more with --validation-background 2 or more, not {draws} "
+                f"(with --validation-background {background})")
+    if draws * (background - 1) >= batch_size:
+        return (f"--validation-draws {draws} x (--validation-background {background} - 1) must be below "
+                f"--batch-size {batch_size}: each draw takes other events of the batch")
+    return ""
+
+
 def with_more_background(raw, truth, times, draw=0):
     """raw (numpy) with the background hits (raw hits not in the truth) of the batch's next times - 1 events
     added, as mixed_background adds the next one's: each event then carries times events' background over

@@ -353,12 +353,8 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=SEED, help="the initialisation and the batches' order")
     p.add_argument("--precision", default=PRECISION, choices=("mixed_bfloat16", "float32"), help="Keras' dtype policy")
     s = p.parse_args(argv)
-    if not 1 <= s.validation_background <= s.batch_size:
-        p.error(f"--validation-background must be 1 to --batch-size ({s.batch_size}), not {s.validation_background}")
-    if s.validation_draws < 1 or (s.validation_draws > 1 and s.validation_background == 1) or \
-            s.validation_draws * (s.validation_background - 1) >= s.batch_size:
-        p.error(f"--validation-draws must be 1, or more with --validation-background 2 or more and "
-                f"D (N - 1) below --batch-size ({s.batch_size}), not {s.validation_draws}")
+    if problem := pm.validation_problem(s.validation_background, s.validation_draws, s.batch_size):
+        p.error(problem)
     if not 0 <= s.shift_average < ei.WIRES:
         p.error(f"--shift-average must be 0 to {ei.WIRES - 1} wires, not {s.shift_average}")
     return s

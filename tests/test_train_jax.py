@@ -280,6 +280,8 @@ for name, flags in (("two", ["--validation-background", "2"]), ("own", ["--valid
     one_track_each, _ = pm.validate(lambda raw: raw * doubtful, batches, criterion="tracks", tracks_kept=0.5,
                                     background=2)
     assert got["two"]["tracks_kept"] != pytest.approx(one_track_each["tracks_kept"])  # the ids count here
+    proc = run("train_jax.py", "--data", tmp / "events.h5", "--batch-size", 4, "--validation-draws", 4)
+    assert proc.returncode == 2 and "--validation-draws 4 x (--validation-background 2 - 1) must be" in proc.stderr
 
 
 def test_mirror_average_answers_an_event_and_its_mirror_alike_under_jax(tmp_path):
