@@ -356,12 +356,13 @@ def with_more_background(raw, truth, times, draw=0):
     added, as mixed_background adds the next one's: each event then carries times events' background over
     its own tracks, as at times the luminosity (--validation-background). draw d takes the times - 1 events
     after the first d x (times - 1) instead (--validation-draws: other backgrounds over the same tracks).
-    The batch wraps around: in a small one, draws and events repeat."""
+    The others wrap around the batch, never to the event itself: in a small batch draws and events repeat."""
     if times == 1:
         return raw
-    background = raw * (1 - truth)
+    background, others = raw * (1 - truth), max(len(raw) - 1, 1)
     for k in range(1, times):
-        raw = np.maximum(raw, np.roll(background, -(k + draw * (times - 1)), axis=0))
+        shift = 1 + (k - 1 + draw * (times - 1)) % others if len(raw) > 1 else 0
+        raw = np.maximum(raw, np.roll(background, -shift, axis=0))
     return raw
 
 
