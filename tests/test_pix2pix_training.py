@@ -632,10 +632,10 @@ def test_validation_draws_validate_each_event_under_other_events_background_and_
     assert again == drawn  # every draw scored, each with its own events' track ids
     assert 0 < drawn["tracks_kept"] < 1 and drawn["fake_segments_per_event"] > 0  # both figures are tested
     one, _ = pm.validate(every_third_wire_lost, dataset, criterion="tracks", track_ids=ids, background=3)
+    assert one != drawn
     for draw in range(4):  # a batch of 3 (the split's last): the others in turn, never the event's own background
         given = pm.with_more_background(raw[:3], truth[:3], 2, draw)
         np.testing.assert_array_equal(given > 0, hits[:3] | np.roll((hits & ~tracks)[:3], -1 - draw % 2, axis=0))
-    assert one != drawn
     run = pt.Run(**{**dict.fromkeys(f.name for f in dataclasses.fields(pt.Run)),
                     "s": settings("d.h5", "run", "--threshold-criterion", "tracks", "--validation-draws", 3,
                                   "--validation-background", 3, "--batch-size", 8),
