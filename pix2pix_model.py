@@ -398,10 +398,10 @@ def validate(predict, dataset, max_batches=0, criterion="balanced", track_ids=No
     for i, (raw, truth) in enumerate(dataset):
         if max_batches and i >= max_batches:
             break
-        truth = np.asarray(truth, np.float32)
+        raw, truth = np.asarray(raw, np.float32), np.asarray(truth, np.float32)  # once for all draws
         ids = None if track_ids is None else track_ids[events:events + len(truth)]
         for draw in range(draws):
-            given = with_more_background(np.asarray(raw, np.float32), truth, background, draw)
+            given = with_more_background(raw, truth, background, draw)
             output = np.asarray(predict(given), np.float32)
             first = (given, truth, output) if first is None else first
             l1_sum += float(np.abs(truth - output).mean(axis=(1, 2, 3)).sum())
