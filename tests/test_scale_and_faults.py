@@ -241,7 +241,8 @@ def test_sigkill_at_a_random_moment_then_rerun_ends_with_the_uninterrupted_weigh
     args = ["--data", events_h5, "--output-dir", out, *KILL_RUN]
     moments = kill_moments(out)
     moment = sorted(moments)[np.random.default_rng(seed).integers(len(moments))]  # the seed picks the event
-    proc = start_training(*args)
+    (tmp_path / "tmp").mkdir()  # Keras saves a .keras file through a temporary folder that a SIGKILL leaves
+    proc = start_training(*args, env={"TMPDIR": str(tmp_path / "tmp")})  # behind: in tmp_path, not in /tmp
     try:
         wait_for(proc, moments[moment], moment)  # event-driven: killed the moment it happens
         proc.send_signal(signal.SIGKILL)
