@@ -21,6 +21,13 @@ import pytest  # noqa: E402
 signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+def own_tmpdir(tmp_path):
+    """os.environ with TMPDIR a folder in tmp_path, for a child the test kills or makes fail: what it leaves in
+    its temporary folder (pool workers' results, Keras' .keras save folder, TF's autograph files) stays there."""
+    (tmp_path / "tmpdir").mkdir(exist_ok=True)
+    return dict(os.environ, TMPDIR=str(tmp_path / "tmpdir"))
+
+
 def run_script(script, *args, timeout=600, env=None):
     """Run one of the project's scripts as a user would; return the CompletedProcess."""
     full_env = dict(os.environ, **(env or {}))

@@ -18,7 +18,7 @@ import h5py
 import numpy as np
 import psutil
 import pytest
-from conftest import ROOT, assert_one_line_error, run_script
+from conftest import ROOT, assert_one_line_error, own_tmpdir, run_script
 from PIL import Image
 
 import event_image as ei
@@ -482,9 +482,8 @@ def test_sigkill_at_a_random_moment(tmp_path, seed):
     cmd = [sys.executable, str(ROOT / "Pix2Pix_data.py"), "--raw-dir", tmp_path / "ev/raw", "--truth-dir",
            tmp_path / "ev/truth", "--output", out, "--workers", "2", "--overwrite", "--chunk-events", "8"]
     rng = np.random.default_rng(seed)
-    (tmp_path / "tmpdir").mkdir()  # the workers' results folder, which a SIGKILL leaves: not in /tmp
     proc = subprocess.Popen(list(map(str, cmd)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=dict(os.environ, TMPDIR=str(tmp_path / "tmpdir")))
+                            env=own_tmpdir(tmp_path))  # the workers' results folder, which a SIGKILL leaves
     main = psutil.Process(proc.pid)
     if seed == 3:  # early: while the script starts (seed 3 draws 0.09 s)
         time.sleep(rng.uniform(0.0, 1.0))

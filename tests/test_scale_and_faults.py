@@ -26,7 +26,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import ROOT, assert_one_line_error, run_script, wait_for
+from conftest import ROOT, assert_one_line_error, own_tmpdir, run_script, wait_for
 from PIL import Image
 
 import data_management
@@ -241,8 +241,7 @@ def test_sigkill_at_a_random_moment_then_rerun_ends_with_the_uninterrupted_weigh
     args = ["--data", events_h5, "--output-dir", out, *KILL_RUN]
     moments = kill_moments(out)
     moment = sorted(moments)[np.random.default_rng(seed).integers(len(moments))]  # the seed picks the event
-    (tmp_path / "tmp").mkdir()  # Keras saves a .keras file through a temporary folder that a SIGKILL leaves
-    proc = start_training(*args, env={"TMPDIR": str(tmp_path / "tmp")})  # behind: in tmp_path, not in /tmp
+    proc = start_training(*args, env=own_tmpdir(tmp_path))  # a kill inside a .keras save leaves Keras' folder
     try:
         wait_for(proc, moments[moment], moment)  # event-driven: killed the moment it happens
         proc.send_signal(signal.SIGKILL)
@@ -730,10 +729,9 @@ def test_a_full_disk_is_one_line_exit_2_and_leaves_no_temporary(script, limit, a
 
     out = tmp_path / "out"
     out.mkdir()
-    (tmp_path / "tmp").mkdir()  # Keras' .keras save, failing, leaves its temporary folder (and os._exit TF's
-    env = dict(os.environ, TMPDIR=str(tmp_path / "tmp"))  # autograph files): in tmp_path, not in /tmp
     proc = subprocess.run([sys.executable, str(ROOT / script), *map(str, args(out, good))], capture_output=True,
-                          text=True, cwd=ROOT, preexec_fn=small_files, timeout=600, env=env)
+                          text=True, cwd=ROOT, preexec_fn=small_files, timeout=600,
+                          env=own_tmpdir(tmp_path))  # the failed .keras save leaves Keras' folder
     assert_one_line_error(proc, "no room to write", "File too large", "make room and run the same command again")
     assert not [p for p in out.rglob("*") if p.name.endswith((".tmp", ".h5", ".keras")) or p.name == "ev"]
 
