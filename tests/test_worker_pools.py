@@ -10,7 +10,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import ROOT
+from conftest import ROOT, own_tmpdir
 
 import worker_pools
 from script_utils import InputError
@@ -116,7 +116,7 @@ def busy_pool(tmp_path, what):
     """BUSY_POOL in a child process: a pool of two workers, each in a task of a minute."""
     return subprocess.Popen([sys.executable, "-c", BUSY_POOL, str(ROOT), str(ROOT / "tests"), str(tmp_path), what],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, TMPDIR=str(tmp_path)))  # a SIGKILL leaves the results folder
+                            env=own_tmpdir(tmp_path))  # a SIGKILL leaves the results folder
 
 
 def test_a_stop_in_the_pools_block_kills_its_busy_workers_at_once_a_stopped_one_too(tmp_path):
