@@ -92,3 +92,21 @@ def test_readme_names_exactly_the_flags_of_help(script):
     assert not extra, f"README's {script} section names flags {script}.py does not have: {extra}"
     missing = [flag for flag, a in actions.items() if not set(a.option_strings) & named]
     assert not missing, f"README's {script} section does not mention {missing}"
+
+
+README_WORDS = {"off": False, "on": True}  # how the README's tables write a boolean default
+MACHINE_DEFAULTS = {"--workers": "CPUs"}  # defaults the README names by what they are taken from
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_readme_flag_tables_give_the_parsers_defaults(script):
+    """A README table row `| --flag | default | ... |` whose default is one plain value (a number, a word) gives the
+    flag's default; rows naming a default by where it comes from ("preset's", two paths) are left out."""
+    actions = visible_actions(script)
+    rows = re.findall(r"^\| `(--[a-z0-9-]+)`[^|]*\| `?([\w.+-]+)`? \|", readme_section(script), flags=re.M)
+    for flag, written in rows:
+        if flag not in actions or MACHINE_DEFAULTS.get(flag) == written:
+            continue
+        default = actions[flag].default
+        assert README_WORDS.get(written, written) in (default, str(default)), \
+            f"README's {script} table: {flag} defaults to {written}, {script}.py to {default!r}"
