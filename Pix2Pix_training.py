@@ -1,13 +1,12 @@
 """Train the Pix2Pix U-Net (the conditional GAN's generator; its GAN term off by default) that denoises CLAS12
 drift-chamber event images.
 
-The model, its losses and its validation are in pix2pix_model.py, the trainer (models, optimizers,
-compiled steps) in pix2pix_trainer.py, the run folder's files in training_files.py; the README's
-"Training" section describes them. Each epoch writes history.csv, TensorBoard logs (logs/),
-samples/epoch_NNN.png and a checkpoint; rerunning the same command resumes. The best and the
-final generator are exported as generator_best.keras and generator_final.keras, each with a JSON
-holding the output threshold chosen on validation.
-Several GPUs or a TF_CONFIG cluster of workers train together (only the chief writes).
+The model, its losses and its validation are in pix2pix_model.py, the trainer (models, optimizers, compiled steps)
+in pix2pix_trainer.py, the run folder's files in training_files.py; the README's "Training" section describes them.
+Each epoch writes history.csv, TensorBoard logs (logs/), samples/epoch_NNN.png and a checkpoint; rerunning the same
+command resumes. The best and the final generator are exported as generator_best.keras and generator_final.keras,
+each with a JSON holding the output threshold chosen on validation. Several GPUs or a TF_CONFIG cluster of workers
+train together (only the chief writes).
 
     python Pix2Pix_training.py --data data/pairs.h5 --output-dir runs/pix2pix --base-filters 32
     tensorboard --logdir runs/pix2pix/logs
@@ -197,8 +196,9 @@ def set_up(s):
         print(f"Resuming from {restored}: step {step}, {where}", flush=True)
         note_new_epochs(s, out, epoch)
     print(f"Training {len(split['train'])} pairs ({steps_per_epoch} steps of {trainer.global_batch} per epoch, "
-          f"{replicas} replica(s), {precision}), validating on {len(split['validation'])}; "
-          f"generator {trainer.generator.count_params():,} parameters, base filters {s.base_filters}", flush=True)
+          f"{replicas} replica(s), {precision}), validating on {len(split['validation'])} x {s.validation_draws} "
+          f"draw(s); generator {trainer.generator.count_params():,} parameters, base filters {s.base_filters}",
+          flush=True)
     if chief:
         (out / "samples").mkdir(parents=True, exist_ok=True)
     log = tf.summary.create_file_writer(str(out / "logs")) if chief else None
@@ -386,8 +386,8 @@ def add_validation_settings(p):
                         "N - 1 events' background, as at N x the luminosity; 1 to --batch-size (default %(default)s)")
     p.add_argument("--validation-draws", type=int, default=VALIDATION_DRAWS, metavar="D",
                    help="validate each event D times, under other events' background each time (with "
-                        "--validation-background 2 or more): D times the fake segments to choose on, D times the "
-                        "validation's time (default %(default)s)")
+                        "--validation-background N of 2 or more; at most (--batch-size - 1) / (N - 1) times): D "
+                        "times the fake segments to choose on, D times the validation's time (default %(default)s)")
     p.add_argument("--mirror-average", action=argparse.BooleanOptionalAction, default=MIRROR_AVERAGE,
                    help="the model's output: the average of its answers for the event and for the event mirrored "
                         "along the wires, in validation and wherever the model is used (twice the time) "
@@ -461,12 +461,12 @@ def parse_args(argv=None):
         if not 0 <= getattr(s, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be in [0, 1), not {getattr(s, name)}")
     if not 0 <= s.label_smoothing < 0.5 or not 0 <= s.ema_decay < 1:
-        raise InputError(f"--label-smoothing {s.label_smoothing} must be in [0, 0.5), --ema-decay {s.ema_decay} "
-                         "in [0, 1)")
+        raise InputError(f"--label-smoothing {s.label_smoothing} must be in [0, 0.5), --ema-decay {s.ema_decay} [0, 1)")
     if not 0 < s.tracks_kept <= 1:
         raise InputError(f"--tracks-kept must be in (0, 1], not {s.tracks_kept}")
     if problem := pix2pix_model.validation_problem(s.validation_background, s.validation_draws, s.batch_size):
         raise InputError(problem)
+    s.validation_draws = pix2pix_model.draws_that_fit(s.validation_background, s.validation_draws, s.batch_size)
     if not s.shift_average < ei.WIRES:
         raise InputError(f"--shift-average must be below {ei.WIRES} wires, not {s.shift_average}")
     for name in ("hit_weight", "generator_lr", "discriminator_lr"):

@@ -41,7 +41,7 @@ PIXEL_LOSS = "bce"  # the generator's per-pixel term: l1 (the paper's) | bce, a 
 LR_DECAY = "cosine"  # none: constant learning rates | cosine: falling along a half cosine over the epochs
 THRESHOLD_CRITERION = "tracks"  # how validation chooses the threshold: balanced | f1 | tracks (as tracking would)
 VALIDATION_BACKGROUND = 2  # validation events carry this many events' background (2: as at twice the luminosity)
-VALIDATION_DRAWS = 1  # each validation event validated under this many other events' backgrounds
+VALIDATION_DRAWS = 8  # each validation event validated under up to this many other events' backgrounds
 TRACKS_KEPT = 0.99  # threshold criterion "tracks": the share of reconstructable tracks the threshold must keep
 MIRROR_AVERAGE = False  # validate, denoise and export the output averaged with the mirrored event's (2x the time)
 SHIFT_AVERAGE = 0  # wires (0 = off): the same with the event moved this many wires along its layers (one pass more)
@@ -336,19 +336,21 @@ def mixed_background(raw, truth, u, share):
 
 
 def validation_problem(background, draws, batch_size):
-    """Why --validation-background and --validation-draws do not fit batches of batch_size ('' when they do):
-    each draw gives every event the background of background - 1 other events of its batch."""
+    """Why --validation-background and --validation-draws do not fit batches of batch_size ('' when they do)."""
     if not 1 <= background <= batch_size:
         hint = (f" (its default is {VALIDATION_BACKGROUND}: with --batch-size {batch_size} give "
                 f"--validation-background {batch_size})" if batch_size < background else "")
         return f"--validation-background must be 1 to --batch-size ({batch_size}), not {background}{hint}"
-    if draws < 1 or (draws > 1 and background == 1):
-        return (f"--validation-draws must be 1, or more with --validation-background 2 or more, not {draws} "
-                f"(with --validation-background {background})")
-    if draws * (background - 1) >= batch_size:
-        return (f"--validation-draws {draws} x (--validation-background {background} - 1) must be below "
-                f"--batch-size {batch_size}: each draw takes other events of the batch")
+    if draws < 1:
+        return f"--validation-draws must be at least 1, not {draws}"
     return ""
+
+
+def draws_that_fit(background, draws, batch_size):
+    """The validation draws a run makes of --validation-draws draws: each draw takes background - 1 other events of
+    a batch of batch_size, so at most (batch_size - 1) // (background - 1) of them; 1 with background 1 (the
+    event's own background only)."""
+    return 1 if background == 1 else min(draws, (batch_size - 1) // (background - 1))
 
 
 def with_more_background(raw, truth, times, draw=0):

@@ -250,8 +250,9 @@ def train(s):
     if s.threshold_criterion == "tracks" and validation[2] is None:
         print(f"note: {s.data} has no track_ids: the threshold criterion counts each validation event's truth "
               "as one track", flush=True)
-    print(f"{jax.devices()[0].device_kind}: train {len(train_raw)}, validation {len(validation[0])}, "
-          f"test {len(test_raw)} pairs; width {s.base_filters}, {s.precision}", flush=True)
+    print(f"{jax.devices()[0].device_kind}: train {len(train_raw)}, validation {len(validation[0])} x "
+          f"{s.validation_draws} draw(s), test {len(test_raw)} pairs; width {s.base_filters}, {s.precision}",
+          flush=True)
 
     generator, discriminator = pm.build_generator(s.base_filters), pm.build_discriminator(s.base_filters)
     gen_opt, disc_opt, state = optimizers_and_state(generator, discriminator, s)
@@ -348,13 +349,14 @@ def parse_args(argv=None):
     p.add_argument("--validation-background", type=int, default=VALIDATION_BACKGROUND, metavar="N",
                    help="validation events carry their own and the next N - 1 events' background (1 to --batch-size)")
     p.add_argument("--validation-draws", type=int, default=VALIDATION_DRAWS, metavar="D",
-                   help="each validation event validated D times under other events' background (D (N - 1) below "
-                        "--batch-size; with N >= 2)")
+                   help="each validation event validated D times under other events' background (with N >= 2; "
+                        "at most (--batch-size - 1) / (N - 1) times)")
     p.add_argument("--seed", type=int, default=SEED, help="the initialisation and the batches' order")
     p.add_argument("--precision", default=PRECISION, choices=("mixed_bfloat16", "float32"), help="Keras' dtype policy")
     s = p.parse_args(argv)
     if problem := pm.validation_problem(s.validation_background, s.validation_draws, s.batch_size):
         p.error(problem)
+    s.validation_draws = pm.draws_that_fit(s.validation_background, s.validation_draws, s.batch_size)
     if not 0 <= s.shift_average < ei.WIRES:
         p.error(f"--shift-average must be 0 to {ei.WIRES - 1} wires, not {s.shift_average}")
     return s

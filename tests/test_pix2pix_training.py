@@ -569,7 +569,8 @@ def test_threshold_criterion_tracks_keeps_the_tracks_and_then_leaves_the_fewest_
     outputs = iter([out[:5], out[5:]])  # the training's validation passes the run's ids and --tracks-kept on
     trainer = types.SimpleNamespace(predict=lambda x: tf.constant(next(outputs)))
     fields = dict.fromkeys(f.name for f in dataclasses.fields(pt.Run))
-    run = pt.Run(**{**fields, "s": settings("d.h5", "run", "--threshold-criterion", "tracks", "--tracks-kept", 0.9),
+    run = pt.Run(**{**fields, "s": settings("d.h5", "run", "--threshold-criterion", "tracks", "--tracks-kept", 0.9,
+                                            "--validation-draws", 1),  # one output per batch here
                     "trainer": trainer, "validation": dataset, "validation_ids": ids})
     scores, _ = pt.validate_run(run)
     assert (scores["threshold"], scores["tracks_kept"], scores["fake_segments_per_event"]) == (0.8, 0.95, 0.0)
@@ -642,12 +643,14 @@ def test_validation_draws_validate_each_event_under_other_events_background_and_
                     "trainer": types.SimpleNamespace(predict=every_third_wire_lost), "validation": dataset,
                     "validation_ids": ids})
     assert pt.validate_run(run)[0] == drawn  # the training passes --validation-draws on
-    for bad in (["--validation-draws", "0"], ["--validation-draws", "2", "--validation-background", "1"],
-                ["--validation-draws", pt.BATCH_SIZE // 2, "--validation-background", 3]):  # 2 events each: a batch
-        with pytest.raises(InputError, match="--validation-draws"):
-            pt.parse_args(list(map(str, bad)))
-    most = pt.BATCH_SIZE - 1  # the batch's other events, one per draw
-    assert pt.parse_args(["--validation-draws", str(most), "--validation-background", "2"]).validation_draws == most
+    with pytest.raises(InputError, match="--validation-draws must be at least 1, not 0"):
+        pt.parse_args(["--validation-draws", "0"])
+    for flags, draws in ((["--validation-background", "1"], 1),  # the event's own background: one way only
+                         (["--validation-draws", pt.BATCH_SIZE // 2, "--validation-background", 3],
+                          (pt.BATCH_SIZE - 1) // 2),  # 2 other events each: as many draws as a batch holds
+                         (["--validation-draws", pt.BATCH_SIZE - 1, "--validation-background", 2], pt.BATCH_SIZE - 1),
+                         (["--batch-size", 4], 3), ([], pt.VALIDATION_DRAWS)):
+        assert pt.parse_args(list(map(str, flags))).validation_draws == draws, flags
 
 
 def test_threshold_criterion_tracks_reads_the_validation_track_ids_in_the_datasets_order(tmp_path):
@@ -665,19 +668,22 @@ def test_threshold_criterion_tracks_reads_the_validation_track_ids_in_the_datase
     assert not np.array_equal(validation_ids, ids[:9])
     balanced = settings(path, tmp_path / "run", "--threshold-criterion", "balanced")
     assert pt.load_data(balanced, replicas=1)[3] is None  # only read for "tracks"
-    pt.train(settings(path, tmp_path / "run", "--threshold-criterion", "tracks", "--tracks-kept", 0.95, "--epochs", 1,
-                      "--steps-per-epoch", 2, "--validation-background", 2))
+    trained = settings(path, tmp_path / "run", "--threshold-criterion", "tracks", "--tracks-kept", 0.95, "--epochs", 1,
+                       "--steps-per-epoch", 2, "--validation-background", 2)
+    assert 1 < trained.validation_draws < pt.VALIDATION_DRAWS  # the default's 8, cut to what the tiny batches hold
+    pt.train(trained)
     final = json.loads((tmp_path / "run" / "generator_final.json").read_text())
     model = keras.models.load_model(tmp_path / "run" / "generator_final.keras", compile=False)
-    again, _ = pm.validate(lambda x: model(x, training=False), validation, criterion="tracks",
-                           track_ids=validation_ids, tracks_kept=0.95, background=2)  # the exported weights, as chosen
+    again, _ = pm.validate(lambda x: model(x, training=False), validation, criterion="tracks", track_ids=validation_ids,
+                           tracks_kept=0.95, background=2, draws=trained.validation_draws)  # the exported weights
     assert final["threshold"] == again["threshold"] in ei.SWEEP_THRESHOLDS
     assert final["validation"]["tracks_kept"] == pytest.approx(again["tracks_kept"])
     assert final["validation"]["fake_segments_per_event"] == pytest.approx(again["fake_segments_per_event"])
     proc = run_script("Pix2Pix_denoise.py", "--model", tmp_path / "run" / "generator_final.keras", "--data", path,
                       "--output", tmp_path / "denoised.h5")
     assert proc.returncode == 0, proc.stderr
-    chosen = f"threshold {final['threshold']:.3f}, from validation (criterion tracks, 2 events' background)"
+    chosen = (f"threshold {final['threshold']:.3f}, from validation (criterion tracks, 2 events' background in "
+              f"{trained.validation_draws} draws)")
     assert chosen in proc.stdout
     with pytest.raises(InputError, match="--tracks-kept"):
         pt.parse_args(["--tracks-kept", "0"])
