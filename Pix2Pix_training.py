@@ -457,11 +457,11 @@ def parse_args(argv=None):
     if s.disc_every < 1:
         raise InputError(f"--disc-every must be at least 1, not {s.disc_every}")
     for name in ("noise_augment", "beside_augment", "mix_tracks", "mix_background", "bend_augment", "dropout",
-                 "beta_1"):
+                 "beta_1", "ema_decay"):
         if not 0 <= getattr(s, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be in [0, 1), not {getattr(s, name)}")
-    if not 0 <= s.label_smoothing < 0.5 or not 0 <= s.ema_decay < 1:
-        raise InputError(f"--label-smoothing {s.label_smoothing} must be in [0, 0.5), --ema-decay {s.ema_decay} [0, 1)")
+    if not 0 <= s.label_smoothing < 0.5:
+        raise InputError(f"--label-smoothing must be in [0, 0.5), not {s.label_smoothing}")
     if not 0 < s.tracks_kept <= 1:
         raise InputError(f"--tracks-kept must be in (0, 1], not {s.tracks_kept}")
     if problem := pix2pix_model.validation_problem(s.validation_background, s.validation_draws, s.batch_size):

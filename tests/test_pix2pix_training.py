@@ -851,7 +851,7 @@ def test_lever_settings_out_of_range_are_refused(tmp_path):
     for bad in (["--disc-every", "0"], ["--ema-decay", "1"], ["--dropout", "1"], ["--dropout", "-0.1"],
                 ["--label-smoothing", "0.5"], ["--gan-weight", "-1"],
                 ["--gan-warmup", "-1"], ["--collapse-drop", "-0.1"]):
-        with pytest.raises(InputError):
+        with pytest.raises(InputError, match=re.escape(bad[0])):  # the message names the flag
             settings(tmp_path / "x.h5", tmp_path / "run", *bad)
 
 
