@@ -14,6 +14,7 @@ import contextlib
 import ctypes
 import errno
 import functools
+import gc
 import math
 import os
 import secrets
@@ -22,6 +23,7 @@ import signal
 import sys
 import tempfile
 import threading
+import traceback
 import warnings
 from pathlib import Path
 
@@ -57,8 +59,9 @@ class InputError(Exception):
 
 def run_main(main, argv=None):
     """Run main(argv) as a script: InputError -> one line on stderr and exit 2, Ctrl-C or a batch system's
-    SIGTERM -> 130 with nothing half written (also one that Python dropped: note_dropped_interrupt), a Python
-    warning -> warn's one line. Output piped to a reader that has gone (`script | head`) is dropped, the run goes on."""
+    SIGTERM -> 130 with nothing half written (also one that Python dropped: note_dropped_interrupt), a bug -> its
+    traceback and 1, each with the run's objects freed first, a Python warning -> warn's one line. Output piped
+    to a reader that has gone (`script | head`) is dropped, the run goes on."""
     INTERRUPTED.clear()
     sys.unraisablehook = note_dropped_interrupt
     sys.stdout, sys.stderr = (s if isinstance(s, ReaderMayLeave) else ReaderMayLeave(s)
@@ -70,18 +73,21 @@ def run_main(main, argv=None):
         check_interrupted()
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        sys.exit(EXIT_BAD_INPUT)
+        code = EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        sys.exit(130)
+        code = 130
     except Exception as exc:
         full = disk_full(exc)
         if full is None:
-            raise
-        print(f"error: no room to write{f' {full.filename}' if full.filename else ''}: {os.strerror(full.errno)}; "
-              "make room and run the same command again", file=sys.stderr, flush=True)
-        sys.stdout.flush()
-        os._exit(EXIT_BAD_INPUT)  # not Python's shutdown: HDF5, left with a failed write, can crash in it
+            traceback.print_exc()
+            code = 1
+        else:
+            print(f"error: no room to write{f' {full.filename}' if full.filename else ''}: "
+                  f"{os.strerror(full.errno)}; make room and run the same command again", file=sys.stderr, flush=True)
+            sys.stdout.flush()
+            os._exit(EXIT_BAD_INPUT)  # not Python's shutdown: HDF5, left with a failed write, can crash in it
+    gc.collect()  # a stopped run's objects (tf.data iterators) freed now: in Python's shutdown they can hang it
     sys.exit(code or 0)
 
 

@@ -178,6 +178,48 @@ def test_a_ctrl_c_that_python_drops_in_a_finalizer_still_stops_the_run_and_keeps
     assert list(tmp_path.iterdir()) == []  # neither the output nor its temporary
 
 
+STOPPED_WHILE_READING = """
+import sys, threading
+sys.path.insert(0, sys.argv[1])
+import script_utils
+
+
+def main(argv):
+    tf = script_utils.import_tensorflow()
+    reading = threading.Event()
+
+    def pairs():
+        yield 0
+        reading.set()
+        threading.Event().wait(2)  # a slow read, under way when the script stops
+        yield 1
+
+    def start_reading():
+        batches = iter(tf.data.Dataset.from_generator(pairs, output_signature=tf.TensorSpec((), tf.int32)).prefetch(2))
+        next(batches)
+        garbage = [batches]
+        garbage.append(garbage)  # a reference cycle (a traceback's frames make them): only the collector frees it
+
+    start_reading()
+    reading.wait()
+    raise {"input-error": script_utils.InputError("pairs.h5: damaged HDF5 file"), "ctrl-c": KeyboardInterrupt(),
+           "bug": RuntimeError("a bug")}[sys.argv[2]]
+
+
+script_utils.run_main(main)
+"""
+
+
+@pytest.mark.parametrize("stop, code, line", [("input-error", 2, "error: pairs.h5: damaged HDF5 file"),
+                                              ("ctrl-c", 130, "interrupted"), ("bug", 1, "RuntimeError: a bug")])
+def test_a_script_stopped_while_tf_data_reads_exits(stop, code, line):
+    """A tf.data reader left to Python's shutdown waited there for its generator, which the shutdown had stopped:
+    the process hung after its error line (a damaged file, in training). run_main frees it before exiting."""
+    proc = subprocess.run([sys.executable, "-c", STOPPED_WHILE_READING, str(ROOT), stop], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == code and proc.stderr.strip().splitlines()[-1] == line, proc.stderr
+
+
 @pytest.mark.parametrize("failing", [(2,), (2, 3), ("race",)], ids=["new-refused", "old-not-back-either", "race"])
 def test_a_folder_replaced_keeps_the_old_one_when_the_new_cannot_be_put_in_its_place(tmp_path, monkeypatch, failing):
     import script_utils
