@@ -78,15 +78,13 @@ def run_main(main, argv=None):
         print("interrupted", file=sys.stderr)
         code = 130
     except Exception as exc:
-        full = disk_full(exc)
-        if full is None:
-            traceback.print_exc()
-            code = 1
-        else:
-            print(f"error: no room to write{f' {full.filename}' if full.filename else ''}: "
-                  f"{os.strerror(full.errno)}; make room and run the same command again", file=sys.stderr, flush=True)
+        if (full := disk_full(exc)) is not None:
+            print(f"error: no room to write{f' {full.filename}' if full.filename else ''}: {os.strerror(full.errno)}; "
+                  "make room and run the same command again", file=sys.stderr, flush=True)
             sys.stdout.flush()
             os._exit(EXIT_BAD_INPUT)  # not Python's shutdown: HDF5, left with a failed write, can crash in it
+        traceback.print_exc()  # a bug: as Python would print it
+        code = 1
     gc.collect()  # a stopped run's objects (tf.data iterators) freed now: in Python's shutdown they can hang it
     sys.exit(code or 0)
 
