@@ -97,6 +97,14 @@ class SectorImage:
     truth: np.ndarray | None
     track_ids: np.ndarray | None
 
+    def paired_truth(self):
+        """The truth a pair holds: the TBHits hits that are raw hits (a TBHits hit without one is dropped)."""
+        return self.truth & self.raw
+
+    def paired_track_ids(self):
+        """paired_truth's track ids, 0 elsewhere, as a pairs file stores them (uint8: ids above 255 clipped)."""
+        return np.clip(np.where(self.paired_truth(), self.track_ids, 0), 0, 255).astype(np.uint8)
+
 
 @contextlib.contextmanager
 def _quiet_stdout():
@@ -388,20 +396,19 @@ def _file_sector_events(source, file_name, raw_orders, keep_without_truth, stats
             continue
         truth = source.truth(event, where)
         for s in range(N_SECTORS):
+            record = SectorImage(f"{file_name}:{number}:{s + 1}", file_name, run, number, s + 1, raw[s],
+                                 None if truth is None else truth[0][s], None if truth is None else truth[1][s])
             has_raw = bool(raw[s].any())
             if truth is None:
                 wanted = has_raw
-            elif (truth[0][s] & raw[s]).any():  # TBHits hits on raw hits: the truth of a pair
+            elif record.paired_truth().any():
                 wanted = True
             else:
                 wanted = keep_without_truth and has_raw
                 stats["sectors_without_truth"] += has_raw and not wanted
             if wanted:
                 stats["sectors"] += 1
-                yield SectorImage(
-                    f"{file_name}:{number}:{s + 1}", file_name, run, number, s + 1, raw[s],
-                    None if truth is None else truth[0][s], None if truth is None else truth[1][s],
-                )
+                yield record
 
 
 def rewrite_orders(in_path, out_path, decide, raw_orders=RAW_ORDERS, batch_events=64, overwrite=False):

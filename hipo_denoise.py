@@ -45,10 +45,10 @@ class SectorTruth:
             if record is None or not np.array_equal(record.raw, mask):
                 raise RuntimeError(f"{self.path}: the truth reader lost step with the denoised sectors")
             records.append(record)
-        truth = np.stack([r.truth for r in records]) & masks
+        truth = np.stack([r.paired_truth() for r in records])
         scored = truth.any(axis=(1, 2))
         self.unscored += int((~scored).sum())
-        ids = np.clip(np.stack([r.track_ids for r in records]), 0, 255).astype(np.uint8)
+        ids = np.stack([r.paired_track_ids() for r in records])
         return [r.name for r in records], truth, ids, scored
 
 
@@ -71,7 +71,7 @@ def check_job(in_path, out_path, overwrite, evaluate):
         raise InputError(f"{in_path}: no sector has DC hits: nothing to score (drop --evaluate to denoise it)")
     if first.truth is None:
         raise InputError(f"{in_path}: no {ch.TBHITS.name} bank to score against (--evaluate)")
-    if not any((r.raw & r.truth).any() for r in itertools.chain([first], records)):
+    if not any(r.paired_truth().any() for r in itertools.chain([first], records)):
         raise InputError(f"{in_path}: no sector with DC hits has {ch.TBHITS.name} hits on them: nothing to score "
                          "(drop --evaluate to denoise it)")
 

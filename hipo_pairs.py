@@ -98,9 +98,7 @@ def chunk_tasks(records, chunk_events, level, side):
 
     The track ids are those of the truth hits that are raw hits (the truth encode_chunk keeps), 0 elsewhere."""
     while block := list(itertools.islice(records, chunk_events)):
-        ids = np.stack([np.where(r.truth & r.raw, r.track_ids, 0) for r in block])
-        ids = np.clip(ids, 0, 255).astype(np.uint8)
-        side.append(([r.name for r in block], ids))
+        side.append(([r.name for r in block], np.stack([r.paired_track_ids() for r in block])))
         yield chunk_events, level, np.stack([r.raw for r in block]), np.stack([r.truth for r in block])
 
 
