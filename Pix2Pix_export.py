@@ -197,7 +197,8 @@ def run_exported(path, fmt, hits):
 
 
 def verification_hits(data, n):
-    """n hit maps [n,1,36,112] float32: the first events of an HDF5 pairs file, or synthetic ones."""
+    """n hit maps [n,1,36,112] float32: the first events of an HDF5 pairs file (an InputError if they have no hit),
+    or synthetic ones."""
     if data:
         import h5py
 
@@ -207,6 +208,9 @@ def verification_hits(data, n):
         with h5py.File(data, "r") as f:
             raw = ei.crop_event(f["raw"][:n])
         masks = ei.hit_mask(raw)
+        if not masks.any():  # blank events agree whatever the file computes
+            raise InputError(f"{data}: its first {len(masks)} events have no hit: nothing to verify the export on "
+                             "(more --verify-events, or other --data)")
     else:
         import make_events
 

@@ -157,6 +157,24 @@ def test_bad_inputs(run, exported, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_verification_events_without_a_hit_are_refused(run, tmp_path):
+    """A pairs file whose first events are blank would verify nothing: one line, no export written."""
+    folder, _, _ = run
+    raw, truth = make_events.generate_events(4, seed=2)
+    raw[:3] = 0  # the first 3 events blank, the 4th with hits
+    data = tmp_path / "blank_first.h5"
+    with h5py.File(data, "w") as f:
+        f.create_dataset("raw", data=ei.pad_event(raw))
+        f.create_dataset("truth", data=ei.pad_event(truth * (raw > 0)))
+        f.create_dataset("names", data=[f"ev{i}" for i in range(4)], dtype=h5py.string_dtype())
+    out = tmp_path / "x.onnx"
+    assert_one_line_error(run_script(SCRIPT, "--model", folder, "--output", out, "--data", data,
+                                     "--verify-events", "3"), "blank_first.h5", "first 3 events have no hit")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blank_first.h5"]
+    assert export.main(["--model", str(folder), "--output", str(out), "--data", str(data),
+                        "--verify-events", "4"]) == 0
+
+
 # --- Pix2Pix_denoise.py with the exported model: the same results, no TensorFlow -------------------------
 @pytest.fixture(scope="module")
 def events(tmp_path_factory):
