@@ -250,16 +250,27 @@ def tracking_verdict(result):
     fake = "".join(f", {m} {shown(scores[m]['fake_segments_per_event'], 3)} / "
                    f"{shown(scores[m]['fake_beside_tracks_per_event'], 3)}" for m in others)
     model = scores["model"]
-    tracks = (f"the model keeps {percent(model['kept_ge5'])} % of the tracks reconstructable (>= 5 of 6 superlayers) "
-              f"in the raw events{f' ({kept})' if kept else ''} and")
     if math.isnan(model["kept_ge5"]):
         tracks = "no track is reconstructable (>= 5 of 6 superlayers) in the raw events; the model"
+    else:
+        how_sure = kept_share_text(methods["model"]["tracking"]["counts"])
+        tracks = (f"the model keeps {percent(model['kept_ge5'])} % of the tracks reconstructable (>= 5 of 6 "
+                  f"superlayers) in the raw events ({how_sure}{f'; {kept}' if kept else ''}) and")
     text = (f" Tracking: {tracks} leaves {shown(model['fake_segments_per_event'], 3)} fake segments per event, "
             f"{shown(model['fake_beside_tracks_per_event'], 3)} of them beside a track (raw "
             f"{shown(model['raw_fake_segments_per_event'], 3)} / "
             f"{shown(model['raw_fake_beside_tracks_per_event'], 3)}{fake}).")
     return text + fake_segment_sentence(result) + at_equal_tracks(result) + at_equal_fakes(result) + \
         track_ids_note(result, " ")
+
+
+def kept_share_text(counts, confidence=0.95):
+    """'6,602 of 6,671, 98.69-99.19 % with 95 % confidence': the tracks behind a kept_ge5 share and its exact
+    (Clopper-Pearson) binomial interval, what the share could be on as many other events of the same kind."""
+    kept, of = counts["after_ge5"], counts["raw_ge5"]
+    interval = stats.binomtest(kept, of).proportion_ci(confidence, method="exact")
+    return (f"{kept:,} of {of:,}, {percent(interval.low)}-{percent(interval.high)} % with "
+            f"{100 * confidence:g} % confidence")
 
 
 def fake_segment_sentence(result):

@@ -197,15 +197,28 @@ def test_evaluation_columns_bins_and_batches():
     assert all(title in table.splitlines()[0] for title in ("tracks >=5/6", "fake seg/event", "beside tracks"))
     assert "without track ids" not in table
     assert f"whose road comes within {tracking.BESIDE_TRACK_WIRES} wire of a track's raw hits" in table
-    assert "Tracking: the model keeps 100.00 % of the tracks reconstructable (>= 5 of 6 superlayers) in the raw " \
-           "events (SNR 100.00 %) and leaves 0.000 fake segments per event, 0.000 of them beside a track (raw " \
-           in one["verdict"]
+    n = t["counts"]["raw_ge5"]  # all kept: the exact 95 % interval runs from 0.025 ** (1 / n) to 1
+    assert ("Tracking: the model keeps 100.00 % of the tracks reconstructable (>= 5 of 6 superlayers) in the raw "
+            f"events ({n} of {n}, {100 * 0.025 ** (1 / n):.2f}-100.00 % with 95 % confidence; SNR 100.00 %) and "
+            "leaves 0.000 fake segments per event, 0.000 of them beside a track (raw ") in one["verdict"]
     snr = one["methods"]["SNR"]["tracking"]["counts"]  # SNR keeps every hit of a candidate: all fake segments stay
     assert snr["fake_segments"] == snr["raw_fake_segments"] > 0
     no_ids = evaluation.evaluate(raw, truth, keeps)
     assert no_ids["track_ids"] == {"with": 0, "without": 40}
     assert "40 events without track ids: the truth of each counts as one track" in evaluation.format_table(no_ids)
     assert "without track ids" in no_ids["verdict"]
+
+
+def test_the_share_of_tracks_kept_comes_with_its_count_and_interval():
+    """One of the two reconstructable tracks kept: 1 of 2, and the exact interval's ends solve
+    1 - (1 - p)^2 = 0.025 and p^2 = 0.025."""
+    raw = np.concatenate([straight_track(), straight_track(), straight_track(layers_per_superlayer=3)])
+    kept = raw.copy()  # the third event's track has no segment: not reconstructable, not counted
+    kept[1, :12] = False  # the second event's track loses superlayers 1 and 2: 4 of 6 left
+    res = evaluation.evaluate(raw, raw, {"model": kept, "SNR": raw})  # the verdict compares with a baseline
+    low, high = 100 * (1 - 0.975 ** 0.5), 100 * 0.975 ** 0.5
+    assert (f"the model keeps 50.00 % of the tracks reconstructable (>= 5 of 6 superlayers) in the raw events "
+            f"(1 of 2, {low:.2f}-{high:.2f} % with 95 % confidence; SNR 100.00 %) and leaves") in res["verdict"]
 
 
 def test_threshold_sweep_carries_tracking_and_the_model_is_compared_at_the_cae_s_tracks_and_fakes(tmp_path):
