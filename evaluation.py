@@ -265,8 +265,8 @@ def tracking_verdict(result):
 
 
 def kept_share_text(counts, confidence=0.95):
-    """'6,602 of 6,671, 98.69-99.19 % with 95 % confidence': the tracks behind a kept_ge5 share and its exact
-    (Clopper-Pearson) binomial interval, what the share could be on as many other events of the same kind."""
+    """'6,504 of 6,572, 98.69-99.20 % with 95 % confidence': the tracks behind a kept_ge5 share and its exact
+    (Clopper-Pearson) binomial interval, the shares on events of this kind that these counts do not rule out."""
     kept, of = counts["after_ge5"], counts["raw_ge5"]
     interval = stats.binomtest(kept, of).proportion_ci(confidence, method="exact")
     return (f"{kept:,} of {of:,}, {percent(interval.low)}-{percent(interval.high)} % with "
